@@ -1,0 +1,30 @@
+/**
+ * Error classes of the library. Every failure of the native core arrives as one of these
+ * (never as a crash of the process), with a message that names the cause.
+ */
+
+/** Base class of every error the library throws on purpose. */
+export class TranscodersError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** An argument is wrong: out-of-range token ids, unknown hook names, wrong shapes, bad options. */
+export class InvalidArgumentError extends TranscodersError {}
+
+/** A file is missing, corrupt, or does not hold what it claims. `file` names it. */
+export class FormatError extends TranscodersError {
+  readonly file: string;
+  constructor(message: string, file = '') {
+    super(message);
+    this.file = file;
+  }
+}
+
+/** libtorch itself failed (out of memory, an unsupported operation on this device or dtype, ...). */
+export class TorchError extends TranscodersError {}
+
+/** The native addon could not be loaded; the message says how to build it. */
+export class NativeLoadError extends TranscodersError {}

@@ -1,0 +1,232 @@
+/**
+ * Language models from local Hugging Face folders: loadModel(dir) -> Model, whose run() gives
+ * logits and TransformerLens-named activations, with MLP outputs optionally replaced (ablation,
+ * a fixed value, or a callback such as a transcoder).
+ */
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { InvalidArgumentError } from '../errors.js';
+import { native, type NativeMlpReplacement, type NativeModel } from '../native.js';
+import { Tensor, type DType } from '../tensor.js';
+import { Tokenizer } from '../tokenizer/tokenizer.js';
+import { resolveCheckpoint } from './checkpoint.js';
+import { readModelConfig, type ModelConfig } from './config.js';
+import { selectHooks } from './hooks.js';
+
+/**
+ * `'transformerlens'`: TransformerLens's default weight processing (fold_ln,
+ * center_writing_weights, center_unembed, fold_value_biases), which the paper's GPT-2
+ * transcoders expect. `'none'`: raw Hugging Face numerics.
+ */
+export type Processing = 'none' | 'transformerlens';
+export const PROCESSINGS: readonly Processing[] = ['none', 'transformerlens'];
+
+/** Floating-point types a model can compute in (float16 needs CUDA on libtorch 1.13). */
+export type ModelDType = Extract<DType, 'float32' | 'bfloat16' | 'float16'>;
+export const MODEL_DTYPES: readonly ModelDType[] = ['float32', 'bfloat16', 'float16'];
+
+export interface LoadModelOptions {
+  /** `'cpu'` (default), `'cuda'`, `'cuda:N'`. */
+  device?: string;
+  /** Weight and compute dtype (default float32). */
+  dtype?: ModelDType;
+  /** Default `'none'`. */
+  processing?: Processing;
+}
+
+/**
+ * A replacement of one layer's MLP output (`blocks.L.hook_mlp_out`):
+ * - `'zero'`: zero-ablation;
+ * - `'mean'`: the mean output over this batch's positions; `{ mean }`: a given mean vector [d];
+ * - `{ value }`: a fixed tensor broadcastable to [B, T, d];
+ * - a callback `(input, original, layer) => Tensor` receiving the MLP input
+ *   (`ln2.hook_normalized`, [B, T, d]) and the original output; it may return a Promise.
+ */
+export type MlpReplacement =
+  | 'zero'
+  | 'mean'
+  | { mean: Tensor }
+  | { value: Tensor }
+  | ((input: Tensor, original: Tensor, layer: number) => Tensor | Promise<Tensor>);
+
+/** Token ids: one sequence (number[] / Int32Array) or a batch of equal-length sequences, or a Tensor [T] / [B, T]. */
+export type TokensInput = readonly number[] | readonly (readonly number[])[] | Int32Array | Tensor;
+
+export interface RunOptions {
+  /** Activations to return: hook names or `*` patterns (see {@link Model.hookNames}). */
+  cache?: readonly string[];
+  /** MLP output replacements by layer index. */
+  replaceMlp?: Readonly<Record<number, MlpReplacement>>;
+  /** Record autograd history (default false). */
+  grad?: boolean;
+  /** Compute the logits (default true). */
+  logits?: boolean;
+}
+
+export interface RunOutput {
+  /** [B, T, V] in the model dtype; absent with `logits: false`. */
+  logits?: Tensor;
+  /** Requested activations by hook name, each with a leading batch dimension. */
+  cache: Record<string, Tensor>;
+}
+
+export class Model {
+  readonly dir: string;
+  readonly config: ModelConfig;
+  readonly processing: Processing;
+  readonly device: string;
+  readonly dtype: ModelDType;
+  /** Present when the folder has a tokenizer.json. */
+  readonly tokenizer: Tokenizer | null;
+  /** Every hook name of this model, in forward order. */
+  readonly hookNames: readonly string[];
+  private readonly handle: NativeModel;
+
+  /** @internal use {@link loadModel}. */
+  constructor(init: {
+    dir: string;
+    config: ModelConfig;
+    processing: Processing;
+    device: string;
+    dtype: ModelDType;
+    tokenizer: Tokenizer | null;
+    handle: NativeModel;
+  }) {
+    this.dir = init.dir;
+    this.config = init.config;
+    this.processing = init.processing;
+    this.device = init.device;
+    this.dtype = init.dtype;
+    this.tokenizer = init.tokenizer;
+    this.handle = init.handle;
+    this.hookNames = Object.freeze(init.handle.hookNames());
+  }
+
+  /** Token ids of `text` with this model's BOS convention (GPT-2: BOS first; Pythia: none). */
+  tokenize(text: string, options: { prependBos?: boolean } = {}): number[] {
+    if (!this.tokenizer) throw new InvalidArgumentError(`${this.dir} has no tokenizer.json: pass token ids instead of text`);
+    return this.tokenizer.encode(text, options);
+  }
+
+  /** Text of token ids. */
+  decode(ids: readonly number[]): string {
+    if (!this.tokenizer) throw new InvalidArgumentError(`${this.dir} has no tokenizer.json`);
+    return this.tokenizer.decode(ids);
+  }
+
+  /** Runs the model (off the JS thread). */
+  async run(tokens: TokensInput | string, options: RunOptions = {}): Promise<RunOutput> {
+    const result = await this.handle.run(this.tokensTensor(tokens).handle, this.nativeOptions(options));
+    return {
+      ...(result.logits ? { logits: new Tensor(result.logits) } : {}),
+      cache: Object.fromEntries(Object.entries(result.cache).map(([k, v]) => [k, new Tensor(v)])),
+    };
+  }
+
+  /** Mean next-token cross-entropy in nats over all B x (T - 1) predictions. */
+  async loss(tokens: TokensInput | string, options: Omit<RunOptions, 'logits'> = {}): Promise<number> {
+    const result = await this.handle.run(this.tokensTensor(tokens).handle, { ...this.nativeOptions(options), loss: 'mean' });
+    const loss = new Tensor(result.loss!);
+    const value = loss.item();
+    loss.dispose();
+    result.logits?.dispose();
+    return value;
+  }
+
+  /** Next-token cross-entropy of every prediction, [B, T - 1] float32. */
+  async lossPerToken(tokens: TokensInput | string, options: Omit<RunOptions, 'logits'> = {}): Promise<Tensor> {
+    const result = await this.handle.run(this.tokensTensor(tokens).handle, { ...this.nativeOptions(options), loss: 'per-token' });
+    result.logits?.dispose();
+    return new Tensor(result.loss!);
+  }
+
+  /** Names of the weights, TransformerLens style (`blocks.0.attn.W_Q`, `unembed.W_U`, ...). */
+  weightNames(): string[] {
+    return this.handle.weightNames();
+  }
+
+  /** A weight by TransformerLens name (shares memory with the model: do not modify). */
+  weight(name: string): Tensor {
+    return new Tensor(this.handle.weight(name));
+  }
+
+  /** Releases the weights now. */
+  dispose(): void {
+    this.handle.dispose();
+  }
+
+  private tokensTensor(tokens: TokensInput | string): Tensor {
+    if (typeof tokens === 'string') tokens = this.tokenize(tokens);
+    if (tokens instanceof Tensor) return tokens;
+    if (tokens instanceof Int32Array) return Tensor.from(tokens, [1, tokens.length], { share: false });
+    const rows: readonly (readonly number[])[] = tokens.length > 0 && Array.isArray(tokens[0]) ? (tokens as readonly (readonly number[])[]) : [tokens as readonly number[]];
+    const T = rows[0]?.length ?? 0;
+    if (rows.length === 0 || T === 0) throw new InvalidArgumentError('tokens must not be empty');
+    const flat = new Int32Array(rows.length * T);
+    rows.forEach((row, b) => {
+      if (!Array.isArray(row) || row.length !== T) {
+        throw new InvalidArgumentError(`tokens: row ${b} has ${Array.isArray(row) ? row.length : 'no'} tokens, expected ${T} (rows of a batch must have equal length)`);
+      }
+      row.forEach((id, t) => {
+        if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
+          throw new InvalidArgumentError(`token id ${id} (row ${b}, position ${t}) is out of range [0, ${this.config.vocabSize})`);
+        }
+        flat[b * T + t] = id;
+      });
+    });
+    return Tensor.from(flat, [rows.length, T]);
+  }
+
+  private nativeOptions(options: RunOptions): { hooks: string[]; mlp: NativeMlpReplacement[]; grad: boolean; logits: boolean } {
+    const mlp: NativeMlpReplacement[] = [];
+    for (const [key, spec] of Object.entries(options.replaceMlp ?? {})) {
+      const layer = Number(key);
+      if (!Number.isInteger(layer) || layer < 0 || layer >= this.config.nLayers) {
+        throw new InvalidArgumentError(`replaceMlp: layer ${key} does not exist (the model has ${this.config.nLayers} layers)`);
+      }
+      if (spec === 'zero' || spec === 'mean') mlp.push({ layer, kind: spec });
+      else if (typeof spec === 'function') {
+        mlp.push({
+          layer,
+          kind: 'callback',
+          fn: async (input, original, l) => {
+            const out = await spec(new Tensor(input), new Tensor(original!), l);
+            if (!(out instanceof Tensor)) throw new InvalidArgumentError(`the replaceMlp callback of layer ${l} must return a Tensor`);
+            return out.handle;
+          },
+        });
+      } else if (spec && 'mean' in spec && spec.mean instanceof Tensor) mlp.push({ layer, kind: 'mean', value: spec.mean.handle });
+      else if (spec && 'value' in spec && spec.value instanceof Tensor) mlp.push({ layer, kind: 'value', value: spec.value.handle });
+      else throw new InvalidArgumentError(`replaceMlp[${layer}]: expected 'zero', 'mean', { mean: Tensor }, { value: Tensor } or a function`);
+    }
+    return {
+      hooks: selectHooks(options.cache ?? [], this.hookNames),
+      mlp,
+      grad: options.grad ?? false,
+      logits: options.logits ?? true,
+    };
+  }
+}
+
+/**
+ * Loads a GPT-2 or GPT-NeoX/Pythia model from a local Hugging Face folder (config.json,
+ * model.safetensors or sharded safetensors, tokenizer.json). Validation errors name the file and
+ * field; the weights are read off the JS thread.
+ */
+export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<Model> {
+  const folder = resolve(dir);
+  const processing = options.processing ?? 'none';
+  const dtype = options.dtype ?? 'float32';
+  const device = options.device ?? 'cpu';
+  if (!PROCESSINGS.includes(processing)) throw new InvalidArgumentError(`processing must be one of ${PROCESSINGS.join(', ')}, got '${processing}'`);
+  if (!MODEL_DTYPES.includes(dtype)) throw new InvalidArgumentError(`dtype must be one of ${MODEL_DTYPES.join(', ')}, got '${dtype}'`);
+  if (!existsSync(folder)) throw new InvalidArgumentError(`model folder ${folder} does not exist`);
+  const config = readModelConfig(folder);
+  const files = resolveCheckpoint(folder, config);
+  const tokenizerPath = join(folder, 'tokenizer.json');
+  const tokenizer = existsSync(tokenizerPath)
+    ? Tokenizer.fromFile(tokenizerPath, { bosTokenId: config.bosTokenId, prependBos: config.defaultPrependBos })
+    : null;
+  const handle = await native().Model.load({ config, files, device, dtype, processing, source: folder });
+  return new Model({ dir: folder, config, processing, device, dtype, tokenizer, handle });
+}

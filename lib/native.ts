@@ -1,0 +1,118 @@
+/**
+ * Loads the native addon (build/Release/transcoders.node, built by scripts/build-native.mjs at
+ * install time) and types its surface. Everything else reaches libtorch through this module.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { FormatError, InvalidArgumentError, NativeLoadError, TorchError } from './errors.js';
+
+/** The native tensor handle (see native/tensor/tensor_wrap.h). */
+export interface NativeTensor {
+  readonly shape: number[];
+  readonly dtype: string;
+  readonly device: string;
+  readonly disposed: boolean;
+  toTypedArray(): Float32Array | Float64Array | BigInt64Array | Int32Array | Int16Array | Int8Array | Uint8Array;
+  rawBytes(): Uint8Array;
+  to(device: string | null, dtype: string | null): Promise<NativeTensor>;
+  dispose(): void;
+}
+
+export interface NativeTensorClass {
+  fromTypedArray(data: ArrayBufferView, shape: number[], dtype: string, share: boolean): NativeTensor;
+}
+
+/** One replacement of an MLP output as the native forward understands it. */
+export interface NativeMlpReplacement {
+  layer: number;
+  kind: 'zero' | 'mean' | 'value' | 'callback';
+  value?: NativeTensor;
+  fn?: (input: NativeTensor, original: NativeTensor | null, layer: number) => NativeTensor | Promise<NativeTensor>;
+}
+
+export interface NativeRunOptions {
+  hooks?: string[];
+  mlp?: NativeMlpReplacement[];
+  grad?: boolean;
+  logits?: boolean;
+  loss?: 'mean' | 'per-token';
+}
+
+export interface NativeRunResult {
+  logits?: NativeTensor;
+  loss?: NativeTensor;
+  cache: Record<string, NativeTensor>;
+}
+
+/** The native model handle (see native/model/model_wrap.h). */
+export interface NativeModel {
+  run(tokens: NativeTensor, options: NativeRunOptions): Promise<NativeRunResult>;
+  hookNames(): string[];
+  weightNames(): string[];
+  weight(name: string): NativeTensor;
+  dispose(): void;
+}
+
+export interface NativeModelClass {
+  load(spec: unknown): Promise<NativeModel>;
+}
+
+export interface TorchInfo {
+  version: string;
+  cudaAvailable: boolean;
+  cudaDeviceCount: number;
+  cxx11Abi: boolean;
+  parallelInfo: string;
+}
+
+interface Addon {
+  Tensor: NativeTensorClass;
+  Model: NativeModelClass;
+  setNumThreads(n: number): void;
+  getNumThreads(): number;
+  torchInfo(): TorchInfo;
+  loadSafetensors(
+    path: string,
+    dataStart: number,
+    entries: { key: string; dtype: string; shape: number[]; begin: number; end: number }[],
+  ): Promise<Record<string, NativeTensor>>;
+  registerErrorClasses(classes: Record<string, unknown>): void;
+}
+
+function addonPath(): string {
+  const override = process.env.TRANSCODERS_NATIVE;
+  if (override) return override;
+  return fileURLToPath(new URL('../build/Release/transcoders.node', import.meta.url));
+}
+
+function loadAddon(): Addon {
+  const path = addonPath();
+  if (!existsSync(path)) {
+    throw new NativeLoadError(
+      `the native addon is not built (${path} is missing). Run \`npm rebuild transcoders\` ` +
+        '(or `npm run build` in a clone); it needs libtorch: see the README, section "Installing".',
+    );
+  }
+  try {
+    const addon = createRequire(import.meta.url)(path) as Addon;
+    addon.registerErrorClasses({ TorchError, InvalidArgumentError, FormatError });
+    return addon;
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    const hint = /undefined symbol/.test(reason)
+      ? 'The addon was built against another libtorch (or C++ ABI) than the one it now loads: run `npm rebuild transcoders`.'
+      : /libtorch|libc10|cannot open shared object/.test(reason)
+        ? 'libtorch\'s libraries are not found at run time: install libtorch-dev, or rebuild with LIBTORCH set so the addon records its path.'
+        : 'Run `npm rebuild transcoders` to rebuild it.';
+    throw new NativeLoadError(`cannot load the native addon ${path}: ${reason}\n${hint}`);
+  }
+}
+
+let cached: Addon | undefined;
+
+/** The addon, loaded on first use. */
+export function native(): Addon {
+  cached ??= loadAddon();
+  return cached;
+}

@@ -1,0 +1,124 @@
+/**
+ * Tensor: a handle over a libtorch tensor living in native memory (CPU or CUDA).
+ * Release it with dispose() when done; otherwise the garbage collector frees it eventually
+ * (its size is reported to V8, so large tensors count towards GC pressure).
+ */
+import { InvalidArgumentError } from './errors.js';
+import { native, type NativeTensor } from './native.js';
+
+/** Element types a Tensor can hold. */
+export type DType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int64' | 'int32' | 'int16' | 'int8' | 'uint8' | 'bool';
+
+export const DTYPES: readonly DType[] = ['float32', 'float16', 'bfloat16', 'float64', 'int64', 'int32', 'int16', 'int8', 'uint8', 'bool'];
+
+/** What {@link Tensor.toTypedArray} returns (float16/bfloat16 are widened to Float32Array, bool is Uint8Array). */
+export type TensorData = Float32Array | Float64Array | BigInt64Array | Int32Array | Int16Array | Int8Array | Uint8Array;
+
+/** Arrays {@link Tensor.from} accepts. Uint16Array carries raw float16/bfloat16 bits. */
+export type TensorSource =
+  | Float32Array
+  | Float64Array
+  | BigInt64Array
+  | Int32Array
+  | Int16Array
+  | Int8Array
+  | Uint8Array
+  | Uint16Array;
+
+export interface FromOptions {
+  /** Element type of the tensor; defaults to the array's own (Float64Array -> float64, Uint8Array -> uint8). */
+  dtype?: DType;
+  /**
+   * Share the array's memory instead of copying it (default true). Only possible when the
+   * element types match and the data is aligned; otherwise the data is copied. A shared tensor
+   * sees later writes to the array, like torch.from_numpy.
+   */
+  share?: boolean;
+}
+
+function defaultDtype(data: TensorSource): DType {
+  if (data instanceof Float32Array) return 'float32';
+  if (data instanceof Float64Array) return 'float64';
+  if (data instanceof BigInt64Array) return 'int64';
+  if (data instanceof Int32Array) return 'int32';
+  if (data instanceof Int16Array) return 'int16';
+  if (data instanceof Int8Array) return 'int8';
+  if (data instanceof Uint8Array) return 'uint8';
+  throw new InvalidArgumentError('Tensor.from: a Uint16Array holds raw 16-bit float bits; pass { dtype: "float16" | "bfloat16" }');
+}
+
+export class Tensor {
+  /** @internal */
+  readonly handle: NativeTensor;
+
+  /** @internal Wraps a native handle; use {@link Tensor.from} to create tensors. */
+  constructor(handle: NativeTensor) {
+    this.handle = handle;
+  }
+
+  /**
+   * Creates a CPU tensor from a TypedArray. `shape` defaults to `[data.length]`.
+   * @example Tensor.from(new Float32Array([1, 2, 3, 4]), [2, 2])
+   */
+  static from(data: TensorSource, shape: readonly number[] = [data.length], options: FromOptions = {}): Tensor {
+    const dtype = options.dtype ?? defaultDtype(data);
+    return new Tensor(native().Tensor.fromTypedArray(data, [...shape], dtype, options.share ?? true));
+  }
+
+  /** Dimensions, e.g. `[1, 12, 768]`. */
+  get shape(): number[] {
+    return this.handle.shape;
+  }
+
+  get dtype(): DType {
+    return this.handle.dtype as DType;
+  }
+
+  /** `'cpu'`, `'cuda:0'`, ... */
+  get device(): string {
+    return this.handle.device;
+  }
+
+  /** Number of elements. */
+  get size(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+
+  get disposed(): boolean {
+    return this.handle.disposed;
+  }
+
+  /** Copies the data (row-major) into a new TypedArray on the JS heap. */
+  toTypedArray(): TensorData {
+    return this.handle.toTypedArray();
+  }
+
+  /** Copies the data into a Float32Array (any numeric dtype; int64 values must fit a double). */
+  toFloat32Array(): Float32Array {
+    const data = this.toTypedArray();
+    if (data instanceof Float32Array) return data;
+    if (data instanceof BigInt64Array) return Float32Array.from(data, (v) => Number(v));
+    return Float32Array.from(data);
+  }
+
+  /** The single value of a one-element tensor. */
+  item(): number {
+    if (this.size !== 1) throw new InvalidArgumentError(`item() needs a one-element tensor, this one has shape [${this.shape}]`);
+    const v = this.toTypedArray()[0]!;
+    return typeof v === 'bigint' ? Number(v) : v;
+  }
+
+  /** A copy on another device and/or with another dtype (runs off the JS thread). */
+  async to(options: { device?: string; dtype?: DType }): Promise<Tensor> {
+    return new Tensor(await this.handle.to(options.device ?? null, options.dtype ?? null));
+  }
+
+  /** Releases the native memory now. Using the tensor afterwards throws. */
+  dispose(): void {
+    this.handle.dispose();
+  }
+
+  toString(): string {
+    return this.disposed ? 'Tensor(disposed)' : `Tensor(shape=[${this.shape}], dtype=${this.dtype}, device=${this.device})`;
+  }
+}

@@ -1,0 +1,63 @@
+// Entry point of the native addon: registers the classes and functions lib/native.ts loads.
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <napi.h>
+#include <torch/version.h>
+
+#include "core/errors.h"
+#include "core/state.h"
+#include "core/threads.h"
+#include "io/safetensors_js.h"
+#include "model/model_wrap.h"
+#include "tensor/tensor_wrap.h"
+
+namespace tc {
+namespace {
+
+Napi::Value setNumThreadsJs(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    if (!info[0].IsNumber()) throw InvalidArgument("setNumThreads(n): n must be a positive integer");
+    int n = info[0].As<Napi::Number>().Int32Value();
+    if (n < 1) throw InvalidArgument("setNumThreads(n): n must be a positive integer, got " + std::to_string(n));
+    setNumThreads(n);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value getNumThreadsJs(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), numThreads()); }
+
+Napi::Value torchInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("version", TORCH_VERSION);
+  out.Set("cudaAvailable", at::hasCUDA());
+  out.Set("cudaDeviceCount", at::hasCUDA() ? at::detail::getCUDAHooks().getNumGPUs() : 0);
+  out.Set("cxx11Abi", static_cast<bool>(_GLIBCXX_USE_CXX11_ABI));
+  out.Set("parallelInfo", at::get_parallel_info());
+  return out;
+}
+
+Napi::Value registerErrors(const Napi::CallbackInfo& info) {
+  registerErrorClasses(info);
+  return info.Env().Undefined();
+}
+
+Napi::Object init(Napi::Env env, Napi::Object exports) {
+  env.SetInstanceData(new AddonState());
+  exports.Set("Tensor", JsTensor::define(env));
+  exports.Set("Model", JsModel::define(env));
+  exports.Set("setNumThreads", Napi::Function::New(env, setNumThreadsJs));
+  exports.Set("getNumThreads", Napi::Function::New(env, getNumThreadsJs));
+  exports.Set("loadSafetensors", Napi::Function::New(env, loadSafetensorsJs));
+  exports.Set("torchInfo", Napi::Function::New(env, torchInfo));
+  exports.Set("registerErrorClasses", Napi::Function::New(env, registerErrors));
+  return exports;
+}
+
+}  // namespace
+}  // namespace tc
+
+static Napi::Object InitTranscoders(Napi::Env env, Napi::Object exports) { return tc::init(env, exports); }
+
+NODE_API_MODULE(transcoders, InitTranscoders)

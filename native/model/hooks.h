@@ -1,0 +1,47 @@
+// Hook points of the forward pass, named as in TransformerLens so that activations, transcoder
+// configs and circuit code share one vocabulary ("blocks.8.ln2.hook_normalized", ...).
+#pragma once
+#include <ATen/Tensor.h>
+
+#include <array>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace tc {
+
+enum class ModelHook { Embed, PosEmbed, LnFinalScale, LnFinalNormalized, Count };
+
+enum class BlockHook {
+  ResidPre, Ln1Scale, Ln1Normalized, AttnQ, AttnK, AttnV, AttnRotQ, AttnRotK, AttnScores, AttnPattern, AttnZ,
+  AttnOut, ResidMid, Ln2Scale, Ln2Normalized, MlpPre, MlpPost, MlpOut, ResidPost, Count
+};
+
+// Every hook name a model of this configuration has, in forward order.
+std::vector<std::string> hookNames(const ModelConfig& cfg);
+
+// A set of requested hooks, resolved once from names; collects their tensors during a forward.
+class HookCache {
+ public:
+  // Throws InvalidArgument naming the first unknown hook.
+  HookCache(const ModelConfig& cfg, const std::vector<std::string>& names);
+  HookCache() = default;
+
+  bool wants(ModelHook h) const { return model_[static_cast<size_t>(h)]; }
+  bool wants(int64_t layer, BlockHook h) const {
+    return !blocks_.empty() && blocks_[layer][static_cast<size_t>(h)];
+  }
+  void record(ModelHook h, const at::Tensor& t);
+  void record(int64_t layer, BlockHook h, const at::Tensor& t);
+
+  std::map<std::string, at::Tensor>& tensors() { return tensors_; }
+
+ private:
+  std::array<bool, static_cast<size_t>(ModelHook::Count)> model_{};
+  std::vector<std::array<bool, static_cast<size_t>(BlockHook::Count)>> blocks_;
+  std::map<std::string, at::Tensor> tensors_;
+};
+
+}  // namespace tc

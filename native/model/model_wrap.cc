@@ -1,0 +1,337 @@
+#include "model/model_wrap.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <future>
+
+#include "core/errors.h"
+#include "core/state.h"
+#include "core/task.h"
+#include "io/safetensors.h"
+#include "io/safetensors_js.h"
+#include "model/processing.h"
+#include "tensor/dtype.h"
+#include "tensor/tensor_wrap.h"
+
+namespace tc {
+
+namespace {
+
+// ---- reading JS arguments (on the JS thread) ---------------------------------------------------
+
+int64_t intField(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw InvalidArgument(std::string("config field '") + key + "' must be a number");
+  return v.As<Napi::Number>().Int64Value();
+}
+
+std::vector<std::string> stringList(const Napi::Value& value, const char* what) {
+  std::vector<std::string> out;
+  if (value.IsUndefined() || value.IsNull()) return out;
+  if (!value.IsArray()) throw InvalidArgument(std::string(what) + " must be an array of strings");
+  auto arr = value.As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    Napi::Value item = arr.Get(i);
+    if (!item.IsString()) throw InvalidArgument(std::string(what) + " must be an array of strings");
+    out.push_back(item.As<Napi::String>());
+  }
+  return out;
+}
+
+ModelConfig configFrom(const Napi::Object& c) {
+  ModelConfig cfg;
+  std::string arch = c.Get("arch").As<Napi::String>();
+  if (arch == "gpt2") cfg.arch = Arch::GPT2;
+  else if (arch == "gpt_neox") cfg.arch = Arch::NeoX;
+  else throw InvalidArgument("unknown architecture '" + arch + "'");
+  cfg.nLayers = intField(c, "nLayers");
+  cfg.dModel = intField(c, "dModel");
+  cfg.nHeads = intField(c, "nHeads");
+  cfg.dHead = intField(c, "dHead");
+  cfg.dMlp = intField(c, "dMlp");
+  cfg.nCtx = intField(c, "nCtx");
+  cfg.vocabSize = intField(c, "vocabSize");
+  cfg.lnEps = c.Get("lnEps").As<Napi::Number>().DoubleValue();
+  std::string act = c.Get("activation").As<Napi::String>();
+  if (act == "gelu_tanh") cfg.act = Activation::GeluTanh;
+  else if (act == "gelu") cfg.act = Activation::GeluExact;
+  else if (act == "relu") cfg.act = Activation::Relu;
+  else throw InvalidArgument("unknown activation '" + act + "'");
+  cfg.parallelResidual = c.Get("parallelResidual").ToBoolean();
+  cfg.rotaryDim = intField(c, "rotaryDim");
+  cfg.rotaryBase = c.Get("rotaryBase").As<Napi::Number>().DoubleValue();
+  cfg.scaleAttnByInverseLayerIdx = c.Get("scaleAttnByInverseLayerIdx").ToBoolean();
+  return cfg;
+}
+
+struct CheckpointFile {
+  std::string path;
+  uint64_t dataStart = 0;
+  std::vector<SafetensorsEntry> entries;
+  std::vector<std::string> canonicalNames;  // Hugging Face name each entry maps to
+};
+
+std::vector<CheckpointFile> filesFrom(const Napi::Array& files) {
+  std::vector<CheckpointFile> out;
+  for (uint32_t i = 0; i < files.Length(); ++i) {
+    auto f = files.Get(i).As<Napi::Object>();
+    CheckpointFile file;
+    file.path = f.Get("path").As<Napi::String>();
+    file.dataStart = static_cast<uint64_t>(f.Get("dataStart").As<Napi::Number>().Int64Value());
+    auto entries = f.Get("entries").As<Napi::Array>();
+    file.entries = safetensorsEntriesFrom(entries);
+    for (uint32_t j = 0; j < entries.Length(); ++j)
+      file.canonicalNames.push_back(entries.Get(j).As<Napi::Object>().Get("name").As<Napi::String>());
+    out.push_back(std::move(file));
+  }
+  return out;
+}
+
+// ---- MLP replacement by a JS callback ---------------------------------------------------------
+// The forward runs on a worker; the callback must run on the JS thread. The worker posts a call
+// through a thread-safe function and waits for the callback's Tensor (or its Promise) to arrive.
+
+struct CallbackCall {
+  int64_t layer;
+  at::Tensor input, original;
+  std::promise<at::Tensor> result;
+};
+
+void failCall(CallbackCall* call, const std::string& message) {
+  call->result.set_exception(std::make_exception_ptr(
+      InvalidArgument("the MLP replacement callback of layer " + std::to_string(call->layer) + " failed: " + message)));
+}
+
+void settleWith(CallbackCall* call, const Napi::Value& value) {
+  try {
+    call->result.set_value(JsTensor::tensorOf(value, "the value returned by an MLP replacement callback"));
+  } catch (const std::exception& e) {
+    failCall(call, e.what());
+  }
+}
+
+std::string messageOf(const Napi::Value& reason) {
+  if (reason.IsObject()) {
+    Napi::Value m = reason.As<Napi::Object>().Get("message");
+    if (m.IsString()) return m.As<Napi::String>();
+  }
+  return reason.ToString();
+}
+
+void invokeCallback(Napi::Env env, Napi::Function fn, std::nullptr_t*, CallbackCall* call) {
+  if (env == nullptr) return;  // environment torn down: the waiting worker gets a broken promise
+  try {
+    Napi::Value out = fn.Call({JsTensor::wrap(env, call->input),
+                               call->original.defined() ? Napi::Value(JsTensor::wrap(env, call->original)) : env.Null(),
+                               Napi::Number::New(env, static_cast<double>(call->layer))});
+    if (out.IsPromise()) {
+      auto onOk = Napi::Function::New(env, [call](const Napi::CallbackInfo& info) { settleWith(call, info[0]); });
+      auto onErr = Napi::Function::New(env, [call](const Napi::CallbackInfo& info) { failCall(call, messageOf(info[0])); });
+      out.As<Napi::Object>().Get("then").As<Napi::Function>().Call(out, {onOk, onErr});
+    } else {
+      settleWith(call, out);
+    }
+  } catch (const Napi::Error& e) {
+    failCall(call, e.Message());
+  }
+}
+
+using CallbackTsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, CallbackCall, invokeCallback>;
+
+std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> callbackModule(CallbackTsfn tsfn, int64_t layer) {
+  return [tsfn, layer](const at::Tensor& input, const at::Tensor& original) mutable {
+    CallbackCall call{layer, input, original, {}};
+    std::future<at::Tensor> done = call.result.get_future();
+    if (tsfn.BlockingCall(&call) != napi_ok) throw InvalidArgument("the JS environment is shutting down");
+    try {
+      return done.get();
+    } catch (const std::future_error&) {
+      throw InvalidArgument("the MLP replacement callback of layer " + std::to_string(layer) + " never returned");
+    }
+  };
+}
+
+enum class LossKind { None, Mean, PerToken };
+
+struct RunResult {
+  ForwardResult forward;
+  at::Tensor loss;
+};
+
+}  // namespace
+
+Napi::Function JsModel::define(Napi::Env env) {
+  Napi::Function cls = DefineClass(env, "NativeModel",
+                                   {
+                                       StaticMethod<&JsModel::load>("load"),
+                                       InstanceMethod<&JsModel::run>("run"),
+                                       InstanceMethod<&JsModel::hookNames>("hookNames"),
+                                       InstanceMethod<&JsModel::weightNames>("weightNames"),
+                                       InstanceMethod<&JsModel::weight>("weight"),
+                                       InstanceMethod<&JsModel::dispose>("dispose"),
+                                   });
+  AddonState::of(env).modelClass = Napi::Persistent(cls);
+  return cls;
+}
+
+JsModel::JsModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsModel>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal())
+    throw Napi::TypeError::New(info.Env(), "models are created by loadModel(dir)");
+  model_ = *info[0].As<Napi::External<std::shared_ptr<const Transformer>>>().Data();
+}
+
+std::shared_ptr<const Transformer> JsModel::live() const {
+  if (!model_) throw InvalidArgument("this model was disposed");
+  return model_;
+}
+
+// load({ config, files, device, dtype, processing, source }) -> Promise<NativeModel>
+Napi::Value JsModel::load(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    auto spec = info[0].As<Napi::Object>();
+    ModelConfig cfg = configFrom(spec.Get("config").As<Napi::Object>());
+    std::vector<CheckpointFile> files = filesFrom(spec.Get("files").As<Napi::Array>());
+    c10::Device device = deviceFromName(spec.Get("device").As<Napi::String>());
+    c10::ScalarType dtype = dtypeFromName(spec.Get("dtype").As<Napi::String>());
+    std::string processing = spec.Get("processing").As<Napi::String>();
+    std::string source = spec.Get("source").As<Napi::String>();
+    if (processing != "none" && processing != "transformerlens")
+      throw InvalidArgument("unknown processing '" + processing + "' (expected 'none' or 'transformerlens')");
+
+    using Handle = std::shared_ptr<const Transformer>;
+    return Task<Handle>::start(
+        env, "transcoders:loadModel",
+        [=]() -> Handle {
+          at::NoGradGuard noGrad;
+          std::map<std::string, at::Tensor> hf;
+          for (const auto& file : files) {
+            auto loaded = loadSafetensors(file.path, file.dataStart, file.entries);
+            for (size_t i = 0; i < file.entries.size(); ++i) hf[file.canonicalNames[i]] = loaded.at(file.entries[i].name);
+          }
+          Weights w = weightsFromHuggingFace(cfg, hf, source);
+          hf.clear();
+          if (processing == "transformerlens") {
+            castWeights(w, device, c10::kFloat);  // process in float32 on the target device
+            processLikeTransformerLens(w);
+          }
+          castWeights(w, device, dtype);
+          return std::make_shared<const Transformer>(cfg, std::move(w));
+        },
+        [](Napi::Env env, Handle& model) -> Napi::Value {
+          auto external = Napi::External<Handle>::New(env, new Handle(model), [](Napi::Env, Handle* h) { delete h; });
+          return AddonState::of(env).modelClass.New({external});
+        });
+  });
+}
+
+// run(tokens, { hooks?, mlp?: [{ layer, kind, value?, fn? }], grad?, logits?, loss? })
+//   -> Promise<{ logits?, cache, loss? }>
+Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    std::shared_ptr<const Transformer> model = live();
+    at::Tensor tokens = JsTensor::tensorOf(info[0], "tokens");
+    Napi::Object opts = info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
+
+    ForwardOptions options;
+    options.hooks = stringList(opts.Get("hooks"), "hooks");
+    options.grad = opts.Get("grad").ToBoolean();
+    options.logits = !opts.Has("logits") || opts.Get("logits").ToBoolean();
+    LossKind loss = LossKind::None;
+    if (opts.Get("loss").IsString()) {
+      std::string kind = opts.Get("loss").As<Napi::String>();
+      loss = kind == "per-token" ? LossKind::PerToken : LossKind::Mean;
+    }
+    if (loss != LossKind::None) options.logits = true;
+    // Validate hook names now, so a typo fails before any work is queued.
+    HookCache(model->config(), options.hooks);
+
+    std::vector<CallbackTsfn> callbacks;
+    if (opts.Get("mlp").IsArray()) {
+      auto list = opts.Get("mlp").As<Napi::Array>();
+      for (uint32_t i = 0; i < list.Length(); ++i) {
+        auto spec = list.Get(i).As<Napi::Object>();
+        int64_t layer = spec.Get("layer").As<Napi::Number>().Int64Value();
+        std::string kind = spec.Get("kind").As<Napi::String>();
+        MlpReplacement r;
+        if (kind == "zero") {
+          r.kind = MlpReplacement::Kind::Zero;
+        } else if (kind == "mean") {
+          r.kind = MlpReplacement::Kind::Mean;
+          if (JsTensor::isTensor(spec.Get("value"))) r.value = JsTensor::tensorOf(spec.Get("value"), "mean value");
+        } else if (kind == "value") {
+          r.kind = MlpReplacement::Kind::Value;
+          r.value = JsTensor::tensorOf(spec.Get("value"), "replacement value");
+        } else if (kind == "callback") {
+          r.kind = MlpReplacement::Kind::Module;
+          if (!spec.Get("fn").IsFunction()) throw InvalidArgument("an MLP replacement callback must be a function");
+          callbacks.push_back(CallbackTsfn::New(env, spec.Get("fn").As<Napi::Function>(), "transcoders:mlp-callback", 0, 1));
+          r.module = callbackModule(callbacks.back(), layer);
+        } else {
+          throw InvalidArgument("unknown MLP replacement kind '" + kind + "' (expected zero, mean, value or callback)");
+        }
+        if (options.mlpReplacements.count(layer)) throw InvalidArgument("layer " + std::to_string(layer) + "'s MLP is replaced twice");
+        options.mlpReplacements[layer] = std::move(r);
+      }
+    }
+
+    return Task<RunResult>::start(
+        env, "transcoders:run",
+        [model, tokens, options, loss, callbacks]() mutable -> RunResult {
+          struct ReleaseCallbacks {
+            std::vector<CallbackTsfn>& fns;
+            ~ReleaseCallbacks() {
+              for (auto& f : fns) f.Release();
+            }
+          } release{callbacks};
+          RunResult out;
+          out.forward = model->forward(tokens, options);
+          if (loss != LossKind::None)
+            out.loss = Transformer::nextTokenLoss(out.forward.logits, model->prepareTokens(tokens), loss == LossKind::PerToken);
+          return out;
+        },
+        [](Napi::Env env, RunResult& r) -> Napi::Value {
+          Napi::Object result = Napi::Object::New(env);
+          if (r.forward.logits.defined()) result.Set("logits", JsTensor::wrap(env, r.forward.logits));
+          if (r.loss.defined()) result.Set("loss", JsTensor::wrap(env, r.loss));
+          Napi::Object cache = Napi::Object::New(env);
+          for (auto& [name, t] : r.forward.cache) cache.Set(name, JsTensor::wrap(env, t));
+          result.Set("cache", cache);
+          return result;
+        });
+  });
+}
+
+Napi::Value JsModel::hookNames(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    auto names = tc::hookNames(live()->config());
+    Napi::Array out = Napi::Array::New(info.Env(), names.size());
+    for (size_t i = 0; i < names.size(); ++i) out[i] = Napi::String::New(info.Env(), names[i]);
+    return out;
+  });
+}
+
+Napi::Value JsModel::weightNames(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    auto names = tc::weightNames(live()->weights());
+    Napi::Array out = Napi::Array::New(info.Env(), names.size());
+    for (size_t i = 0; i < names.size(); ++i) out[i] = Napi::String::New(info.Env(), names[i]);
+    return out;
+  });
+}
+
+Napi::Value JsModel::weight(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    if (!info[0].IsString()) throw InvalidArgument("weight(name): name must be a string");
+    return JsTensor::wrap(info.Env(), weightByName(live()->weights(), info[0].As<Napi::String>()));
+  });
+}
+
+Napi::Value JsModel::dispose(const Napi::CallbackInfo& info) {
+  model_.reset();
+  return info.Env().Undefined();
+}
+
+}  // namespace tc

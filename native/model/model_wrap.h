@@ -1,0 +1,28 @@
+// NativeModel: the JS handle over a loaded Transformer (wrapped by lib/models/model.ts).
+#pragma once
+#include <napi.h>
+
+#include <memory>
+
+#include "model/transformer.h"
+
+namespace tc {
+
+class JsModel : public Napi::ObjectWrap<JsModel> {
+ public:
+  static Napi::Function define(Napi::Env env);
+  explicit JsModel(const Napi::CallbackInfo& info);
+
+ private:
+  static Napi::Value load(const Napi::CallbackInfo& info);
+  Napi::Value run(const Napi::CallbackInfo& info);
+  Napi::Value hookNames(const Napi::CallbackInfo& info);
+  Napi::Value weightNames(const Napi::CallbackInfo& info);
+  Napi::Value weight(const Napi::CallbackInfo& info);
+  Napi::Value dispose(const Napi::CallbackInfo& info);
+  std::shared_ptr<const Transformer> live() const;
+
+  std::shared_ptr<const Transformer> model_;
+};
+
+}  // namespace tc

@@ -1,0 +1,230 @@
+#include "model/transformer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/version.h>
+
+#include <cmath>
+#include <limits>
+
+#include "core/errors.h"
+
+namespace tc {
+
+Transformer::Transformer(ModelConfig cfg, Weights weights) : cfg_(std::move(cfg)), w_(std::move(weights)) {}
+
+at::Tensor Transformer::prepareTokens(const at::Tensor& tokens) const {
+  if (tokens.scalar_type() != c10::kLong && tokens.scalar_type() != c10::kInt)
+    throw InvalidArgument("tokens must be int32 or int64, got " + std::string(c10::toString(tokens.scalar_type())));
+  at::Tensor t = tokens.dim() == 1 ? tokens.unsqueeze(0) : tokens;
+  if (t.dim() != 2) throw InvalidArgument("tokens must have shape [T] or [B, T], got " + std::to_string(tokens.dim()) + " dimensions");
+  if (t.size(0) == 0 || t.size(1) == 0) throw InvalidArgument("tokens must not be empty");
+  if (t.size(1) > cfg_.nCtx)
+    throw InvalidArgument("sequence of " + std::to_string(t.size(1)) + " tokens is longer than the model's context of " +
+                          std::to_string(cfg_.nCtx));
+  int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
+  if (lo < 0 || hi >= cfg_.vocabSize)
+    throw InvalidArgument("token id " + std::to_string(lo < 0 ? lo : hi) + " is out of range [0, " +
+                          std::to_string(cfg_.vocabSize) + ")");
+  return t.to(device(), c10::kLong);
+}
+
+at::Tensor Transformer::layerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale) const {
+  if (scale == nullptr) return at::layer_norm(x, {cfg_.dModel}, w, b, cfg_.lnEps);
+  // Spelled out when the scale is observed: TransformerLens's hook_scale = sqrt(mean(xc^2) + eps).
+  at::Tensor xc = x - x.mean(-1, /*keepdim=*/true);
+  *scale = (xc.pow(2).mean(-1, /*keepdim=*/true) + cfg_.lnEps).sqrt();
+  at::Tensor out = xc / *scale;
+  return w.defined() ? at::addcmul(b, out, w) : out;
+}
+
+Transformer::Positions Transformer::positions(int64_t T) const {
+  Positions p;
+  p.future = at::ones({T, T}, at::TensorOptions().dtype(c10::kBool).device(device())).triu_(1);
+  if (cfg_.rotaryDim > 0) {
+    // GPT-NeoX rotate-half rotary embedding, angles computed in float32 as Hugging Face does.
+    auto f32 = at::TensorOptions().dtype(c10::kFloat).device(device());
+    at::Tensor invFreq = 1.0 / at::pow(cfg_.rotaryBase, at::arange(0, cfg_.rotaryDim, 2, f32) / double(cfg_.rotaryDim));
+    at::Tensor angles = at::outer(at::arange(T, f32), invFreq);
+    angles = at::cat({angles, angles}, -1);
+    p.rotary = at::stack({angles.cos(), angles.sin()}).to(w_.W_E.scalar_type());
+  }
+  return p;
+}
+
+namespace {
+
+// Rotates the first rotaryDim features of q or k ([B, T, H, dh]) by position.
+at::Tensor applyRotary(const at::Tensor& x, const at::Tensor& tables, int64_t rotaryDim) {
+  const int64_t T = x.size(1), half = rotaryDim / 2;
+  at::Tensor cos = tables[0].view({1, T, 1, rotaryDim}), sin = tables[1].view({1, T, 1, rotaryDim});
+  at::Tensor rot = x.narrow(-1, 0, rotaryDim);
+  at::Tensor rotated = at::cat({-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)}, -1);
+  at::Tensor out = rot * cos + rotated * sin;
+  if (rotaryDim == x.size(-1)) return out;
+  return at::cat({out, x.narrow(-1, rotaryDim, x.size(-1) - rotaryDim)}, -1);
+}
+
+at::Tensor activation(Activation act, const at::Tensor& x) {
+  switch (act) {
+    case Activation::GeluTanh: return at::gelu(x, "tanh");
+    case Activation::GeluExact: return at::gelu(x);
+    case Activation::Relu: return at::relu(x);
+  }
+  return x;
+}
+
+}  // namespace
+
+at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCache& hooks) const {
+  const LayerWeights& L = w_.layers[layer];
+  const int64_t B = x.size(0), T = x.size(1), d = cfg_.dModel, H = cfg_.nHeads, dh = cfg_.dHead;
+  at::Tensor qkv = at::addmm(L.b_QKV.reshape({-1}), x.reshape({B * T, d}), L.W_QKV.view({d, 3 * H * dh})).view({B, T, 3, H, dh});
+  at::Tensor q = qkv.select(2, 0), k = qkv.select(2, 1), v = qkv.select(2, 2);  // [B, T, H, dh]
+  hooks.record(layer, BlockHook::AttnQ, q);
+  hooks.record(layer, BlockHook::AttnK, k);
+  hooks.record(layer, BlockHook::AttnV, v);
+  if (cfg_.rotaryDim > 0) {
+    q = applyRotary(q, pos.rotary, cfg_.rotaryDim);
+    k = applyRotary(k, pos.rotary, cfg_.rotaryDim);
+    hooks.record(layer, BlockHook::AttnRotQ, q);
+    hooks.record(layer, BlockHook::AttnRotK, k);
+  }
+  double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  if (cfg_.scaleAttnByInverseLayerIdx) scale /= static_cast<double>(layer + 1);
+  at::Tensor qh = q.transpose(1, 2), kh = k.transpose(1, 2), vh = v.transpose(1, 2);  // [B, H, T, dh]
+  at::Tensor z;
+  [[maybe_unused]] bool observed = hooks.wants(layer, BlockHook::AttnScores) || hooks.wants(layer, BlockHook::AttnPattern);
+#if TORCH_VERSION_MAJOR >= 2
+  if (!observed && !cfg_.scaleAttnByInverseLayerIdx) {
+    // Fused kernel (flash / memory-efficient on CUDA) when nobody looks at the pattern.
+    z = at::scaled_dot_product_attention(qh, kh, vh, {}, 0.0, /*is_causal=*/true);
+  }
+#endif
+  if (!z.defined()) {
+    at::Tensor scores = at::matmul(qh, kh.transpose(-1, -2)).mul_(scale);  // [B, H, Tq, Tk]
+    scores = scores.masked_fill(pos.future, -std::numeric_limits<double>::infinity());
+    hooks.record(layer, BlockHook::AttnScores, scores);
+    at::Tensor pattern = at::softmax(scores, -1);
+    hooks.record(layer, BlockHook::AttnPattern, pattern);
+    z = at::matmul(pattern, vh);
+  }
+  z = z.transpose(1, 2);  // [B, T, H, dh]
+  hooks.record(layer, BlockHook::AttnZ, z);
+  return at::addmm(L.b_O, z.reshape({B * T, H * dh}), L.W_O.view({H * dh, d})).view({B, T, d});
+}
+
+at::Tensor Transformer::mlp(int64_t layer, const at::Tensor& x, HookCache& hooks) const {
+  const LayerWeights& L = w_.layers[layer];
+  const int64_t B = x.size(0), T = x.size(1);
+  at::Tensor pre = at::addmm(L.b_in, x.reshape({B * T, cfg_.dModel}), L.W_in);
+  hooks.record(layer, BlockHook::MlpPre, pre.view({B, T, cfg_.dMlp}));
+  at::Tensor post = activation(cfg_.act, pre);
+  hooks.record(layer, BlockHook::MlpPost, post.view({B, T, cfg_.dMlp}));
+  return at::addmm(L.b_out, post, L.W_out).view({B, T, cfg_.dModel});
+}
+
+at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, const ForwardOptions& options,
+                                         HookCache& hooks) const {
+  auto it = options.mlpReplacements.find(layer);
+  if (it == options.mlpReplacements.end()) return mlp(layer, x, hooks);
+  const MlpReplacement& r = it->second;
+  // The original MLP runs only when something needs it: its hooks, a mean over this batch, a module.
+  bool needOriginal = hooks.wants(layer, BlockHook::MlpPre) || hooks.wants(layer, BlockHook::MlpPost) ||
+                      (r.kind == MlpReplacement::Kind::Mean && !r.value.defined()) ||
+                      (r.kind == MlpReplacement::Kind::Module && r.moduleNeedsOriginal);
+  at::Tensor original = needOriginal ? mlp(layer, x, hooks) : at::Tensor();
+  const std::vector<int64_t> shape = {x.size(0), x.size(1), cfg_.dModel};
+  at::Tensor out;
+  switch (r.kind) {
+    case MlpReplacement::Kind::Zero: out = at::zeros(shape, x.options()); break;
+    case MlpReplacement::Kind::Mean:
+      out = r.value.defined() ? r.value.to(x.options()).expand(shape) : original.mean(at::IntArrayRef{0, 1}, /*keepdim=*/true).expand(shape);
+      break;
+    case MlpReplacement::Kind::Value: out = r.value.to(x.options()).expand(shape); break;
+    case MlpReplacement::Kind::Module: out = r.module(x, original); break;
+  }
+  if (out.sizes() != at::IntArrayRef(shape))
+    throw InvalidArgument("the replacement of layer " + std::to_string(layer) + "'s MLP output has shape " +
+                          c10::str(out.sizes()) + ", expected " + c10::str(at::IntArrayRef(shape)));
+  return out.to(x.options());
+}
+
+at::Tensor Transformer::block(int64_t layer, const at::Tensor& residPre, const Positions& pos,
+                              const ForwardOptions& options, HookCache& hooks) const {
+  const LayerWeights& L = w_.layers[layer];
+  hooks.record(layer, BlockHook::ResidPre, residPre);
+
+  at::Tensor scale1;
+  bool observe1 = hooks.wants(layer, BlockHook::Ln1Scale);
+  at::Tensor x1 = layerNorm(residPre, L.ln1W, L.ln1B, observe1 ? &scale1 : nullptr);
+  hooks.record(layer, BlockHook::Ln1Scale, scale1);
+  hooks.record(layer, BlockHook::Ln1Normalized, x1);
+  at::Tensor attnOut = attention(layer, x1, pos, hooks);
+  hooks.record(layer, BlockHook::AttnOut, attnOut);
+
+  // Sequential blocks (GPT-2, NeoX without parallel residual) feed the MLP resid_mid; parallel
+  // blocks feed it resid_pre.
+  at::Tensor mlpIn = residPre;
+  if (!cfg_.parallelResidual) {
+    mlpIn = residPre + attnOut;
+    hooks.record(layer, BlockHook::ResidMid, mlpIn);
+  }
+  at::Tensor scale2;
+  bool observe2 = hooks.wants(layer, BlockHook::Ln2Scale);
+  at::Tensor x2 = layerNorm(mlpIn, L.ln2W, L.ln2B, observe2 ? &scale2 : nullptr);
+  hooks.record(layer, BlockHook::Ln2Scale, scale2);
+  hooks.record(layer, BlockHook::Ln2Normalized, x2);
+  at::Tensor mlpOut = mlpOrReplacement(layer, x2, options, hooks);
+  hooks.record(layer, BlockHook::MlpOut, mlpOut);
+
+  at::Tensor residPost = cfg_.parallelResidual ? residPre + attnOut + mlpOut : mlpIn + mlpOut;
+  hooks.record(layer, BlockHook::ResidPost, residPost);
+  return residPost;
+}
+
+ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOptions& options) const {
+  for (const auto& [layer, r] : options.mlpReplacements)
+    if (layer < 0 || layer >= cfg_.nLayers)
+      throw InvalidArgument("MLP replacement for layer " + std::to_string(layer) + " but the model has " +
+                            std::to_string(cfg_.nLayers) + " layers");
+  HookCache hooks(cfg_, options.hooks);
+  at::Tensor tokens = prepareTokens(rawTokens);
+  at::AutoGradMode gradMode(options.grad);
+  const int64_t T = tokens.size(1);
+
+  at::Tensor x = at::embedding(w_.W_E, tokens);
+  hooks.record(ModelHook::Embed, x);
+  if (w_.W_pos.defined()) {
+    at::Tensor pos = w_.W_pos.narrow(0, 0, T).unsqueeze(0).expand_as(x);
+    hooks.record(ModelHook::PosEmbed, pos);
+    x = x + pos;
+  }
+  const Positions pos = positions(T);
+  for (int64_t l = 0; l < cfg_.nLayers; ++l) x = block(l, x, pos, options, hooks);
+
+  ForwardResult result;
+  bool needFinal = options.logits || hooks.wants(ModelHook::LnFinalNormalized) || hooks.wants(ModelHook::LnFinalScale);
+  if (needFinal) {
+    at::Tensor scale;
+    at::Tensor xf = layerNorm(x, w_.lnFinalW, w_.lnFinalB, hooks.wants(ModelHook::LnFinalScale) ? &scale : nullptr);
+    hooks.record(ModelHook::LnFinalScale, scale);
+    hooks.record(ModelHook::LnFinalNormalized, xf);
+    if (options.logits) {
+      const int64_t B = xf.size(0);
+      result.logits = at::addmm(w_.b_U, xf.reshape({B * T, cfg_.dModel}), w_.W_U).view({B, T, cfg_.vocabSize});
+    }
+  }
+  result.cache = std::move(hooks.tensors());
+  return result;
+}
+
+at::Tensor Transformer::nextTokenLoss(const at::Tensor& logits, const at::Tensor& tokens, bool perToken) {
+  const int64_t T = tokens.size(1);
+  if (T < 2) throw InvalidArgument("the loss needs at least 2 tokens per row (it predicts token t+1 from tokens <= t)");
+  at::Tensor logProbs = at::log_softmax(logits.narrow(1, 0, T - 1).to(c10::kFloat), -1);
+  at::Tensor nll = -logProbs.gather(-1, tokens.narrow(1, 1, T - 1).unsqueeze(-1)).squeeze(-1);  // [B, T-1]
+  return perToken ? nll : nll.mean();
+}
+
+}  // namespace tc

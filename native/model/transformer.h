@@ -1,0 +1,75 @@
+// The forward pass of a decoder-only transformer (GPT-2 and GPT-NeoX/Pythia), written with
+// ATen operations that support autograd, with TransformerLens hook points and MLP splicing.
+#pragma once
+#include <ATen/Tensor.h>
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/hooks.h"
+#include "model/weights.h"
+
+namespace tc {
+
+// What replaces one layer's MLP output (hook_mlp_out) in a forward pass.
+struct MlpReplacement {
+  enum class Kind { Zero, Mean, Value, Module };
+  Kind kind = Kind::Zero;
+  at::Tensor value;  // Mean: [d] (undefined: the mean over this batch's positions); Value: broadcastable to [B, T, d]
+  // Module: called with (ln2.hook_normalized, original MLP output) and returns [B, T, d].
+  // Transcoders and JS callbacks plug in here.
+  std::function<at::Tensor(const at::Tensor& mlpIn, const at::Tensor& mlpOut)> module;
+  bool moduleNeedsOriginal = true;
+};
+
+struct ForwardOptions {
+  std::vector<std::string> hooks;                 // names of activations to return
+  std::map<int64_t, MlpReplacement> mlpReplacements;
+  bool grad = false;                              // record autograd history
+  bool logits = true;                             // compute the unembedding
+};
+
+struct ForwardResult {
+  at::Tensor logits;                      // [B, T, V]
+  std::map<std::string, at::Tensor> cache;
+};
+
+class Transformer {
+ public:
+  Transformer(ModelConfig cfg, Weights weights);
+
+  const ModelConfig& config() const { return cfg_; }
+  const Weights& weights() const { return w_; }
+  c10::Device device() const { return w_.W_E.device(); }
+
+  // Checks tokens (int32/int64, [T] or [B, T], ids in range, T within the context) and returns
+  // them as int64 [B, T] on the model's device.
+  at::Tensor prepareTokens(const at::Tensor& tokens) const;
+  ForwardResult forward(const at::Tensor& tokens, const ForwardOptions& options) const;
+  // Mean next-token cross-entropy (nats) of logits [B, T, V] for tokens [B, T]; per-token
+  // losses [B, T - 1] when `perToken`.
+  static at::Tensor nextTokenLoss(const at::Tensor& logits, const at::Tensor& tokens, bool perToken);
+
+ private:
+  // LayerNorm (LayerNormPre when w/b are undefined); fills *scale when asked (hook_scale).
+  at::Tensor layerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale) const;
+  // Per-forward tables shared by all layers.
+  struct Positions {
+    at::Tensor future;  // [T, T] bool, true above the diagonal (masked keys)
+    at::Tensor rotary;  // [2, T, rotaryDim] cos/sin, rotary models only
+  };
+  Positions positions(int64_t T) const;
+  at::Tensor attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCache& hooks) const;
+  at::Tensor mlp(int64_t layer, const at::Tensor& x, HookCache& hooks) const;
+  at::Tensor mlpOrReplacement(int64_t layer, const at::Tensor& x, const ForwardOptions& options, HookCache& hooks) const;
+  at::Tensor block(int64_t layer, const at::Tensor& residPre, const Positions& pos, const ForwardOptions& options,
+                   HookCache& hooks) const;
+
+  ModelConfig cfg_;
+  Weights w_;
+};
+
+}  // namespace tc
