@@ -58,7 +58,7 @@ export function trainByteLevelBpe(corpus: readonly string[], options: TrainBpeOp
       }
     }
     let best: string | null = null;
-    let bestCount = 1; // a pair seen once is not worth a token
+    let bestCount = 0;
     for (const [pair, count] of pairs) {
       if (count > bestCount || (count === bestCount && best !== null && pair < best)) {
         best = pair;
