@@ -5,7 +5,7 @@
  */
 export { TranscodersError, InvalidArgumentError, FormatError, TorchError, NativeLoadError } from './errors.js';
 export { Tensor, DTYPES, type DType, type TensorData, type TensorSource, type FromOptions } from './tensor.js';
-export { setNumThreads, getNumThreads, torchInfo, type TorchInfo } from './runtime.js';
+export { setNumThreads, getNumThreads, workerNumThreads, torchInfo, type TorchInfo } from './runtime.js';
 export {
   readSafetensorsHeader,
   readSafetensors,

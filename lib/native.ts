@@ -71,6 +71,7 @@ interface Addon {
   Model: NativeModelClass;
   setNumThreads(n: number): void;
   getNumThreads(): number;
+  workerNumThreads(): Promise<number>;
   torchInfo(): TorchInfo;
   loadSafetensors(
     path: string,

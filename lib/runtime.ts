@@ -16,6 +16,11 @@ export function getNumThreads(): number {
   return native().getNumThreads();
 }
 
+/** The intra-op thread count libtorch reports on a worker thread (where the library's work runs). */
+export function workerNumThreads(): Promise<number> {
+  return native().workerNumThreads();
+}
+
 /** Version and capabilities of the libtorch the addon was built against. */
 export function torchInfo(): TorchInfo {
   return native().torchInfo();

@@ -7,6 +7,7 @@
 
 #include "core/errors.h"
 #include "core/state.h"
+#include "core/task.h"
 #include "core/threads.h"
 #include "io/safetensors_js.h"
 #include "model/model_wrap.h"
@@ -26,6 +27,13 @@ Napi::Value setNumThreadsJs(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value getNumThreadsJs(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), numThreads()); }
+
+// The intra-op thread count libtorch reports on a worker thread, where the library's work runs.
+Napi::Value workerNumThreads(const Napi::CallbackInfo& info) {
+  return Task<int>::start(
+      info.Env(), "transcoders:workerNumThreads", []() { return at::get_num_threads(); },
+      [](Napi::Env env, int& n) -> Napi::Value { return Napi::Number::New(env, n); });
+}
 
 Napi::Value torchInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -49,6 +57,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("Model", JsModel::define(env));
   exports.Set("setNumThreads", Napi::Function::New(env, setNumThreadsJs));
   exports.Set("getNumThreads", Napi::Function::New(env, getNumThreadsJs));
+  exports.Set("workerNumThreads", Napi::Function::New(env, workerNumThreads));
   exports.Set("loadSafetensors", Napi::Function::New(env, loadSafetensorsJs));
   exports.Set("torchInfo", Napi::Function::New(env, torchInfo));
   exports.Set("registerErrorClasses", Napi::Function::New(env, registerErrors));

@@ -75,6 +75,7 @@ export class Tokenizer {
         throw new InvalidArgumentError(`decode: token id ${id} is outside the tokenizer's vocabulary [0, ${this.vocabSize})`);
       }
     }
+    if (ids.length === 0) return '';
     return this.hf.decode([...ids], { skip_special_tokens: false, clean_up_tokenization_spaces: false });
   }
 
