@@ -8,5 +8,6 @@ export default defineConfig({
     // Native tests share 2 cores: run files one after another so timings and threads stay sane.
     fileParallelism: false,
     pool: 'forks',
+    reporters: ['default', './test/summary-reporter.ts'],
   },
 });

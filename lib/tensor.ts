@@ -44,7 +44,8 @@ function defaultDtype(data: TensorSource): DType {
   if (data instanceof Int16Array) return 'int16';
   if (data instanceof Int8Array) return 'int8';
   if (data instanceof Uint8Array) return 'uint8';
-  throw new InvalidArgumentError('Tensor.from: a Uint16Array holds raw 16-bit float bits; pass { dtype: "float16" | "bfloat16" }');
+  if (data instanceof Uint16Array) throw new InvalidArgumentError('Tensor.from: a Uint16Array holds raw 16-bit float bits; pass { dtype: "float16" | "bfloat16" }');
+  throw new InvalidArgumentError(`Tensor.from: data must be a TypedArray, got ${Array.isArray(data) ? 'an Array' : typeof data}`);
 }
 
 export class Tensor {
@@ -62,6 +63,9 @@ export class Tensor {
    */
   static from(data: TensorSource, shape: readonly number[] = [data.length], options: FromOptions = {}): Tensor {
     const dtype = options.dtype ?? defaultDtype(data);
+    if (!Array.isArray(shape) || !shape.every((n) => typeof n === 'number')) {
+      throw new InvalidArgumentError(`Tensor.from: shape must be an array of numbers, got ${JSON.stringify(shape)}`);
+    }
     return new Tensor(native().Tensor.fromTypedArray(data, [...shape], dtype, options.share ?? true));
   }
 

@@ -2,6 +2,7 @@
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError, Tensor } from '../lib/index.js';
+import { values } from './helpers/fixtures.js';
 
 describe('Tensor', () => {
   it('shares a Float32Array by default and copies on request', () => {
@@ -19,21 +20,21 @@ describe('Tensor', () => {
   it('takes raw bfloat16 bits from a Uint16Array', () => {
     const bits = new Uint16Array([0x3f80, 0x4000, 0xc040]); // 1, 2, -3 in bfloat16
     const t = Tensor.from(bits, [3], { dtype: 'bfloat16' });
-    expect(Array.from(t.toTypedArray())).toEqual([1, 2, -3]);
+    expect(values(t)).toEqual([1, 2, -3]);
   });
 
   it('round-trips every dtype', () => {
-    expect(Array.from(Tensor.from(new Float64Array([0.1, -2])).toTypedArray())).toEqual([0.1, -2]);
-    expect(Array.from(Tensor.from(new BigInt64Array([1n, -(2n ** 40n)])).toTypedArray())).toEqual([1n, -(2n ** 40n)]);
-    expect(Array.from(Tensor.from(new Int32Array([7, -8])).toTypedArray())).toEqual([7, -8]);
-    expect(Array.from(Tensor.from(new Int16Array([7, -8])).toTypedArray())).toEqual([7, -8]);
-    expect(Array.from(Tensor.from(new Int8Array([7, -8])).toTypedArray())).toEqual([7, -8]);
-    expect(Array.from(Tensor.from(new Uint8Array([1, 0, 1]), [3], { dtype: 'bool' }).toTypedArray())).toEqual([1, 0, 1]);
+    expect(values(Tensor.from(new Float64Array([0.1, -2])))).toEqual([0.1, -2]);
+    expect(values(Tensor.from(new BigInt64Array([1n, -(2n ** 40n)])))).toEqual([1n, -(2n ** 40n)]);
+    expect(values(Tensor.from(new Int32Array([7, -8])))).toEqual([7, -8]);
+    expect(values(Tensor.from(new Int16Array([7, -8])))).toEqual([7, -8]);
+    expect(values(Tensor.from(new Int8Array([7, -8])))).toEqual([7, -8]);
+    expect(values(Tensor.from(new Uint8Array([1, 0, 1]), [3], { dtype: 'bool' }))).toEqual([1, 0, 1]);
     expect(Tensor.from(new Uint8Array([1, 0, 1]), [3], { dtype: 'bool' }).dtype).toBe('bool');
     // float32 -> bfloat16 / float16 conversion rounds to the nearest representable value.
     const bf = Tensor.from(new Float32Array([1.00390625, 3.14159]), [2], { dtype: 'bfloat16' });
     expect(bf.dtype).toBe('bfloat16');
-    expect(Array.from(bf.toTypedArray())).toEqual([1, 3.140625]);
+    expect(values(bf)).toEqual([1, 3.140625]);
     const half = Tensor.from(new Float32Array([3.14159]), [1], { dtype: 'float16' });
     expect(half.toTypedArray()[0]).toBeCloseTo(3.140625, 6);
     expect(Tensor.from(new Float32Array([2.5])).item()).toBe(2.5);
@@ -42,7 +43,7 @@ describe('Tensor', () => {
   it('converts on a worker with to()', async () => {
     const t = Tensor.from(new Float32Array([1.5, -2.25]));
     const i = await t.to({ dtype: 'int32' });
-    expect(Array.from(i.toTypedArray())).toEqual([1, -2]);
+    expect(values(i)).toEqual([1, -2]);
     expect((await t.to({ device: 'cpu' })).device).toBe('cpu');
   });
 

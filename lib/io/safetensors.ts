@@ -54,10 +54,12 @@ export function readSafetensorsHeader(path: string): SafetensorsHeader {
     throw new FormatError(`${path}: cannot open (${(err as NodeJS.ErrnoException).code ?? String(err)})`, path);
   }
   try {
-    const fileSize = fstatSync(fd).size;
+    const stat = fstatSync(fd);
+    const fileSize = stat.size;
     const fail = (why: string): never => {
       throw new FormatError(`${path}: not a valid safetensors file: ${why}`, path);
     };
+    if (!stat.isFile()) fail('not a regular file');
     if (fileSize < 8) fail(`the file has ${fileSize} bytes, fewer than the 8-byte header length`);
     const lengthBytes = Buffer.alloc(8);
     readSync(fd, lengthBytes, 0, 8, 0);
@@ -89,7 +91,7 @@ export function readSafetensorsHeader(path: string): SafetensorsHeader {
       }
       const t = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
       if (typeof t !== 'object' || t === null) fail(`tensor '${key}' is not an object`);
-      if (typeof t.dtype !== 'string' || !(t.dtype in SAFETENSORS_DTYPES)) {
+      if (typeof t.dtype !== 'string' || !Object.hasOwn(SAFETENSORS_DTYPES, t.dtype)) {
         fail(`tensor '${key}' has unsupported dtype ${JSON.stringify(t.dtype)} (supported: ${Object.keys(SAFETENSORS_DTYPES).join(', ')})`);
       }
       const dtype = t.dtype as SafetensorsDtype;

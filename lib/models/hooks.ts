@@ -12,7 +12,9 @@ function patternToRegExp(pattern: string): RegExp {
 /** Expands names and patterns to the model's hook names, in forward order, without duplicates. */
 export function selectHooks(requested: readonly string[], available: readonly string[]): string[] {
   const wanted = new Set<string>();
+  if (!Array.isArray(requested)) throw new InvalidArgumentError(`hooks must be an array of hook names or patterns, got ${JSON.stringify(requested)}`);
   for (const item of requested) {
+    if (typeof item !== 'string') throw new InvalidArgumentError(`hook names must be strings, got ${JSON.stringify(item)}`);
     const name = item.trim();
     if (name.includes('*')) {
       const re = patternToRegExp(name);

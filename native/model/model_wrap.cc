@@ -249,6 +249,16 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
     HookCache(model->config(), options.hooks);
 
     std::vector<CallbackTsfn> callbacks;
+    // A live thread-safe function keeps the event loop (and so the process) alive: until the task
+    // owns the callbacks, release them if anything below throws.
+    struct PendingCallbacks {
+      std::vector<CallbackTsfn>& fns;
+      bool handedOver = false;
+      ~PendingCallbacks() {
+        if (!handedOver)
+          for (auto& f : fns) f.Release();
+      }
+    } pending{callbacks};
     if (opts.Get("mlp").IsArray()) {
       auto list = opts.Get("mlp").As<Napi::Array>();
       for (uint32_t i = 0; i < list.Length(); ++i) {
@@ -277,7 +287,7 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
       }
     }
 
-    return Task<RunResult>::start(
+    Napi::Promise promise = Task<RunResult>::start(
         env, "transcoders:run",
         [model, tokens, options, loss, callbacks]() mutable -> RunResult {
           struct ReleaseCallbacks {
@@ -301,6 +311,8 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
           result.Set("cache", cache);
           return result;
         });
+    pending.handedOver = true;
+    return promise;
   });
 }
 

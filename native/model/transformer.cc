@@ -1,6 +1,7 @@
 #include "model/transformer.h"
 
 #include <ATen/ATen.h>
+#include <ATen/ExpandUtils.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/version.h>
 
@@ -135,13 +136,19 @@ at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, con
                       (r.kind == MlpReplacement::Kind::Module && r.moduleNeedsOriginal);
   at::Tensor original = needOriginal ? mlp(layer, x, hooks) : at::Tensor();
   const std::vector<int64_t> shape = {x.size(0), x.size(1), cfg_.dModel};
+  auto broadcast = [&](const at::Tensor& value) {
+    if (!at::is_expandable_to(value.sizes(), shape))
+      throw InvalidArgument("the replacement value of layer " + std::to_string(layer) + "'s MLP output has shape " +
+                            c10::str(value.sizes()) + ", which does not broadcast to " + c10::str(at::IntArrayRef(shape)));
+    return value.to(x.options()).expand(shape);
+  };
   at::Tensor out;
   switch (r.kind) {
     case MlpReplacement::Kind::Zero: out = at::zeros(shape, x.options()); break;
     case MlpReplacement::Kind::Mean:
-      out = r.value.defined() ? r.value.to(x.options()).expand(shape) : original.mean(at::IntArrayRef{0, 1}, /*keepdim=*/true).expand(shape);
+      out = r.value.defined() ? broadcast(r.value) : original.mean(at::IntArrayRef{0, 1}, /*keepdim=*/true).expand(shape);
       break;
-    case MlpReplacement::Kind::Value: out = r.value.to(x.options()).expand(shape); break;
+    case MlpReplacement::Kind::Value: out = broadcast(r.value); break;
     case MlpReplacement::Kind::Module: out = r.module(x, original); break;
   }
   if (out.sizes() != at::IntArrayRef(shape))

@@ -58,12 +58,13 @@ c10::Device deviceFromName(const std::string& name) {
   }
   if (device.is_cuda()) {
     if (!at::hasCUDA())
-      throw InvalidArgument("device '" + name + "' requested but this libtorch has no CUDA support "
-                            "(build against a CUDA libtorch: set LIBTORCH and run `npm rebuild transcoders`)");
+      throw InvalidArgument("device '" + name + "' requested but CUDA is not available: this libtorch has no CUDA "
+                            "support or sees no GPU (for CUDA, build against a CUDA libtorch: set LIBTORCH and run "
+                            "`npm rebuild transcoders`)");
     int count = at::detail::getCUDAHooks().getNumGPUs();
     if (device.has_index() && device.index() >= count)
       throw InvalidArgument("device '" + name + "' requested but only " + std::to_string(count) + " CUDA device(s) exist");
-  } else if (!device.is_cpu()) {
+  } else if (!device.is_cpu() || (device.has_index() && device.index() != 0)) {
     throw InvalidArgument("unsupported device '" + name + "' (expected 'cpu' or 'cuda[:N]')");
   }
   return device;
