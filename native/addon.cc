@@ -1,7 +1,7 @@
 // Entry point of the native addon: registers the classes and functions lib/native.ts loads.
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
-#include <ATen/detail/CUDAHooksInterface.h>
+#include <torch/cuda.h>
 #include <napi.h>
 #include <torch/version.h>
 
@@ -40,7 +40,7 @@ Napi::Value torchInfo(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("version", TORCH_VERSION);
   out.Set("cudaAvailable", at::hasCUDA());
-  out.Set("cudaDeviceCount", at::hasCUDA() ? at::detail::getCUDAHooks().getNumGPUs() : 0);
+  out.Set("cudaDeviceCount", at::hasCUDA() ? static_cast<int>(torch::cuda::device_count()) : 0);
   out.Set("cxx11Abi", static_cast<bool>(_GLIBCXX_USE_CXX11_ABI));
   out.Set("parallelInfo", at::get_parallel_info());
   return out;

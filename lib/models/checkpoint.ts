@@ -85,11 +85,18 @@ function checkpointShards(dir: string): string[] {
 
 /** Locates and validates the checkpoint of `dir` against `config`. */
 export function resolveCheckpoint(dir: string, config: ModelConfig): CheckpointFile[] {
+  const headers = checkpointShards(dir).map(readSafetensorsHeader);
+  // Every layer has several tensors: a corrupt layer count must fail here, not build a table of
+  // billions of expected tensors below.
+  const count = headers.reduce((n, h) => n + h.entries.size, 0);
+  if (config.nLayers > count) {
+    throw new FormatError(`${dir}: config.json declares ${config.nLayers} layers but the checkpoint holds only ${count} tensors`, dir);
+  }
   const { required, optional } = expectedTensors(config);
   const seen = new Set<string>();
   const files: CheckpointFile[] = [];
-  for (const path of checkpointShards(dir)) {
-    const header = readSafetensorsHeader(path);
+  for (const header of headers) {
+    const path = header.path;
     const entries: CheckpointTensor[] = [];
     for (const entry of header.entries.values()) {
       const name = config.arch === 'gpt2' && entry.key.startsWith('transformer.') ? entry.key.slice('transformer.'.length) : entry.key;

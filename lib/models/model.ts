@@ -159,6 +159,10 @@ export class Model {
     if (typeof tokens === 'string') tokens = this.tokenize(tokens);
     if (tokens instanceof Tensor) return tokens;
     if (tokens instanceof Int32Array) return Tensor.from(tokens, [1, tokens.length], { share: false });
+    if (!Array.isArray(tokens)) {
+      const got = typeof tokens === 'object' && tokens !== null ? tokens.constructor?.name ?? 'object' : String(tokens);
+      throw new InvalidArgumentError(`tokens must be a string, an array of ids, an array of rows, an Int32Array or a Tensor; got ${got}`);
+    }
     const rows: readonly (readonly number[])[] = tokens.length > 0 && Array.isArray(tokens[0]) ? (tokens as readonly (readonly number[])[]) : [tokens as readonly number[]];
     const T = rows[0]?.length ?? 0;
     if (rows.length === 0 || T === 0) throw new InvalidArgumentError('tokens must not be empty');
@@ -168,7 +172,10 @@ export class Model {
         throw new InvalidArgumentError(`tokens: row ${b} has ${Array.isArray(row) ? row.length : 'no'} tokens, expected ${T} (rows of a batch must have equal length)`);
       }
       row.forEach((id, t) => {
-        if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
+        if (!Number.isInteger(id)) {
+          throw new InvalidArgumentError(`token id ${typeof id === 'number' ? id : JSON.stringify(id)} (row ${b}, position ${t}) is not an integer`);
+        }
+        if (id < 0 || id >= this.config.vocabSize) {
           throw new InvalidArgumentError(`token id ${id} (row ${b}, position ${t}) is out of range [0, ${this.config.vocabSize})`);
         }
         flat[b * T + t] = id;
@@ -195,9 +202,12 @@ export class Model {
             return out.handle;
           },
         });
-      } else if (spec && 'mean' in spec && spec.mean instanceof Tensor) mlp.push({ layer, kind: 'mean', value: spec.mean.handle });
-      else if (spec && 'value' in spec && spec.value instanceof Tensor) mlp.push({ layer, kind: 'value', value: spec.value.handle });
-      else throw new InvalidArgumentError(`replaceMlp[${layer}]: expected 'zero', 'mean', { mean: Tensor }, { value: Tensor } or a function`);
+      } else if (typeof spec === 'object' && spec !== null && 'mean' in spec && spec.mean instanceof Tensor) mlp.push({ layer, kind: 'mean', value: spec.mean.handle });
+      else if (typeof spec === 'object' && spec !== null && 'value' in spec && spec.value instanceof Tensor) mlp.push({ layer, kind: 'value', value: spec.value.handle });
+      else {
+        const got = typeof spec === 'string' ? `'${spec}'` : spec === null ? 'null' : typeof spec;
+        throw new InvalidArgumentError(`replaceMlp[${layer}]: expected 'zero', 'mean', { mean: Tensor }, { value: Tensor } or a function, got ${got}`);
+      }
     }
     return {
       hooks: selectHooks(options.cache ?? [], this.hookNames),
@@ -219,6 +229,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const dtype = options.dtype ?? 'float32';
   const device = options.device ?? 'cpu';
   if (!PROCESSINGS.includes(processing)) throw new InvalidArgumentError(`processing must be one of ${PROCESSINGS.join(', ')}, got '${processing}'`);
+  if (typeof device !== 'string') throw new InvalidArgumentError(`device must be a string ('cpu', 'cuda' or 'cuda:N'), got ${JSON.stringify(device)}`);
   if (!MODEL_DTYPES.includes(dtype)) throw new InvalidArgumentError(`dtype must be one of ${MODEL_DTYPES.join(', ')}, got '${dtype}'`);
   if (!existsSync(folder)) throw new InvalidArgumentError(`model folder ${folder} does not exist`);
   const config = readModelConfig(folder);

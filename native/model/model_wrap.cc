@@ -39,6 +39,12 @@ std::vector<std::string> stringList(const Napi::Value& value, const char* what) 
   return out;
 }
 
+Napi::Array toJsStrings(Napi::Env env, const std::vector<std::string>& strings) {
+  Napi::Array out = Napi::Array::New(env, strings.size());
+  for (size_t i = 0; i < strings.size(); ++i) out[i] = Napi::String::New(env, strings[i]);
+  return out;
+}
+
 ModelConfig configFrom(const Napi::Object& c) {
   ModelConfig cfg;
   std::string arch = c.Get("arch").As<Napi::String>();
@@ -317,21 +323,11 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value JsModel::hookNames(const Napi::CallbackInfo& info) {
-  return guard(info.Env(), [&]() -> Napi::Value {
-    auto names = tc::hookNames(live()->config());
-    Napi::Array out = Napi::Array::New(info.Env(), names.size());
-    for (size_t i = 0; i < names.size(); ++i) out[i] = Napi::String::New(info.Env(), names[i]);
-    return out;
-  });
+  return guard(info.Env(), [&]() -> Napi::Value { return toJsStrings(info.Env(), tc::hookNames(live()->config())); });
 }
 
 Napi::Value JsModel::weightNames(const Napi::CallbackInfo& info) {
-  return guard(info.Env(), [&]() -> Napi::Value {
-    auto names = tc::weightNames(live()->weights());
-    Napi::Array out = Napi::Array::New(info.Env(), names.size());
-    for (size_t i = 0; i < names.size(); ++i) out[i] = Napi::String::New(info.Env(), names[i]);
-    return out;
-  });
+  return guard(info.Env(), [&]() -> Napi::Value { return toJsStrings(info.Env(), tc::weightNames(live()->weights())); });
 }
 
 Napi::Value JsModel::weight(const Napi::CallbackInfo& info) {

@@ -157,16 +157,21 @@ at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, con
   return out.to(x.options());
 }
 
+at::Tensor Transformer::observedLayerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCache& hooks,
+                                          int64_t layer, BlockHook scaleHook, BlockHook normalizedHook) const {
+  at::Tensor scale;
+  at::Tensor out = layerNorm(x, w, b, hooks.wants(layer, scaleHook) ? &scale : nullptr);
+  hooks.record(layer, scaleHook, scale);
+  hooks.record(layer, normalizedHook, out);
+  return out;
+}
+
 at::Tensor Transformer::block(int64_t layer, const at::Tensor& residPre, const Positions& pos,
                               const ForwardOptions& options, HookCache& hooks) const {
   const LayerWeights& L = w_.layers[layer];
   hooks.record(layer, BlockHook::ResidPre, residPre);
 
-  at::Tensor scale1;
-  bool observe1 = hooks.wants(layer, BlockHook::Ln1Scale);
-  at::Tensor x1 = layerNorm(residPre, L.ln1W, L.ln1B, observe1 ? &scale1 : nullptr);
-  hooks.record(layer, BlockHook::Ln1Scale, scale1);
-  hooks.record(layer, BlockHook::Ln1Normalized, x1);
+  at::Tensor x1 = observedLayerNorm(residPre, L.ln1W, L.ln1B, hooks, layer, BlockHook::Ln1Scale, BlockHook::Ln1Normalized);
   at::Tensor attnOut = attention(layer, x1, pos, hooks);
   hooks.record(layer, BlockHook::AttnOut, attnOut);
 
@@ -177,11 +182,7 @@ at::Tensor Transformer::block(int64_t layer, const at::Tensor& residPre, const P
     mlpIn = residPre + attnOut;
     hooks.record(layer, BlockHook::ResidMid, mlpIn);
   }
-  at::Tensor scale2;
-  bool observe2 = hooks.wants(layer, BlockHook::Ln2Scale);
-  at::Tensor x2 = layerNorm(mlpIn, L.ln2W, L.ln2B, observe2 ? &scale2 : nullptr);
-  hooks.record(layer, BlockHook::Ln2Scale, scale2);
-  hooks.record(layer, BlockHook::Ln2Normalized, x2);
+  at::Tensor x2 = observedLayerNorm(mlpIn, L.ln2W, L.ln2B, hooks, layer, BlockHook::Ln2Scale, BlockHook::Ln2Normalized);
   at::Tensor mlpOut = mlpOrReplacement(layer, x2, options, hooks);
   hooks.record(layer, BlockHook::MlpOut, mlpOut);
 

@@ -56,6 +56,9 @@ class Transformer {
  private:
   // LayerNorm (LayerNormPre when w/b are undefined); fills *scale when asked (hook_scale).
   at::Tensor layerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale) const;
+  // A block's LayerNorm, recording its hook_scale / hook_normalized when requested.
+  at::Tensor observedLayerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCache& hooks,
+                               int64_t layer, BlockHook scaleHook, BlockHook normalizedHook) const;
   // Per-forward tables shared by all layers.
   struct Positions {
     at::Tensor future;  // [T, T] bool, true above the diagonal (masked keys)

@@ -1,7 +1,7 @@
 #include "tensor/dtype.h"
 
 #include <ATen/Context.h>
-#include <ATen/detail/CUDAHooksInterface.h>
+#include <torch/cuda.h>
 
 #include <utility>
 #include <vector>
@@ -61,7 +61,7 @@ c10::Device deviceFromName(const std::string& name) {
       throw InvalidArgument("device '" + name + "' requested but CUDA is not available: this libtorch has no CUDA "
                             "support or sees no GPU (for CUDA, build against a CUDA libtorch: set LIBTORCH and run "
                             "`npm rebuild transcoders`)");
-    int count = at::detail::getCUDAHooks().getNumGPUs();
+    int count = static_cast<int>(torch::cuda::device_count());
     if (device.has_index() && device.index() >= count)
       throw InvalidArgument("device '" + name + "' requested but only " + std::to_string(count) + " CUDA device(s) exist");
   } else if (!device.is_cpu() || (device.has_index() && device.index() != 0)) {
