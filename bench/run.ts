@@ -33,9 +33,11 @@ const forward = await benchForward({
   ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
 });
 console.log(`${forward.name} (${forward.threads} threads; libtorch ${forward.torch.ours}, python torch ${forward.torch.python})`);
-console.log(`  ours     ${forward.oursTokensPerS.toFixed(0).padStart(8)} tokens/s   ${forward.oursMsMedian.toFixed(1)} ms/forward`);
-console.log(`  pytorch  ${forward.pytorchTokensPerS.toFixed(0).padStart(8)} tokens/s   ${forward.pytorchMsMedian.toFixed(1)} ms/forward`);
-console.log(`  ratio    ${forward.ratio.toFixed(2)}x (ours / PyTorch eager)`);
+console.log(`  ${forward.oursTokensPerS.toFixed(0).padStart(8)} tokens/s   ${forward.oursMsMedian.toFixed(1)} ms/forward   ours`);
+for (const b of forward.baselines) {
+  console.log(`  ${b.tokensPerS.toFixed(0).padStart(8)} tokens/s   ${b.msMedian.toFixed(1)} ms/forward   ${b.label} (ours: ${(forward.oursTokensPerS / b.tokensPerS).toFixed(2)}x)`);
+}
+console.log(`  ratio    ${forward.ratio.toFixed(2)}x (ours / the fastest PyTorch eager)`);
 
 const resultsDir = join(root, 'bench', 'results');
 mkdirSync(resultsDir, { recursive: true });
