@@ -26,8 +26,9 @@ export interface NativeTensorClass {
 /** One replacement of an MLP output as the native forward understands it. */
 export interface NativeMlpReplacement {
   layer: number;
-  kind: 'zero' | 'mean' | 'value' | 'callback';
+  kind: 'zero' | 'mean' | 'value' | 'callback' | 'transcoder';
   value?: NativeTensor;
+  transcoder?: NativeTranscoder;
   fn?: (input: NativeTensor, original: NativeTensor | null, layer: number) => NativeTensor | Promise<NativeTensor>;
 }
 
@@ -58,6 +59,44 @@ export interface NativeModelClass {
   load(spec: unknown): Promise<NativeModel>;
 }
 
+/** The native transcoder handle (see native/transcoder/transcoder_wrap.h). */
+export interface NativeTranscoder {
+  encode(x: NativeTensor): Promise<NativeTensor>;
+  encodeSparse(x: NativeTensor): Promise<Record<'offsets' | 'indices' | 'values', NativeTensor>>;
+  decode(f: NativeTensor, x?: NativeTensor): Promise<NativeTensor>;
+  forward(x: NativeTensor): Promise<NativeTensor>;
+  loss(x: NativeTensor, y: NativeTensor, options: object, flags: { grad: boolean }): Promise<Record<string, NativeTensor>>;
+  parameters(): Record<string, NativeTensor>;
+}
+
+export interface NativeTranscoderClass {
+  create(spec: object, options: object): Promise<NativeTranscoder>;
+  fromParams(spec: object, params: Record<string, NativeTensor>, options: object): Promise<NativeTranscoder>;
+}
+
+/** Per-step metrics of the native trainer. */
+export interface NativeStepMetrics {
+  step: number;
+  lr: number;
+  total: number;
+  reconstruction: number;
+  sparsity: number;
+  ghost: number;
+  fvu: number;
+  l0: number;
+  deadFraction: number;
+}
+
+export interface NativeTrainer {
+  run(xs: NativeTensor, ys: NativeTensor): Promise<NativeStepMetrics[]>;
+  state(): Record<string, NativeTensor> & { step: number };
+  setState(state: Record<string, NativeTensor | number>): void;
+}
+
+export interface NativeTrainerClass {
+  new (transcoder: NativeTranscoder, options: object): NativeTrainer;
+}
+
 export interface TorchInfo {
   version: string;
   cudaAvailable: boolean;
@@ -69,6 +108,8 @@ export interface TorchInfo {
 interface Addon {
   Tensor: NativeTensorClass;
   Model: NativeModelClass;
+  Transcoder: NativeTranscoderClass;
+  Trainer: NativeTrainerClass;
   setNumThreads(n: number): void;
   getNumThreads(): number;
   workerNumThreads(): Promise<number>;

@@ -12,6 +12,7 @@
 #include "io/safetensors_js.h"
 #include "model/model_wrap.h"
 #include "tensor/tensor_wrap.h"
+#include "transcoder/transcoder_wrap.h"
 
 namespace tc {
 namespace {
@@ -55,6 +56,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(new AddonState());
   exports.Set("Tensor", JsTensor::define(env));
   exports.Set("Model", JsModel::define(env));
+  exports.Set("Transcoder", JsTranscoder::define(env));
+  exports.Set("Trainer", JsTrainer::define(env));
   exports.Set("setNumThreads", Napi::Function::New(env, setNumThreadsJs));
   exports.Set("getNumThreads", Napi::Function::New(env, getNumThreadsJs));
   exports.Set("workerNumThreads", Napi::Function::New(env, workerNumThreads));

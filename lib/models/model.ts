@@ -9,6 +9,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { native, type NativeMlpReplacement, type NativeModel } from '../native.js';
 import { Tensor, type DType } from '../tensor.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
+import { Transcoder } from '../transcoders/transcoder.js';
 import { resolveCheckpoint } from './checkpoint.js';
 import { readModelConfig, type ModelConfig } from './config.js';
 import { selectHooks } from './hooks.js';
@@ -40,13 +41,15 @@ export interface LoadModelOptions {
  * - `'mean'`: the mean output over this batch's positions; `{ mean }`: a given mean vector [d];
  * - `{ value }`: a fixed tensor broadcastable to [B, T, d];
  * - a callback `(input, original, layer) => Tensor` receiving the MLP input
- *   (`ln2.hook_normalized`, [B, T, d]) and the original output; it may return a Promise.
+ *   (`ln2.hook_normalized`, [B, T, d]) and the original output; it may return a Promise;
+ * - a {@link Transcoder}, run natively inside the forward on the MLP input.
  */
 export type MlpReplacement =
   | 'zero'
   | 'mean'
   | { mean: Tensor }
   | { value: Tensor }
+  | Transcoder
   | ((input: Tensor, original: Tensor, layer: number) => Tensor | Promise<Tensor>);
 
 /** Token ids: one sequence (number[] / Int32Array) or a batch of equal-length sequences, or a Tensor [T] / [B, T]. */
@@ -192,6 +195,7 @@ export class Model {
         throw new InvalidArgumentError(`replaceMlp: layer ${key} does not exist (the model has ${this.config.nLayers} layers)`);
       }
       if (spec === 'zero' || spec === 'mean') mlp.push({ layer, kind: spec });
+      else if (spec instanceof Transcoder) mlp.push({ layer, kind: 'transcoder', transcoder: spec.handle });
       else if (typeof spec === 'function') {
         mlp.push({
           layer,
@@ -206,7 +210,7 @@ export class Model {
       else if (typeof spec === 'object' && spec !== null && 'value' in spec && spec.value instanceof Tensor) mlp.push({ layer, kind: 'value', value: spec.value.handle });
       else {
         const got = typeof spec === 'string' ? `'${spec}'` : spec === null ? 'null' : typeof spec;
-        throw new InvalidArgumentError(`replaceMlp[${layer}]: expected 'zero', 'mean', { mean: Tensor }, { value: Tensor } or a function, got ${got}`);
+        throw new InvalidArgumentError(`replaceMlp[${layer}]: expected 'zero', 'mean', { mean: Tensor }, { value: Tensor }, a Transcoder or a function, got ${got}`);
       }
     }
     return {

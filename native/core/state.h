@@ -20,6 +20,7 @@ struct AddonState {
   Napi::FunctionReference formatError;
   Napi::FunctionReference tensorClass;
   Napi::FunctionReference modelClass;
+  Napi::FunctionReference transcoderClass;
 
   static AddonState& of(Napi::Env env) { return *env.GetInstanceData<AddonState>(); }
 };

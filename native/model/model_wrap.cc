@@ -4,6 +4,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <future>
+#include <shared_mutex>
 
 #include "core/errors.h"
 #include "core/state.h"
@@ -13,6 +14,7 @@
 #include "model/processing.h"
 #include "tensor/dtype.h"
 #include "tensor/tensor_wrap.h"
+#include "transcoder/transcoder_wrap.h"
 
 namespace tc {
 
@@ -285,8 +287,17 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
           if (!spec.Get("fn").IsFunction()) throw InvalidArgument("an MLP replacement callback must be a function");
           callbacks.push_back(CallbackTsfn::New(env, spec.Get("fn").As<Napi::Function>(), "transcoders:mlp-callback", 0, 1));
           r.module = callbackModule(callbacks.back(), layer);
+        } else if (kind == "transcoder") {
+          // A native transcoder runs inside the forward on the worker: no round trip to JS.
+          std::shared_ptr<Transcoder> tc = JsTranscoder::transcoderOf(spec.Get("transcoder"), "replacement transcoder");
+          r.kind = MlpReplacement::Kind::Module;
+          r.moduleNeedsOriginal = false;
+          r.module = [tc](const at::Tensor& input, const at::Tensor&) {
+            std::shared_lock lock(tc->mutex());
+            return tc->forward(input.to(tc->params().W_enc.options())).to(input.options());
+          };
         } else {
-          throw InvalidArgument("unknown MLP replacement kind '" + kind + "' (expected zero, mean, value or callback)");
+          throw InvalidArgument("unknown MLP replacement kind '" + kind + "' (expected zero, mean, value, callback or transcoder)");
         }
         if (options.mlpReplacements.count(layer)) throw InvalidArgument("layer " + std::to_string(layer) + "'s MLP is replaced twice");
         options.mlpReplacements[layer] = std::move(r);

@@ -1,0 +1,83 @@
+/**
+ * Transcoder configuration: architecture, sizes, and where it sits in a model (TransformerLens
+ * hook names). Stored as the `cfg.json` of the native format; validated with errors naming the field.
+ */
+import { InvalidArgumentError } from '../errors.js';
+import type { Processing } from '../models/model.js';
+
+/**
+ * - `relu`: the paper's `f = ReLU((x - b_dec) W_enc + b_enc)`;
+ * - `topk`: only the k largest pre-activations per row are kept (then ReLU);
+ * - `jumprelu`: `f = pre * H(pre - threshold)` with a learned threshold per feature.
+ */
+export type TranscoderArch = 'relu' | 'topk' | 'jumprelu';
+export const TRANSCODER_ARCHS: readonly TranscoderArch[] = ['relu', 'topk', 'jumprelu'];
+
+export interface TranscoderConfig {
+  arch: TranscoderArch;
+  dIn: number;
+  dOut: number;
+  /** Number of features. */
+  dSae: number;
+  /** Adds a dense skip path `x W_skip` to the output ("skip transcoder"). */
+  skip: boolean;
+  /** TopK: active features per row. */
+  k?: number;
+  /** JumpReLU: width of the straight-through kernel around the threshold (training only). */
+  bandwidth?: number;
+  /** Hook the transcoder reads, e.g. `blocks.8.ln2.hook_normalized`. */
+  hookIn: string;
+  /** Hook it reconstructs, e.g. `blocks.8.hook_mlp_out`. */
+  hookOut: string;
+  layer: number;
+  /** Model it was trained on, when known. */
+  modelName?: string | null;
+  /** Weight processing the model must be loaded with for this transcoder to apply. */
+  processing?: Processing | null;
+  /** Training hyper-parameters, for the record. */
+  training?: Record<string, unknown>;
+}
+
+/** The conventional hooks of a layer's MLP transcoder. */
+export function mlpHooks(layer: number): { hookIn: string; hookOut: string } {
+  return { hookIn: `blocks.${layer}.ln2.hook_normalized`, hookOut: `blocks.${layer}.hook_mlp_out` };
+}
+
+/** Validates a configuration (from a file or a caller); `source` names it in errors. */
+export function validateTranscoderConfig(cfg: Partial<TranscoderConfig>, source: string): TranscoderConfig {
+  const fail = (why: string): never => {
+    throw new InvalidArgumentError(`${source}: ${why}`);
+  };
+  const positive = (key: keyof TranscoderConfig): number => {
+    const v = cfg[key];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) fail(`'${key}' must be a positive integer, got ${JSON.stringify(v)}`);
+    return v as number;
+  };
+  if (!TRANSCODER_ARCHS.includes(cfg.arch as TranscoderArch)) fail(`'arch' must be one of ${TRANSCODER_ARCHS.join(', ')}, got ${JSON.stringify(cfg.arch)}`);
+  const out: TranscoderConfig = {
+    arch: cfg.arch as TranscoderArch,
+    dIn: positive('dIn'),
+    dOut: positive('dOut'),
+    dSae: positive('dSae'),
+    skip: cfg.skip ?? false,
+    hookIn: cfg.hookIn ?? '',
+    hookOut: cfg.hookOut ?? '',
+    layer: cfg.layer ?? -1,
+    modelName: cfg.modelName ?? null,
+    processing: cfg.processing ?? null,
+    ...(cfg.training ? { training: cfg.training } : {}),
+  };
+  if (typeof out.skip !== 'boolean') fail(`'skip' must be true or false`);
+  if (!Number.isInteger(out.layer) || out.layer < -1) fail(`'layer' must be a layer index, got ${JSON.stringify(cfg.layer)}`);
+  if (out.arch === 'topk') {
+    const k = positive('k');
+    if (k > out.dSae) fail(`'k' = ${k} exceeds dSae = ${out.dSae}`);
+    out.k = k;
+  }
+  if (out.arch === 'jumprelu') {
+    const bandwidth = cfg.bandwidth ?? 1e-3;
+    if (typeof bandwidth !== 'number' || !(bandwidth > 0)) fail(`'bandwidth' must be a positive number`);
+    out.bandwidth = bandwidth;
+  }
+  return out;
+}

@@ -1,0 +1,119 @@
+/**
+ * Training a transcoder from batches of (input, target) activations. The loop runs in C++
+ * (native/train/trainer.cc): JS hands over chunks of batches and receives per-step metrics.
+ *
+ * Recipes:
+ * - `paper` (default for relu): the transcoder paper's trainer step for step — normalised MSE
+ *   `(y_hat - y)^2 / ||y||`, L1 on f, ghost gradients with the paper's residual (x - y_hat),
+ *   unit-norm decoder rows with the parallel gradient removed, Adam, and the scheduler stepped
+ *   before the optimizer (step n trains with lambda(n + 1)). See docs/transcoders.md.
+ * - `standard` (default for topk/jumprelu): fraction of variance unexplained, the schedule
+ *   evaluated at the step itself, AuxK (topk) or L0 (jumprelu), target-referenced ghost residual.
+ */
+import { InvalidArgumentError } from '../errors.js';
+import { native, type NativeStepMetrics, type NativeTrainer } from '../native.js';
+import { Tensor } from '../tensor.js';
+import type { Transcoder } from './transcoder.js';
+
+export type Recipe = 'paper' | 'standard';
+export type ScheduleName = 'constant' | 'constantwithwarmup' | 'linearwarmupdecay' | 'cosineannealingwarmup';
+
+export interface TrainOptions {
+  recipe?: Recipe;
+  /** Base learning rate (default 4e-4, the paper's GPT-2 value). */
+  lr?: number;
+  schedule?: ScheduleName;
+  warmupSteps?: number;
+  /** Total steps, for decaying schedules. */
+  totalSteps?: number;
+  /** Decay target as a fraction of lr (default 0.1). */
+  lrEndFactor?: number;
+  /** relu: L1 coefficient (default 1.4e-4). */
+  l1Coefficient?: number;
+  /** jumprelu: L0 coefficient (default 1e-3). */
+  l0Coefficient?: number;
+  /** topk: AuxK weight (default 1/32). */
+  auxkAlpha?: number;
+  /** topk: dead features AuxK uses (default dIn / 2). */
+  kAux?: number;
+  /** Ramp the sparsity coefficient from 0 over this many steps (default 0). */
+  sparsityWarmupSteps?: number;
+  /** relu: ghost gradients for dead features (default true in the paper recipe). */
+  ghostGrads?: boolean;
+  /** Steps without firing after which a feature counts as dead (default 5000 paper, 1000 standard). */
+  deadFeatureWindow?: number;
+  /** Clip the global gradient norm (default: off). */
+  maxGradNorm?: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+}
+
+export type StepMetrics = NativeStepMetrics;
+
+/** Resolves defaults; the result is what the native trainer receives (and what cfg.json records). */
+export function resolveTrainOptions(transcoder: Transcoder, options: TrainOptions = {}): Record<string, unknown> {
+  const arch = transcoder.config.arch;
+  const recipe = options.recipe ?? (arch === 'relu' ? 'paper' : 'standard');
+  if (recipe !== 'paper' && recipe !== 'standard') throw new InvalidArgumentError(`recipe must be 'paper' or 'standard', got '${recipe}'`);
+  if (recipe === 'paper' && arch !== 'relu') throw new InvalidArgumentError(`the paper recipe trains relu transcoders, not ${arch}`);
+  const paper = recipe === 'paper';
+  for (const [key, value] of Object.entries(options)) {
+    if (typeof value === 'number' && !(Number.isFinite(value) && value >= 0)) throw new InvalidArgumentError(`train option '${key}' must be a non-negative number, got ${value}`);
+  }
+  return {
+    recipe,
+    lr: options.lr ?? 4e-4,
+    beta1: options.beta1 ?? 0.9,
+    beta2: options.beta2 ?? 0.999,
+    eps: options.eps ?? 1e-8,
+    schedule: {
+      kind: options.schedule ?? (paper ? 'constantwithwarmup' : 'constant'),
+      warmupSteps: options.warmupSteps ?? 0,
+      totalSteps: options.totalSteps ?? 1,
+      endFactor: options.lrEndFactor ?? 0.1,
+    },
+    schedulerBeforeStep: paper,
+    loss: {
+      reconstruction: paper ? 'paper' : 'fvu',
+      l1Coefficient: options.l1Coefficient ?? 1.4e-4,
+      l0Coefficient: options.l0Coefficient ?? 1e-3,
+      auxkAlpha: options.auxkAlpha ?? 1 / 32,
+      kAux: options.kAux ?? 0,
+      ghostGrads: options.ghostGrads ?? paper,
+      ghostResidual: paper ? 'input' : 'target',
+    },
+    sparsityWarmupSteps: options.sparsityWarmupSteps ?? 0,
+    maxGradNorm: options.maxGradNorm ?? 0,
+    normalizeDecoder: true,
+    deadFeatureWindow: options.deadFeatureWindow ?? (paper ? 5000 : 1000),
+  };
+}
+
+export class TranscoderTrainer {
+  readonly transcoder: Transcoder;
+  readonly options: Record<string, unknown>;
+  private readonly handle: NativeTrainer;
+
+  constructor(transcoder: Transcoder, options: TrainOptions = {}) {
+    this.transcoder = transcoder;
+    this.options = resolveTrainOptions(transcoder, options);
+    this.handle = new (native().Trainer)(transcoder.handle, this.options);
+  }
+
+  /** Runs one step per batch: xs [S, N, dIn], ys [S, N, dOut] (off the JS thread). */
+  async run(xs: Tensor, ys: Tensor): Promise<StepMetrics[]> {
+    return this.handle.run(xs.handle, ys.handle);
+  }
+
+  /** Optimizer and dead-feature state, for checkpoints: tensors by name plus the step count. */
+  state(): { step: number; tensors: Record<string, Tensor> } {
+    const { step, ...rest } = this.handle.state();
+    return { step, tensors: Object.fromEntries(Object.entries(rest).map(([k, v]) => [k, new Tensor(v as never)])) };
+  }
+
+  /** Restores {@link state} (for resuming a run). */
+  setState(state: { step: number; tensors: Record<string, Tensor> }): void {
+    this.handle.setState({ step: state.step, ...Object.fromEntries(Object.entries(state.tensors).map(([k, v]) => [k, v.handle])) });
+  }
+}

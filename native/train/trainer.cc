@@ -1,0 +1,94 @@
+#include "train/trainer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/errors.h"
+
+namespace tc {
+
+std::vector<at::Tensor*> Trainer::parameters() {
+  std::vector<at::Tensor*> out;
+  for (auto& [name, t] : tc_->params().named()) out.push_back(t);
+  return out;
+}
+
+Trainer::Trainer(std::shared_ptr<Transcoder> transcoder, TrainOptions options)
+    : tc_(std::move(transcoder)), options_(std::move(options)), adam_(parameters(), options_.adam) {
+  for (at::Tensor* p : parameters()) p->requires_grad_(true);
+  sinceFired_ = at::zeros({tc_->spec().dSae}, tc_->params().W_enc.options().dtype(c10::kLong));
+}
+
+StepMetrics Trainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
+  TranscoderParams& p = tc_->params();
+  const int64_t step = adam_.steps();
+  if (options_.normalizeDecoder) {
+    at::NoGradGuard noGrad;
+    p.W_dec.div_(p.W_dec.norm(2, {1}, /*keepdim=*/true));
+  }
+  const int64_t scheduleStep = options_.schedulerBeforeStep ? step + 1 : step;
+  const double lr = options_.lr * scheduleFactor(options_.schedule, scheduleStep);
+
+  LossOptions loss = options_.loss;
+  if (options_.sparsityWarmupSteps > 0) {
+    double ramp = std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(options_.sparsityWarmupSteps));
+    loss.l1Coefficient *= ramp;
+    loss.l0Coefficient *= ramp;
+  }
+  loss.dead = sinceFired_ > options_.deadFeatureWindow;
+
+  at::AutoGradMode grad(true);
+  LossTerms t = transcoderLoss(*tc_, x, y, loss);
+  StepMetrics m{};
+  {
+    at::NoGradGuard noGrad;
+    at::Tensor fired = (t.f > 0).any(0);
+    sinceFired_.add_(1).masked_fill_(fired, 0);
+    m.step = step;
+    m.lr = lr;
+    m.total = t.total.item<double>();
+    m.reconstruction = t.reconstruction.item<double>();
+    m.sparsity = t.sparsity.item<double>();
+    m.ghost = t.ghost.item<double>();
+    m.fvu = fractionOfVarianceUnexplained(t.yHat, y).item<double>();
+    m.l0 = (t.f > 0).sum(-1).to(c10::kDouble).mean().item<double>();
+    m.deadFraction = loss.dead.to(c10::kDouble).mean().item<double>();
+  }
+
+  for (at::Tensor* param : parameters()) param->mutable_grad() = at::Tensor();
+  t.total.backward();
+  at::NoGradGuard noGrad;
+  if (options_.normalizeDecoder && p.W_dec.grad().defined()) {
+    at::Tensor& g = p.W_dec.mutable_grad();
+    g.sub_((g * p.W_dec).sum(-1, /*keepdim=*/true) * p.W_dec);
+  }
+  if (options_.maxGradNorm > 0) {
+    at::Tensor sq = at::zeros({}, x.options().dtype(c10::kDouble));
+    for (at::Tensor* param : parameters())
+      if (param->grad().defined()) sq += param->grad().to(c10::kDouble).pow(2).sum();
+    double norm = std::sqrt(sq.item<double>());
+    double factor = options_.maxGradNorm / (norm + 1e-6);
+    if (factor < 1)
+      for (at::Tensor* param : parameters())
+        if (param->grad().defined()) param->mutable_grad().mul_(factor);
+  }
+  adam_.step(lr);
+  return m;
+}
+
+std::vector<StepMetrics> Trainer::run(const at::Tensor& xs, const at::Tensor& ys) {
+  const TranscoderSpec& spec = tc_->spec();
+  if (xs.dim() != 3 || ys.dim() != 3 || xs.size(0) != ys.size(0) || xs.size(1) != ys.size(1) ||
+      xs.size(2) != spec.dIn || ys.size(2) != spec.dOut)
+    throw InvalidArgument("training batches must be xs [S, N, d_in] and ys [S, N, d_out], got " + c10::str(xs.sizes()) +
+                          " and " + c10::str(ys.sizes()));
+  auto options = tc_->params().W_enc.options();
+  std::vector<StepMetrics> metrics;
+  for (int64_t s = 0; s < xs.size(0); ++s) metrics.push_back(trainStep(xs[s].to(options), ys[s].to(options)));
+  return metrics;
+}
+
+}  // namespace tc

@@ -1,0 +1,59 @@
+// The transcoder training loop's step, in C++: decoder-norm constraint, loss with dead-feature
+// terms, backward, decoder-gradient projection, optional clipping, Adam with a schedule.
+// JS hands over whole chunks of batches and receives per-step metrics: nothing per step crosses
+// into JS.
+#pragma once
+#include <ATen/Tensor.h>
+
+#include <memory>
+#include <vector>
+
+#include "train/adam.h"
+#include "train/schedule.h"
+#include "transcoder/losses.h"
+#include "transcoder/transcoder.h"
+
+namespace tc {
+
+struct TrainOptions {
+  double lr = 4e-4;
+  AdamOptions adam;
+  ScheduleSpec schedule;
+  // The paper steps its scheduler before the optimizer, so step n trains with lambda(n + 1).
+  bool schedulerBeforeStep = false;
+  LossOptions loss;                 // coefficients; `dead` is filled in by the trainer
+  int64_t sparsityWarmupSteps = 0;  // L1 / L0 coefficient ramps linearly from 0 over these steps
+  double maxGradNorm = 0;           // 0: no clipping
+  bool normalizeDecoder = true;     // unit-norm decoder rows, gradient parallel to them removed
+  int64_t deadFeatureWindow = 1000; // steps without firing after which a feature counts as dead
+};
+
+struct StepMetrics {
+  int64_t step;
+  double lr, total, reconstruction, sparsity, ghost, fvu, l0, deadFraction;
+};
+
+class Trainer {
+ public:
+  Trainer(std::shared_ptr<Transcoder> transcoder, TrainOptions options);
+
+  // Runs one step per batch: xs [S, N, d_in], ys [S, N, d_out].
+  std::vector<StepMetrics> run(const at::Tensor& xs, const at::Tensor& ys);
+
+  int64_t step() const { return adam_.steps(); }
+  // Steps since each feature last fired (int64 [m]).
+  at::Tensor& stepsSinceFired() { return sinceFired_; }
+  Adam& optimizer() { return adam_; }
+  const TrainOptions& options() const { return options_; }
+
+ private:
+  StepMetrics trainStep(const at::Tensor& x, const at::Tensor& y);
+  std::vector<at::Tensor*> parameters();
+
+  std::shared_ptr<Transcoder> tc_;
+  TrainOptions options_;
+  Adam adam_;
+  at::Tensor sinceFired_;
+};
+
+}  // namespace tc

@@ -1,0 +1,388 @@
+#include "transcoder/transcoder_wrap.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <mutex>
+#include <set>
+#include <shared_mutex>
+
+#include "core/errors.h"
+#include "core/js_args.h"
+#include "core/state.h"
+#include "core/task.h"
+#include "tensor/dtype.h"
+#include "tensor/tensor_wrap.h"
+
+namespace tc {
+
+namespace {
+
+TranscoderSpec specFrom(const Napi::Object& o) {
+  TranscoderSpec s;
+  s.arch = transcoderArchFromName(stringOr(o, "arch", "relu"));
+  s.dIn = intOr(o, "dIn", 0);
+  s.dOut = intOr(o, "dOut", 0);
+  s.dSae = intOr(o, "dSae", 0);
+  s.skip = boolOr(o, "skip", false);
+  s.k = intOr(o, "k", 0);
+  s.bandwidth = numberOr(o, "bandwidth", 1e-3);
+  return s;
+}
+
+LossOptions lossOptionsFrom(const Napi::Object& o) {
+  LossOptions l;
+  std::string recon = stringOr(o, "reconstruction", "paper");
+  if (recon == "paper") l.reconstruction = Reconstruction::Paper;
+  else if (recon == "fvu") l.reconstruction = Reconstruction::Fvu;
+  else throw InvalidArgument("unknown reconstruction loss '" + recon + "' (expected paper or fvu)");
+  l.l1Coefficient = numberOr(o, "l1Coefficient", 0);
+  l.l0Coefficient = numberOr(o, "l0Coefficient", 0);
+  l.auxkAlpha = numberOr(o, "auxkAlpha", 0);
+  l.kAux = intOr(o, "kAux", 0);
+  l.ghostGrads = boolOr(o, "ghostGrads", false);
+  std::string residual = stringOr(o, "ghostResidual", "input");
+  if (residual != "input" && residual != "target") throw InvalidArgument("ghostResidual must be 'input' or 'target'");
+  l.ghostResidualFromInput = residual == "input";
+  if (hasValue(o, "dead")) l.dead = JsTensor::tensorOf(o.Get("dead"), "dead").to(c10::kBool);
+  return l;
+}
+
+TrainOptions trainOptionsFrom(const Napi::Object& o) {
+  TrainOptions t;
+  t.lr = numberOr(o, "lr", t.lr);
+  t.adam.beta1 = numberOr(o, "beta1", t.adam.beta1);
+  t.adam.beta2 = numberOr(o, "beta2", t.adam.beta2);
+  t.adam.eps = numberOr(o, "eps", t.adam.eps);
+  Napi::Object sched = objectOr(o.Get("schedule"));
+  t.schedule.kind = scheduleFromName(stringOr(sched, "kind", "constant"));
+  t.schedule.warmupSteps = intOr(sched, "warmupSteps", 0);
+  t.schedule.totalSteps = intOr(sched, "totalSteps", 1);
+  t.schedule.endFactor = numberOr(sched, "endFactor", 0.1);
+  t.schedulerBeforeStep = boolOr(o, "schedulerBeforeStep", false);
+  t.loss = lossOptionsFrom(objectOr(o.Get("loss")));
+  t.sparsityWarmupSteps = intOr(o, "sparsityWarmupSteps", 0);
+  t.maxGradNorm = numberOr(o, "maxGradNorm", 0);
+  t.normalizeDecoder = boolOr(o, "normalizeDecoder", true);
+  t.deadFeatureWindow = intOr(o, "deadFeatureWindow", t.deadFeatureWindow);
+  return t;
+}
+
+Napi::Object tensorMap(Napi::Env env, const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  Napi::Object out = Napi::Object::New(env);
+  for (const auto& [name, t] : tensors) out.Set(name, JsTensor::wrap(env, t));
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> detachedParams(const Transcoder& tc) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& [name, t] : tc.params().named()) out.emplace_back(name, t->detach());
+  return out;
+}
+
+// Runs `work(transcoder)` on a worker holding the transcoder's lock shared, and wraps the tensor result.
+Napi::Value readTask(Napi::Env env, std::shared_ptr<Transcoder> tc, const char* name,
+                     std::function<at::Tensor(const Transcoder&)> work) {
+  return Task<at::Tensor>::start(
+      env, name,
+      [tc, work]() {
+        std::shared_lock lock(tc->mutex());
+        at::NoGradGuard noGrad;
+        return work(*tc);
+      },
+      [](Napi::Env env, at::Tensor& t) -> Napi::Value { return JsTensor::wrap(env, t); });
+}
+
+}  // namespace
+
+// ---- NativeTranscoder -----------------------------------------------------------------------------
+
+Napi::Function JsTranscoder::define(Napi::Env env) {
+  Napi::Function cls = DefineClass(env, "NativeTranscoder",
+                                   {
+                                       StaticMethod<&JsTranscoder::create>("create"),
+                                       StaticMethod<&JsTranscoder::fromParams>("fromParams"),
+                                       InstanceMethod<&JsTranscoder::encode>("encode"),
+                                       InstanceMethod<&JsTranscoder::encodeSparse>("encodeSparse"),
+                                       InstanceMethod<&JsTranscoder::decode>("decode"),
+                                       InstanceMethod<&JsTranscoder::forward>("forward"),
+                                       InstanceMethod<&JsTranscoder::loss>("loss"),
+                                       InstanceMethod<&JsTranscoder::parameters>("parameters"),
+                                   });
+  AddonState::of(env).transcoderClass = Napi::Persistent(cls);
+  return cls;
+}
+
+Napi::Object JsTranscoder::wrap(Napi::Env env, std::shared_ptr<Transcoder> transcoder) {
+  using Handle = std::shared_ptr<Transcoder>;
+  auto external = Napi::External<Handle>::New(env, new Handle(std::move(transcoder)), [](Napi::Env, Handle* h) { delete h; });
+  return AddonState::of(env).transcoderClass.New({external});
+}
+
+std::shared_ptr<Transcoder> JsTranscoder::transcoderOf(const Napi::Value& value, const char* what) {
+  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(AddonState::of(value.Env()).transcoderClass.Value()))
+    throw InvalidArgument(std::string(what) + " must be a Transcoder");
+  return JsTranscoder::Unwrap(value.As<Napi::Object>())->tc_;
+}
+
+JsTranscoder::JsTranscoder(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsTranscoder>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal())
+    throw Napi::TypeError::New(info.Env(), "transcoders are created by Transcoder.create / Transcoder.load");
+  tc_ = *info[0].As<Napi::External<std::shared_ptr<Transcoder>>>().Data();
+}
+
+// create(spec, { seed, device, dtype, initThreshold }) -> Promise<NativeTranscoder>
+Napi::Value JsTranscoder::create(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    TranscoderSpec spec = specFrom(objectOr(info[0]));
+    Napi::Object o = objectOr(info[1]);
+    auto seed = static_cast<uint64_t>(intOr(o, "seed", 0));
+    auto options = at::TensorOptions()
+                       .device(deviceFromName(stringOr(o, "device", "cpu")))
+                       .dtype(dtypeFromName(stringOr(o, "dtype", "float32")));
+    double initThreshold = numberOr(o, "initThreshold", 1e-3);
+    using Handle = std::shared_ptr<Transcoder>;
+    return Task<Handle>::start(
+        env, "transcoders:createTranscoder",
+        [=]() { return std::make_shared<Transcoder>(spec, Transcoder::initialParams(spec, seed, options, initThreshold)); },
+        [](Napi::Env env, Handle& tc) -> Napi::Value { return wrap(env, tc); });
+  });
+}
+
+// fromParams(spec, { name: NativeTensor }, { device, dtype }) -> Promise<NativeTranscoder>; copies the tensors.
+Napi::Value JsTranscoder::fromParams(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    TranscoderSpec spec = specFrom(objectOr(info[0]));
+    Napi::Object given = objectOr(info[1]);
+    Napi::Object o = objectOr(info[2]);
+    auto options = at::TensorOptions()
+                       .device(deviceFromName(stringOr(o, "device", "cpu")))
+                       .dtype(dtypeFromName(stringOr(o, "dtype", "float32")));
+    TranscoderParams p;
+    auto take = [&](const char* name) {
+      return hasValue(given, name) ? JsTensor::tensorOf(given.Get(name), name) : at::Tensor();
+    };
+    p.W_enc = take("W_enc");
+    p.b_enc = take("b_enc");
+    p.W_dec = take("W_dec");
+    p.b_dec = take("b_dec");
+    p.b_dec_out = take("b_dec_out");
+    p.W_skip = take("W_skip");
+    p.threshold = take("threshold");
+    for (const auto& key : given.GetPropertyNames().As<Napi::Array>()) {
+      std::string name = Napi::Value(key.second).As<Napi::String>();
+      static const std::set<std::string> known = {"W_enc", "b_enc", "W_dec", "b_dec", "b_dec_out", "W_skip", "threshold"};
+      if (!known.count(name)) throw InvalidArgument("unknown transcoder parameter '" + name + "'");
+    }
+    using Handle = std::shared_ptr<Transcoder>;
+    return Task<Handle>::start(
+        env, "transcoders:transcoderFromParams",
+        [=]() mutable {
+          at::NoGradGuard noGrad;
+          for (auto& [name, t] : p.named()) *t = t->to(options, /*non_blocking=*/false, /*copy=*/true);
+          return std::make_shared<Transcoder>(spec, std::move(p));
+        },
+        [](Napi::Env env, Handle& tc) -> Napi::Value { return wrap(env, tc); });
+  });
+}
+
+Napi::Value JsTranscoder::encode(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    at::Tensor x = JsTensor::tensorOf(info[0], "x");
+    return readTask(info.Env(), tc_, "transcoders:encode", [x](const Transcoder& tc) {
+      at::Tensor f = tc.encode(x.to(tc.params().W_enc.options()));
+      std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+      shape.back() = tc.spec().dSae;
+      return f.view(shape);
+    });
+  });
+}
+
+Napi::Value JsTranscoder::forward(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    at::Tensor x = JsTensor::tensorOf(info[0], "x");
+    return readTask(info.Env(), tc_, "transcoders:forward",
+                    [x](const Transcoder& tc) { return tc.forward(x.to(tc.params().W_enc.options())); });
+  });
+}
+
+// decode(f, x?) -> Promise<NativeTensor>
+Napi::Value JsTranscoder::decode(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    at::Tensor f = JsTensor::tensorOf(info[0], "f");
+    at::Tensor x = JsTensor::isTensor(info[1]) ? JsTensor::tensorOf(info[1], "x") : at::Tensor();
+    return readTask(info.Env(), tc_, "transcoders:decode", [f, x](const Transcoder& tc) {
+      auto options = tc.params().W_enc.options();
+      at::Tensor y = tc.decode(f.to(options), x.defined() ? x.to(options) : x);
+      std::vector<int64_t> shape(f.sizes().begin(), f.sizes().end());
+      shape.back() = tc.spec().dOut;
+      return y.view(shape);
+    });
+  });
+}
+
+// encodeSparse(x) -> Promise<{ offsets, indices, values }>
+Napi::Value JsTranscoder::encodeSparse(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    at::Tensor x = JsTensor::tensorOf(info[0], "x");
+    std::shared_ptr<Transcoder> tc = tc_;
+    return Task<SparseActivations>::start(
+        env, "transcoders:encodeSparse",
+        [tc, x]() {
+          std::shared_lock lock(tc->mutex());
+          at::NoGradGuard noGrad;
+          return tc->encodeSparse(x.to(tc->params().W_enc.options()).reshape({-1, tc->spec().dIn}));
+        },
+        [](Napi::Env env, SparseActivations& s) -> Napi::Value {
+          return tensorMap(env, {{"offsets", s.offsets}, {"indices", s.indices}, {"values", s.values}});
+        });
+  });
+}
+
+// loss(x, y, lossOptions, { grad }) -> Promise<{ pre, f, yHat, reconstruction, sparsity, ghost, total, grads? }>
+Napi::Value JsTranscoder::loss(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    at::Tensor x = JsTensor::tensorOf(info[0], "x");
+    at::Tensor y = JsTensor::tensorOf(info[1], "y");
+    LossOptions options = lossOptionsFrom(objectOr(info[2]));
+    bool wantGrads = boolOr(objectOr(info[3]), "grad", false);
+    std::shared_ptr<Transcoder> tc = tc_;
+    using Named = std::vector<std::pair<std::string, at::Tensor>>;
+    return Task<Named>::start(
+        env, "transcoders:loss",
+        [tc, x, y, options, wantGrads]() {
+          std::unique_lock lock(tc->mutex());  // gradients are written into the parameters
+          auto opts = tc->params().W_enc.options();
+          // Gradients are computed on leaf copies, so the transcoder's own parameters are untouched.
+          Transcoder copy(tc->spec(), [&] {
+            TranscoderParams p = tc->params();
+            for (auto& [name, t] : p.named()) *t = t->detach().clone().requires_grad_(wantGrads);
+            return p;
+          }());
+          at::AutoGradMode grad(wantGrads);
+          LossOptions o = options;
+          if (o.dead.defined()) o.dead = o.dead.to(opts.device());
+          LossTerms t = transcoderLoss(copy, x.to(opts), y.to(opts), o);
+          Named out = {{"pre", t.pre.detach()}, {"f", t.f.detach()}, {"yHat", t.yHat.detach()},
+                       {"reconstruction", t.reconstruction.detach()}, {"sparsity", t.sparsity.detach()},
+                       {"ghost", t.ghost.detach()}, {"total", t.total.detach()}};
+          if (wantGrads) {
+            t.total.backward();
+            for (auto& [name, p] : copy.params().named())
+              out.emplace_back("grad." + name, p->grad().defined() ? p->grad() : at::zeros_like(*p));
+          }
+          return out;
+        },
+        [](Napi::Env env, Named& named) -> Napi::Value { return tensorMap(env, named); });
+  });
+}
+
+Napi::Value JsTranscoder::parameters(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    std::shared_lock lock(tc_->mutex());
+    return tensorMap(info.Env(), detachedParams(*tc_));
+  });
+}
+
+// ---- NativeTrainer --------------------------------------------------------------------------------
+
+Napi::Function JsTrainer::define(Napi::Env env) {
+  return DefineClass(env, "NativeTrainer",
+                     {
+                         InstanceMethod<&JsTrainer::run>("run"),
+                         InstanceMethod<&JsTrainer::state>("state"),
+                         InstanceMethod<&JsTrainer::setState>("setState"),
+                     });
+}
+
+// new NativeTrainer(transcoder, options)
+JsTrainer::JsTrainer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsTrainer>(info) {
+  guard(info.Env(), [&]() {
+    tc_ = JsTranscoder::transcoderOf(info[0], "the trainer's transcoder");
+    std::unique_lock lock(tc_->mutex());
+    trainer_ = std::make_shared<Trainer>(tc_, trainOptionsFrom(objectOr(info[1])));
+    return 0;
+  });
+}
+
+// run(xs [S, N, d_in], ys [S, N, d_out]) -> Promise<metrics[]>
+Napi::Value JsTrainer::run(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    at::Tensor xs = JsTensor::tensorOf(info[0], "xs");
+    at::Tensor ys = JsTensor::tensorOf(info[1], "ys");
+    std::shared_ptr<Trainer> trainer = trainer_;
+    std::shared_ptr<Transcoder> tc = tc_;
+    return Task<std::vector<StepMetrics>>::start(
+        env, "transcoders:train",
+        [trainer, tc, xs, ys]() {
+          std::unique_lock lock(tc->mutex());
+          return trainer->run(xs, ys);
+        },
+        [](Napi::Env env, std::vector<StepMetrics>& metrics) -> Napi::Value {
+          Napi::Array out = Napi::Array::New(env, metrics.size());
+          for (size_t i = 0; i < metrics.size(); ++i) {
+            const StepMetrics& m = metrics[i];
+            Napi::Object o = Napi::Object::New(env);
+            o.Set("step", static_cast<double>(m.step));
+            o.Set("lr", m.lr);
+            o.Set("total", m.total);
+            o.Set("reconstruction", m.reconstruction);
+            o.Set("sparsity", m.sparsity);
+            o.Set("ghost", m.ghost);
+            o.Set("fvu", m.fvu);
+            o.Set("l0", m.l0);
+            o.Set("deadFraction", m.deadFraction);
+            out[i] = o;
+          }
+          return out;
+        });
+  });
+}
+
+// state() -> { step, stepsSinceFired, "adam.<param>.exp_avg", "adam.<param>.exp_avg_sq" } (copies)
+Napi::Value JsTrainer::state(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    std::shared_lock lock(tc_->mutex());
+    std::vector<std::pair<std::string, at::Tensor>> named = {{"steps_since_fired", trainer_->stepsSinceFired().clone()}};
+    auto params = tc_->params().named();
+    auto& adam = trainer_->optimizer().state();
+    for (size_t i = 0; i < params.size(); ++i) {
+      named.emplace_back("adam." + params[i].first + ".exp_avg", adam[i].expAvg.clone());
+      named.emplace_back("adam." + params[i].first + ".exp_avg_sq", adam[i].expAvgSq.clone());
+    }
+    Napi::Object out = tensorMap(info.Env(), named);
+    out.Set("step", static_cast<double>(trainer_->step()));
+    return out;
+  });
+}
+
+// setState(state) restores what state() returned (for resuming).
+Napi::Value JsTrainer::setState(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Object s = objectOr(info[0]);
+    std::unique_lock lock(tc_->mutex());
+    at::NoGradGuard noGrad;
+    auto restore = [&](at::Tensor& into, const std::string& name) {
+      at::Tensor t = JsTensor::tensorOf(s.Get(name), name.c_str());
+      if (t.sizes() != into.sizes())
+        throw InvalidArgument("trainer state '" + name + "' has shape " + c10::str(t.sizes()) + ", expected " + c10::str(into.sizes()));
+      into.copy_(t);
+    };
+    restore(trainer_->stepsSinceFired(), "steps_since_fired");
+    auto params = tc_->params().named();
+    auto& adam = trainer_->optimizer().state();
+    for (size_t i = 0; i < params.size(); ++i) {
+      restore(adam[i].expAvg, "adam." + params[i].first + ".exp_avg");
+      restore(adam[i].expAvgSq, "adam." + params[i].first + ".exp_avg_sq");
+    }
+    trainer_->optimizer().setSteps(intOr(s, "step", 0));
+    return info.Env().Undefined();
+  });
+}
+
+}  // namespace tc

@@ -1,0 +1,48 @@
+// NativeTranscoder and NativeTrainer: JS handles over a Transcoder and its Trainer
+// (wrapped by lib/transcoders/transcoder.ts and lib/transcoders/trainer.ts).
+#pragma once
+#include <napi.h>
+
+#include <memory>
+
+#include "train/trainer.h"
+#include "transcoder/transcoder.h"
+
+namespace tc {
+
+class JsTranscoder : public Napi::ObjectWrap<JsTranscoder> {
+ public:
+  static Napi::Function define(Napi::Env env);
+  static Napi::Object wrap(Napi::Env env, std::shared_ptr<Transcoder> transcoder);
+  // The transcoder behind a JS handle; throws InvalidArgument for anything else.
+  static std::shared_ptr<Transcoder> transcoderOf(const Napi::Value& value, const char* what);
+  explicit JsTranscoder(const Napi::CallbackInfo& info);
+
+ private:
+  static Napi::Value create(const Napi::CallbackInfo& info);
+  static Napi::Value fromParams(const Napi::CallbackInfo& info);
+  Napi::Value encode(const Napi::CallbackInfo& info);
+  Napi::Value encodeSparse(const Napi::CallbackInfo& info);
+  Napi::Value decode(const Napi::CallbackInfo& info);
+  Napi::Value forward(const Napi::CallbackInfo& info);
+  Napi::Value loss(const Napi::CallbackInfo& info);
+  Napi::Value parameters(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<Transcoder> tc_;
+};
+
+class JsTrainer : public Napi::ObjectWrap<JsTrainer> {
+ public:
+  static Napi::Function define(Napi::Env env);
+  explicit JsTrainer(const Napi::CallbackInfo& info);
+
+ private:
+  Napi::Value run(const Napi::CallbackInfo& info);
+  Napi::Value state(const Napi::CallbackInfo& info);
+  Napi::Value setState(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<Transcoder> tc_;
+  std::shared_ptr<Trainer> trainer_;
+};
+
+}  // namespace tc
