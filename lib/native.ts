@@ -67,6 +67,7 @@ export interface NativeTranscoder {
   forward(x: NativeTensor): Promise<NativeTensor>;
   loss(x: NativeTensor, y: NativeTensor, options: object, flags: { grad: boolean }): Promise<Record<string, NativeTensor>>;
   parameters(): Record<string, NativeTensor>;
+  initializeBiases(x: NativeTensor, y: NativeTensor, method: string): Promise<void>;
 }
 
 export interface NativeTranscoderClass {
@@ -114,6 +115,7 @@ interface Addon {
   getNumThreads(): number;
   workerNumThreads(): Promise<number>;
   torchInfo(): TorchInfo;
+  geometricMedian(points: NativeTensor, options: { maxIter?: number; ftol?: number; eps?: number }): Promise<NativeTensor>;
   loadSafetensors(
     path: string,
     dataStart: number,

@@ -77,7 +77,7 @@ export class ZipFile {
     this.fd = -1;
   }
 
-  /** The uncompressed contents of `entry`, in a buffer of its own (byteOffset 0). */
+  /** The uncompressed contents of `entry`, in a new buffer. */
   read(entry: ZipEntry): Buffer {
     if (entry.size > bufferConstants.MAX_LENGTH) this.fail(`entry '${entry.name}' is too large (${entry.size} bytes)`);
     const local = this.readAt(entry.localHeaderOffset, LOCAL_SIZE, `the local header of '${entry.name}'`);

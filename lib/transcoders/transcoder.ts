@@ -56,6 +56,13 @@ export interface LossOptions {
   dead?: Tensor;
 }
 
+export type BiasInit = 'mean' | 'geometric_median' | 'zeros';
+
+/** The geometric median of points [N, d] (Weiszfeld's algorithm, float64 accumulation). */
+export async function geometricMedian(points: Tensor, options: { maxIter?: number; ftol?: number; eps?: number } = {}): Promise<Tensor> {
+  return new Tensor(await native().geometricMedian(points.handle, options));
+}
+
 export class Transcoder {
   readonly config: TranscoderConfig;
   /** @internal */
@@ -111,6 +118,14 @@ export class Transcoder {
     const { dead, ...rest } = options;
     const out = await this.handle.loss(x.handle, y.handle, { ...rest, ...(dead ? { dead: dead.handle } : {}) }, { grad });
     return Object.fromEntries(Object.entries(out).map(([k, v]) => [k, new Tensor(v)]));
+  }
+
+  /**
+   * Sets b_dec (input pre-bias) and b_dec_out from sample inputs x [N, dIn] and targets y [N, dOut]:
+   * their mean, their geometric median (the paper's two options), or leaves them (`'zeros'`).
+   */
+  async initializeBiases(x: Tensor, y: Tensor, method: BiasInit = 'mean'): Promise<void> {
+    await this.handle.initializeBiases(x.handle, y.handle, method);
   }
 
   /** The parameters (sharing memory with the transcoder; they change while it trains). */

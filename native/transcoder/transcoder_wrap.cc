@@ -13,6 +13,7 @@
 #include "core/task.h"
 #include "tensor/dtype.h"
 #include "tensor/tensor_wrap.h"
+#include "transcoder/init.h"
 
 namespace tc {
 
@@ -108,6 +109,7 @@ Napi::Function JsTranscoder::define(Napi::Env env) {
                                        InstanceMethod<&JsTranscoder::forward>("forward"),
                                        InstanceMethod<&JsTranscoder::loss>("loss"),
                                        InstanceMethod<&JsTranscoder::parameters>("parameters"),
+                                       InstanceMethod<&JsTranscoder::initializeBiases>("initializeBiases"),
                                    });
   AddonState::of(env).transcoderClass = Napi::Persistent(cls);
   return cls;
@@ -285,6 +287,38 @@ Napi::Value JsTranscoder::parameters(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     std::shared_lock lock(tc_->mutex());
     return tensorMap(info.Env(), detachedParams(*tc_));
+  });
+}
+
+// initializeBiases(x [N, d_in], y [N, d_out], method) -> Promise<void>
+Napi::Value JsTranscoder::initializeBiases(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    at::Tensor x = JsTensor::tensorOf(info[0], "x");
+    at::Tensor y = JsTensor::tensorOf(info[1], "y");
+    std::string method = info[2].IsString() ? std::string(info[2].As<Napi::String>()) : "mean";
+    std::shared_ptr<Transcoder> tc = tc_;
+    return Task<bool>::start(
+        env, "transcoders:initializeBiases",
+        [tc, x, y, method]() {
+          std::unique_lock lock(tc->mutex());
+          initializeDecoderBiases(*tc, x, y, method);
+          return true;
+        },
+        [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+  });
+}
+
+Napi::Value geometricMedianJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    at::Tensor points = JsTensor::tensorOf(info[0], "points");
+    Napi::Object o = objectOr(info[1]);
+    int64_t maxIter = intOr(o, "maxIter", 100);
+    double ftol = numberOr(o, "ftol", 1e-20), eps = numberOr(o, "eps", 1e-6);
+    return Task<at::Tensor>::start(
+        env, "transcoders:geometricMedian", [=]() { return geometricMedian(points, maxIter, ftol, eps); },
+        [](Napi::Env env, at::Tensor& t) -> Napi::Value { return JsTensor::wrap(env, t); });
   });
 }
 

@@ -27,9 +27,13 @@ class JsTranscoder : public Napi::ObjectWrap<JsTranscoder> {
   Napi::Value forward(const Napi::CallbackInfo& info);
   Napi::Value loss(const Napi::CallbackInfo& info);
   Napi::Value parameters(const Napi::CallbackInfo& info);
+  Napi::Value initializeBiases(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Transcoder> tc_;
 };
+
+// geometricMedian(points [N, d], { maxIter, ftol, eps }) -> Promise<NativeTensor [d]>
+Napi::Value geometricMedianJs(const Napi::CallbackInfo& info);
 
 class JsTrainer : public Napi::ObjectWrap<JsTrainer> {
  public:
