@@ -68,6 +68,14 @@ export interface NativeTranscoder {
   loss(x: NativeTensor, y: NativeTensor, options: object, flags: { grad: boolean }): Promise<Record<string, NativeTensor>>;
   parameters(): Record<string, NativeTensor>;
   initializeBiases(x: NativeTensor, y: NativeTensor, method: string): Promise<void>;
+  batchStats(x: NativeTensor, y: NativeTensor): Promise<{
+    rows: number;
+    sumSquaredError: number;
+    sumSquaredY: number;
+    activeSum: number;
+    sumY: NativeTensor;
+    fireCounts: NativeTensor;
+  }>;
 }
 
 export interface NativeTranscoderClass {
@@ -115,6 +123,7 @@ interface Addon {
   getNumThreads(): number;
   workerNumThreads(): Promise<number>;
   torchInfo(): TorchInfo;
+  klDivergence(referenceLogits: NativeTensor, logits: NativeTensor): Promise<number>;
   geometricMedian(points: NativeTensor, options: { maxIter?: number; ftol?: number; eps?: number }): Promise<NativeTensor>;
   loadSafetensors(
     path: string,

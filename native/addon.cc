@@ -59,6 +59,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("Transcoder", JsTranscoder::define(env));
   exports.Set("Trainer", JsTrainer::define(env));
   exports.Set("geometricMedian", Napi::Function::New(env, geometricMedianJs));
+  exports.Set("klDivergence", Napi::Function::New(env, klDivergenceJs));
   exports.Set("setNumThreads", Napi::Function::New(env, setNumThreadsJs));
   exports.Set("getNumThreads", Napi::Function::New(env, getNumThreadsJs));
   exports.Set("workerNumThreads", Napi::Function::New(env, workerNumThreads));

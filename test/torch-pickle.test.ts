@@ -59,9 +59,31 @@ class Plain:
     def __init__(self):
         self.a = 1
         self.b = "two"
+
+class Slotted:
+    """BUILD state (None, slots) at protocols >= 2."""
+    __slots__ = ("x", "y")
+    def __init__(self):
+        self.x, self.y = 1, "b"
+
+class WithArgs:
+    """NEWOBJ with arguments (__getnewargs__) at protocols >= 2."""
+    def __new__(cls, n):
+        return super().__new__(cls)
+    def __init__(self, n):
+        self.z = n + 1
+    def __getnewargs__(self):
+        return (self.z - 1,)
+
+class WithKwargs:
+    """NEWOBJ_EX at protocols >= 4."""
+    def __new__(cls, n, k):
+        return super().__new__(cls)
+    def __getnewargs_ex__(self):
+        return (1,), {"k": 2}
 ''')
 sys.path.insert(0, os.path.join(out, "pkg"))
-from sae_training.config import LanguageModelSAERunnerConfig, Plain
+from sae_training.config import LanguageModelSAERunnerConfig, Plain, Slotted, WithArgs, WithKwargs
 
 g = torch.Generator().manual_seed(0)
 expected = {}
@@ -124,11 +146,15 @@ py = {
     "complex": 1 + 2j, "slice": slice(1, None, 2),
     "np_f64": np.float64(1.4e-4), "np_f32": np.float32(0.1), "np_i64": np.int64(-(2**40)),
     "np_i32": np.int32(-7), "np_bool": np.bool_(True),
-    "dtype": torch.bfloat16, "device": torch.device("cuda", 1), "func": math.sqrt,
+    "dtype": torch.bfloat16, "device": torch.device("cuda", 1), "size": torch.Size([2, 3]), "func": math.sqrt,
     "same1": shared_list, "same2": shared_list, "cfg": cfg, "plain": Plain(),
 }
 for proto in (1, 2, 4, 5):
-    save(f"extras_p{proto}.pt", {"tensors": tensors, "py": py}, {f"tensors.{k}": v for k, v in tensors.items()}, pickle_protocol=proto)
+    objects = {"slotted": Slotted(), "args": WithArgs(3)} if proto >= 2 else {}
+    if proto >= 4:
+        objects["kwargs"] = WithKwargs(1, 2)
+    data = {"tensors": tensors, "py": py, "objects": objects}
+    save(f"extras_p{proto}.pt", data, {f"tensors.{k}": v for k, v in tensors.items()}, pickle_protocol=proto)
 
 def write_zip(name, records, compression=zipfile.ZIP_STORED):
     with zipfile.ZipFile(os.path.join(out, name), "w", compression) as z:
@@ -289,7 +315,7 @@ describe('readTorchCheckpoint', () => {
 
   it.each([1, 2, 4, 5])('reads views, every dtype, shared storages and Python values at protocol %i', (proto) => {
     const file = `extras_p${proto}.pt`;
-    const root = readTorchCheckpoint(join(dir, file)) as { tensors: Record<string, PickledTensor>; py: Record<string, unknown> };
+    const root = readTorchCheckpoint(join(dir, file)) as { tensors: Record<string, PickledTensor>; py: Record<string, unknown>; objects: unknown };
     expectTensors(file, root);
     // Tensors on one storage share its memory; transposed views are materialised.
     expect(root.tensors.shared_a!.bytes.buffer).toBe(root.tensors.shared_b!.bytes.buffer);
@@ -305,6 +331,15 @@ describe('readTorchCheckpoint', () => {
     });
     // The memo keeps shared references shared.
     expect(root.py.same1).toBe(root.py.same2);
+    // Instances of unknown classes made without running their code: NEWOBJ (with arguments,
+    // slot state) and NEWOBJ_EX.
+    const objects: Record<string, unknown> = {};
+    if (proto >= 2) {
+      objects.slotted = { __class__: 'sae_training.config.Slotted', x: 1, y: 'b' };
+      objects.args = { __class__: 'sae_training.config.WithArgs', __args__: [3], z: 4 };
+    }
+    if (proto >= 4) objects.kwargs = { __class__: 'sae_training.config.WithKwargs', __args__: [1], __kwargs__: { k: 2 } };
+    expect(root.objects).toEqual(objects);
   });
 
   it('reads protocol 0 pickles (text opcodes, copyreg._reconstructor instances)', () => {
@@ -347,6 +382,7 @@ const PY_VALUES = {
   np_i64: -(2 ** 40),
   np_i32: -7,
   np_bool: true,
+  size: [2, 3],
   same1: [1, 2],
   same2: [1, 2],
 };
@@ -392,9 +428,13 @@ describe('readTorchCheckpoint rejects bad files with a FormatError', () => {
     const text = cut('text.pt', Buffer.from('this is not a checkpoint at all\n'));
     expectFormatError(() => readTorchCheckpoint(text), text, /not a zip archive/);
   });
+});
 
-  it('isTorchZipCheckpoint tells checkpoints from other files', () => {
+describe('isTorchZipCheckpoint', () => {
+  it('tells torch zip checkpoints from other files', () => {
     expect(isTorchZipCheckpoint(join(dir, 'zip64.pt'))).toBe(true);
-    for (const name of ['legacy.pt', 'no_pickle.zip', 'text.pt', 'does-not-exist.pt']) expect(isTorchZipCheckpoint(join(dir, name))).toBe(false);
+    expect(isTorchZipCheckpoint(join(dir, 'extras_p4.pt'))).toBe(true);
+    writeFileSync(join(dir, 'notes.txt'), 'not a zip\n');
+    for (const name of ['legacy.pt', 'no_pickle.zip', 'notes.txt', 'does-not-exist.pt']) expect(isTorchZipCheckpoint(join(dir, name))).toBe(false);
   });
 });

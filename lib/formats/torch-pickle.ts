@@ -15,7 +15,9 @@
  * 2^53), float -> number, str -> string, bytes/bytearray -> Uint8Array, tuple and list -> array,
  * dict and OrderedDict -> plain object in insertion order (JS still lists integer-like keys
  * first; keys must be str or int), set/frozenset -> Set, torch dtype -> its name ('float32'),
- * torch.device -> its string ('cuda', 'cuda:0'), tensor and storage -> PickledTensor. Attributes
+ * torch.device -> its string ('cuda', 'cuda:0'), torch.Size -> array, numpy scalar -> number
+ * (bigint beyond 2^53) or boolean, complex and slice -> `{ __class__, ... }` objects, tensor and
+ * storage -> PickledTensor, an unknown global used as a value -> PickleGlobal. Attributes
  * set on a dict (state_dict's `_metadata`) become non-enumerable properties of the object.
  */
 import type { DType } from '../tensor.js';
@@ -175,6 +177,7 @@ const CALLABLES = new Map<string, Handler>([
     if (typeof type !== 'string' || !(index == null || isInt(index))) return u.fail('bad torch.device arguments');
     return index == null ? type : `${type}:${index}`;
   }],
+  ['torch.Size', (u, [dims]) => [...u.iterable(dims ?? [])]],
   ['copyreg._reconstructor', (u, [cls, base]) => {
     // Protocol 0/1 instances of plain classes: object.__new__(cls), then BUILD sets the state.
     if (!(base instanceof PickleGlobal && base.name === 'builtins.object')) return u.fail(`copyreg._reconstructor with base ${String(base)} is not supported`);
@@ -556,9 +559,8 @@ class TorchUnpickler {
 
   /** GLOBAL: dtypes are values; everything else is a name that only CALLABLES can give meaning. */
   private global(module: string, name: string): unknown {
-    const full = `${MODULE_ALIASES.get(module) ?? module}.${name}`;
     if (module === 'torch' && TORCH_DTYPES.has(name)) return name;
-    return new PickleGlobal(full);
+    return new PickleGlobal(`${MODULE_ALIASES.get(module) ?? module}.${name}`);
   }
 
   /** REDUCE, INST, OBJ: only whitelisted callables run, and they only build data. */

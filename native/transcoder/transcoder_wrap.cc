@@ -13,6 +13,7 @@
 #include "core/task.h"
 #include "tensor/dtype.h"
 #include "tensor/tensor_wrap.h"
+#include "eval/metrics.h"
 #include "transcoder/init.h"
 
 namespace tc {
@@ -110,6 +111,7 @@ Napi::Function JsTranscoder::define(Napi::Env env) {
                                        InstanceMethod<&JsTranscoder::loss>("loss"),
                                        InstanceMethod<&JsTranscoder::parameters>("parameters"),
                                        InstanceMethod<&JsTranscoder::initializeBiases>("initializeBiases"),
+                                       InstanceMethod<&JsTranscoder::batchStats>("batchStats"),
                                    });
   AddonState::of(env).transcoderClass = Napi::Persistent(cls);
   return cls;
@@ -306,6 +308,41 @@ Napi::Value JsTranscoder::initializeBiases(const Napi::CallbackInfo& info) {
           return true;
         },
         [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+  });
+}
+
+// batchStats(x, y) -> Promise<{ rows, sumSquaredError, sumSquaredY, activeSum, sumY, fireCounts }>
+Napi::Value JsTranscoder::batchStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    at::Tensor x = JsTensor::tensorOf(info[0], "x");
+    at::Tensor y = JsTensor::tensorOf(info[1], "y");
+    std::shared_ptr<Transcoder> tc = tc_;
+    return Task<TranscoderBatchStats>::start(
+        env, "transcoders:batchStats",
+        [tc, x, y]() {
+          std::shared_lock lock(tc->mutex());
+          return transcoderBatchStats(*tc, x, y);
+        },
+        [](Napi::Env env, TranscoderBatchStats& s) -> Napi::Value {
+          Napi::Object out = tensorMap(env, {{"sumY", s.sumY}, {"fireCounts", s.fireCounts}});
+          out.Set("rows", static_cast<double>(s.rows));
+          out.Set("sumSquaredError", s.sumSquaredError);
+          out.Set("sumSquaredY", s.sumSquaredY);
+          out.Set("activeSum", s.activeSum);
+          return out;
+        });
+  });
+}
+
+Napi::Value klDivergenceJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    at::Tensor p = JsTensor::tensorOf(info[0], "referenceLogits");
+    at::Tensor q = JsTensor::tensorOf(info[1], "logits");
+    return Task<double>::start(
+        env, "transcoders:klDivergence", [p, q]() { return meanKlDivergence(p, q); },
+        [](Napi::Env env, double& kl) -> Napi::Value { return Napi::Number::New(env, kl); });
   });
 }
 

@@ -28,9 +28,13 @@ class JsTranscoder : public Napi::ObjectWrap<JsTranscoder> {
   Napi::Value loss(const Napi::CallbackInfo& info);
   Napi::Value parameters(const Napi::CallbackInfo& info);
   Napi::Value initializeBiases(const Napi::CallbackInfo& info);
+  Napi::Value batchStats(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Transcoder> tc_;
 };
+
+// klDivergence(referenceLogits, logits) -> Promise<number>: mean KL over positions, in nats.
+Napi::Value klDivergenceJs(const Napi::CallbackInfo& info);
 
 // geometricMedian(points [N, d], { maxIter, ftol, eps }) -> Promise<NativeTensor [d]>
 Napi::Value geometricMedianJs(const Napi::CallbackInfo& info);
