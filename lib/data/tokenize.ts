@@ -1,0 +1,91 @@
+/**
+ * Text -> token file: reads documents (text-source), packs them (packing) and streams the rows to a
+ * token file (token-file), all without holding the corpus or the rows in memory.
+ */
+import { InvalidArgumentError } from '../errors.js';
+import type { Tokenizer } from '../tokenizer/tokenizer.js';
+import { TokenPacker, type BosMode } from './packing.js';
+import { readDocuments } from './text-source.js';
+import { writeTokenFile } from './token-file.js';
+
+export interface TokenizeToFileOptions {
+  contextSize: number;
+  /** Default 'paper' (see packing.ts). 'paper' needs a tokenizer with a BOS token. */
+  bos?: BosMode;
+  /** Truncation of each document, BOS included (default 1024, as the paper's to_tokens). */
+  maxDocumentTokens?: number;
+  /** Emulate the paper's per-store-batch restarts (see packing.ts). Default: continuous stream. */
+  storeBatchSize?: number;
+  /** Stop after this many rows (reading stops there too). */
+  maxRows?: number;
+  /** Recorded as the file's `tokenizer` metadata (default: the tokenizer's path). */
+  tokenizerName?: string;
+  /** Called about every 200 ms while running and once at the end. */
+  onProgress?: (info: { documents: number; rows: number }) => void;
+}
+
+/**
+ * Tokenises `.txt` / `.jsonl` files or folders of them (see readDocuments) into a token file at
+ * `out` (written atomically). Returns the number of rows written and of documents read; with
+ * `maxRows`, documents counts those read before the limit was reached.
+ */
+export async function tokenizeToFile(
+  inputs: string[],
+  tokenizer: Tokenizer,
+  out: string,
+  options: TokenizeToFileOptions,
+): Promise<{ rows: number; documents: number }> {
+  const bos = options.bos ?? 'paper';
+  const maxRows = options.maxRows ?? Infinity;
+  if (maxRows !== Infinity && (!Number.isSafeInteger(maxRows) || maxRows < 0)) {
+    throw new InvalidArgumentError(`maxRows must be a non-negative integer, got ${maxRows}`);
+  }
+  if (inputs.length === 0) throw new InvalidArgumentError('tokenizeToFile: no inputs');
+  const maxDocumentTokens = options.maxDocumentTokens ?? 1024;
+  const packer = new TokenPacker({
+    contextSize: options.contextSize,
+    bos,
+    maxDocumentTokens,
+    ...(options.storeBatchSize !== undefined ? { storeBatchSize: options.storeBatchSize } : {}),
+    bosTokenId: tokenizer.bosTokenId,
+  });
+  let documents = 0;
+  let rows = 0;
+  let lastReport = Date.now();
+  const report = (force: boolean): void => {
+    if (!options.onProgress) return;
+    const now = Date.now();
+    if (!force && now - lastReport < 200) return;
+    lastReport = now;
+    options.onProgress({ documents, rows });
+  };
+
+  async function* generate(): AsyncGenerator<Int32Array> {
+    if (rows >= maxRows) return;
+    for await (const doc of readDocuments(inputs)) {
+      documents++;
+      for (const row of packer.push(tokenizer.encode(doc.text, { prependBos: false }))) {
+        rows++;
+        yield Int32Array.from(row);
+        if (rows >= maxRows) return;
+      }
+      report(false);
+    }
+    const last = packer.flush();
+    if (last) {
+      rows++;
+      yield Int32Array.from(last);
+    }
+  }
+
+  const result = await writeTokenFile(out, generate(), {
+    contextSize: options.contextSize,
+    tokenizer: options.tokenizerName ?? tokenizer.path,
+    bos,
+    sources: inputs,
+    documents: () => documents,
+    maxDocumentTokens,
+  });
+  report(true);
+  return result;
+}
