@@ -106,6 +106,34 @@ export interface NativeTrainerClass {
   new (transcoder: NativeTranscoder, options: object): NativeTrainer;
 }
 
+export interface NativeRunProgress {
+  step: number;
+  position: number;
+  metrics: NativeStepMetrics[];
+}
+
+export interface NativeRunSnapshot {
+  step: number;
+  position: number;
+  slots: Record<string, NativeTensor>[];
+}
+
+export interface NativeRunResult {
+  steps: number;
+  position: number;
+  exhausted: boolean;
+  stopped: boolean;
+}
+
+export interface NativeTrainingRun {
+  run(onProgress: (p: NativeRunProgress) => void | Promise<void>, onCheckpoint: (s: NativeRunSnapshot) => void | Promise<void>): Promise<NativeRunResult>;
+  stop(): void;
+}
+
+export interface NativeTrainingRunClass {
+  new (spec: object): NativeTrainingRun;
+}
+
 export interface TorchInfo {
   version: string;
   cudaAvailable: boolean;
@@ -119,6 +147,7 @@ interface Addon {
   Model: NativeModelClass;
   Transcoder: NativeTranscoderClass;
   Trainer: NativeTrainerClass;
+  TrainingRun: NativeTrainingRunClass;
   setNumThreads(n: number): void;
   getNumThreads(): number;
   workerNumThreads(): Promise<number>;

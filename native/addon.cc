@@ -12,6 +12,7 @@
 #include "io/safetensors_js.h"
 #include "model/model_wrap.h"
 #include "tensor/tensor_wrap.h"
+#include "train/run_wrap.h"
 #include "transcoder/transcoder_wrap.h"
 
 namespace tc {
@@ -58,6 +59,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("Model", JsModel::define(env));
   exports.Set("Transcoder", JsTranscoder::define(env));
   exports.Set("Trainer", JsTrainer::define(env));
+  exports.Set("TrainingRun", JsTrainingRun::define(env));
   exports.Set("geometricMedian", Napi::Function::New(env, geometricMedianJs));
   exports.Set("klDivergence", Napi::Function::New(env, klDivergenceJs));
   exports.Set("setNumThreads", Napi::Function::New(env, setNumThreadsJs));

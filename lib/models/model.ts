@@ -83,7 +83,8 @@ export class Model {
   readonly tokenizer: Tokenizer | null;
   /** Every hook name of this model, in forward order. */
   readonly hookNames: readonly string[];
-  private readonly handle: NativeModel;
+  /** @internal */
+  readonly handle: NativeModel;
 
   /** @internal use {@link loadModel}. */
   constructor(init: {

@@ -93,7 +93,8 @@ export function resolveTrainOptions(transcoder: Transcoder, options: TrainOption
 export class TranscoderTrainer {
   readonly transcoder: Transcoder;
   readonly options: Record<string, unknown>;
-  private readonly handle: NativeTrainer;
+  /** @internal */
+  readonly handle: NativeTrainer;
 
   constructor(transcoder: Transcoder, options: TrainOptions = {}) {
     this.transcoder = transcoder;

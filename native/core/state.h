@@ -21,6 +21,7 @@ struct AddonState {
   Napi::FunctionReference tensorClass;
   Napi::FunctionReference modelClass;
   Napi::FunctionReference transcoderClass;
+  Napi::FunctionReference trainerClass;
 
   static AddonState& of(Napi::Env env) { return *env.GetInstanceData<AddonState>(); }
 };

@@ -7,6 +7,7 @@
 #include <shared_mutex>
 
 #include "core/errors.h"
+#include "core/js_call.h"
 #include "core/state.h"
 #include "core/task.h"
 #include "io/safetensors.h"
@@ -97,66 +98,19 @@ std::vector<CheckpointFile> filesFrom(const Napi::Array& files) {
 }
 
 // ---- MLP replacement by a JS callback ---------------------------------------------------------
-// The forward runs on a worker; the callback must run on the JS thread. The worker posts a call
-// through a thread-safe function and waits for the callback's Tensor (or its Promise) to arrive.
+// The forward runs on a worker; the callback runs on the JS thread while the worker waits.
 
-struct CallbackCall {
-  int64_t layer;
-  at::Tensor input, original;
-  std::promise<at::Tensor> result;
-};
-
-void failCall(CallbackCall* call, const std::string& message) {
-  call->result.set_exception(std::make_exception_ptr(
-      InvalidArgument("the MLP replacement callback of layer " + std::to_string(call->layer) + " failed: " + message)));
-}
-
-void settleWith(CallbackCall* call, const Napi::Value& value) {
-  try {
-    call->result.set_value(JsTensor::tensorOf(value, "the value returned by an MLP replacement callback"));
-  } catch (const std::exception& e) {
-    failCall(call, e.what());
-  }
-}
-
-std::string messageOf(const Napi::Value& reason) {
-  if (reason.IsObject()) {
-    Napi::Value m = reason.As<Napi::Object>().Get("message");
-    if (m.IsString()) return m.As<Napi::String>();
-  }
-  return reason.ToString();
-}
-
-void invokeCallback(Napi::Env env, Napi::Function fn, std::nullptr_t*, CallbackCall* call) {
-  if (env == nullptr) return;  // environment torn down: the waiting worker gets a broken promise
-  try {
-    Napi::Value out = fn.Call({JsTensor::wrap(env, call->input),
-                               call->original.defined() ? Napi::Value(JsTensor::wrap(env, call->original)) : env.Null(),
-                               Napi::Number::New(env, static_cast<double>(call->layer))});
-    if (out.IsPromise()) {
-      auto onOk = Napi::Function::New(env, [call](const Napi::CallbackInfo& info) { settleWith(call, info[0]); });
-      auto onErr = Napi::Function::New(env, [call](const Napi::CallbackInfo& info) { failCall(call, messageOf(info[0])); });
-      out.As<Napi::Object>().Get("then").As<Napi::Function>().Call(out, {onOk, onErr});
-    } else {
-      settleWith(call, out);
-    }
-  } catch (const Napi::Error& e) {
-    failCall(call, e.Message());
-  }
-}
-
-using CallbackTsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, CallbackCall, invokeCallback>;
-
-std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> callbackModule(CallbackTsfn tsfn, int64_t layer) {
-  return [tsfn, layer](const at::Tensor& input, const at::Tensor& original) mutable {
-    CallbackCall call{layer, input, original, {}};
-    std::future<at::Tensor> done = call.result.get_future();
-    if (tsfn.BlockingCall(&call) != napi_ok) throw InvalidArgument("the JS environment is shutting down");
-    try {
-      return done.get();
-    } catch (const std::future_error&) {
-      throw InvalidArgument("the MLP replacement callback of layer " + std::to_string(layer) + " never returned");
-    }
+std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> callbackModule(JsCall js, int64_t layer) {
+  return [js, layer](const at::Tensor& input, const at::Tensor& original) mutable {
+    at::Tensor result;
+    js.call(
+        [&](Napi::Env env, Napi::Function fn) {
+          return fn.Call({JsTensor::wrap(env, input), original.defined() ? Napi::Value(JsTensor::wrap(env, original)) : env.Null(),
+                          Napi::Number::New(env, static_cast<double>(layer))});
+        },
+        [&](Napi::Value value) { result = JsTensor::tensorOf(value, "the value returned by an MLP replacement callback"); },
+        "the MLP replacement callback of layer " + std::to_string(layer));
+    return result;
   };
 }
 
@@ -187,6 +141,12 @@ JsModel::JsModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsModel>(inf
   if (info.Length() != 1 || !info[0].IsExternal())
     throw Napi::TypeError::New(info.Env(), "models are created by loadModel(dir)");
   model_ = *info[0].As<Napi::External<std::shared_ptr<const Transformer>>>().Data();
+}
+
+std::shared_ptr<const Transformer> JsModel::modelOf(const Napi::Value& value, const char* what) {
+  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(AddonState::of(value.Env()).modelClass.Value()))
+    throw InvalidArgument(std::string(what) + " must be a Model");
+  return JsModel::Unwrap(value.As<Napi::Object>())->live();
 }
 
 std::shared_ptr<const Transformer> JsModel::live() const {
@@ -256,15 +216,15 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
     // Validate hook names now, so a typo fails before any work is queued.
     HookCache(model->config(), options.hooks);
 
-    std::vector<CallbackTsfn> callbacks;
+    std::vector<JsCall> callbacks;
     // A live thread-safe function keeps the event loop (and so the process) alive: until the task
     // owns the callbacks, release them if anything below throws.
     struct PendingCallbacks {
-      std::vector<CallbackTsfn>& fns;
+      std::vector<JsCall>& fns;
       bool handedOver = false;
       ~PendingCallbacks() {
         if (!handedOver)
-          for (auto& f : fns) f.Release();
+          for (auto& f : fns) f.release();
       }
     } pending{callbacks};
     if (opts.Get("mlp").IsArray()) {
@@ -285,7 +245,7 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
         } else if (kind == "callback") {
           r.kind = MlpReplacement::Kind::Module;
           if (!spec.Get("fn").IsFunction()) throw InvalidArgument("an MLP replacement callback must be a function");
-          callbacks.push_back(CallbackTsfn::New(env, spec.Get("fn").As<Napi::Function>(), "transcoders:mlp-callback", 0, 1));
+          callbacks.emplace_back(env, spec.Get("fn").As<Napi::Function>(), "transcoders:mlp-callback");
           r.module = callbackModule(callbacks.back(), layer);
         } else if (kind == "transcoder") {
           // A native transcoder runs inside the forward on the worker: no round trip to JS.
@@ -308,9 +268,9 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
         env, "transcoders:run",
         [model, tokens, options, loss, callbacks]() mutable -> RunResult {
           struct ReleaseCallbacks {
-            std::vector<CallbackTsfn>& fns;
+            std::vector<JsCall>& fns;
             ~ReleaseCallbacks() {
-              for (auto& f : fns) f.Release();
+              for (auto& f : fns) f.release();
             }
           } release{callbacks};
           RunResult out;

@@ -12,6 +12,8 @@ class JsModel : public Napi::ObjectWrap<JsModel> {
  public:
   static Napi::Function define(Napi::Env env);
   explicit JsModel(const Napi::CallbackInfo& info);
+  // The model behind a JS handle; throws InvalidArgument for anything else or a disposed one.
+  static std::shared_ptr<const Transformer> modelOf(const Napi::Value& value, const char* what);
 
  private:
   static Napi::Value load(const Napi::CallbackInfo& info);

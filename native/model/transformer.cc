@@ -209,9 +209,14 @@ ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOpt
     x = x + pos;
   }
   const Positions pos = positions(T);
-  for (int64_t l = 0; l < cfg_.nLayers; ++l) x = block(l, x, pos, options, hooks);
+  const int64_t lastLayer = options.stopAfterLayer >= 0 ? std::min(options.stopAfterLayer, cfg_.nLayers - 1) : cfg_.nLayers - 1;
+  for (int64_t l = 0; l <= lastLayer; ++l) x = block(l, x, pos, options, hooks);
 
   ForwardResult result;
+  if (lastLayer < cfg_.nLayers - 1) {  // stopped early: no final LayerNorm, no logits
+    result.cache = std::move(hooks.tensors());
+    return result;
+  }
   bool needFinal = options.logits || hooks.wants(ModelHook::LnFinalNormalized) || hooks.wants(ModelHook::LnFinalScale);
   if (needFinal) {
     at::Tensor scale;

@@ -30,6 +30,7 @@ struct ForwardOptions {
   std::map<int64_t, MlpReplacement> mlpReplacements;
   bool grad = false;                              // record autograd history
   bool logits = true;                             // compute the unembedding
+  int64_t stopAfterLayer = -1;                    // >= 0: run blocks 0..stopAfterLayer only (activation collection)
 };
 
 struct ForwardResult {

@@ -85,10 +85,14 @@ std::vector<StepMetrics> Trainer::run(const at::Tensor& xs, const at::Tensor& ys
       xs.size(2) != spec.dIn || ys.size(2) != spec.dOut)
     throw InvalidArgument("training batches must be xs [S, N, d_in] and ys [S, N, d_out], got " + c10::str(xs.sizes()) +
                           " and " + c10::str(ys.sizes()));
-  auto options = tc_->params().W_enc.options();
   std::vector<StepMetrics> metrics;
-  for (int64_t s = 0; s < xs.size(0); ++s) metrics.push_back(trainStep(xs[s].to(options), ys[s].to(options)));
+  for (int64_t s = 0; s < xs.size(0); ++s) metrics.push_back(step(xs[s], ys[s]));
   return metrics;
+}
+
+StepMetrics Trainer::step(const at::Tensor& x, const at::Tensor& y) {
+  auto options = tc_->params().W_enc.options();
+  return trainStep(x.to(options), y.to(options));
 }
 
 }  // namespace tc

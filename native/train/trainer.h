@@ -39,8 +39,10 @@ class Trainer {
 
   // Runs one step per batch: xs [S, N, d_in], ys [S, N, d_out].
   std::vector<StepMetrics> run(const at::Tensor& xs, const at::Tensor& ys);
+  // One step on x [N, d_in], y [N, d_out] (moved to the transcoder's device and dtype).
+  StepMetrics step(const at::Tensor& x, const at::Tensor& y);
 
-  int64_t step() const { return adam_.steps(); }
+  int64_t steps() const { return adam_.steps(); }
   // Steps since each feature last fired (int64 [m]).
   at::Tensor& stepsSinceFired() { return sinceFired_; }
   Adam& optimizer() { return adam_; }

@@ -362,12 +362,21 @@ Napi::Value geometricMedianJs(const Napi::CallbackInfo& info) {
 // ---- NativeTrainer --------------------------------------------------------------------------------
 
 Napi::Function JsTrainer::define(Napi::Env env) {
-  return DefineClass(env, "NativeTrainer",
-                     {
-                         InstanceMethod<&JsTrainer::run>("run"),
-                         InstanceMethod<&JsTrainer::state>("state"),
-                         InstanceMethod<&JsTrainer::setState>("setState"),
-                     });
+  Napi::Function cls = DefineClass(env, "NativeTrainer",
+                                   {
+                                       InstanceMethod<&JsTrainer::run>("run"),
+                                       InstanceMethod<&JsTrainer::state>("state"),
+                                       InstanceMethod<&JsTrainer::setState>("setState"),
+                                   });
+  AddonState::of(env).trainerClass = Napi::Persistent(cls);
+  return cls;
+}
+
+std::pair<std::shared_ptr<Trainer>, std::shared_ptr<Transcoder>> JsTrainer::trainerOf(const Napi::Value& value, const char* what) {
+  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(AddonState::of(value.Env()).trainerClass.Value()))
+    throw InvalidArgument(std::string(what) + " must be a Trainer");
+  JsTrainer* self = JsTrainer::Unwrap(value.As<Napi::Object>());
+  return {self->trainer_, self->tc_};
 }
 
 // new NativeTrainer(transcoder, options)
@@ -427,7 +436,7 @@ Napi::Value JsTrainer::state(const Napi::CallbackInfo& info) {
       named.emplace_back("adam." + params[i].first + ".exp_avg_sq", adam[i].expAvgSq.clone());
     }
     Napi::Object out = tensorMap(info.Env(), named);
-    out.Set("step", static_cast<double>(trainer_->step()));
+    out.Set("step", static_cast<double>(trainer_->steps()));
     return out;
   });
 }

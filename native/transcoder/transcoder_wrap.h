@@ -43,6 +43,8 @@ class JsTrainer : public Napi::ObjectWrap<JsTrainer> {
  public:
   static Napi::Function define(Napi::Env env);
   explicit JsTrainer(const Napi::CallbackInfo& info);
+  // The trainer behind a JS handle and its transcoder; throws InvalidArgument for anything else.
+  static std::pair<std::shared_ptr<Trainer>, std::shared_ptr<Transcoder>> trainerOf(const Napi::Value& value, const char* what);
 
  private:
   Napi::Value run(const Napi::CallbackInfo& info);

@@ -1,0 +1,95 @@
+#include "train/run.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <mutex>
+#include <shared_mutex>
+
+#include "core/errors.h"
+
+namespace tc {
+
+TrainingRun::TrainingRun(std::vector<RunSlot> slots, std::unique_ptr<ActivationSource> source, RunOptions options)
+    : slots_(std::move(slots)), source_(std::move(source)), options_(options) {
+  if (slots_.empty()) throw InvalidArgument("a training run needs at least one transcoder");
+  if (options_.batchSize < 1) throw InvalidArgument("batch size must be positive");
+  if (options_.shuffle && options_.bufferRows < 2 * options_.batchSize)
+    throw InvalidArgument("the shuffle buffer (" + std::to_string(options_.bufferRows) +
+                          " rows) must hold at least two batches (" + std::to_string(2 * options_.batchSize) + " rows)");
+  for (size_t i = 0; i < slots_.size(); ++i)
+    buffers_.emplace_back(options_.bufferRows, options_.shuffle, options_.seed + 7919 * i);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> TrainingRun::snapshotSlot(const RunSlot& slot) {
+  std::shared_lock lock(slot.transcoder->mutex());
+  at::NoGradGuard noGrad;
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  auto params = slot.transcoder->params().named();
+  for (const auto& [name, t] : params) out.emplace_back(name, t->detach().clone());
+  out.emplace_back("steps_since_fired", slot.trainer->stepsSinceFired().clone());
+  auto& adam = slot.trainer->optimizer().state();
+  for (size_t i = 0; i < params.size(); ++i) {
+    out.emplace_back("adam." + params[i].first + ".exp_avg", adam[i].expAvg.clone());
+    out.emplace_back("adam." + params[i].first + ".exp_avg_sq", adam[i].expAvgSq.clone());
+  }
+  return out;
+}
+
+// Pushes source data until every buffer can serve a batch; false when the data ran out first.
+bool TrainingRun::fill(bool& exhausted) {
+  auto allReady = [&] {
+    for (auto& b : buffers_)
+      if (!b.ready(options_.batchSize, exhausted)) return false;
+    return true;
+  };
+  ActivationBatch batch;
+  while (!allReady()) {
+    if (exhausted) return false;
+    if (!source_->next(batch)) {
+      exhausted = true;
+      continue;
+    }
+    if (batch.size() != buffers_.size()) throw InvalidArgument("the activation source serves a different number of layers than are trained");
+    for (size_t i = 0; i < batch.size(); ++i) buffers_[i].push(batch[i].first.detach(), batch[i].second.detach());
+  }
+  return true;
+}
+
+RunResult TrainingRun::run(const std::function<void(const RunProgress&)>& onProgress,
+                           const std::function<void(const RunSnapshot&)>& onCheckpoint) {
+  RunResult result;
+  bool exhausted = false;
+  int64_t step = slots_.front().trainer->steps();
+  RunProgress progress;
+  while (step < options_.totalSteps && !stop_) {
+    if (!fill(exhausted)) break;
+    progress.metrics.clear();
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      auto [x, y] = buffers_[i].take(options_.batchSize);
+      std::unique_lock lock(slots_[i].transcoder->mutex());
+      progress.metrics.push_back(slots_[i].trainer->step(x, y));
+    }
+    ++step;
+    progress.step = step;
+    progress.position = source_->position();
+    bool last = step >= options_.totalSteps;
+    if (onProgress && (step % options_.logEvery == 0 || last)) onProgress(progress);
+    if (onCheckpoint && options_.checkpointEvery > 0 && step % options_.checkpointEvery == 0 && !last) {
+      RunSnapshot snap;
+      snap.step = step;
+      snap.position = source_->position();
+      for (const auto& slot : slots_) snap.tensors.push_back(snapshotSlot(slot));
+      onCheckpoint(snap);
+    }
+  }
+  if (onProgress && !progress.metrics.empty() && progress.step % options_.logEvery != 0 && step < options_.totalSteps)
+    onProgress(progress);  // the last step before an early end
+  result.steps = step;
+  result.position = source_->position();
+  result.exhausted = exhausted && step < options_.totalSteps;
+  result.stopped = stop_;
+  return result;
+}
+
+}  // namespace tc

@@ -1,0 +1,75 @@
+// A whole training run in C++: activations from a source (model forward or cache) flow through one
+// shuffle buffer per layer into that layer's trainer, step after step, until the step budget, the
+// end of the data, or a stop request. Progress and checkpoint snapshots leave through callbacks.
+#pragma once
+#include <ATen/Tensor.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "train/shuffle_buffer.h"
+#include "train/sources.h"
+#include "train/trainer.h"
+
+namespace tc {
+
+struct RunSlot {
+  std::shared_ptr<Transcoder> transcoder;
+  std::shared_ptr<Trainer> trainer;
+};
+
+struct RunOptions {
+  int64_t batchSize = 4096;      // activation rows per step
+  int64_t totalSteps = 0;        // stop when every trainer has taken this many steps
+  int64_t bufferRows = 1 << 18;  // shuffle buffer capacity per layer
+  bool shuffle = true;
+  uint64_t seed = 0;
+  int64_t logEvery = 10;         // steps between progress reports
+  int64_t checkpointEvery = 0;   // steps between checkpoint snapshots (0: none)
+};
+
+struct RunProgress {
+  int64_t step = 0;
+  int64_t position = 0;  // source rows consumed
+  std::vector<StepMetrics> metrics;  // the latest step's metrics, one per slot
+};
+
+// Copies of everything a checkpoint holds, taken between steps.
+struct RunSnapshot {
+  int64_t step = 0;
+  int64_t position = 0;
+  std::vector<std::vector<std::pair<std::string, at::Tensor>>> tensors;  // per slot: parameters and trainer state
+};
+
+struct RunResult {
+  int64_t steps = 0;
+  int64_t position = 0;
+  bool exhausted = false;  // the data ran out before the step budget
+  bool stopped = false;    // stop() was requested
+};
+
+class TrainingRun {
+ public:
+  TrainingRun(std::vector<RunSlot> slots, std::unique_ptr<ActivationSource> source, RunOptions options);
+
+  RunResult run(const std::function<void(const RunProgress&)>& onProgress,
+                const std::function<void(const RunSnapshot&)>& onCheckpoint);
+  void stop() { stop_ = true; }
+
+  // Parameters and trainer state of a slot, copied (for checkpoints).
+  static std::vector<std::pair<std::string, at::Tensor>> snapshotSlot(const RunSlot& slot);
+
+ private:
+  bool fill(bool& exhausted);
+
+  std::vector<RunSlot> slots_;
+  std::unique_ptr<ActivationSource> source_;
+  RunOptions options_;
+  std::vector<ShuffleBuffer> buffers_;
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace tc

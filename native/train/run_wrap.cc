@@ -1,0 +1,160 @@
+#include "train/run_wrap.h"
+
+#include "core/errors.h"
+#include "core/js_args.h"
+#include "core/js_call.h"
+#include "core/task.h"
+#include "io/safetensors_js.h"
+#include "model/model_wrap.h"
+#include "tensor/tensor_wrap.h"
+#include "transcoder/transcoder_wrap.h"
+
+namespace tc {
+
+namespace {
+
+std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, size_t layers) {
+  std::string kind = stringOr(s, "kind", "");
+  int64_t startRow = intOr(s, "startRow", 0);
+  if (kind == "model") {
+    Napi::Object file = objectOr(s.Get("tokenFile"));
+    TokenFileReader reader(stringOr(file, "path", ""), static_cast<uint64_t>(intOr(file, "dataOffset", 0)), intOr(file, "rows", 0),
+                           intOr(file, "context", 0), startRow);
+    std::vector<HookPair> hooks;
+    auto list = s.Get("hooks").As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); ++i) {
+      Napi::Object h = list.Get(i).As<Napi::Object>();
+      hooks.push_back({stringOr(h, "input", ""), stringOr(h, "target", "")});
+    }
+    if (hooks.size() != layers) throw InvalidArgument("one pair of hooks is needed per trained transcoder");
+    return std::make_unique<ModelActivationSource>(JsModel::modelOf(s.Get("model"), "the training model"), std::move(reader),
+                                                   std::move(hooks), intOr(s, "sequencesPerForward", 8));
+  }
+  if (kind == "cache") {
+    if (layers != 1) throw InvalidArgument("an activation cache trains one transcoder (it holds one layer)");
+    std::vector<CacheShard> shards;
+    auto list = s.Get("shards").As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); ++i) {
+      Napi::Object sh = list.Get(i).As<Napi::Object>();
+      shards.push_back({stringOr(sh, "path", ""), static_cast<uint64_t>(intOr(sh, "dataStart", 0)),
+                        safetensorsEntriesFrom(sh.Get("entries").As<Napi::Array>()), intOr(sh, "rows", 0)});
+    }
+    return std::make_unique<CacheActivationSource>(std::move(shards), startRow);
+  }
+  throw InvalidArgument("unknown activation source '" + kind + "' (expected model or cache)");
+}
+
+Napi::Object metricsToJs(Napi::Env env, const StepMetrics& m) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("step", static_cast<double>(m.step));
+  o.Set("lr", m.lr);
+  o.Set("total", m.total);
+  o.Set("reconstruction", m.reconstruction);
+  o.Set("sparsity", m.sparsity);
+  o.Set("ghost", m.ghost);
+  o.Set("fvu", m.fvu);
+  o.Set("l0", m.l0);
+  o.Set("deadFraction", m.deadFraction);
+  return o;
+}
+
+}  // namespace
+
+Napi::Function JsTrainingRun::define(Napi::Env env) {
+  return DefineClass(env, "NativeTrainingRun",
+                     {InstanceMethod<&JsTrainingRun::run>("run"), InstanceMethod<&JsTrainingRun::stop>("stop")});
+}
+
+JsTrainingRun::JsTrainingRun(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsTrainingRun>(info) {
+  guard(info.Env(), [&]() {
+    Napi::Object spec = objectOr(info[0]);
+    std::vector<RunSlot> slots;
+    auto list = spec.Get("slots").As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); ++i) {
+      auto [trainer, transcoder] = JsTrainer::trainerOf(list.Get(i), "a training slot");
+      slots.push_back({transcoder, trainer});
+    }
+    Napi::Object o = objectOr(spec.Get("options"));
+    RunOptions options;
+    options.batchSize = intOr(o, "batchSize", options.batchSize);
+    options.totalSteps = intOr(o, "totalSteps", options.totalSteps);
+    options.bufferRows = intOr(o, "bufferRows", options.bufferRows);
+    options.shuffle = boolOr(o, "shuffle", true);
+    options.seed = static_cast<uint64_t>(intOr(o, "seed", 0));
+    options.logEvery = std::max<int64_t>(1, intOr(o, "logEvery", options.logEvery));
+    options.checkpointEvery = intOr(o, "checkpointEvery", 0);
+    run_ = std::make_shared<TrainingRun>(std::move(slots), sourceFrom(objectOr(spec.Get("source")), list.Length()), options);
+    return 0;
+  });
+}
+
+Napi::Value JsTrainingRun::run(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    if (started_) throw InvalidArgument("a training run can only be started once");
+    if (!info[0].IsFunction() || !info[1].IsFunction()) throw InvalidArgument("run(onProgress, onCheckpoint): two functions expected");
+    started_ = true;
+    JsCall progress(env, info[0].As<Napi::Function>(), "transcoders:train-progress");
+    JsCall checkpoint(env, info[1].As<Napi::Function>(), "transcoders:train-checkpoint");
+    std::shared_ptr<TrainingRun> run = run_;
+    return Task<RunResult>::start(
+        env, "transcoders:trainingRun",
+        [run, progress, checkpoint]() mutable {
+          struct Release {
+            JsCall &a, &b;
+            ~Release() {
+              a.release();
+              b.release();
+            }
+          } release{progress, checkpoint};
+          // Progress waits for the JS handler too: reports stay in order and the run cannot race
+          // ahead of a slow consumer (the handler is quick: it logs and updates a progress bar).
+          auto onProgress = [&](const RunProgress& p) {
+            progress.call(
+                [&](Napi::Env env, Napi::Function fn) {
+                  Napi::Array metrics = Napi::Array::New(env, p.metrics.size());
+                  for (size_t i = 0; i < p.metrics.size(); ++i) metrics[i] = metricsToJs(env, p.metrics[i]);
+                  Napi::Object o = Napi::Object::New(env);
+                  o.Set("step", static_cast<double>(p.step));
+                  o.Set("position", static_cast<double>(p.position));
+                  o.Set("metrics", metrics);
+                  return fn.Call({o});
+                },
+                [](Napi::Value) {}, "the training progress callback");
+          };
+          auto onCheckpoint = [&](const RunSnapshot& s) {
+            checkpoint.call(
+                [&](Napi::Env env, Napi::Function fn) {
+                  Napi::Array slots = Napi::Array::New(env, s.tensors.size());
+                  for (size_t i = 0; i < s.tensors.size(); ++i) {
+                    Napi::Object named = Napi::Object::New(env);
+                    for (const auto& [name, t] : s.tensors[i]) named.Set(name, JsTensor::wrap(env, t));
+                    slots[i] = named;
+                  }
+                  Napi::Object o = Napi::Object::New(env);
+                  o.Set("step", static_cast<double>(s.step));
+                  o.Set("position", static_cast<double>(s.position));
+                  o.Set("slots", slots);
+                  return fn.Call({o});
+                },
+                [](Napi::Value) {}, "the checkpoint callback");
+          };
+          return run->run(onProgress, onCheckpoint);
+        },
+        [](Napi::Env env, RunResult& r) -> Napi::Value {
+          Napi::Object o = Napi::Object::New(env);
+          o.Set("steps", static_cast<double>(r.steps));
+          o.Set("position", static_cast<double>(r.position));
+          o.Set("exhausted", r.exhausted);
+          o.Set("stopped", r.stopped);
+          return o;
+        });
+  });
+}
+
+Napi::Value JsTrainingRun::stop(const Napi::CallbackInfo& info) {
+  run_->stop();
+  return info.Env().Undefined();
+}
+
+}  // namespace tc

@@ -1,0 +1,26 @@
+// NativeTrainingRun: the JS handle over a TrainingRun (wrapped by lib/transcoders/train.ts).
+#pragma once
+#include <napi.h>
+
+#include <memory>
+
+#include "train/run.h"
+
+namespace tc {
+
+class JsTrainingRun : public Napi::ObjectWrap<JsTrainingRun> {
+ public:
+  static Napi::Function define(Napi::Env env);
+  // new NativeTrainingRun({ slots: [trainer], source, options })
+  explicit JsTrainingRun(const Napi::CallbackInfo& info);
+
+ private:
+  // run(onProgress, onCheckpoint) -> Promise<{ steps, position, exhausted, stopped }>
+  Napi::Value run(const Napi::CallbackInfo& info);
+  Napi::Value stop(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<TrainingRun> run_;
+  bool started_ = false;
+};
+
+}  // namespace tc

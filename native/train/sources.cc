@@ -1,0 +1,95 @@
+#include "train/sources.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "core/errors.h"
+
+namespace tc {
+
+TokenFileReader::TokenFileReader(std::string path, uint64_t dataOffset, int64_t rows, int64_t context, int64_t startRow)
+    : path_(std::move(path)), dataOffset_(dataOffset), rows_(rows), context_(context), position_(startRow) {
+  if (startRow < 0 || startRow > rows) throw InvalidArgument("token file start row " + std::to_string(startRow) + " is out of range");
+}
+
+at::Tensor TokenFileReader::next(int64_t count) {
+  int64_t n = std::min(count, rows_ - position_);
+  if (n <= 0) return at::Tensor();
+  at::Tensor out = at::empty({n, context_}, at::TensorOptions().dtype(c10::kInt));
+  int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw FormatError(path_, std::string("cannot open: ") + std::strerror(errno));
+  const size_t bytes = static_cast<size_t>(n * context_) * sizeof(int32_t);
+  off_t offset = static_cast<off_t>(dataOffset_ + static_cast<uint64_t>(position_ * context_) * sizeof(int32_t));
+  size_t done = 0;
+  auto* dst = static_cast<char*>(out.data_ptr());
+  while (done < bytes) {
+    ssize_t r = ::pread(fd, dst + done, bytes - done, offset + static_cast<off_t>(done));
+    if (r <= 0) {
+      ::close(fd);
+      throw FormatError(path_, "truncated token file (read failed at row " + std::to_string(position_) + ")");
+    }
+    done += static_cast<size_t>(r);
+  }
+  ::close(fd);
+  position_ += n;
+  return out.to(c10::kLong);
+}
+
+ModelActivationSource::ModelActivationSource(std::shared_ptr<const Transformer> model, TokenFileReader reader,
+                                             std::vector<HookPair> hooks, int64_t sequencesPerForward)
+    : model_(std::move(model)), reader_(std::move(reader)), hooks_(std::move(hooks)), sequencesPerForward_(sequencesPerForward) {
+  for (const auto& h : hooks_) forward_.hooks.insert(forward_.hooks.end(), {h.input, h.target});
+  forward_.logits = false;
+  // The deepest layer any hook reads: later blocks and the unembedding are skipped.
+  int64_t deepest = 0;
+  for (const auto& name : forward_.hooks) {
+    if (name.rfind("blocks.", 0) == 0) deepest = std::max<int64_t>(deepest, std::stoll(name.substr(7)));
+    else deepest = model_->config().nLayers - 1;
+  }
+  forward_.stopAfterLayer = deepest;
+  HookCache(model_->config(), forward_.hooks);  // validates the names now
+}
+
+bool ModelActivationSource::next(ActivationBatch& out) {
+  at::Tensor tokens = reader_.next(sequencesPerForward_);
+  if (!tokens.defined()) return false;
+  at::NoGradGuard noGrad;
+  ForwardResult r = model_->forward(tokens, forward_);
+  out.clear();
+  for (const auto& h : hooks_) {
+    const at::Tensor& x = r.cache.at(h.input);
+    const at::Tensor& y = r.cache.at(h.target);
+    out.emplace_back(x.reshape({-1, x.size(-1)}), y.reshape({-1, y.size(-1)}));
+  }
+  return true;
+}
+
+CacheActivationSource::CacheActivationSource(std::vector<CacheShard> shards, int64_t startRow)
+    : shards_(std::move(shards)), position_(startRow), skip_(startRow) {
+  // Skip whole shards before the start row.
+  while (shard_ < shards_.size() && skip_ >= shards_[shard_].rows) skip_ -= shards_[shard_++].rows;
+}
+
+bool CacheActivationSource::next(ActivationBatch& out) {
+  if (shard_ >= shards_.size()) return false;
+  const CacheShard& s = shards_[shard_++];
+  auto tensors = loadSafetensors(s.path, s.dataStart, s.entries);
+  at::Tensor x = tensors.at("input").to(c10::kFloat), y = tensors.at("target").to(c10::kFloat);
+  if (skip_ > 0) {
+    x = x.narrow(0, skip_, x.size(0) - skip_);
+    y = y.narrow(0, skip_, y.size(0) - skip_);
+    skip_ = 0;
+  }
+  position_ += x.size(0);
+  out.clear();
+  out.emplace_back(x, y);
+  return true;
+}
+
+}  // namespace tc

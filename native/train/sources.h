@@ -1,0 +1,84 @@
+// Where training activations come from: a model run on rows of a pre-tokenised token file (one
+// forward feeding every layer being trained), or an activation cache of (input, target) shards.
+#pragma once
+#include <ATen/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "model/transformer.h"
+
+namespace tc {
+
+// Rows of a token file (safetensors `tokens`, I32 [rows, context]) read with pread, in order.
+class TokenFileReader {
+ public:
+  TokenFileReader(std::string path, uint64_t dataOffset, int64_t rows, int64_t context, int64_t startRow);
+  // Up to `count` next rows as int64 [n, context]; empty when the file is exhausted.
+  at::Tensor next(int64_t count);
+  int64_t position() const { return position_; }
+
+ private:
+  std::string path_;
+  uint64_t dataOffset_;  // absolute byte offset of the tokens tensor
+  int64_t rows_, context_, position_;
+};
+
+// One (input, target) pair of activation rows per trained layer.
+using ActivationBatch = std::vector<std::pair<at::Tensor, at::Tensor>>;
+
+class ActivationSource {
+ public:
+  virtual ~ActivationSource() = default;
+  // Fills `out` with one entry per layer; false when the data is exhausted.
+  virtual bool next(ActivationBatch& out) = 0;
+  // Rows (token-file sequences or cache rows) consumed so far, for resuming.
+  virtual int64_t position() const = 0;
+};
+
+struct HookPair {
+  std::string input, target;
+};
+
+// Runs the model on `sequencesPerForward` token rows at a time and collects every layer's pair of
+// hooks from that one forward (stopping after the deepest layer needed).
+class ModelActivationSource : public ActivationSource {
+ public:
+  ModelActivationSource(std::shared_ptr<const Transformer> model, TokenFileReader reader, std::vector<HookPair> hooks,
+                        int64_t sequencesPerForward);
+  bool next(ActivationBatch& out) override;
+  int64_t position() const override { return reader_.position(); }
+
+ private:
+  std::shared_ptr<const Transformer> model_;
+  TokenFileReader reader_;
+  std::vector<HookPair> hooks_;
+  int64_t sequencesPerForward_;
+  ForwardOptions forward_;
+};
+
+// Shards of an activation cache, each a safetensors file with `input` [rows, d_in] and `target`
+// [rows, d_out], read in the given order, rows in file order.
+struct CacheShard {
+  std::string path;
+  uint64_t dataStart;
+  std::vector<SafetensorsEntry> entries;  // input and target
+  int64_t rows;
+};
+
+class CacheActivationSource : public ActivationSource {
+ public:
+  CacheActivationSource(std::vector<CacheShard> shards, int64_t startRow);
+  bool next(ActivationBatch& out) override;
+  int64_t position() const override { return position_; }
+
+ private:
+  std::vector<CacheShard> shards_;
+  size_t shard_ = 0;
+  int64_t position_;
+  int64_t skip_;  // rows of the first shard read to skip when resuming
+};
+
+}  // namespace tc
