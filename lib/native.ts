@@ -152,6 +152,7 @@ interface Addon {
   getNumThreads(): number;
   workerNumThreads(): Promise<number>;
   torchInfo(): TorchInfo;
+  shuffleBatches(x: NativeTensor, y: NativeTensor, options: { capacity: number; batch: number; shuffle: boolean; seed?: number; chunk?: number }): Promise<{ xs: NativeTensor; ys: NativeTensor }>;
   klDivergence(referenceLogits: NativeTensor, logits: NativeTensor): Promise<number>;
   geometricMedian(points: NativeTensor, options: { maxIter?: number; ftol?: number; eps?: number }): Promise<NativeTensor>;
   loadSafetensors(

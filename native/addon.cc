@@ -60,6 +60,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("Transcoder", JsTranscoder::define(env));
   exports.Set("Trainer", JsTrainer::define(env));
   exports.Set("TrainingRun", JsTrainingRun::define(env));
+  exports.Set("shuffleBatches", Napi::Function::New(env, shuffleBatchesJs));
   exports.Set("geometricMedian", Napi::Function::New(env, geometricMedianJs));
   exports.Set("klDivergence", Napi::Function::New(env, klDivergenceJs));
   exports.Set("setNumThreads", Napi::Function::New(env, setNumThreadsJs));

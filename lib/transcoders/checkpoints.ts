@@ -20,7 +20,10 @@ export const STATE_FILE = 'state.json';
 
 export interface CheckpointState {
   step: number;
-  /** Rows of the data source consumed (token-file sequences or cache rows). */
+  /**
+   * Activation rows (token positions) of the data to resume after: exactly the rows trained on
+   * without shuffling, the rows read with shuffling (buffered rows are not replayed).
+   */
   position: number;
   tokens: number;
   layers: number[];

@@ -19,6 +19,12 @@ TrainingRun::TrainingRun(std::vector<RunSlot> slots, std::unique_ptr<ActivationS
                           " rows) must hold at least two batches (" + std::to_string(2 * options_.batchSize) + " rows)");
   for (size_t i = 0; i < slots_.size(); ++i)
     buffers_.emplace_back(options_.bufferRows, options_.shuffle, options_.seed + 7919 * i);
+  startPosition_ = source_->position();
+  startStep_ = slots_.front().trainer->steps();
+}
+
+int64_t TrainingRun::position(int64_t steps) const {
+  return options_.shuffle ? source_->position() : startPosition_ + (steps - startStep_) * options_.batchSize;
 }
 
 std::vector<std::pair<std::string, at::Tensor>> TrainingRun::snapshotSlot(const RunSlot& slot) {
@@ -72,13 +78,13 @@ RunResult TrainingRun::run(const std::function<void(const RunProgress&)>& onProg
     }
     ++step;
     progress.step = step;
-    progress.position = source_->position();
+    progress.position = position(step);
     bool last = step >= options_.totalSteps;
     if (onProgress && (step % options_.logEvery == 0 || last)) onProgress(progress);
     if (onCheckpoint && options_.checkpointEvery > 0 && step % options_.checkpointEvery == 0 && !last) {
       RunSnapshot snap;
       snap.step = step;
-      snap.position = source_->position();
+      snap.position = position(step);
       for (const auto& slot : slots_) snap.tensors.push_back(snapshotSlot(slot));
       onCheckpoint(snap);
     }
@@ -86,7 +92,7 @@ RunResult TrainingRun::run(const std::function<void(const RunProgress&)>& onProg
   if (onProgress && !progress.metrics.empty() && progress.step % options_.logEvery != 0 && step < options_.totalSteps)
     onProgress(progress);  // the last step before an early end
   result.steps = step;
-  result.position = source_->position();
+  result.position = position(step);
   result.exhausted = exhausted && step < options_.totalSteps;
   result.stopped = stop_;
   return result;

@@ -33,7 +33,7 @@ struct RunOptions {
 
 struct RunProgress {
   int64_t step = 0;
-  int64_t position = 0;  // source rows consumed
+  int64_t position = 0;  // data position to resume from (see TrainingRun::position)
   std::vector<StepMetrics> metrics;  // the latest step's metrics, one per slot
 };
 
@@ -57,6 +57,10 @@ class TrainingRun {
 
   RunResult run(const std::function<void(const RunProgress&)>& onProgress,
                 const std::function<void(const RunSnapshot&)>& onCheckpoint);
+  // Where a resumed run should start reading: without shuffling, exactly after the last trained
+  // row (so a resumed run replays the uninterrupted one); with shuffling, after the rows read so
+  // far (rows still in the buffers are not replayed).
+  int64_t position(int64_t steps) const;
   void stop() { stop_ = true; }
 
   // Parameters and trainer state of a slot, copied (for checkpoints).
@@ -69,6 +73,7 @@ class TrainingRun {
   std::unique_ptr<ActivationSource> source_;
   RunOptions options_;
   std::vector<ShuffleBuffer> buffers_;
+  int64_t startPosition_ = 0, startStep_ = 0;
   std::atomic<bool> stop_{false};
 };
 

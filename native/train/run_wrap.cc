@@ -1,5 +1,7 @@
 #include "train/run_wrap.h"
 
+#include <ATen/ATen.h>
+
 #include "core/errors.h"
 #include "core/js_args.h"
 #include "core/js_call.h"
@@ -18,8 +20,6 @@ std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, size_t layer
   int64_t startRow = intOr(s, "startRow", 0);
   if (kind == "model") {
     Napi::Object file = objectOr(s.Get("tokenFile"));
-    TokenFileReader reader(stringOr(file, "path", ""), static_cast<uint64_t>(intOr(file, "dataOffset", 0)), intOr(file, "rows", 0),
-                           intOr(file, "context", 0), startRow);
     std::vector<HookPair> hooks;
     auto list = s.Get("hooks").As<Napi::Array>();
     for (uint32_t i = 0; i < list.Length(); ++i) {
@@ -27,8 +27,10 @@ std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, size_t layer
       hooks.push_back({stringOr(h, "input", ""), stringOr(h, "target", "")});
     }
     if (hooks.size() != layers) throw InvalidArgument("one pair of hooks is needed per trained transcoder");
-    return std::make_unique<ModelActivationSource>(JsModel::modelOf(s.Get("model"), "the training model"), std::move(reader),
-                                                   std::move(hooks), intOr(s, "sequencesPerForward", 8));
+    return std::make_unique<ModelActivationSource>(
+        JsModel::modelOf(s.Get("model"), "the training model"), stringOr(file, "path", ""),
+        static_cast<uint64_t>(intOr(file, "dataOffset", 0)), intOr(file, "rows", 0), intOr(file, "context", 0), std::move(hooks),
+        intOr(s, "sequencesPerForward", 8), startRow);
   }
   if (kind == "cache") {
     if (layers != 1) throw InvalidArgument("an activation cache trains one transcoder (it holds one layer)");
@@ -148,6 +150,48 @@ Napi::Value JsTrainingRun::run(const Napi::CallbackInfo& info) {
           o.Set("exhausted", r.exhausted);
           o.Set("stopped", r.stopped);
           return o;
+        });
+  });
+}
+
+Napi::Value shuffleBatchesJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    at::Tensor x = JsTensor::tensorOf(info[0], "x");
+    at::Tensor y = JsTensor::tensorOf(info[1], "y");
+    Napi::Object o = objectOr(info[2]);
+    int64_t capacity = intOr(o, "capacity", 64), batch = intOr(o, "batch", 8), chunk = intOr(o, "chunk", 16);
+    bool shuffle = boolOr(o, "shuffle", true);
+    auto seed = static_cast<uint64_t>(intOr(o, "seed", 0));
+    using Pair = std::pair<at::Tensor, at::Tensor>;
+    return Task<Pair>::start(
+        env, "transcoders:shuffleBatches",
+        [=]() {
+          ShuffleBuffer buffer(capacity, shuffle, seed);
+          std::vector<at::Tensor> xs, ys;
+          int64_t pushed = 0;
+          for (;;) {
+            bool draining = pushed >= x.size(0);
+            if (buffer.ready(batch, draining)) {
+              auto [bx, by] = buffer.take(batch);
+              xs.push_back(bx);
+              ys.push_back(by);
+            } else if (draining) {
+              break;
+            } else {
+              int64_t n = std::min(chunk, x.size(0) - pushed);
+              buffer.push(x.narrow(0, pushed, n), y.narrow(0, pushed, n));
+              pushed += n;
+            }
+          }
+          if (xs.empty()) return Pair{at::empty({0, batch, x.size(1)}), at::empty({0, batch, y.size(1)})};
+          return Pair{at::stack(xs), at::stack(ys)};
+        },
+        [](Napi::Env env, Pair& p) -> Napi::Value {
+          Napi::Object out = Napi::Object::New(env);
+          out.Set("xs", JsTensor::wrap(env, p.first));
+          out.Set("ys", JsTensor::wrap(env, p.second));
+          return out;
         });
   });
 }

@@ -23,4 +23,9 @@ class JsTrainingRun : public Napi::ObjectWrap<JsTrainingRun> {
   bool started_ = false;
 };
 
+// shuffleBatches(x [n, d_in], y [n, d_out], { capacity, batch, shuffle, seed, chunk }) ->
+// Promise<{ xs, ys }>: pushes the rows `chunk` at a time through a ShuffleBuffer and returns every
+// batch it serves ([S, batch, d]). For tests and for inspecting the mixing.
+Napi::Value shuffleBatchesJs(const Napi::CallbackInfo& info);
+
 }  // namespace tc

@@ -41,9 +41,15 @@ at::Tensor TokenFileReader::next(int64_t count) {
   return out.to(c10::kLong);
 }
 
-ModelActivationSource::ModelActivationSource(std::shared_ptr<const Transformer> model, TokenFileReader reader,
-                                             std::vector<HookPair> hooks, int64_t sequencesPerForward)
-    : model_(std::move(model)), reader_(std::move(reader)), hooks_(std::move(hooks)), sequencesPerForward_(sequencesPerForward) {
+ModelActivationSource::ModelActivationSource(std::shared_ptr<const Transformer> model, std::string path, uint64_t dataOffset,
+                                             int64_t rows, int64_t context, std::vector<HookPair> hooks,
+                                             int64_t sequencesPerForward, int64_t startRow)
+    : model_(std::move(model)),
+      reader_(std::move(path), dataOffset, rows, context, context > 0 ? startRow / context : 0),
+      hooks_(std::move(hooks)),
+      sequencesPerForward_(sequencesPerForward),
+      position_(startRow),
+      skip_(context > 0 ? startRow % context : 0) {
   for (const auto& h : hooks_) forward_.hooks.insert(forward_.hooks.end(), {h.input, h.target});
   forward_.logits = false;
   // The deepest layer any hook reads: later blocks and the unembedding are skipped.
@@ -63,10 +69,13 @@ bool ModelActivationSource::next(ActivationBatch& out) {
   ForwardResult r = model_->forward(tokens, forward_);
   out.clear();
   for (const auto& h : hooks_) {
-    const at::Tensor& x = r.cache.at(h.input);
-    const at::Tensor& y = r.cache.at(h.target);
-    out.emplace_back(x.reshape({-1, x.size(-1)}), y.reshape({-1, y.size(-1)}));
+    at::Tensor x = r.cache.at(h.input), y = r.cache.at(h.target);
+    x = x.reshape({-1, x.size(-1)});
+    y = y.reshape({-1, y.size(-1)});
+    out.emplace_back(x.narrow(0, skip_, x.size(0) - skip_), y.narrow(0, skip_, y.size(0) - skip_));
   }
+  position_ += out.front().first.size(0);
+  skip_ = 0;
   return true;
 }
 

@@ -34,7 +34,7 @@ class ActivationSource {
   virtual ~ActivationSource() = default;
   // Fills `out` with one entry per layer; false when the data is exhausted.
   virtual bool next(ActivationBatch& out) = 0;
-  // Rows (token-file sequences or cache rows) consumed so far, for resuming.
+  // Activation rows (token positions) served so far, counted from the start of the data.
   virtual int64_t position() const = 0;
 };
 
@@ -43,13 +43,14 @@ struct HookPair {
 };
 
 // Runs the model on `sequencesPerForward` token rows at a time and collects every layer's pair of
-// hooks from that one forward (stopping after the deepest layer needed).
+// hooks from that one forward (stopping after the deepest layer needed). Starts at activation row
+// `startRow` (a token position: sequence startRow / context, offset startRow % context).
 class ModelActivationSource : public ActivationSource {
  public:
-  ModelActivationSource(std::shared_ptr<const Transformer> model, TokenFileReader reader, std::vector<HookPair> hooks,
-                        int64_t sequencesPerForward);
+  ModelActivationSource(std::shared_ptr<const Transformer> model, std::string path, uint64_t dataOffset, int64_t rows,
+                        int64_t context, std::vector<HookPair> hooks, int64_t sequencesPerForward, int64_t startRow);
   bool next(ActivationBatch& out) override;
-  int64_t position() const override { return reader_.position(); }
+  int64_t position() const override { return position_; }
 
  private:
   std::shared_ptr<const Transformer> model_;
@@ -57,6 +58,8 @@ class ModelActivationSource : public ActivationSource {
   std::vector<HookPair> hooks_;
   int64_t sequencesPerForward_;
   ForwardOptions forward_;
+  int64_t position_;
+  int64_t skip_;  // activation rows of the first forward to drop when resuming mid-sequence
 };
 
 // Shards of an activation cache, each a safetensors file with `input` [rows, d_in] and `target`
