@@ -31,3 +31,41 @@ export {
   type TokensInput,
 } from './models/model.js';
 export { selectHooks } from './models/hooks.js';
+export {
+  readDocuments,
+  TokenPacker,
+  packDocuments,
+  writeTokenFile,
+  readTokenFileHeader,
+  readTokenRows,
+  tokenizeToFile,
+  type BosMode,
+  type TokenFileHeader,
+} from './data/index.js';
+export { mlpHooks, validateTranscoderConfig, TRANSCODER_ARCHS, type TranscoderArch, type TranscoderConfig } from './transcoders/config.js';
+export {
+  Transcoder,
+  geometricMedian,
+  parameterNames,
+  type ParameterName,
+  type PlacementOptions,
+  type SparseActivations,
+  type LossOptions,
+  type BiasInit,
+} from './transcoders/transcoder.js';
+export { TranscoderTrainer, resolveTrainOptions, type TrainOptions, type StepMetrics, type Recipe, type ScheduleName } from './transcoders/trainer.js';
+export { trainTranscoders, type TrainRunOptions, type TrainProgress, type TrainResult } from './transcoders/train.js';
+export { writeActivationCache, readCacheMeta, type CacheMeta, type CacheOptions } from './transcoders/cache.js';
+export { evaluate, type Evaluation, type LayerEvaluation, type EvaluateOptions } from './transcoders/evaluate.js';
+export { saveTranscoder, loadNativeTranscoder, isNativeTranscoder } from './transcoders/native-format.js';
+export {
+  loadTranscoder,
+  detectTranscoderFormat,
+  exportSaeLens,
+  exportCircuitTracer,
+  exportCircuitTracerSet,
+  exportSparsify,
+  loadPaperTranscoder,
+  type TranscoderFormat,
+  type ForeignLoadOptions,
+} from './transcoders/formats/index.js';

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { FormatError, readSafetensors } from '../lib/index.js';
 import { loadPaperTranscoder } from '../lib/transcoders/formats/paper.js';
+import { detectTranscoderFormat, loadTranscoder } from '../lib/transcoders/formats/index.js';
 import { tempDir } from './helpers/fixtures.js';
 import { maxDiff, PYTHON } from './helpers/reference.js';
 
@@ -78,6 +79,14 @@ describe('paper .pt transcoders', () => {
     const { x, y } = (await readSafetensors(join(dir, 'expected.safetensors'))).tensors;
     const { diff, scale } = maxDiff(await tc.forward(x!), y!);
     expect(diff).toBeLessThanOrEqual(1e-5 * Math.max(1, scale));
+  });
+
+  it('is detected and loaded by loadTranscoder', async () => {
+    const file = join(dir, 'final_sparse_autoencoder_gpt2-small_blocks.3.ln2.hook_normalized_32.pt');
+    expect(detectTranscoderFormat(file)).toBe('paper-pt');
+    const tc = await loadTranscoder(file);
+    const { x, y } = (await readSafetensors(join(dir, 'expected.safetensors'))).tensors;
+    expect(maxDiff(await tc.forward(x!), y!).diff).toBeLessThanOrEqual(1e-5);
   });
 
   it('loads a paper SAE with b_dec as both input and output bias', async () => {

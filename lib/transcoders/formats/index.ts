@@ -1,0 +1,105 @@
+/**
+ * Transcoder file formats: detection from the files present, and loading any of them.
+ *
+ * | format | what is on disk |
+ * |---|---|
+ * | `native` | folder: `cfg.json` (format "transcoders") + `transcoder.safetensors` (native-format.ts) |
+ * | `saelens` | folder: `cfg.json` + `sae_weights.safetensors` (saelens.ts) |
+ * | `sparsify` | folder: `cfg.json` + `sae.safetensors` (sparsify.ts) |
+ * | `circuit-tracer` | `layer_{i}.safetensors` (or any safetensors with W_enc, b_enc, W_dec, b_dec), optionally in a folder with `config.yaml` (circuit-tracer.ts) |
+ * | `paper-pt` | a `.pt` / `.pth` file (the transcoder paper's pickled checkpoints) |
+ */
+import { existsSync, statSync } from 'node:fs';
+import { basename, dirname, extname } from 'node:path';
+import { FormatError } from '../../errors.js';
+import { readSafetensorsHeader } from '../../io/safetensors.js';
+import { isNativeTranscoder, loadNativeTranscoder, WEIGHTS_FILE as NATIVE_WEIGHTS_FILE } from '../native-format.js';
+import type { Transcoder } from '../transcoder.js';
+import { isCircuitTracerFolder, loadCircuitTracerTranscoder, type CircuitTracerLoadOptions } from './circuit-tracer.js';
+import type { ForeignLoadOptions } from './common.js';
+import { loadPaperTranscoder } from './paper.js';
+import { isSaeLensFolder, loadSaeLensTranscoder, SAELENS_WEIGHTS_FILE } from './saelens.js';
+import { isSparsifyFolder, loadSparsifyTranscoder, SPARSIFY_WEIGHTS_FILE } from './sparsify.js';
+
+export type TranscoderFormat = 'native' | 'saelens' | 'circuit-tracer' | 'sparsify' | 'paper-pt';
+
+export { type ForeignLoadOptions } from './common.js';
+export { loadSaeLensTranscoder, exportSaeLens, SAELENS_ARCHITECTURES, type SaeLensArchitecture } from './saelens.js';
+export {
+  loadCircuitTracerTranscoder,
+  exportCircuitTracer,
+  exportCircuitTracerSet,
+  readCircuitTracerConfig,
+  parseSimpleYaml,
+  type CircuitTracerLoadOptions,
+  type CircuitTracerSetConfig,
+} from './circuit-tracer.js';
+export { loadPaperTranscoder } from './paper.js';
+export { loadSparsifyTranscoder, exportSparsify, layerOfHookpoint } from './sparsify.js';
+
+const CIRCUIT_TRACER_KEYS = ['W_enc', 'b_enc', 'W_dec', 'b_dec'];
+
+/** The format and the path its loader takes (a folder format's file resolves to its folder). */
+function resolveFormat(path: string): { format: TranscoderFormat; path: string } | null {
+  let isDir: boolean;
+  try {
+    isDir = statSync(path).isDirectory();
+  } catch {
+    return null;
+  }
+  if (isDir) {
+    if (isNativeTranscoder(path)) return { format: 'native', path };
+    if (isSaeLensFolder(path)) return { format: 'saelens', path };
+    if (isSparsifyFolder(path)) return { format: 'sparsify', path };
+    if (isCircuitTracerFolder(path)) return { format: 'circuit-tracer', path };
+    return null;
+  }
+  const ext = extname(path).toLowerCase();
+  if (ext === '.pt' || ext === '.pth') return { format: 'paper-pt', path };
+  if (ext !== '.safetensors') return null;
+  const dir = dirname(path);
+  const name = basename(path);
+  if (name === NATIVE_WEIGHTS_FILE && isNativeTranscoder(dir)) return { format: 'native', path: dir };
+  if (name === SAELENS_WEIGHTS_FILE && isSaeLensFolder(dir)) return { format: 'saelens', path: dir };
+  if (name === SPARSIFY_WEIGHTS_FILE && isSparsifyFolder(dir)) return { format: 'sparsify', path: dir };
+  try {
+    const header = readSafetensorsHeader(path);
+    if (CIRCUIT_TRACER_KEYS.every((k) => header.entries.has(k))) return { format: 'circuit-tracer', path };
+  } catch {
+    return null;
+  }
+  return null;
+}
+
+/** Which transcoder format `path` (a file or folder) holds, from the files present; null if none. */
+export function detectTranscoderFormat(path: string): TranscoderFormat | null {
+  return resolveFormat(path)?.format ?? null;
+}
+
+/**
+ * Loads a transcoder in any supported format (detected with {@link detectTranscoderFormat}).
+ * The overrides of ForeignLoadOptions (layer, hooks, model name, processing) apply to the foreign
+ * formats; a native folder is loaded as saved. For a circuit-tracer set folder pass `{ layer }`.
+ */
+export async function loadTranscoder(path: string, options: ForeignLoadOptions & Pick<CircuitTracerLoadOptions, 'config'> = {}): Promise<Transcoder> {
+  const found = resolveFormat(path);
+  if (!found) {
+    if (!existsSync(path)) throw new FormatError(`${path}: no such file or folder`, path);
+    throw new FormatError(
+      `${path}: not a recognised transcoder (expected a native or SAELens or sparsify folder, a circuit-tracer safetensors file or set folder, or a .pt checkpoint)`,
+      path,
+    );
+  }
+  switch (found.format) {
+    case 'native':
+      return loadNativeTranscoder(found.path, { device: options.device, dtype: options.dtype });
+    case 'saelens':
+      return loadSaeLensTranscoder(found.path, options);
+    case 'sparsify':
+      return loadSparsifyTranscoder(found.path, options);
+    case 'circuit-tracer':
+      return loadCircuitTracerTranscoder(found.path, options);
+    case 'paper-pt':
+      return loadPaperTranscoder(found.path, { device: options.device, dtype: options.dtype });
+  }
+}
