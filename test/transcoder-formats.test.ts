@@ -443,7 +443,7 @@ describe('detection and dispatch', () => {
     const pt = join(root, 'final_sparse_autoencoder_gpt2-small_blocks.8.ln2.hook_normalized_24576.pt');
     writeFileSync(pt, 'PK');
     expect(detectTranscoderFormat(pt)).toBe('paper-pt');
-    await expect(loadTranscoder(pt)).rejects.toThrow(InvalidArgumentError);
+    await expect(loadTranscoder(pt)).rejects.toThrow(FormatError); // 'PK' alone is no zip
     await expect(loadTranscoder(join(root, 'sp'))).rejects.toThrow(FormatError);
 
     const viaDispatch = await loadTranscoder(join(root, 'sl_transcoder', 'sae_weights.safetensors'));
