@@ -24,6 +24,7 @@ import {
   type MlpReplacement,
   type TokensInput,
 } from '../lib/index.js';
+import { ensureDist } from './helpers/cli.js';
 import { makeTempModel, tempDir, TINY_GPT2 } from './helpers/fixtures.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -61,27 +62,6 @@ function lit(s: string): string {
 }
 
 // ---- fixtures ------------------------------------------------------------------------------------
-
-/** Modification times of the files under `dir` whose names end with `ext`. */
-function mtimes(dir: string, ext: string): number[] {
-  return readdirSync(dir, { recursive: true, encoding: 'utf8' })
-    .filter((f) => f.endsWith(ext))
-    .map((f) => statSync(join(dir, f)).mtimeMs);
-}
-
-/** The CLI and child-process tests run the compiled library (dist/): rebuild it when a source is newer. */
-function ensureDist(): void {
-  let stale = true;
-  try {
-    const outputs = mtimes(join(ROOT, 'dist'), '.js');
-    stale = outputs.length === 0 || Math.max(...mtimes(join(ROOT, 'lib'), '.ts')) > Math.min(...outputs);
-  } catch {
-    // no dist/ yet
-  }
-  if (!stale) return;
-  const tsc = spawnSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { cwd: ROOT, encoding: 'utf8' });
-  if (tsc.status !== 0) throw new Error(`tsc -p tsconfig.build.json failed:\n${tsc.stdout}${tsc.stderr}`);
-}
 
 let work: string; // every corrupted copy lives under here
 let goodDir: string;

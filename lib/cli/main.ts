@@ -5,8 +5,13 @@ import { parseCommand, type Command } from './command.js';
 import { infoCommand } from './info.js';
 import { makeModelCommand } from './make-model.js';
 import { runCommand } from './run.js';
+import { trainCommand } from './train.js';
+import { evalCommand } from './eval.js';
+import { cacheCommand } from './cache.js';
+import { convertCommand } from './convert.js';
+import { tokenizeCommand } from './tokenize.js';
 
-const COMMANDS: Command[] = [runCommand, infoCommand, makeModelCommand];
+const COMMANDS: Command[] = [runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, infoCommand, makeModelCommand];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };

@@ -75,8 +75,16 @@ LossTerms transcoderLoss(const Transcoder& tc, const at::Tensor& x, const at::Te
                           c10::str(x.sizes()) + " and " + c10::str(y.sizes()));
   LossTerms t;
   t.pre = tc.preActivations(x);
-  t.f = tc.activate(t.pre);
-  t.yHat = tc.decode(t.f, x);
+  if (spec.arch == TranscoderArch::TopK) {
+    // Sparse decode: gradients reach W_dec only through the k gathered rows of each token.
+    auto top = at::topk(t.pre, spec.k, -1);
+    at::Tensor values = at::relu(std::get<0>(top));
+    t.yHat = tc.decodeTopK(std::get<1>(top), values, x);
+    t.f = at::zeros_like(t.pre).scatter(-1, std::get<1>(top), values);
+  } else {
+    t.f = tc.activate(t.pre);
+    t.yHat = tc.decode(t.f, x);
+  }
   t.reconstruction = o.reconstruction == Reconstruction::Paper ? paperSquaredError(t.yHat, y).mean()
                                                                : fractionOfVarianceUnexplained(t.yHat, y);
   bool anyDead = o.dead.defined() && o.dead.any().item<bool>();

@@ -1,0 +1,64 @@
+/** `transcoders eval`: reconstruction, sparsity and spliced next-token loss of transcoders on a model. */
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { InvalidArgumentError } from '../errors.js';
+import { loadModel, PROCESSINGS } from '../models/model.js';
+import { setNumThreads } from '../runtime.js';
+import { evaluate } from '../transcoders/evaluate.js';
+import { choiceOption, intOption, type Command } from './command.js';
+import { tokenFileFor, tokenRows } from './data.js';
+import { ProgressBar } from './progress.js';
+import { loadTranscoderArgs } from './transcoder-paths.js';
+
+export const evalCommand: Command = {
+  name: 'eval',
+  summary: 'Evaluate transcoders: L0, MSE, FVU, dead/dense features, CE loss with the MLPs replaced, CE loss recovered, KL.',
+  usage: 'eval <model-dir> --transcoders PATH... --data PATH [--sequences N] [--json]',
+  details: 'PATH may be a transcoder in any supported format or a `train` output folder (its layer_L subfolders).\n' +
+    'The model is loaded with the processing the transcoders record (default transformerlens).',
+  options: {
+    transcoders: { type: 'string', value: 'PATH', description: 'transcoders to evaluate (repeat or comma-separate)', multiple: true },
+    data: { type: 'string', value: 'PATH', description: 'text (.txt/.jsonl) or a token file', multiple: true },
+    sequences: { type: 'string', value: 'N', description: 'sequences to evaluate on (default 64)' },
+    'context-size': { type: 'string', value: 'N', description: 'tokens per sequence when tokenising text (default 128)' },
+    'batch-size': { type: 'string', value: 'N', description: 'sequences per forward pass (default 8)' },
+    processing: { type: 'string', value: 'P', description: 'override the model processing' },
+    json: { type: 'boolean', description: 'print JSON' },
+    device: { type: 'string', value: 'D', description: 'cpu (default), cuda, cuda:N' },
+    threads: { type: 'string', value: 'N', description: 'CPU threads for libtorch' },
+  },
+  async run(values, positionals) {
+    const threads = intOption(values.threads, 'threads', 1);
+    if (threads) setNumThreads(threads);
+    if (!positionals[0]) throw new InvalidArgumentError('eval needs the model folder: transcoders eval <model-dir> --transcoders PATH --data PATH');
+    const paths = ((values.transcoders as string[] | undefined) ?? []).flatMap((p) => p.split(',')).filter(Boolean);
+    const data = ((values.data as string[] | undefined) ?? []).flatMap((p) => p.split(',')).filter(Boolean);
+    if (paths.length === 0) throw new InvalidArgumentError('--transcoders PATH is required');
+    if (data.length === 0) throw new InvalidArgumentError('--data PATH is required');
+    const device = (values.device as string | undefined) ?? 'cpu';
+    const transcoders = await loadTranscoderArgs(paths, { device });
+    const processing = choiceOption(values.processing, 'processing', PROCESSINGS) ?? transcoders.find((t) => t.config.processing)?.config.processing ?? 'transformerlens';
+    const model = await loadModel(positionals[0], { processing, device });
+    const sequences = intOption(values.sequences, 'sequences', 1) ?? 64;
+    const tokenFile = await tokenFileFor(model, data, intOption(values['context-size'], 'context-size', 2) ?? 128, mkdtempSync(join(tmpdir(), 'transcoders-eval-')), sequences);
+    const rows = await tokenRows(tokenFile, sequences);
+    const bar = values.json ? null : new ProgressBar('evaluating', rows.length, ' sequences');
+    const result = await evaluate(model, transcoders, rows, {
+      batchSize: intOption(values['batch-size'], 'batch-size', 1) ?? 8,
+      onProgress: (done) => bar?.update(done),
+    });
+    if (values.json) {
+      console.log(JSON.stringify(result, null, 2));
+      return;
+    }
+    console.log(`${result.sequences} sequences, ${result.tokens} tokens`);
+    console.log(`CE loss: clean ${result.ceLossClean.toFixed(4)}, all replaced ${result.ceLossReplaced.toFixed(4)}, zero-ablated ${result.ceLossZeroAblated.toFixed(4)}`);
+    console.log(`CE loss recovered ${(100 * result.ceLossRecovered).toFixed(1)}%, KL to the clean model ${result.klDivergence.toFixed(4)} nats`);
+    console.log('layer      L0     MSE      FVU   dead%  dense%   CE(alone)  recovered');
+    for (const l of result.layers) {
+      console.log(`${String(l.layer).padStart(5)} ${l.l0.toFixed(1).padStart(7)} ${l.mse.toExponential(2).padStart(9)} ${l.fvu.toFixed(4).padStart(8)} ` +
+        `${(100 * l.deadFraction).toFixed(1).padStart(7)} ${(100 * l.denseFraction).toFixed(1).padStart(7)} ${l.ceLoss.toFixed(4).padStart(11)} ${(100 * l.ceLossRecovered).toFixed(1).padStart(9)}%`);
+    }
+  },
+};

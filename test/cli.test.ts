@@ -1,0 +1,95 @@
+/**
+ * The command line end to end on tiny models: every command has --help; tokenize -> train -> eval ->
+ * cache -> train from the cache -> convert; bad arguments exit 2 with one readable line.
+ */
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { loadNativeTranscoder } from '../lib/transcoders/native-format.js';
+import { loadTranscoder } from '../lib/transcoders/formats/index.js';
+import { ensureDist, runCli } from './helpers/cli.js';
+import { makeTempModel, tempDir, TINY_GPT2 } from './helpers/fixtures.js';
+import { maxDiff } from './helpers/reference.js';
+import { Tensor } from '../lib/index.js';
+
+const COMMANDS = ['run', 'train', 'eval', 'cache', 'tokenize', 'convert', 'info', 'make-model'];
+let work: string;
+let modelDir: string;
+
+beforeAll(() => {
+  ensureDist();
+  work = tempDir('transcoders-cli-');
+  modelDir = makeTempModel({ ...TINY_GPT2, nCtx: 64, std: 0.1 });
+  const text = Array.from({ length: 120 }, (_, i) => `The war lasted from the year 17${10 + (i % 80)} to the year 17${20 + ((i * 7) % 70)}.`).join('\n\n');
+  writeFileSync(join(work, 'data.txt'), text);
+});
+
+describe('transcoders CLI', () => {
+  it.each(COMMANDS)('%s --help describes the command', (cmd) => {
+    const r = runCli([cmd, '--help']);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^Usage: transcoders ${cmd}`));
+    expect(r.stdout).toContain('--help');
+  });
+
+  it('lists every command', () => {
+    const r = runCli(['--help']);
+    for (const cmd of COMMANDS) expect(r.stdout).toContain(`  ${cmd} `);
+  });
+
+  it('tokenize, train two layers, eval, cache, train from the cache, convert', () => {
+    const tokens = join(work, 'tokens.safetensors');
+    let r = runCli(['tokenize', modelDir, '--data', join(work, 'data.txt'), '--out', tokens, '--context-size', '32']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/wrote \d+ rows from 120 documents/);
+
+    const out = join(work, 'run');
+    r = runCli(['train', modelDir, '--data', tokens, '--layers', '0,1', '--d-sae', '96', '--batch-size', '64', '--steps', '30', '--lr', '3e-3', '--lr-schedule', 'constant', '--out', out, '--quiet']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain('trained 30 steps, 1920 tokens');
+    expect(existsSync(join(out, 'layer_0', 'cfg.json'))).toBe(true);
+    expect(readFileSync(join(out, 'train.jsonl'), 'utf8').trim().split('\n')).toHaveLength(6);
+
+    r = runCli(['eval', modelDir, '--transcoders', out, '--data', tokens, '--sequences', '8', '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    const evaluation = JSON.parse(r.stdout);
+    expect(evaluation.layers.map((l: { layer: number }) => l.layer)).toEqual([0, 1]);
+    expect(evaluation.sequences).toBe(8);
+    expect(evaluation.layers[0].fvu).toBeGreaterThan(0);
+
+    const cache = join(work, 'cache');
+    r = runCli(['cache', modelDir, '--layers', '1', '--data', tokens, '--out', cache, '--sequences', '20', '--dtype', 'bfloat16']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(readFileSync(join(cache, 'layer_1', 'meta.json'), 'utf8'))).toMatchObject({ layer: 1, dtype: 'bfloat16', count: 640 });
+    r = runCli(['train', '--activations', join(cache, 'layer_1'), '--d-sae', '32', '--arch', 'topk', '--k', '4', '--batch-size', '32', '--steps', '10', '--out', join(work, 'run2'), '--quiet']);
+    expect(r.status, r.stderr).toBe(0);
+  });
+
+  it('converts between formats without changing the transcoder', async () => {
+    const out = join(work, 'run');
+    const original = await loadNativeTranscoder(join(out, 'layer_1'));
+    const x = Tensor.from(Float32Array.from({ length: 5 * 32 }, (_, i) => Math.sin(i)), [5, 32]);
+    const expected = await original.forward(x);
+    for (const to of ['saelens', 'circuit-tracer', 'native']) {
+      const dest = join(work, `converted-${to}`);
+      const r = runCli(['convert', join(out, 'layer_1'), dest, '--to', to]);
+      expect(r.status, r.stderr).toBe(0);
+      const back = await loadTranscoder(to === 'circuit-tracer' ? join(dest, 'layer_1.safetensors') : dest);
+      expect(maxDiff(await back.forward(x), expected).diff).toBeLessThanOrEqual(1e-5);
+    }
+  });
+
+  it('bad arguments exit with status 2 and one readable line', () => {
+    for (const args of [
+      ['train', modelDir, '--data', 'x.txt', '--layers', '7', '--d-sae', '8', '--steps', '1', '--out', join(work, 'bad')],
+      ['train', '--activations', join(work, 'nowhere'), '--d-sae', '8', '--steps', '1', '--out', join(work, 'bad'), '--data', 'y'],
+      ['convert', join(work, 'run', 'layer_1'), join(work, 'c'), '--to', 'onnx'],
+      ['eval', modelDir, '--data', 'x'],
+    ]) {
+      const r = runCli(args);
+      expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(2);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    }
+  });
+});
