@@ -94,6 +94,8 @@ export interface NativeStepMetrics {
   fvu: number;
   l0: number;
   deadFraction: number;
+  /** Features re-initialised by dead-feature resampling after this step (training runs only). */
+  resampled?: number;
 }
 
 export interface NativeTrainer {

@@ -12,7 +12,9 @@ import { loadModel, Tensor, type Model } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { tokenizeToFile } from '../lib/data/tokenize.js';
 import { writeActivationCache } from '../lib/transcoders/cache.js';
-import { listCheckpoints } from '../lib/transcoders/checkpoints.js';
+import { listCheckpoints, readTrainerState } from '../lib/transcoders/checkpoints.js';
+import { mlpHooks } from '../lib/transcoders/config.js';
+import { Transcoder } from '../lib/transcoders/transcoder.js';
 import { loadNativeTranscoder } from '../lib/transcoders/native-format.js';
 import { trainTranscoders, type TrainRunOptions } from '../lib/transcoders/train.js';
 import { DEVICE, makeTempModel, tempDir, TINY_GPT2 } from './helpers/fixtures.js';
@@ -144,5 +146,82 @@ describe('training runs', () => {
     expect(readdirSync(checkpoints).filter((n) => n.includes('.tmp')).every((n) => !all.some((c) => c.dir.endsWith(n)))).toBe(true);
     const resumed = await trainTranscoders({ ...base(out), noShuffle: false, steps: latest.state.step + 3, resume: true, checkpointEveryTokens: 64 * 3 });
     expect(resumed.steps).toBe(latest.state.step + 3);
+  });
+});
+
+describe('dead-feature resampling', () => {
+  const d = TINY_GPT2.dModel;
+  const m = 64;
+  const deadSet = Array.from({ length: m }, (_, j) => j % 4 === 0);
+
+  /** A layer-1 transcoder whose every fourth feature can never fire (b_enc = -50). */
+  async function withDeadFeatures(): Promise<Transcoder> {
+    const fresh = await Transcoder.create({ arch: 'relu', dIn: d, dOut: d, dSae: m, layer: 1, ...mlpHooks(1) }, { seed: 3 });
+    const p = fresh.parameters();
+    const bEnc = p.b_enc.toFloat32Array().map((v, j) => (deadSet[j] ? -50 : v));
+    return Transcoder.fromParameters(fresh.config, { ...p, b_enc: Tensor.from(bEnc, [m]) });
+  }
+
+  it('re-initialises dead features towards inputs of high loss increase, with fresh optimizer state', async () => {
+    const init = await withDeadFeatures();
+    const out = tempDir();
+    // 10 steps; the resampling happens after the last one, so its result is what is saved.
+    const result = await trainTranscoders({
+      ...base(out), dSae: m, steps: 10, init: { 1: init }, deadFeatureWindow: 5, resampleEvery: 10, resampleSequences: 16, resampleWarmupSteps: 5, logEvery: 1,
+      onProgress: (pr) => { if (pr.step === 10) expect(pr.metrics[0]!.resampled).toBeGreaterThan(0); },
+    });
+    const log = readFileSync(join(out, 'train.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const resampled = log.at(-1)!.resampled as number;
+    expect(resampled).toBeGreaterThan(0);
+    expect(resampled).toBeLessThanOrEqual(m / 4);
+    const tc = result.transcoders[0]!;
+    const W = tc.parameters().W_enc.toFloat32Array(); // [d, m]
+    const Wd = tc.parameters().W_dec.toFloat32Array(); // [m, d]
+    const b = tc.parameters().b_enc.toFloat32Array();
+    const reset = Array.from({ length: m }, (_, j) => j).filter((j) => deadSet[j] && b[j] === 0);
+    expect(reset.length).toBe(resampled);
+    // Encoder columns point along input activations of the resampling sequences (the first 16 rows).
+    const header = (await import('../lib/data/token-file.js')).readTokenFileHeader(tokenFile);
+    const flat = await (await import('../lib/data/token-file.js')).readTokenRows(header, 0, 16);
+    const rows = Array.from({ length: 16 }, (_, i) => Array.from(flat.subarray(i * 32, (i + 1) * 32)));
+    const { cache } = await model.run(rows, { cache: [mlpHooks(1).hookIn], logits: false });
+    const xs = cache[mlpHooks(1).hookIn]!.toFloat32Array();
+    const col = (j: number) => Float32Array.from({ length: d }, (_, i) => W[i * m + j]!);
+    const norm = (v: Float32Array) => Math.hypot(...v);
+    for (const j of reset) {
+      const c = col(j);
+      let best = 0;
+      for (let r = 0; r < xs.length / d; r++) {
+        const x = xs.subarray(r * d, (r + 1) * d);
+        best = Math.max(best, c.reduce((s, v, i) => s + v * x[i]!, 0) / (norm(c) * norm(x)));
+      }
+      expect(best).toBeGreaterThan(0.9999);
+      expect(norm(Wd.subarray(j * d, (j + 1) * d))).toBeCloseTo(1, 5);
+    }
+    // Their Adam moments restart from zero (the final checkpoint holds the trainer state).
+    const state = await readTrainerState(listCheckpoints(join(out, 'checkpoints')).at(-1)!.dir, 1);
+    const avg = state['adam.W_enc.exp_avg']!.toFloat32Array();
+    for (const j of reset) for (let i = 0; i < d; i++) expect(avg[i * m + j]).toBe(0);
+  });
+
+  it('restarts the learning rate at 1e-4 of its value and ramps it back', async () => {
+    const out = tempDir();
+    await trainTranscoders({
+      ...base(out), dSae: m, init: { 1: await withDeadFeatures() }, steps: 14, lr: 1e-3, deadFeatureWindow: 2, resampleEvery: 10,
+      resampleSequences: 8, resampleWarmupSteps: 4, logEvery: 1, bufferRows: 256,
+    });
+    const log = readFileSync(join(out, 'train.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(log[9].resampled).toBeGreaterThan(0); // after the 10th step
+    expect(log.slice(0, 10).every((l) => l.lr === 1e-3)).toBe(true);
+    // The next steps ramp from 1e-4 of the rate back to it over 4 steps.
+    expect(log[10].lr).toBeCloseTo(1e-3 * 1e-4, 12);
+    expect(log[12].lr).toBeCloseTo(1e-3 * (1e-4 + (1 - 1e-4) * 0.5), 12);
+    expect(log[13].lr).toBeCloseTo(1e-3 * (1e-4 + (1 - 1e-4) * 0.75), 12);
+  });
+
+  it('is refused for activation-cache runs (it needs the model)', async () => {
+    const cacheDir = tempDir();
+    await writeActivationCache(model, tokenFile, [1], cacheDir, { maxSequences: 20 });
+    await expect(trainTranscoders({ ...base(tempDir()), data: { activations: join(cacheDir, 'layer_1') }, resampleEvery: 5 })).rejects.toThrow(/resampling runs the model/);
   });
 });

@@ -199,6 +199,7 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   const checkpointEverySteps = Math.max(1, Math.floor((opts.checkpointEveryTokens ?? Math.ceil((totalSteps * batchSize) / 10)) / batchSize));
   const run = new (native().TrainingRun)({
     slots: trainers.map((t) => t.handle),
+    layers: opts.layers,
     source,
     options: {
       batchSize,

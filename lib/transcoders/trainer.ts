@@ -44,6 +44,18 @@ export interface TrainOptions {
   deadFeatureWindow?: number;
   /** Clip the global gradient norm (default: off). */
   maxGradNorm?: number;
+  /**
+   * Dead-feature resampling every this many steps (default 0: off; needs a model-fed training run).
+   * Dead features are re-initialised towards inputs where the transcoder raises the model's loss most
+   * (docs/transcoders.md); the learning rate then ramps back from 1e-4 of its value.
+   */
+  resampleEvery?: number;
+  /** Sequences run to choose resampling inputs (default 64). */
+  resampleSequences?: number;
+  /** Encoder norm of resampled features relative to the alive ones (default 0.2). */
+  resampleScale?: number;
+  /** Steps over which the learning rate ramps back after resampling (default 10000, the paper's). */
+  resampleWarmupSteps?: number;
   beta1?: number;
   beta2?: number;
   eps?: number;
@@ -87,6 +99,10 @@ export function resolveTrainOptions(transcoder: Transcoder, options: TrainOption
     maxGradNorm: options.maxGradNorm ?? 0,
     normalizeDecoder: true,
     deadFeatureWindow: options.deadFeatureWindow ?? (paper ? 5000 : 1000),
+    resampleEvery: options.resampleEvery ?? 0,
+    resampleSequences: options.resampleSequences ?? 64,
+    resampleScale: options.resampleScale ?? 0.2,
+    resampleWarmupSteps: options.resampleWarmupSteps ?? 10000,
   };
 }
 

@@ -7,6 +7,7 @@
 #include <shared_mutex>
 
 #include "core/errors.h"
+#include "train/resample.h"
 
 namespace tc {
 
@@ -17,8 +18,11 @@ TrainingRun::TrainingRun(std::vector<RunSlot> slots, std::unique_ptr<ActivationS
   if (options_.shuffle && options_.bufferRows < 2 * options_.batchSize)
     throw InvalidArgument("the shuffle buffer (" + std::to_string(options_.bufferRows) +
                           " rows) must hold at least two batches (" + std::to_string(2 * options_.batchSize) + " rows)");
-  for (size_t i = 0; i < slots_.size(); ++i)
+  for (size_t i = 0; i < slots_.size(); ++i) {
     buffers_.emplace_back(options_.bufferRows, options_.shuffle, options_.seed + 7919 * i);
+    if (slots_[i].trainer->options().resampleEvery > 0 && (!source_->model() || !source_->hooks(i)))
+      throw InvalidArgument("dead-feature resampling runs the model: it needs a model and token data, not an activation cache");
+  }
   startPosition_ = source_->position();
   startStep_ = slots_.front().trainer->steps();
 }
@@ -40,6 +44,17 @@ std::vector<std::pair<std::string, at::Tensor>> TrainingRun::snapshotSlot(const 
     out.emplace_back("adam." + params[i].first + ".exp_avg_sq", adam[i].expAvgSq.clone());
   }
   return out;
+}
+
+int64_t TrainingRun::maybeResample(size_t slot) {
+  Trainer& trainer = *slots_[slot].trainer;
+  const TrainOptions& o = trainer.options();
+  if (o.resampleEvery <= 0 || trainer.steps() % o.resampleEvery != 0) return 0;
+  const HookPair* hooks = source_->hooks(slot);
+  const int64_t layer = slots_[slot].layer;
+  return resampleDeadFeatures(trainer, *source_->model(), layer, hooks->input, hooks->target,
+                              source_->resampleTokens(o.resampleSequences), o.resampleScale,
+                              options_.seed + 104729 * static_cast<uint64_t>(trainer.steps() + slot));
 }
 
 // Pushes source data until every buffer can serve a batch; false when the data ran out first.
@@ -73,8 +88,11 @@ RunResult TrainingRun::run(const std::function<void(const RunProgress&)>& onProg
     progress.metrics.clear();
     for (size_t i = 0; i < slots_.size(); ++i) {
       auto [x, y] = buffers_[i].take(options_.batchSize);
-      std::unique_lock lock(slots_[i].transcoder->mutex());
-      progress.metrics.push_back(slots_[i].trainer->step(x, y));
+      {
+        std::unique_lock lock(slots_[i].transcoder->mutex());
+        progress.metrics.push_back(slots_[i].trainer->step(x, y));
+      }
+      progress.metrics.back().resampled = maybeResample(i);
     }
     ++step;
     progress.step = step;

@@ -19,6 +19,7 @@ namespace tc {
 struct RunSlot {
   std::shared_ptr<Transcoder> transcoder;
   std::shared_ptr<Trainer> trainer;
+  int64_t layer = -1;  // for dead-feature resampling, which splices the transcoder into the model
 };
 
 struct RunOptions {
@@ -68,6 +69,8 @@ class TrainingRun {
 
  private:
   bool fill(bool& exhausted);
+  // Resamples the slot's dead features when its step count is a multiple of resampleEvery.
+  int64_t maybeResample(size_t slot);
 
   std::vector<RunSlot> slots_;
   std::unique_ptr<ActivationSource> source_;

@@ -57,6 +57,7 @@ Napi::Object metricsToJs(Napi::Env env, const StepMetrics& m) {
   o.Set("fvu", m.fvu);
   o.Set("l0", m.l0);
   o.Set("deadFraction", m.deadFraction);
+  o.Set("resampled", static_cast<double>(m.resampled));
   return o;
 }
 
@@ -72,9 +73,11 @@ JsTrainingRun::JsTrainingRun(const Napi::CallbackInfo& info) : Napi::ObjectWrap<
     Napi::Object spec = objectOr(info[0]);
     std::vector<RunSlot> slots;
     auto list = spec.Get("slots").As<Napi::Array>();
+    Napi::Array layers = spec.Get("layers").IsArray() ? spec.Get("layers").As<Napi::Array>() : Napi::Array::New(info.Env());
     for (uint32_t i = 0; i < list.Length(); ++i) {
       auto [trainer, transcoder] = JsTrainer::trainerOf(list.Get(i), "a training slot");
-      slots.push_back({transcoder, trainer});
+      int64_t layer = i < layers.Length() ? layers.Get(i).As<Napi::Number>().Int64Value() : -1;
+      slots.push_back({transcoder, trainer, layer});
     }
     Napi::Object o = objectOr(spec.Get("options"));
     RunOptions options;

@@ -45,7 +45,8 @@ ModelActivationSource::ModelActivationSource(std::shared_ptr<const Transformer> 
                                              int64_t rows, int64_t context, std::vector<HookPair> hooks,
                                              int64_t sequencesPerForward, int64_t startRow)
     : model_(std::move(model)),
-      reader_(std::move(path), dataOffset, rows, context, context > 0 ? startRow / context : 0),
+      reader_(path, dataOffset, rows, context, context > 0 ? startRow / context : 0),
+      resampleReader_(path, dataOffset, rows, context, 0),
       hooks_(std::move(hooks)),
       sequencesPerForward_(sequencesPerForward),
       position_(startRow),
@@ -77,6 +78,16 @@ bool ModelActivationSource::next(ActivationBatch& out) {
   position_ += out.front().first.size(0);
   skip_ = 0;
   return true;
+}
+
+at::Tensor ModelActivationSource::resampleTokens(int64_t count) {
+  at::Tensor rows = resampleReader_.next(count);
+  if (!rows.defined() || rows.size(0) < count) {
+    resampleReader_.rewind();  // cycle: read from the start again
+    at::Tensor more = resampleReader_.next(count - (rows.defined() ? rows.size(0) : 0));
+    rows = rows.defined() ? (more.defined() ? at::cat({rows, more}) : rows) : more;
+  }
+  return rows;
 }
 
 CacheActivationSource::CacheActivationSource(std::vector<CacheShard> shards, int64_t startRow)

@@ -19,11 +19,16 @@ class TokenFileReader {
   // Up to `count` next rows as int64 [n, context]; empty when the file is exhausted.
   at::Tensor next(int64_t count);
   int64_t position() const { return position_; }
+  void rewind() { position_ = 0; }
 
  private:
   std::string path_;
   uint64_t dataOffset_;  // absolute byte offset of the tokens tensor
   int64_t rows_, context_, position_;
+};
+
+struct HookPair {
+  std::string input, target;
 };
 
 // One (input, target) pair of activation rows per trained layer.
@@ -36,10 +41,11 @@ class ActivationSource {
   virtual bool next(ActivationBatch& out) = 0;
   // Activation rows (token positions) served so far, counted from the start of the data.
   virtual int64_t position() const = 0;
-};
-
-struct HookPair {
-  std::string input, target;
+  // For dead-feature resampling: the model and `count` token rows ([n, T]); null when the source
+  // has no model (an activation cache).
+  virtual const Transformer* model() const { return nullptr; }
+  virtual at::Tensor resampleTokens(int64_t count) { return at::Tensor(); }
+  virtual const HookPair* hooks(size_t slot) const { return nullptr; }
 };
 
 // Runs the model on `sequencesPerForward` token rows at a time and collects every layer's pair of
@@ -51,10 +57,15 @@ class ModelActivationSource : public ActivationSource {
                         int64_t context, std::vector<HookPair> hooks, int64_t sequencesPerForward, int64_t startRow);
   bool next(ActivationBatch& out) override;
   int64_t position() const override { return position_; }
+  const Transformer* model() const override { return model_.get(); }
+  // Rows from a second reader that cycles through the file from the start.
+  at::Tensor resampleTokens(int64_t count) override;
+  const HookPair* hooks(size_t slot) const override { return slot < hooks_.size() ? &hooks_[slot] : nullptr; }
 
  private:
   std::shared_ptr<const Transformer> model_;
   TokenFileReader reader_;
+  TokenFileReader resampleReader_;
   std::vector<HookPair> hooks_;
   int64_t sequencesPerForward_;
   ForwardOptions forward_;

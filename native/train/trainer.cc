@@ -30,7 +30,11 @@ StepMetrics Trainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
     p.W_dec.div_(p.W_dec.norm(2, {1}, /*keepdim=*/true));
   }
   const int64_t scheduleStep = options_.schedulerBeforeStep ? step + 1 : step;
-  const double lr = options_.lr * scheduleFactor(options_.schedule, scheduleStep);
+  double lr = options_.lr * scheduleFactor(options_.schedule, scheduleStep);
+  if (lastResample_ >= 0 && step - lastResample_ < options_.resampleWarmupSteps) {
+    double ramp = static_cast<double>(step - lastResample_) / static_cast<double>(options_.resampleWarmupSteps);
+    lr *= 1e-4 + (1 - 1e-4) * ramp;
+  }
 
   LossOptions loss = options_.loss;
   if (options_.sparsityWarmupSteps > 0) {
@@ -77,6 +81,28 @@ StepMetrics Trainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
   }
   adam_.step(lr);
   return m;
+}
+
+void Trainer::reinitializeFeatures(const at::Tensor& idx, const at::Tensor& encoder, const at::Tensor& decoder, double encoderNorm) {
+  at::NoGradGuard noGrad;
+  TranscoderParams& p = tc_->params();
+  auto opts = p.W_enc.options();
+  at::Tensor i = idx.to(opts.device());
+  p.W_enc.index_copy_(1, i, (encoder.to(opts) * encoderNorm).t());
+  p.W_dec.index_copy_(0, i, decoder.to(opts));
+  p.b_enc.index_fill_(0, i, 0);
+  // Adam moments of the touched columns (W_enc), entries (b_enc) and rows (W_dec) start afresh.
+  auto named = p.named();
+  auto& state = adam_.state();
+  for (size_t k = 0; k < named.size(); ++k) {
+    const std::string& name = named[k].first;
+    int64_t dim = name == "W_enc" ? 1 : (name == "b_enc" || name == "W_dec" || name == "threshold") ? 0 : -1;
+    if (dim < 0) continue;
+    state[k].expAvg.index_fill_(dim, i, 0);
+    state[k].expAvgSq.index_fill_(dim, i, 0);
+  }
+  sinceFired_.index_fill_(0, i.to(sinceFired_.device()), 0);
+  lastResample_ = adam_.steps();
 }
 
 std::vector<StepMetrics> Trainer::run(const at::Tensor& xs, const at::Tensor& ys) {

@@ -26,11 +26,19 @@ struct TrainOptions {
   double maxGradNorm = 0;           // 0: no clipping
   bool normalizeDecoder = true;     // unit-norm decoder rows, gradient parallel to them removed
   int64_t deadFeatureWindow = 1000; // steps without firing after which a feature counts as dead
+  // Dead-feature resampling (see resample.h): every `resampleEvery` steps (0: never), from
+  // `resampleSequences` sequences; the learning rate then restarts at 1e-4 of its value and ramps
+  // back linearly over `resampleWarmupSteps`.
+  int64_t resampleEvery = 0;
+  int64_t resampleSequences = 64;
+  double resampleScale = 0.2;
+  int64_t resampleWarmupSteps = 10000;
 };
 
 struct StepMetrics {
   int64_t step;
   double lr, total, reconstruction, sparsity, ghost, fvu, l0, deadFraction;
+  int64_t resampled = 0;  // features re-initialised after this step
 };
 
 class Trainer {
@@ -46,6 +54,11 @@ class Trainer {
   // Steps since each feature last fired (int64 [m]).
   at::Tensor& stepsSinceFired() { return sinceFired_; }
   Adam& optimizer() { return adam_; }
+  std::shared_ptr<Transcoder> transcoder() const { return tc_; }
+  // Re-initialises features `idx`: encoder columns along `encoder` [n, d_in] (unit rows) scaled by
+  // `encoderNorm`, decoder rows `decoder` [n, d_out] (unit rows), zero encoder biases, fresh Adam
+  // moments and dead counters; starts the learning-rate ramp.
+  void reinitializeFeatures(const at::Tensor& idx, const at::Tensor& encoder, const at::Tensor& decoder, double encoderNorm);
   const TrainOptions& options() const { return options_; }
 
  private:
@@ -56,6 +69,7 @@ class Trainer {
   TrainOptions options_;
   Adam adam_;
   at::Tensor sinceFired_;
+  int64_t lastResample_ = -1;
 };
 
 }  // namespace tc

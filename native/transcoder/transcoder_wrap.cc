@@ -67,6 +67,10 @@ TrainOptions trainOptionsFrom(const Napi::Object& o) {
   t.maxGradNorm = numberOr(o, "maxGradNorm", 0);
   t.normalizeDecoder = boolOr(o, "normalizeDecoder", true);
   t.deadFeatureWindow = intOr(o, "deadFeatureWindow", t.deadFeatureWindow);
+  t.resampleEvery = intOr(o, "resampleEvery", 0);
+  t.resampleSequences = intOr(o, "resampleSequences", t.resampleSequences);
+  t.resampleScale = numberOr(o, "resampleScale", t.resampleScale);
+  t.resampleWarmupSteps = intOr(o, "resampleWarmupSteps", t.resampleWarmupSteps);
   return t;
 }
 
