@@ -94,6 +94,14 @@ describe('training runs', () => {
     expect(Number.isFinite(spliced)).toBe(true);
   });
 
+  it('is deterministic on the CPU for a given seed (with shuffling): identical weights bit for bit', async () => {
+    const a = await trainTranscoders({ ...base(tempDir()), noShuffle: false, seed: 9, steps: 25 });
+    const b = await trainTranscoders({ ...base(tempDir()), noShuffle: false, seed: 9, steps: 25 });
+    const c = await trainTranscoders({ ...base(tempDir()), noShuffle: false, seed: 10, steps: 25 });
+    expectSameParameters(a.transcoders[0]!.parameters(), b.transcoders[0]!.parameters(), 0);
+    expect(maxDiff(a.transcoders[0]!.parameters().W_enc, c.transcoders[0]!.parameters().W_enc).diff).toBeGreaterThan(0);
+  });
+
   it('replays the model-fed run exactly from an activation cache (no shuffling)', async () => {
     const viaModel = await trainTranscoders({ ...base(tempDir()), seed: 4 });
     const cacheDir = tempDir();
