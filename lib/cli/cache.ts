@@ -3,9 +3,8 @@ import { mkdirSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { loadModel, PROCESSINGS } from '../models/model.js';
-import { setNumThreads } from '../runtime.js';
 import { writeActivationCache } from '../transcoders/cache.js';
-import { choiceOption, intOption, type Command } from './command.js';
+import { applyThreads, THREADS_OPTION, choiceOption, intOption, type Command } from './command.js';
 import { parseLayers, tokenFileFor } from './data.js';
 import { ProgressBar } from './progress.js';
 
@@ -25,11 +24,10 @@ export const cacheCommand: Command = {
     'shard-rows': { type: 'string', value: 'N', description: 'rows per shard (default 65536)' },
     processing: { type: 'string', value: 'P', description: 'model weight processing (default transformerlens)' },
     device: { type: 'string', value: 'D', description: 'cpu (default), cuda, cuda:N' },
-    threads: { type: 'string', value: 'N', description: 'CPU threads for libtorch' },
+    threads: THREADS_OPTION,
   },
   async run(values, positionals) {
-    const threads = intOption(values.threads, 'threads', 1);
-    if (threads) setNumThreads(threads);
+    applyThreads(values);
     if (!positionals[0]) throw new InvalidArgumentError('cache needs the model folder: transcoders cache <model-dir> --layers ... --data ... --out DIR');
     if (!values.out) throw new InvalidArgumentError('--out DIR is required');
     const data = ((values.data as string[] | undefined) ?? []).flatMap((p) => p.split(',')).filter(Boolean);

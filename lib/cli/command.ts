@@ -1,6 +1,7 @@
 /** A tiny command framework over node:util parseArgs: typed options, `--help` for every command. */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { InvalidArgumentError } from '../errors.js';
+import { setNumThreads } from '../runtime.js';
 
 export interface OptionSpec {
   type: 'string' | 'boolean';
@@ -72,4 +73,13 @@ export function choiceOption<T extends string>(value: unknown, flag: string, cho
   if (value === undefined) return undefined;
   if (!choices.includes(value as T)) throw new InvalidArgumentError(`--${flag} must be one of ${choices.join(', ')}, got '${value}'`);
   return value as T;
+}
+
+/** The `--threads N` option every heavy command takes. */
+export const THREADS_OPTION: OptionSpec = { type: 'string', value: 'N', description: 'CPU threads for libtorch (default: all cores)' };
+
+/** Applies `--threads` when given. */
+export function applyThreads(values: Record<string, unknown>): void {
+  const threads = intOption(values.threads, 'threads', 1);
+  if (threads) setNumThreads(threads);
 }

@@ -4,9 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { loadModel, PROCESSINGS } from '../models/model.js';
-import { setNumThreads } from '../runtime.js';
 import { evaluate } from '../transcoders/evaluate.js';
-import { choiceOption, intOption, type Command } from './command.js';
+import { applyThreads, THREADS_OPTION, choiceOption, intOption, type Command } from './command.js';
 import { tokenFileFor, tokenRows } from './data.js';
 import { ProgressBar } from './progress.js';
 import { loadTranscoderArgs } from './transcoder-paths.js';
@@ -26,11 +25,10 @@ export const evalCommand: Command = {
     processing: { type: 'string', value: 'P', description: 'override the model processing' },
     json: { type: 'boolean', description: 'print JSON' },
     device: { type: 'string', value: 'D', description: 'cpu (default), cuda, cuda:N' },
-    threads: { type: 'string', value: 'N', description: 'CPU threads for libtorch' },
+    threads: THREADS_OPTION,
   },
   async run(values, positionals) {
-    const threads = intOption(values.threads, 'threads', 1);
-    if (threads) setNumThreads(threads);
+    applyThreads(values);
     if (!positionals[0]) throw new InvalidArgumentError('eval needs the model folder: transcoders eval <model-dir> --transcoders PATH --data PATH');
     const paths = ((values.transcoders as string[] | undefined) ?? []).flatMap((p) => p.split(',')).filter(Boolean);
     const data = ((values.data as string[] | undefined) ?? []).flatMap((p) => p.split(',')).filter(Boolean);

@@ -4,8 +4,7 @@ import { mkdirSync } from 'node:fs';
 import { InvalidArgumentError } from '../errors.js';
 import { writeSafetensors, type RawTensor } from '../io/safetensors.js';
 import { loadModel, MODEL_DTYPES, PROCESSINGS, type Model } from '../models/model.js';
-import { setNumThreads } from '../runtime.js';
-import { choiceOption, intOption, type Command } from './command.js';
+import { applyThreads, THREADS_OPTION, choiceOption, intOption, type Command } from './command.js';
 import { DEFAULT_MODEL_DIR } from './defaults.js';
 
 export interface Prediction {
@@ -59,15 +58,14 @@ export const runCommand: Command = {
     json: { type: 'boolean', description: 'print JSON' },
     device: { type: 'string', value: 'D', description: 'cpu (default), cuda, cuda:N' },
     dtype: { type: 'string', value: 'T', description: 'float32 (default), bfloat16, float16' },
-    threads: { type: 'string', value: 'N', description: 'CPU threads for libtorch (default: all cores)' },
+    threads: THREADS_OPTION,
   },
   async run(values, positionals) {
     const dir = positionals[0] ?? DEFAULT_MODEL_DIR;
     if (positionals.length > 1) throw new InvalidArgumentError(`unexpected argument '${positionals[1]}'`);
     if ((values.prompt === undefined) === (values.tokens === undefined)) throw new InvalidArgumentError('give exactly one of --prompt TEXT or --tokens IDS');
     if (values['prepend-bos'] && values['no-prepend-bos']) throw new InvalidArgumentError('--prepend-bos and --no-prepend-bos contradict each other');
-    const threads = intOption(values.threads, 'threads', 1);
-    if (threads) setNumThreads(threads);
+    applyThreads(values);
     const top = intOption(values.top, 'top', 1) ?? 10;
     const hookPatterns = typeof values.hooks === 'string' ? values.hooks.split(',').filter((s) => s.trim()) : [];
     if (hookPatterns.length > 0 && !values.out) throw new InvalidArgumentError('--hooks needs --out FILE to write the activations to');

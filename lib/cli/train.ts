@@ -3,13 +3,12 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { loadModel, PROCESSINGS, type Model } from '../models/model.js';
-import { setNumThreads } from '../runtime.js';
 import { readCacheMeta } from '../transcoders/cache.js';
 import { TRANSCODER_ARCHS } from '../transcoders/config.js';
 import { loadTranscoder } from '../transcoders/formats/index.js';
 import { trainTranscoders, type TrainRunOptions } from '../transcoders/train.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
-import { choiceOption, intOption, numberOption, type Command } from './command.js';
+import { applyThreads, THREADS_OPTION, choiceOption, intOption, numberOption, type Command } from './command.js';
 import { parseLayers, tokenFileFor } from './data.js';
 import { ProgressBar } from './progress.js';
 
@@ -71,12 +70,11 @@ export const trainCommand: Command = {
     seed: { type: 'string', value: 'S', description: 'seed for initialisation and shuffling (default 0)' },
     out: { type: 'string', short: 'o', value: 'DIR', description: 'output folder' },
     device: { type: 'string', value: 'D', description: 'cpu (default), cuda, cuda:N' },
-    threads: { type: 'string', value: 'N', description: 'CPU threads for libtorch' },
+    threads: THREADS_OPTION,
     quiet: { type: 'boolean', short: 'q', description: 'no progress bar' },
   },
   async run(values, positionals) {
-    const threads = intOption(values.threads, 'threads', 1);
-    if (threads) setNumThreads(threads);
+    applyThreads(values);
     if (!values.out) throw new InvalidArgumentError('--out DIR is required');
     const out = resolve(values.out as string);
     mkdirSync(out, { recursive: true });

@@ -46,21 +46,6 @@ std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, size_t layer
   throw InvalidArgument("unknown activation source '" + kind + "' (expected model or cache)");
 }
 
-Napi::Object metricsToJs(Napi::Env env, const StepMetrics& m) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("step", static_cast<double>(m.step));
-  o.Set("lr", m.lr);
-  o.Set("total", m.total);
-  o.Set("reconstruction", m.reconstruction);
-  o.Set("sparsity", m.sparsity);
-  o.Set("ghost", m.ghost);
-  o.Set("fvu", m.fvu);
-  o.Set("l0", m.l0);
-  o.Set("deadFraction", m.deadFraction);
-  o.Set("resampled", static_cast<double>(m.resampled));
-  return o;
-}
-
 }  // namespace
 
 Napi::Function JsTrainingRun::define(Napi::Env env) {
@@ -118,7 +103,7 @@ Napi::Value JsTrainingRun::run(const Napi::CallbackInfo& info) {
             progress.call(
                 [&](Napi::Env env, Napi::Function fn) {
                   Napi::Array metrics = Napi::Array::New(env, p.metrics.size());
-                  for (size_t i = 0; i < p.metrics.size(); ++i) metrics[i] = metricsToJs(env, p.metrics[i]);
+                  for (size_t i = 0; i < p.metrics.size(); ++i) metrics[i] = stepMetricsToJs(env, p.metrics[i]);
                   Napi::Object o = Napi::Object::New(env);
                   o.Set("step", static_cast<double>(p.step));
                   o.Set("position", static_cast<double>(p.position));

@@ -363,6 +363,21 @@ Napi::Value geometricMedianJs(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Object stepMetricsToJs(Napi::Env env, const StepMetrics& m) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("step", static_cast<double>(m.step));
+  o.Set("lr", m.lr);
+  o.Set("total", m.total);
+  o.Set("reconstruction", m.reconstruction);
+  o.Set("sparsity", m.sparsity);
+  o.Set("ghost", m.ghost);
+  o.Set("fvu", m.fvu);
+  o.Set("l0", m.l0);
+  o.Set("deadFraction", m.deadFraction);
+  o.Set("resampled", static_cast<double>(m.resampled));
+  return o;
+}
+
 // ---- NativeTrainer --------------------------------------------------------------------------------
 
 Napi::Function JsTrainer::define(Napi::Env env) {
@@ -409,20 +424,7 @@ Napi::Value JsTrainer::run(const Napi::CallbackInfo& info) {
         },
         [](Napi::Env env, std::vector<StepMetrics>& metrics) -> Napi::Value {
           Napi::Array out = Napi::Array::New(env, metrics.size());
-          for (size_t i = 0; i < metrics.size(); ++i) {
-            const StepMetrics& m = metrics[i];
-            Napi::Object o = Napi::Object::New(env);
-            o.Set("step", static_cast<double>(m.step));
-            o.Set("lr", m.lr);
-            o.Set("total", m.total);
-            o.Set("reconstruction", m.reconstruction);
-            o.Set("sparsity", m.sparsity);
-            o.Set("ghost", m.ghost);
-            o.Set("fvu", m.fvu);
-            o.Set("l0", m.l0);
-            o.Set("deadFraction", m.deadFraction);
-            out[i] = o;
-          }
+          for (size_t i = 0; i < metrics.size(); ++i) out[i] = stepMetricsToJs(env, metrics[i]);
           return out;
         });
   });

@@ -33,6 +33,9 @@ class JsTranscoder : public Napi::ObjectWrap<JsTranscoder> {
   std::shared_ptr<Transcoder> tc_;
 };
 
+// A step's metrics as a JS object (shared by NativeTrainer.run and training-run progress).
+Napi::Object stepMetricsToJs(Napi::Env env, const StepMetrics& m);
+
 // klDivergence(referenceLogits, logits) -> Promise<number>: mean KL over positions, in nats.
 Napi::Value klDivergenceJs(const Napi::CallbackInfo& info);
 
