@@ -150,6 +150,8 @@ interface Addon {
   Transcoder: NativeTranscoderClass;
   Trainer: NativeTrainerClass;
   TrainingRun: NativeTrainingRunClass;
+  /** See lib/circuits/attribution.ts for its typed surface. */
+  Attribution: unknown;
   setNumThreads(n: number): void;
   getNumThreads(): number;
   workerNumThreads(): Promise<number>;

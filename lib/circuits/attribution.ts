@@ -1,0 +1,142 @@
+/**
+ * Attribution on one prompt with transcoders in place of MLPs (the paper's method, §3 of
+ * docs/paper-method): every upstream component's contribution to a direction read later in the
+ * residual stream, with each LayerNorm frozen to its constant 1/scale. The tensor work is native
+ * (native/circuits/attribution.cc); this is its typed handle.
+ */
+import { InvalidArgumentError } from '../errors.js';
+import { native, type NativeTensor } from '../native.js';
+import type { Model } from '../models/model.js';
+import { Tensor } from '../tensor.js';
+import type { Transcoder } from '../transcoders/transcoder.js';
+
+/** Where a direction is read on the residual stream of a layer. */
+export type Sublayer = 'resid_pre' | 'resid_mid' | 'resid_post';
+
+/** One term of a decomposition; `vector . residual(layer, sublayer)[position] == contrib`. */
+export interface AttributionNode {
+  kind: 'feature' | 'attention' | 'embedding';
+  layer: number;
+  position: number;
+  /** Transcoder feature index (kind 'feature'). */
+  feature?: number;
+  /** Attention head (kind 'attention'); `position` is then the source position. */
+  head?: number;
+  contrib: number;
+  /** The contribution was clipped to the path's cap ("zero-ablation" mode). */
+  capped: boolean;
+  sublayer: Sublayer;
+  vector: Tensor;
+}
+
+interface NativeNode extends Omit<AttributionNode, 'vector'> {
+  vector: NativeTensor;
+}
+
+interface NativeAttribution {
+  lnConstant(layer: number, position: number, ln2: boolean): number;
+  residual(layer: number, sublayer: Sublayer): NativeTensor;
+  activations(layer: number): NativeTensor;
+  transcoderOutput(layer: number): NativeTensor;
+  featureContributions(v: NativeTensor, layer: number, position: number): Promise<NativeTensor>;
+  attentionContributions(v: NativeTensor, layer: number, position: number): NativeTensor;
+  embeddingContribution(v: NativeTensor, position: number): number;
+  transcoderError(v: NativeTensor, layer: number, position: number): number;
+  featureRoot(layer: number, feature: number, position: number): NativeNode;
+  children(node: { vector: NativeTensor; layer: number; sublayer: Sublayer; position: number }, k: number, ignoreBos: boolean, cap: number | null): Promise<NativeNode[]>;
+}
+
+const toNode = (n: NativeNode): AttributionNode => ({ ...n, vector: new Tensor(n.vector) });
+
+export class Attribution {
+  readonly model: Model;
+  readonly tokens: readonly number[];
+  /** Transcoders by layer. */
+  readonly transcoders: ReadonlyMap<number, Transcoder>;
+  private readonly handle: NativeAttribution;
+
+  private constructor(model: Model, tokens: number[], transcoders: Map<number, Transcoder>, handle: NativeAttribution) {
+    this.model = model;
+    this.tokens = tokens;
+    this.transcoders = transcoders;
+    this.handle = handle;
+  }
+
+  /**
+   * Runs `model` (loaded with processing 'transformerlens') on one prompt and every transcoder on its
+   * layer's MLP input. `transcoders` are matched to layers by their config.layer.
+   */
+  static async create(model: Model, transcoders: readonly Transcoder[], tokens: readonly number[]): Promise<Attribution> {
+    if (model.processing !== 'transformerlens') {
+      throw new InvalidArgumentError("attribution needs the model loaded with processing 'transformerlens' (the decompositions are exact only there)");
+    }
+    const byLayer = new Map<number, Transcoder>();
+    for (const tc of transcoders) {
+      if (byLayer.has(tc.config.layer)) throw new InvalidArgumentError(`two transcoders for layer ${tc.config.layer}`);
+      byLayer.set(tc.config.layer, tc);
+    }
+    const ids = Tensor.from(Int32Array.from(tokens), [tokens.length]);
+    const Native = native().Attribution as unknown as { create(m: unknown, t: Record<number, unknown>, ids: NativeTensor): Promise<NativeAttribution> };
+    const handle = await Native.create(model.handle, Object.fromEntries([...byLayer].map(([l, t]) => [l, t.handle])), ids.handle);
+    return new Attribution(model, [...tokens], byLayer, handle);
+  }
+
+  /** 1/scale of the LayerNorm at (layer, position): ln2 (the MLP input) or ln1; layer = nLayers is ln_final. */
+  lnConstant(layer: number, position: number, ln: 'ln1' | 'ln2' = 'ln2'): number {
+    return this.handle.lnConstant(layer, position, ln === 'ln2');
+  }
+
+  /** The cached residual stream [T, d]. */
+  residual(layer: number, sublayer: Sublayer): Tensor {
+    return new Tensor(this.handle.residual(layer, sublayer));
+  }
+
+  /** The sublayer an MLP reads (resid_mid, or resid_pre in parallel blocks). */
+  get mlpInput(): Sublayer {
+    return this.model.config.parallelResidual ? 'resid_pre' : 'resid_mid';
+  }
+
+  /** Feature activations [T, dSae] of the layer's transcoder on this prompt. */
+  activations(layer: number): Tensor {
+    return new Tensor(this.handle.activations(layer));
+  }
+
+  /** The layer's transcoder output [T, d] on this prompt. */
+  transcoderOutput(layer: number): Tensor {
+    return new Tensor(this.handle.transcoderOutput(layer));
+  }
+
+  /** Input x gradient of every feature of `layer` for direction v at `position`: (W_dec v) * f, [dSae]. */
+  async featureContributions(v: Tensor, layer: number, position: number): Promise<Tensor> {
+    return new Tensor(await this.handle.featureContributions(v.handle, layer, position));
+  }
+
+  /** Contribution of each head and source position of `layer`'s attention to v at `position`, [H, T]. */
+  attentionContributions(v: Tensor, layer: number, position: number): Tensor {
+    return new Tensor(this.handle.attentionContributions(v.handle, layer, position));
+  }
+
+  /** v . (token + position embedding) at `position`. */
+  embeddingContribution(v: Tensor, position: number): number {
+    return this.handle.embeddingContribution(v.handle, position);
+  }
+
+  /** v . (MLP output - transcoder output) at (layer, position): the transcoder's error along v. */
+  transcoderError(v: Tensor, layer: number, position: number): number {
+    return this.handle.transcoderError(v.handle, layer, position);
+  }
+
+  /** A transcoder feature as a root node: its activation, and W_enc[:, F] / scale on its MLP input. */
+  featureRoot(layer: number, feature: number, position: number): AttributionNode {
+    return toNode(this.handle.featureRoot(layer, feature, position));
+  }
+
+  /**
+   * The top-k children of a node: transcoder features of the layers before it, attention heads and
+   * sources (top k per layer), and the embedding. `cap` clips contributions ("zero-ablation" mode).
+   */
+  async children(node: Pick<AttributionNode, 'vector' | 'layer' | 'sublayer' | 'position'>, k: number, options: { ignoreBos?: boolean; cap?: number } = {}): Promise<AttributionNode[]> {
+    const kids = await this.handle.children({ vector: node.vector.handle, layer: node.layer, sublayer: node.sublayer, position: node.position }, k, options.ignoreBos ?? true, options.cap ?? null);
+    return kids.map(toNode);
+  }
+}

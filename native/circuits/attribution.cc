@@ -1,0 +1,223 @@
+#include "circuits/attribution.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/errors.h"
+
+namespace tc {
+
+namespace {
+
+std::string layerName(int64_t l) { return "blocks." + std::to_string(l) + "."; }
+
+}  // namespace
+
+AttributionContext::AttributionContext(std::shared_ptr<const Transformer> model,
+                                       std::map<int64_t, std::shared_ptr<Transcoder>> transcoders, const at::Tensor& tokens)
+    : model_(std::move(model)), transcoders_(std::move(transcoders)) {
+  at::NoGradGuard noGrad;
+  const ModelConfig& cfg = model_->config();
+  // The decompositions are exact only with LayerNormPre and folded value biases.
+  if (model_->weights().layers.front().ln1W.defined())
+    throw InvalidArgument("attribution needs the model loaded with processing 'transformerlens' (folded LayerNorms, centred residual stream)");
+  parallel_ = cfg.parallelResidual;
+  ForwardOptions o;
+  o.logits = false;
+  o.hooks.push_back("ln_final.hook_scale");
+  for (int64_t l = 0; l < cfg.nLayers; ++l) {
+    for (const char* h : {"hook_resid_pre", "hook_resid_post", "ln1.hook_scale", "ln2.hook_scale", "attn.hook_pattern", "attn.hook_v",
+                          "hook_mlp_out", "ln2.hook_normalized"})
+      o.hooks.push_back(layerName(l) + h);
+    if (!parallel_) o.hooks.push_back(layerName(l) + "hook_resid_mid");
+  }
+  at::Tensor ids = tokens.dim() == 2 ? tokens : tokens.unsqueeze(0);
+  if (ids.size(0) != 1) throw InvalidArgument("attribution works on one prompt at a time ([T] tokens)");
+  ForwardResult r = model_->forward(ids, o);
+  T_ = ids.size(1);
+  auto get = [&](const std::string& name) { return r.cache.at(name)[0]; };
+  lnFinalScale_ = get("ln_final.hook_scale").squeeze(-1);
+  for (int64_t l = 0; l < cfg.nLayers; ++l) {
+    const std::string p = layerName(l);
+    residPre_.push_back(get(p + "hook_resid_pre"));
+    residMid_.push_back(parallel_ ? at::Tensor() : get(p + "hook_resid_mid"));
+    residPost_.push_back(get(p + "hook_resid_post"));
+    ln1Scale_.push_back(get(p + "ln1.hook_scale").squeeze(-1));
+    ln2Scale_.push_back(get(p + "ln2.hook_scale").squeeze(-1));
+    pattern_.push_back(get(p + "attn.hook_pattern"));
+    values_.push_back(get(p + "attn.hook_v"));
+    mlpOut_.push_back(get(p + "hook_mlp_out"));
+    mlpIn_.push_back(get(p + "ln2.hook_normalized"));
+  }
+  for (auto& [layer, tc] : transcoders_) {
+    if (layer < 0 || layer >= cfg.nLayers) throw InvalidArgument("transcoder layer " + std::to_string(layer) + " is not a layer of the model");
+    if (tc->spec().dIn != cfg.dModel || tc->spec().dOut != cfg.dModel)
+      throw InvalidArgument("the layer-" + std::to_string(layer) + " transcoder's width does not match the model's");
+    at::Tensor x = mlpIn_[layer].to(tc->params().W_enc.options());
+    acts_[layer] = tc->encode(x);
+    tcOut_[layer] = tc->forward(x).to(mlpOut_[layer].options());
+  }
+}
+
+double AttributionContext::lnConstant(int64_t layer, int64_t position, bool ln2) const {
+  if (position < 0 || position >= T_) throw InvalidArgument("position " + std::to_string(position) + " is outside the prompt");
+  const int64_t n = model_->config().nLayers;
+  if (layer == n) return 1.0 / lnFinalScale_[position].item<double>();
+  if (layer < 0 || layer > n) throw InvalidArgument("layer " + std::to_string(layer) + " is not a layer of the model");
+  return 1.0 / (ln2 ? ln2Scale_ : ln1Scale_)[layer][position].item<double>();
+}
+
+const at::Tensor& AttributionContext::residual(int64_t layer, Sublayer s) const {
+  if (layer < 0 || layer >= model_->config().nLayers) throw InvalidArgument("layer " + std::to_string(layer) + " is not a layer of the model");
+  if (s == Sublayer::ResidMid && parallel_) throw InvalidArgument("a parallel block has no resid_mid");
+  return s == Sublayer::ResidPre ? residPre_[layer] : s == Sublayer::ResidMid ? residMid_[layer] : residPost_[layer];
+}
+
+const Transcoder& AttributionContext::transcoder(int64_t layer) const {
+  auto it = transcoders_.find(layer);
+  if (it == transcoders_.end()) throw InvalidArgument("no transcoder for layer " + std::to_string(layer));
+  return *it->second;
+}
+
+const at::Tensor& AttributionContext::activations(int64_t layer) const {
+  transcoder(layer);
+  return acts_.at(layer);
+}
+
+const at::Tensor& AttributionContext::transcoderOutput(int64_t layer) const {
+  transcoder(layer);
+  return tcOut_.at(layer);
+}
+
+at::Tensor AttributionContext::featureContributions(const at::Tensor& v, int64_t layer, int64_t position) const {
+  const Transcoder& tc = transcoder(layer);
+  at::Tensor g = at::mv(tc.params().W_dec, v.to(tc.params().W_dec.options()));  // gradient of v . output w.r.t. f
+  return g * acts_.at(layer)[position];
+}
+
+std::vector<AttributionNode> AttributionContext::featureChildren(const at::Tensor& v, int64_t layer, int64_t position,
+                                                                 int64_t k) const {
+  const Transcoder& tc = transcoder(layer);
+  at::Tensor contribs = featureContributions(v, layer, position);
+  auto top = at::topk(contribs, std::min<int64_t>(k, contribs.size(0)));
+  at::Tensor values = std::get<0>(top).cpu().to(c10::kDouble), indices = std::get<1>(top).cpu();
+  double ln = lnConstant(layer, position, /*ln2=*/true);
+  std::vector<AttributionNode> out;
+  for (int64_t j = 0; j < indices.size(0); ++j) {
+    int64_t i = indices[j].item<int64_t>();
+    AttributionNode n;
+    n.kind = NodeKind::Feature;
+    n.layer = layer;
+    n.position = position;
+    n.feature = i;
+    n.contrib = values[j].item<double>();
+    n.sublayer = mlpInput();
+    // Feature i's pre-activation reads W_enc[:, i] . (resid / scale): scaled by the parent gradient g_i.
+    double g = at::dot(tc.params().W_dec[i], v.to(tc.params().W_dec.options())).item<double>();
+    n.vector = (tc.params().W_enc.select(1, i) * (g * ln)).to(residPre_[0].options());
+    out.push_back(std::move(n));
+  }
+  return out;
+}
+
+at::Tensor AttributionContext::attentionContributions(const at::Tensor& v, int64_t layer, int64_t position) const {
+  const at::Tensor W_O = weightByName(model_->weights(), "blocks." + std::to_string(layer) + ".attn.W_O");  // [H, dh, d]
+  at::Tensor ov = at::matmul(W_O, v.to(W_O.options()));                                                       // [H, dh]
+  at::Tensor perSource = (values_[layer] * ov.unsqueeze(0)).sum(-1).t();                                       // [H, T]
+  return pattern_[layer].select(1, position) * perSource;
+}
+
+AttributionNode AttributionContext::attentionChild(const at::Tensor& v, int64_t layer, int64_t position, int64_t head,
+                                                   int64_t source, double contrib) const {
+  const std::string p = "blocks." + std::to_string(layer) + ".attn.";
+  at::Tensor W_O = weightByName(model_->weights(), p + "W_O")[head], W_V = weightByName(model_->weights(), p + "W_V")[head];
+  AttributionNode n;
+  n.kind = NodeKind::Attention;
+  n.layer = layer;
+  n.position = source;
+  n.source = source;
+  n.head = head;
+  n.contrib = contrib;
+  n.sublayer = Sublayer::ResidPre;
+  // OV circuit, the attention weight, and the ln1 constant at the source: n.vector . resid_pre[s] = contrib.
+  double weight = pattern_[layer][head][position][source].item<double>() * lnConstant(layer, source, false);
+  n.vector = at::mv(W_V, at::mv(W_O, v.to(W_O.options()))) * weight;
+  return n;
+}
+
+double AttributionContext::embeddingContribution(const at::Tensor& v, int64_t position) const {
+  return at::dot(residPre_[0][position], v.to(residPre_[0].options())).item<double>();
+}
+
+double AttributionContext::transcoderError(const at::Tensor& v, int64_t layer, int64_t position) const {
+  return at::dot(mlpOut_[layer][position] - transcoderOutput(layer)[position], v.to(mlpOut_[layer].options())).item<double>();
+}
+
+AttributionNode AttributionContext::featureRoot(int64_t layer, int64_t feature, int64_t position) const {
+  const Transcoder& tc = transcoder(layer);
+  if (feature < 0 || feature >= tc.spec().dSae) throw InvalidArgument("feature " + std::to_string(feature) + " is out of range");
+  if (position < 0 || position >= T_) throw InvalidArgument("position " + std::to_string(position) + " is outside the prompt");
+  AttributionNode n;
+  n.kind = NodeKind::Feature;
+  n.layer = layer;
+  n.position = position;
+  n.feature = feature;
+  n.sublayer = mlpInput();
+  n.contrib = acts_.at(layer)[position][feature].item<double>();
+  n.vector = (tc.params().W_enc.select(1, feature) * lnConstant(layer, position, true)).to(residPre_[0].options());
+  return n;
+}
+
+int64_t AttributionContext::mlpLayersBefore(int64_t layer, Sublayer s) const { return s == Sublayer::ResidPost ? layer + 1 : layer; }
+
+int64_t AttributionContext::attentionLayersBefore(int64_t layer, Sublayer s) const { return s == Sublayer::ResidPre ? layer : layer + 1; }
+
+std::vector<AttributionNode> AttributionContext::children(const AttributionNode& parent, int64_t k, bool ignoreBos,
+                                                          double cap) const {
+  at::NoGradGuard noGrad;
+  const at::Tensor& v = parent.vector;
+  const int64_t t = parent.position;
+  std::vector<AttributionNode> all;
+  for (int64_t l = 0; l < mlpLayersBefore(parent.layer, parent.sublayer); ++l) {
+    if (!transcoders_.count(l)) continue;
+    auto kids = featureChildren(v, l, t, k);
+    all.insert(all.end(), kids.begin(), kids.end());
+  }
+  for (int64_t l = 0; l < attentionLayersBefore(parent.layer, parent.sublayer); ++l) {
+    at::Tensor c = attentionContributions(v, l, t).narrow(1, 0, t + 1);  // causal: sources <= t
+    if (ignoreBos) c = c.narrow(1, 1, t);
+    if (c.numel() == 0) continue;
+    auto top = at::topk(c.reshape({-1}), std::min<int64_t>(k, c.numel()));
+    at::Tensor values = std::get<0>(top).cpu().to(c10::kDouble), indices = std::get<1>(top).cpu();
+    const int64_t sources = c.size(1);
+    for (int64_t j = 0; j < indices.size(0); ++j) {
+      int64_t flat = indices[j].item<int64_t>();
+      int64_t head = flat / sources, source = flat % sources + (ignoreBos ? 1 : 0);
+      all.push_back(attentionChild(v, l, t, head, source, values[j].item<double>()));
+    }
+  }
+  AttributionNode embed;
+  embed.kind = NodeKind::Embedding;
+  embed.layer = 0;
+  embed.position = t;
+  embed.sublayer = Sublayer::ResidPre;
+  embed.contrib = embeddingContribution(v, t);
+  embed.vector = v;
+  all.push_back(embed);
+  if (std::isfinite(cap)) {
+    for (auto& n : all) {
+      if (n.contrib > cap) {
+        n.contrib = cap;
+        n.capped = true;
+      }
+    }
+  }
+  std::stable_sort(all.begin(), all.end(), [](const AttributionNode& a, const AttributionNode& b) { return a.contrib > b.contrib; });
+  if (static_cast<int64_t>(all.size()) > k) all.resize(k);
+  return all;
+}
+
+}  // namespace tc
