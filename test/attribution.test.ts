@@ -9,10 +9,9 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { Attribution, type Sublayer } from '../lib/circuits/attribution.js';
 import { loadModel, Tensor, type Model } from '../lib/index.js';
 import type { RandomModelSpec } from '../lib/models/random.js';
-import { mlpHooks } from '../lib/transcoders/config.js';
-import { Transcoder } from '../lib/transcoders/transcoder.js';
 import { Rng } from '../lib/util/random.js';
-import { DEVICE, makeTempModel } from './helpers/fixtures.js';
+import { CIRCUIT_DSAE, circuitFixture } from './helpers/circuits.js';
+import { makeTempModel } from './helpers/fixtures.js';
 
 const dot = (a: Float32Array, b: Float32Array) => a.reduce((s, v, i) => s + v * b[i]!, 0);
 const row = (t: Tensor, i: number) => {
@@ -34,20 +33,8 @@ interface Setup {
 }
 
 async function setup(spec: RandomModelSpec): Promise<Setup> {
-  const model = await loadModel(makeTempModel(spec), { processing: 'transformerlens', device: DEVICE });
+  const { model, transcoders } = await circuitFixture(spec);
   const rng = new Rng(17);
-  const d = spec.dModel;
-  const m = 48;
-  const transcoders: Transcoder[] = [];
-  for (let l = 0; l < spec.nLayers; l++) {
-    const r = (n: number, s: number) => Tensor.from(Float32Array.from({ length: n }, () => s * rng.normal()), [n]);
-    const mat = (a: number, b: number, s: number) => Tensor.from(Float32Array.from({ length: a * b }, () => s * rng.normal()), [a, b]);
-    transcoders.push(await Transcoder.fromParameters(
-      { arch: 'relu', dIn: d, dOut: d, dSae: m, layer: l, ...mlpHooks(l), processing: 'transformerlens' },
-      { W_enc: mat(d, m, 0.3), b_enc: r(m, 0.2), W_dec: mat(m, d, 0.3), b_dec: r(d, 0.1), b_dec_out: r(d, 0.1) },
-      { device: DEVICE },
-    ));
-  }
   const tokens = Array.from({ length: 9 }, () => rng.int(spec.vocabSize));
   const attribution = await Attribution.create(model, transcoders, tokens);
   const { cache, logits } = await model.run([tokens], { cache: ['*'] });
@@ -135,7 +122,7 @@ describe.each([
         const g = dot(row(p.W_dec, k.feature!), r.vector.toFloat32Array());
         const z = row(s.attribution.activations(k.layer), t)[k.feature!]!;
         expectRel(k.contrib, g * z, 'D2 contrib');
-        const wEncCol = Float32Array.from({ length: d }, (_, i) => p.W_enc.toFloat32Array()[i * 48 + k.feature!]!);
+        const wEncCol = Float32Array.from({ length: d }, (_, i) => p.W_enc.toFloat32Array()[i * CIRCUIT_DSAE + k.feature!]!);
         if (z > 0) expectRel(dot(k.vector.toFloat32Array(), resid), g * (z - p.b_enc.toFloat32Array()[k.feature!]! + dot(wEncCol, p.b_dec.toFloat32Array())), 'D2 vector');
       }
       if (k.kind === 'embedding') {
@@ -164,7 +151,7 @@ describe.each([
       if (acts[F]! <= 0.05) continue;
       const root = s.attribution.featureRoot(L, F, t);
       const p = s.attribution.transcoders.get(L)!.parameters();
-      const wEncCol = Float32Array.from({ length: spec.dModel }, (_, i) => p.W_enc.toFloat32Array()[i * 48 + F]!);
+      const wEncCol = Float32Array.from({ length: spec.dModel }, (_, i) => p.W_enc.toFloat32Array()[i * CIRCUIT_DSAE + F]!);
       const encoderBias = p.b_enc.toFloat32Array()[F]! - dot(wEncCol, p.b_dec.toFloat32Array());
       const total = (await decompose(s, root.vector, L, root.sublayer, t)) + encoderBias;
       expectRel(total, acts[F]!, `feature ${F}`);

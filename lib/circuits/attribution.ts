@@ -15,13 +15,17 @@ export type Sublayer = 'resid_pre' | 'resid_mid' | 'resid_post';
 
 /** One term of a decomposition; `vector . residual(layer, sublayer)[position] == contrib`. */
 export interface AttributionNode {
-  kind: 'feature' | 'attention' | 'embedding';
+  /** `logit` and `direction` only occur as roots. */
+  kind: 'feature' | 'attention' | 'embedding' | 'logit' | 'direction';
   layer: number;
   position: number;
   /** Transcoder feature index (kind 'feature'). */
   feature?: number;
   /** Attention head (kind 'attention'); `position` is then the source position. */
   head?: number;
+  /** Logit roots: the token (minus the other token, for a logit difference). */
+  token?: number;
+  minus?: number;
   contrib: number;
   /** The contribution was clipped to the path's cap ("zero-ablation" mode). */
   capped: boolean;
@@ -29,7 +33,8 @@ export interface AttributionNode {
   vector: Tensor;
 }
 
-interface NativeNode extends Omit<AttributionNode, 'vector'> {
+interface NativeNode extends Omit<AttributionNode, 'vector' | 'kind'> {
+  kind: 'feature' | 'attention' | 'embedding';
   vector: NativeTensor;
 }
 
@@ -43,7 +48,7 @@ interface NativeAttribution {
   embeddingContribution(v: NativeTensor, position: number): number;
   transcoderError(v: NativeTensor, layer: number, position: number): number;
   featureRoot(layer: number, feature: number, position: number): NativeNode;
-  children(node: { vector: NativeTensor; layer: number; sublayer: Sublayer; position: number }, k: number, ignoreBos: boolean, cap: number | null): Promise<NativeNode[]>;
+  children(node: { vector: NativeTensor; layer: number; sublayer: Sublayer; position: number }, k: number, ignoreBos: boolean, cap: number | null, keepAll: boolean): Promise<NativeNode[]>;
 }
 
 const toNode = (n: NativeNode): AttributionNode => ({ ...n, vector: new Tensor(n.vector) });
@@ -133,10 +138,36 @@ export class Attribution {
 
   /**
    * The top-k children of a node: transcoder features of the layers before it, attention heads and
-   * sources (top k per layer), and the embedding. `cap` clips contributions ("zero-ablation" mode).
+   * sources (top k per layer), and the embedding. `cap` clips contributions ("zero-ablation" mode);
+   * `keepAll` returns every candidate instead of the global top k (sorted either way).
    */
-  async children(node: Pick<AttributionNode, 'vector' | 'layer' | 'sublayer' | 'position'>, k: number, options: { ignoreBos?: boolean; cap?: number } = {}): Promise<AttributionNode[]> {
-    const kids = await this.handle.children({ vector: node.vector.handle, layer: node.layer, sublayer: node.sublayer, position: node.position }, k, options.ignoreBos ?? true, options.cap ?? null);
+  async children(
+    node: Pick<AttributionNode, 'vector' | 'layer' | 'sublayer' | 'position'>,
+    k: number,
+    options: { ignoreBos?: boolean; cap?: number; keepAll?: boolean } = {},
+  ): Promise<AttributionNode[]> {
+    const parent = { vector: node.vector.handle, layer: node.layer, sublayer: node.sublayer, position: node.position };
+    const kids = await this.handle.children(parent, k, options.ignoreBos ?? true, options.cap ?? null, options.keepAll ?? false);
     return kids.map(toNode);
+  }
+
+  /** The unembedding direction of `token` (minus that of `minus`) read on the last residual at `position`, as a root node. */
+  logitRoot(position: number, token: number, minus?: number): AttributionNode {
+    const { nLayers, dModel, vocabSize } = this.model.config;
+    for (const id of [token, minus]) {
+      if (id !== undefined && (!Number.isInteger(id) || id < 0 || id >= vocabSize)) throw new InvalidArgumentError(`token id ${id} is out of range [0, ${vocabSize})`);
+    }
+    const WU = this.model.weight('unembed.W_U').toFloat32Array();
+    const bU = this.model.weight('unembed.b_U').toFloat32Array();
+    const ln = this.lnConstant(nLayers, position);
+    // ln_final is LayerNormPre: the logit is W_U[:, token] . resid_post / scale + b_U[token].
+    const direction = Float32Array.from({ length: dModel }, (_, i) => (WU[i * vocabSize + token]! - (minus === undefined ? 0 : WU[i * vocabSize + minus]!)) * ln);
+    const resid = this.residual(nLayers - 1, 'resid_post').toFloat32Array().subarray(position * dModel, (position + 1) * dModel);
+    const bias = bU[token]! - (minus === undefined ? 0 : bU[minus]!);
+    const value = direction.reduce((s, v, i) => s + v * resid[i]!, 0) + bias;
+    return {
+      kind: 'logit', layer: nLayers - 1, position, token, ...(minus !== undefined ? { minus } : {}),
+      contrib: value, capped: false, sublayer: 'resid_post', vector: Tensor.from(direction, [dModel]),
+    };
   }
 }

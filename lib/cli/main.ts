@@ -10,8 +10,9 @@ import { evalCommand } from './eval.js';
 import { cacheCommand } from './cache.js';
 import { convertCommand } from './convert.js';
 import { tokenizeCommand } from './tokenize.js';
+import { circuitCommand } from './circuit.js';
 
-const COMMANDS: Command[] = [runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, infoCommand, makeModelCommand];
+const COMMANDS: Command[] = [runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, infoCommand, makeModelCommand];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };

@@ -176,7 +176,7 @@ int64_t AttributionContext::mlpLayersBefore(int64_t layer, Sublayer s) const { r
 int64_t AttributionContext::attentionLayersBefore(int64_t layer, Sublayer s) const { return s == Sublayer::ResidPre ? layer : layer + 1; }
 
 std::vector<AttributionNode> AttributionContext::children(const AttributionNode& parent, int64_t k, bool ignoreBos,
-                                                          double cap) const {
+                                                          double cap, bool keepAll) const {
   at::NoGradGuard noGrad;
   const at::Tensor& v = parent.vector;
   const int64_t t = parent.position;
@@ -216,7 +216,7 @@ std::vector<AttributionNode> AttributionContext::children(const AttributionNode&
     }
   }
   std::stable_sort(all.begin(), all.end(), [](const AttributionNode& a, const AttributionNode& b) { return a.contrib > b.contrib; });
-  if (static_cast<int64_t>(all.size()) > k) all.resize(k);
+  if (!keepAll && static_cast<int64_t>(all.size()) > k) all.resize(k);
   return all;
 }
 

@@ -82,8 +82,9 @@ class AttributionContext {
   // k (head, source) pairs of each earlier attention layer, and the embedding; then the top k of all by
   // contribution. `ignoreBos` drops attention from source 0; contributions above `cap` (when finite)
   // are clipped to it and marked capped.
+  // With `keepAll`, every candidate is returned (sorted), not only the global top k (for filters).
   std::vector<AttributionNode> children(const AttributionNode& parent, int64_t k, bool ignoreBos,
-                                        double cap = std::numeric_limits<double>::quiet_NaN()) const;
+                                        double cap = std::numeric_limits<double>::quiet_NaN(), bool keepAll = false) const;
   // The layers whose MLP / attention write into the residual at (layer, sublayer).
   int64_t mlpLayersBefore(int64_t layer, Sublayer s) const;
   int64_t attentionLayersBefore(int64_t layer, Sublayer s) const;

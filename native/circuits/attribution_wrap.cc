@@ -189,7 +189,7 @@ Napi::Value JsAttribution::featureRoot(const Napi::CallbackInfo& info) {
   });
 }
 
-// children(node, k, ignoreBos, cap | null) -> Promise<node[]>
+// children(node, k, ignoreBos, cap | null, keepAll) -> Promise<node[]>
 Napi::Value JsAttribution::children(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
@@ -198,10 +198,11 @@ Napi::Value JsAttribution::children(const Napi::CallbackInfo& info) {
     if (k < 1) throw InvalidArgument("k must be at least 1");
     bool ignoreBos = info[2].ToBoolean();
     double cap = info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : std::numeric_limits<double>::quiet_NaN();
+    bool keepAll = info[4].ToBoolean();
     auto ctx = ctx_;
     using Nodes = std::vector<AttributionNode>;
     return Task<Nodes>::start(
-        env, "transcoders:children", [ctx, parent, k, ignoreBos, cap]() { return ctx->children(parent, k, ignoreBos, cap); },
+        env, "transcoders:children", [ctx, parent, k, ignoreBos, cap, keepAll]() { return ctx->children(parent, k, ignoreBos, cap, keepAll); },
         [](Napi::Env env, Nodes& nodes) -> Napi::Value {
           Napi::Array out = Napi::Array::New(env, nodes.size());
           for (size_t i = 0; i < nodes.size(); ++i) out[i] = nodeToJs(env, nodes[i]);
