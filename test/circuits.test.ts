@@ -2,19 +2,21 @@
  * Greedy path search and graphs (paper-method.md §6 E): beam invariants, causality, the cap bound of
  * zero-ablation mode, a graph from one path, error-node values, exports, and the `circuit` command.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Attribution, type AttributionNode } from '../lib/circuits/attribution.js';
-import { GRAPH_SCHEMA, nodeId, pathsToGraph } from '../lib/circuits/graph.js';
+import { GRAPH_SCHEMA, nodeId, pathsToGraph, sumOverTokens } from '../lib/circuits/graph.js';
+import { meanInputTimesGradient } from '../lib/circuits/mean-ixg.js';
 import { formatPaths, toDot, toHtml } from '../lib/circuits/render.js';
 import { greedyPaths, isTerminal, type Path } from '../lib/circuits/search.js';
 import { saveTranscoder } from '../lib/transcoders/native-format.js';
-import type { Model } from '../lib/index.js';
+import { readSafetensors, Tensor, writeSafetensors, type Model } from '../lib/index.js';
 import { Rng } from '../lib/util/random.js';
 import { CIRCUIT_DSAE, circuitFixture } from './helpers/circuits.js';
 import { ensureDist, runCli } from './helpers/cli.js';
 import { tempDir } from './helpers/fixtures.js';
+import { runPython } from './helpers/reference.js';
 
 const SEARCH = { iters: 3, branches: 6, ignoreBos: true, cap: false };
 let model: Model;
@@ -167,5 +169,56 @@ describe('transcoders circuit', () => {
     const bad = runCli(['circuit', modelDir, '--transcoders', transcoderDir, '--prompt', 'x', '--feature', '9:1']);
     expect(bad.status).toBe(2);
     expect(bad.stderr).toMatch(/no transcoder for layer 9|layer 9/);
+  });
+});
+
+describe('graph over tokens and dataset-averaged input x gradient', () => {
+  it('sumOverTokens merges positions and preserves every total', () => {
+    const g = pathsToGraph(attribution, levels, { search: SEARCH });
+    const s = sumOverTokens(g);
+    expect(s.nodes.length).toBeLessThanOrEqual(g.nodes.length);
+    for (const n of s.nodes) expect(n.id).not.toMatch(/@\d/);
+    const total = (xs: { contribution: number }[]) => xs.reduce((a, n) => a + n.contribution, 0);
+    expect(total(s.nodes)).toBeCloseTo(total(g.nodes), 8);
+    expect(s.edges.reduce((a, e) => a + e.weight, 0)).toBeCloseTo(g.edges.reduce((a, e) => a + e.weight, 0), 8);
+    expect(new Set(s.edges.map((e) => `${e.source}>${e.target}`)).size).toBe(s.edges.length);
+  });
+
+  it('mean ixg: matches the independent reference activations, and sums to n . (upstream output - b_dec_out)', async () => {
+    const up = attribution.transcoders.get(1)!;
+    const down = attribution.transcoders.get(3)!;
+    const F = 7;
+    const rng = new Rng(11);
+    const sequences = Array.from({ length: 5 }, () => Array.from({ length: 8 }, () => rng.int(300)));
+    const ixg = await meanInputTimesGradient(model, up, down, F, sequences, { batchSize: 2 });
+    const { cache } = await model.run(sequences, { cache: [up.config.hookIn], logits: false });
+    const d = 32;
+    const rows = 5 * 8;
+    const x = Tensor.from(cache[up.config.hookIn]!.toFloat32Array(), [rows, d]);
+    const dir = tempDir();
+    writeSafetensors(join(dir, 'p.safetensors'), up.parameters());
+    writeFileSync(join(dir, 'cfg.json'), JSON.stringify({ arch: 'relu', reconstruction: 'fvu' }));
+    writeSafetensors(join(dir, 'd.safetensors'), { x, y: x });
+    runPython('transcoder_reference.py', ['forward', join(dir, 'p.safetensors'), join(dir, 'cfg.json'), join(dir, 'd.safetensors'), join(dir, 'o.safetensors')]);
+    const ref = (await readSafetensors(join(dir, 'o.safetensors'))).tensors;
+    const f = ref.f!.toFloat32Array();
+    const Wenc = down.parameters().W_enc.toFloat32Array();
+    const Wdec = up.parameters().W_dec.toFloat32Array();
+    const n = Float32Array.from({ length: d }, (_, i) => Wenc[i * CIRCUIT_DSAE + F]!);
+    const m = CIRCUIT_DSAE;
+    for (let i = 0; i < m; i++) {
+      let g = 0;
+      for (let j = 0; j < d; j++) g += Wdec[i * d + j]! * n[j]!;
+      let mean = 0;
+      for (let r = 0; r < rows; r++) mean += g * f[r * m + i]!;
+      expect(ixg[i]).toBeCloseTo(mean / rows, 5);
+    }
+    // Sum over features: the mean of n . (y_hat - b_dec_out) over positions.
+    const yHat = ref.y_hat!.toFloat32Array();
+    const b = up.parameters().b_dec_out.toFloat32Array();
+    let expected = 0;
+    for (let r = 0; r < rows; r++) for (let j = 0; j < d; j++) expected += n[j]! * (yHat[r * d + j]! - b[j]!);
+    expect(ixg.reduce((a, v) => a + v, 0)).toBeCloseTo(expected / rows, 4);
+    await expect(meanInputTimesGradient(model, down, up, 0, sequences)).rejects.toThrow(/must not come after/);
   });
 });

@@ -195,3 +195,35 @@ function addErrorNodes(
     add({ id: `err.prune.${parentId}`, kind: 'error', error: 'prune', layer: n.layer, position: t, token: tokenTexts[t] ?? null, contribution: 0 }, parentId, parent.contribution - explained);
   }
 }
+
+/** The id of a node with its position dropped (for graphs summed over tokens). */
+function withoutPosition(id: string): string {
+  return id.replace(/@\d+/g, '');
+}
+
+/**
+ * The graph with every position merged (paper's sum_over_tokens): nodes that differ only by position
+ * become one, their contributions and the weights of merged edges summed. Positions become -1.
+ */
+export function sumOverTokens(graph: CircuitGraph): CircuitGraph {
+  const nodes = new Map<string, GraphNode>();
+  for (const n of graph.nodes) {
+    const id = withoutPosition(n.id);
+    const existing = nodes.get(id);
+    if (existing) existing.contribution += n.contribution;
+    else {
+      const { activation: _activation, ...rest } = n;
+      nodes.set(id, { ...rest, id, position: -1, token: null });
+    }
+  }
+  const edges = new Map<string, GraphEdge>();
+  for (const e of graph.edges) {
+    const source = withoutPosition(e.source);
+    const target = withoutPosition(e.target);
+    const key = `${source}\u0000${target}`;
+    const existing = edges.get(key);
+    if (existing) existing.weight += e.weight;
+    else edges.set(key, { source, target, weight: e.weight });
+  }
+  return { ...graph, metadata: { ...graph.metadata, root: withoutPosition(graph.metadata.root) }, nodes: [...nodes.values()], edges: [...edges.values()] };
+}

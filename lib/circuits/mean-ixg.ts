@@ -1,0 +1,54 @@
+/**
+ * Dataset-averaged input x gradient (the paper's `mean ixg`): how much, on average over many
+ * prompts, each feature of an upstream transcoder drives one downstream feature. For the downstream
+ * feature's encoder direction n = W_enc_down[:, F], the gradient of n . (upstream output) with respect
+ * to the upstream activations is g = W_dec_up n (no LayerNorm constant, as in the paper), and the
+ * input x gradient at a position is g * f_up(position).
+ */
+import { InvalidArgumentError } from '../errors.js';
+import type { Model } from '../models/model.js';
+import type { Transcoder } from '../transcoders/transcoder.js';
+
+export interface MeanIxgOptions {
+  /** Sequences per forward pass (default 8). */
+  batchSize?: number;
+}
+
+/** The mean over every position of `sequences` of g * f_up, [dSae of `upstream`]. */
+export async function meanInputTimesGradient(
+  model: Model,
+  upstream: Transcoder,
+  downstream: Transcoder,
+  feature: number,
+  sequences: readonly (readonly number[])[],
+  options: MeanIxgOptions = {},
+): Promise<Float32Array> {
+  const up = upstream.config;
+  const down = downstream.config;
+  if (!Number.isInteger(feature) || feature < 0 || feature >= down.dSae) throw new InvalidArgumentError(`feature ${feature} is out of range [0, ${down.dSae})`);
+  if (up.layer > down.layer) throw new InvalidArgumentError(`the upstream transcoder (layer ${up.layer}) must not come after the downstream one (layer ${down.layer})`);
+  if (up.dOut !== down.dIn) throw new InvalidArgumentError(`upstream dOut ${up.dOut} differs from downstream dIn ${down.dIn}`);
+  if (sequences.length === 0) throw new InvalidArgumentError('mean ixg needs at least one sequence');
+  const m = up.dSae;
+  const d = up.dOut;
+  const W_enc = downstream.parameters().W_enc.toFloat32Array();
+  const W_dec = upstream.parameters().W_dec.toFloat32Array();
+  const n = Float32Array.from({ length: d }, (_, i) => W_enc[i * down.dSae + feature]!);
+  const g = new Float64Array(m);
+  for (let i = 0; i < m; i++) {
+    let s = 0;
+    for (let j = 0; j < d; j++) s += W_dec[i * d + j]! * n[j]!;
+    g[i] = s;
+  }
+  const sum = new Float64Array(m);
+  let count = 0;
+  const batchSize = options.batchSize ?? 8;
+  for (let start = 0; start < sequences.length; start += batchSize) {
+    const batch = sequences.slice(start, start + batchSize);
+    const { cache } = await model.run(batch, { cache: [up.hookIn], logits: false });
+    const f = (await upstream.encode(cache[up.hookIn]!)).toFloat32Array();
+    for (let r = 0; r < f.length / m; r++) for (let i = 0; i < m; i++) sum[i]! += g[i]! * f[r * m + i]!;
+    count += f.length / m;
+  }
+  return Float32Array.from(sum, (s) => s / count);
+}
