@@ -69,3 +69,24 @@ export {
   type TranscoderFormat,
   type ForeignLoadOptions,
 } from './transcoders/formats/index.js';
+export {
+  featureConnections,
+  deEmbedding,
+  logitEffects,
+  topkConnections,
+  mergeConnections,
+  gemmGflops,
+  type FeatureConnections,
+  type ConnectionList,
+  type Connection,
+  type FeatureScore,
+  type TokenEffects,
+  type TokenScore,
+  type TopkConnectionsOptions,
+  type TopkConnectionsResult,
+} from './circuits/connections.js';
+export { Attribution, type AttributionNode, type Sublayer } from './circuits/attribution.js';
+export { greedyPaths, isTerminal, type Path, type SearchOptions, type NodeFilter } from './circuits/search.js';
+export { pathsToGraph, sumOverTokens, nodeId, GRAPH_SCHEMA, type CircuitGraph, type GraphNode, type GraphEdge, type GraphOptions } from './circuits/graph.js';
+export { formatPaths, toDot, toHtml } from './circuits/render.js';
+export { meanInputTimesGradient, type MeanIxgOptions } from './circuits/mean-ixg.js';

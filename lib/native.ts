@@ -152,6 +152,8 @@ interface Addon {
   TrainingRun: NativeTrainingRunClass;
   /** See lib/circuits/attribution.ts for its typed surface. */
   Attribution: unknown;
+  /** See lib/circuits/connections.ts for its typed surface. */
+  Connections: unknown;
   setNumThreads(n: number): void;
   getNumThreads(): number;
   workerNumThreads(): Promise<number>;

@@ -6,6 +6,7 @@
 #include <torch/version.h>
 
 #include "circuits/attribution_wrap.h"
+#include "circuits/connections_wrap.h"
 #include "core/errors.h"
 #include "core/state.h"
 #include "core/task.h"
@@ -62,6 +63,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("Trainer", JsTrainer::define(env));
   exports.Set("TrainingRun", JsTrainingRun::define(env));
   exports.Set("Attribution", JsAttribution::define(env));
+  exports.Set("Connections", connectionsExports(env));
   exports.Set("shuffleBatches", Napi::Function::New(env, shuffleBatchesJs));
   exports.Set("geometricMedian", Napi::Function::New(env, geometricMedianJs));
   exports.Set("klDivergence", Napi::Function::New(env, klDivergenceJs));
