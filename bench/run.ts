@@ -2,12 +2,17 @@
  * `npm run bench`: runs every benchmark against its PyTorch baseline in the same run and writes
  * bench/results/latest.json. Options: --iters N (timed forwards per round), --rounds N (alternations
  * of ours and PyTorch), --threads N, --cache DIR (where generated
- * benchmark models are kept; default .cache/bench).
+ * benchmark models are kept; default .cache/bench), --only forward|connections|search,
+ * --connections-rows N (source rows timed by the connections benchmark; default all 24576),
+ * --connections-iters N (timed passes per round; default 2), --search-repeats N (timed setups and
+ * searches per round of the greedy search benchmark; default 5).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { benchConnections } from './connections.js';
 import { benchForward } from './forward.js';
+import { benchSearch } from './search.js';
 
 const { values } = parseArgs({
   options: {
@@ -15,30 +20,88 @@ const { values } = parseArgs({
     rounds: { type: 'string' },
     threads: { type: 'string' },
     cache: { type: 'string' },
+    only: { type: 'string' },
+    'connections-rows': { type: 'string' },
+    'connections-iters': { type: 'string' },
+    'search-repeats': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR]');
+  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|connections|search] [--connections-rows N] [--connections-iters N] [--search-repeats N]');
   process.exit(0);
 }
 const root = new URL('..', import.meta.url).pathname;
 const cacheDir = values.cache ?? join(root, '.cache', 'bench');
 mkdirSync(cacheDir, { recursive: true });
 
-const forward = await benchForward({
-  cacheDir,
-  ...(values.iters ? { iters: Number(values.iters) } : {}),
-  ...(values.threads ? { threads: Number(values.threads) } : {}),
-  ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
-});
-console.log(`${forward.name} (${forward.threads} threads; libtorch ${forward.torch.ours}, python torch ${forward.torch.python})`);
-console.log(`  ${forward.oursTokensPerS.toFixed(0).padStart(8)} tokens/s   ${forward.oursMsMedian.toFixed(1)} ms/forward   ours`);
-for (const b of forward.baselines) {
-  console.log(`  ${b.tokensPerS.toFixed(0).padStart(8)} tokens/s   ${b.msMedian.toFixed(1)} ms/forward   ${b.label} (ours: ${(forward.oursTokensPerS / b.tokensPerS).toFixed(2)}x)`);
+if (values.only !== undefined && values.only !== 'forward' && values.only !== 'connections' && values.only !== 'search') {
+  console.error(`--only must be forward, connections or search, got '${values.only}'`);
+  process.exit(2);
 }
-console.log(`  ratio    ${forward.ratio.toFixed(2)}x (ours / the fastest PyTorch eager)`);
+const wants = (name: string) => values.only === undefined || values.only === name;
+
+const forward = wants('forward')
+  ? await benchForward({
+      cacheDir,
+      ...(values.iters ? { iters: Number(values.iters) } : {}),
+      ...(values.threads ? { threads: Number(values.threads) } : {}),
+      ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
+    })
+  : undefined;
+if (forward) {
+  console.log(`${forward.name} (${forward.threads} threads; libtorch ${forward.torch.ours}, python torch ${forward.torch.python})`);
+  console.log(`  ${forward.oursTokensPerS.toFixed(0).padStart(8)} tokens/s   ${forward.oursMsMedian.toFixed(1)} ms/forward   ours`);
+  for (const b of forward.baselines) {
+    console.log(`  ${b.tokensPerS.toFixed(0).padStart(8)} tokens/s   ${b.msMedian.toFixed(1)} ms/forward   ${b.label} (ours: ${(forward.oursTokensPerS / b.tokensPerS).toFixed(2)}x)`);
+  }
+  console.log(`  ratio    ${forward.ratio.toFixed(2)}x (ours / the fastest PyTorch eager)`);
+}
+
+const connections = wants('connections')
+  ? await benchConnections({
+      cacheDir,
+      ...(values['connections-rows'] ? { rows: Number(values['connections-rows']) } : {}),
+      ...(values['connections-iters'] ? { iters: Number(values['connections-iters']) } : {}),
+      ...(values.threads ? { threads: Number(values.threads) } : {}),
+      ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
+    })
+  : undefined;
+if (connections) {
+  const c = connections;
+  const timed = c.rows === c.m ? 'full pass' : `first ${c.rows} of ${c.m} source rows timed, scaled to the full pass`;
+  console.log(`${c.name}, k ${c.k}, blocks of ${c.blockSize} (${c.threads} threads; ${timed}; ${(c.flopsFullPass / 1e12).toFixed(2)} TFLOP)`);
+  console.log(`  GEMM peak ${c.gemmPeakGflops.peak.toFixed(0)} GFLOP/s (at::mm ${c.gemmPeakGflops.ours.toFixed(0)}, torch.mm ${c.gemmPeakGflops.pytorch.toFixed(0)}; fp32 2048^3)`);
+  for (const r of [c.ours, c.oursTopkMerge, ...c.baselines]) {
+    const vs = r === c.ours ? '' : ` (ours: ${(r.sMedian / c.ours.sMedian).toFixed(2)}x)`;
+    console.log(`  ${r.fullPassS.toFixed(2).padStart(8)} s/pass   ${r.gflops.toFixed(0).padStart(5)} GFLOP/s   ${(100 * r.fractionOfPeak).toFixed(0).padStart(3)}% of peak   ${r.label}${vs}`);
+  }
+  console.log(`  ratio    ${c.ratio.toFixed(2)}x (fastest PyTorch time / ours); top-${c.k} sets agree with PyTorch on ${(100 * c.agreement).toFixed(2)}% of rows`);
+}
+
+const search = wants('search')
+  ? await benchSearch({
+      cacheDir,
+      iters: 3,
+      branches: 15,
+      ...(values['search-repeats'] ? { repeats: Number(values['search-repeats']) } : {}),
+      ...(values.threads ? { threads: Number(values.threads) } : {}),
+      ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
+    })
+  : undefined;
+if (search) {
+  const s = search;
+  console.log(`${s.name} (${s.threads} threads; root ${s.root}, ${s.activePerToken.toFixed(0)} active features/token, ${s.childrenCalls} children() calls; libtorch ${s.torch.ours}, python torch ${s.torch.python})`);
+  console.log(`  ${s.oursSetupMs.toFixed(1).padStart(8)} ms setup   ${s.oursSearchMs.toFixed(1).padStart(8)} ms search   ours`);
+  for (const b of s.baselines) {
+    console.log(`  ${b.setupMs.toFixed(1).padStart(8)} ms setup   ${b.searchMs.toFixed(1).padStart(8)} ms search   ${b.label} (ours: ${(b.setupMs / s.oursSetupMs).toFixed(2)}x setup, ${(b.searchMs / s.oursSearchMs).toFixed(2)}x search)`);
+  }
+  console.log(`  ratio    ${s.ratio.toFixed(2)}x search, ${s.setupRatio.toFixed(2)}x setup (fastest PyTorch time / ours); final beams match (max relative difference ${s.maxRelDiff.toExponential(1)})`);
+}
 
 const resultsDir = join(root, 'bench', 'results');
 mkdirSync(resultsDir, { recursive: true });
-writeFileSync(join(resultsDir, 'latest.json'), JSON.stringify({ date: new Date().toISOString(), forward }, null, 2));
+// With --only, the other benchmark's last result is kept.
+const latest = join(resultsDir, 'latest.json');
+const previous = values.only !== undefined && existsSync(latest) ? (JSON.parse(readFileSync(latest, 'utf8')) as Record<string, unknown>) : {};
+writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}) }, null, 2));

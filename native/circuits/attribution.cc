@@ -56,9 +56,7 @@ AttributionContext::AttributionContext(std::shared_ptr<const Transformer> model,
     if (layer < 0 || layer >= cfg.nLayers) throw InvalidArgument("transcoder layer " + std::to_string(layer) + " is not a layer of the model");
     if (tc->spec().dIn != cfg.dModel || tc->spec().dOut != cfg.dModel)
       throw InvalidArgument("the layer-" + std::to_string(layer) + " transcoder's width does not match the model's");
-    at::Tensor x = mlpIn_[layer].to(tc->params().W_enc.options());
-    acts_[layer] = tc->encode(x);
-    tcOut_[layer] = tc->forward(x).to(mlpOut_[layer].options());
+    acts_[layer] = tc->encode(mlpIn_[layer].to(tc->params().W_enc.options()));
   }
 }
 
@@ -88,8 +86,15 @@ const at::Tensor& AttributionContext::activations(int64_t layer) const {
 }
 
 const at::Tensor& AttributionContext::transcoderOutput(int64_t layer) const {
-  transcoder(layer);
-  return tcOut_.at(layer);
+  const Transcoder& tc = transcoder(layer);
+  std::lock_guard<std::mutex> lock(tcOutMutex_);
+  auto it = tcOut_.find(layer);
+  if (it == tcOut_.end()) {
+    at::NoGradGuard noGrad;
+    at::Tensor x = mlpIn_[layer].to(tc.params().W_enc.options());
+    it = tcOut_.emplace(layer, tc.decode(acts_.at(layer), x).to(mlpOut_[layer].options())).first;  // reuses the activations
+  }
+  return it->second;
 }
 
 at::Tensor AttributionContext::featureContributions(const at::Tensor& v, int64_t layer, int64_t position) const {
@@ -99,28 +104,42 @@ at::Tensor AttributionContext::featureContributions(const at::Tensor& v, int64_t
 }
 
 std::vector<AttributionNode> AttributionContext::featureChildren(const at::Tensor& v, int64_t layer, int64_t position,
-                                                                 int64_t k) const {
+                                                                 int64_t k, bool withVectors) const {
   const Transcoder& tc = transcoder(layer);
-  at::Tensor contribs = featureContributions(v, layer, position);
+  at::Tensor g = at::mv(tc.params().W_dec, v.to(tc.params().W_dec.options()));  // gradient of v . output w.r.t. f
+  at::Tensor contribs = g * acts_.at(layer)[position];
   auto top = at::topk(contribs, std::min<int64_t>(k, contribs.size(0)));
-  at::Tensor values = std::get<0>(top).cpu().to(c10::kDouble), indices = std::get<1>(top).cpu();
-  double ln = lnConstant(layer, position, /*ln2=*/true);
+  at::Tensor indices = std::get<1>(top);
+  // One transfer each for the values, indices and gradients of the selected features.
+  at::Tensor values = std::get<0>(top).to(c10::kCPU, c10::kDouble), gradients = g.index_select(0, indices).to(c10::kCPU, c10::kDouble);
+  indices = indices.cpu();
   std::vector<AttributionNode> out;
   for (int64_t j = 0; j < indices.size(0); ++j) {
-    int64_t i = indices[j].item<int64_t>();
     AttributionNode n;
     n.kind = NodeKind::Feature;
     n.layer = layer;
     n.position = position;
-    n.feature = i;
+    n.feature = indices[j].item<int64_t>();
     n.contrib = values[j].item<double>();
+    n.gradient = gradients[j].item<double>();
     n.sublayer = mlpInput();
-    // Feature i's pre-activation reads W_enc[:, i] . (resid / scale): scaled by the parent gradient g_i.
-    double g = at::dot(tc.params().W_dec[i], v.to(tc.params().W_dec.options())).item<double>();
-    n.vector = (tc.params().W_enc.select(1, i) * (g * ln)).to(residPre_[0].options());
+    if (withVectors) materialize(n, v, position);
     out.push_back(std::move(n));
   }
   return out;
+}
+
+void AttributionContext::materialize(AttributionNode& n, const at::Tensor& v, int64_t parentPosition) const {
+  switch (n.kind) {
+    case NodeKind::Feature: {
+      // Feature i's pre-activation reads W_enc[:, i] . (resid / scale), scaled by the parent gradient.
+      const Transcoder& tc = transcoder(n.layer);
+      n.vector = (tc.params().W_enc.select(1, n.feature) * (n.gradient * lnConstant(n.layer, n.position, true))).to(residPre_[0].options());
+      break;
+    }
+    case NodeKind::Attention: n.vector = attentionChild(v, n.layer, parentPosition, n.head, n.source, n.contrib).vector; break;
+    case NodeKind::Embedding: n.vector = v; break;
+  }
 }
 
 at::Tensor AttributionContext::attentionContributions(const at::Tensor& v, int64_t layer, int64_t position) const {
@@ -180,10 +199,11 @@ std::vector<AttributionNode> AttributionContext::children(const AttributionNode&
   at::NoGradGuard noGrad;
   const at::Tensor& v = parent.vector;
   const int64_t t = parent.position;
+  // Candidates first (scores only); vectors are built for the ones returned.
   std::vector<AttributionNode> all;
   for (int64_t l = 0; l < mlpLayersBefore(parent.layer, parent.sublayer); ++l) {
     if (!transcoders_.count(l)) continue;
-    auto kids = featureChildren(v, l, t, k);
+    auto kids = featureChildren(v, l, t, k, /*withVectors=*/false);
     all.insert(all.end(), kids.begin(), kids.end());
   }
   for (int64_t l = 0; l < attentionLayersBefore(parent.layer, parent.sublayer); ++l) {
@@ -191,12 +211,18 @@ std::vector<AttributionNode> AttributionContext::children(const AttributionNode&
     if (ignoreBos) c = c.narrow(1, 1, t);
     if (c.numel() == 0) continue;
     auto top = at::topk(c.reshape({-1}), std::min<int64_t>(k, c.numel()));
-    at::Tensor values = std::get<0>(top).cpu().to(c10::kDouble), indices = std::get<1>(top).cpu();
+    at::Tensor values = std::get<0>(top).to(c10::kCPU, c10::kDouble), indices = std::get<1>(top).cpu();
     const int64_t sources = c.size(1);
     for (int64_t j = 0; j < indices.size(0); ++j) {
       int64_t flat = indices[j].item<int64_t>();
-      int64_t head = flat / sources, source = flat % sources + (ignoreBos ? 1 : 0);
-      all.push_back(attentionChild(v, l, t, head, source, values[j].item<double>()));
+      AttributionNode n;
+      n.kind = NodeKind::Attention;
+      n.layer = l;
+      n.head = flat / sources;
+      n.source = n.position = flat % sources + (ignoreBos ? 1 : 0);
+      n.contrib = values[j].item<double>();
+      n.sublayer = Sublayer::ResidPre;
+      all.push_back(std::move(n));
     }
   }
   AttributionNode embed;
@@ -205,7 +231,6 @@ std::vector<AttributionNode> AttributionContext::children(const AttributionNode&
   embed.position = t;
   embed.sublayer = Sublayer::ResidPre;
   embed.contrib = embeddingContribution(v, t);
-  embed.vector = v;
   all.push_back(embed);
   if (std::isfinite(cap)) {
     for (auto& n : all) {
@@ -217,6 +242,7 @@ std::vector<AttributionNode> AttributionContext::children(const AttributionNode&
   }
   std::stable_sort(all.begin(), all.end(), [](const AttributionNode& a, const AttributionNode& b) { return a.contrib > b.contrib; });
   if (!keepAll && static_cast<int64_t>(all.size()) > k) all.resize(k);
+  for (auto& n : all) materialize(n, v, t);
   return all;
 }
 

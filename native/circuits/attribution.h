@@ -9,6 +9,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,7 @@ struct AttributionNode {
   int64_t source = -1;   // Attention: the source position (== position)
   double contrib = 0;
   bool capped = false;   // contrib was clipped to the path's cap ("zero-ablation" mode)
+  double gradient = 0;   // Feature: W_dec[i] . parent vector (the parent's gradient through this feature)
   Sublayer sublayer = Sublayer::ResidPre;
   at::Tensor vector;     // [d]
 };
@@ -64,8 +66,13 @@ class AttributionContext {
   // Contributions of every feature of `layer`'s transcoder to direction v (read on that layer's
   // MLP output) at `position`: (W_dec v) * f, [m].
   at::Tensor featureContributions(const at::Tensor& v, int64_t layer, int64_t position) const;
-  // The top-k of those as nodes whose vectors live on the MLP input residual (LN constant applied).
-  std::vector<AttributionNode> featureChildren(const at::Tensor& v, int64_t layer, int64_t position, int64_t k) const;
+  // The top-k of those as nodes whose vectors live on the MLP input residual (LN constant applied);
+  // without `withVectors` the vectors are left for materialize().
+  std::vector<AttributionNode> featureChildren(const at::Tensor& v, int64_t layer, int64_t position, int64_t k,
+                                               bool withVectors = true) const;
+  // Fills in the vector of a child of a node with vector v (children() builds vectors only for the
+  // candidates it returns).
+  void materialize(AttributionNode& child, const at::Tensor& v, int64_t parentPosition) const;
   // Per head and source position, the contribution of attention at `layer` to v read at `position`
   // on the attention output: pattern[h, t, s] * (v_s,h W_O[h]) . v, [H, T].
   at::Tensor attentionContributions(const at::Tensor& v, int64_t layer, int64_t position) const;
@@ -98,7 +105,10 @@ class AttributionContext {
   std::vector<at::Tensor> ln1Scale_, ln2Scale_;              // [T] per layer
   at::Tensor lnFinalScale_;                                   // [T]
   std::vector<at::Tensor> pattern_, values_, mlpOut_, mlpIn_;  // [H, T, T], [T, H, dh], [T, d], [T, d]
-  std::map<int64_t, at::Tensor> acts_, tcOut_;                // [T, m], [T, d]
+  std::map<int64_t, at::Tensor> acts_;                        // [T, m]
+  // Transcoder outputs [T, d], decoded on first use (only error terms need them).
+  mutable std::map<int64_t, at::Tensor> tcOut_;
+  mutable std::mutex tcOutMutex_;
 };
 
 }  // namespace tc
