@@ -4,7 +4,7 @@ import { resolve } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { loadModel, PROCESSINGS } from '../models/model.js';
 import { writeActivationCache } from '../transcoders/cache.js';
-import { applyThreads, THREADS_OPTION, choiceOption, intOption, type Command } from './command.js';
+import { applyThreads, THREADS_OPTION, choiceOption, intOption, listOption, type Command } from './command.js';
 import { parseLayers, tokenFileFor } from './data.js';
 import { ProgressBar } from './progress.js';
 
@@ -30,7 +30,7 @@ export const cacheCommand: Command = {
     applyThreads(values);
     if (!positionals[0]) throw new InvalidArgumentError('cache needs the model folder: transcoders cache <model-dir> --layers ... --data ... --out DIR');
     if (!values.out) throw new InvalidArgumentError('--out DIR is required');
-    const data = ((values.data as string[] | undefined) ?? []).flatMap((p) => p.split(',')).filter(Boolean);
+    const data = listOption(values, 'data');
     if (data.length === 0) throw new InvalidArgumentError('--data PATH is required');
     const out = resolve(values.out as string);
     mkdirSync(out, { recursive: true });

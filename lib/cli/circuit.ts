@@ -6,7 +6,7 @@ import { formatPaths, toDot, toHtml } from '../circuits/render.js';
 import { greedyPaths } from '../circuits/search.js';
 import { InvalidArgumentError } from '../errors.js';
 import { loadModel, type Model } from '../models/model.js';
-import { applyThreads, intOption, THREADS_OPTION, type Command } from './command.js';
+import { applyThreads, intOption, THREADS_OPTION, listOption, type Command } from './command.js';
 import { loadTranscoderArgs } from './transcoder-paths.js';
 
 /** A token given as text (one token without BOS) or as `#id`. */
@@ -59,7 +59,7 @@ export const circuitCommand: Command = {
     if (values['logit-diff'] !== undefined && extra === undefined) throw new InvalidArgumentError('--logit-diff needs two tokens: --logit-diff TOKEN_A TOKEN_B');
     if (values['logit-diff'] === undefined && extra !== undefined) throw new InvalidArgumentError(`unexpected argument '${extra}'`);
     if (typeof values.prompt !== 'string') throw new InvalidArgumentError('--prompt TEXT is required');
-    const paths = ((values.transcoders as string[] | undefined) ?? []).flatMap((p) => p.split(',')).filter(Boolean);
+    const paths = listOption(values, 'transcoders');
     if (paths.length === 0) throw new InvalidArgumentError('--transcoders PATH is required');
     const device = (values.device as string | undefined) ?? 'cpu';
     const transcoders = await loadTranscoderArgs(paths, { device });

@@ -83,3 +83,8 @@ export function applyThreads(values: Record<string, unknown>): void {
   const threads = intOption(values.threads, 'threads', 1);
   if (threads) setNumThreads(threads);
 }
+
+/** A repeatable option whose values may also be comma-separated: `--data a.txt,b.txt --data c.txt`. */
+export function listOption(values: Record<string, unknown>, flag: string): string[] {
+  return ((values[flag] as string[] | undefined) ?? []).flatMap((v) => v.split(',')).filter(Boolean);
+}

@@ -2,7 +2,7 @@
 import { InvalidArgumentError } from '../errors.js';
 import { deEmbedding, featureConnections, logitEffects, transcodersByLayer, type Connection, type TokenScore } from '../circuits/connections.js';
 import { loadModel, PROCESSINGS } from '../models/model.js';
-import { applyThreads, choiceOption, intOption, THREADS_OPTION, type Command } from './command.js';
+import { applyThreads, choiceOption, intOption, THREADS_OPTION, listOption, type Command } from './command.js';
 import { loadTranscoderArgs } from './transcoder-paths.js';
 
 function parsePair(value: unknown, flag: string, what: string): [number, number] {
@@ -54,7 +54,7 @@ export const connectionsCommand: Command = {
   async run(values, positionals) {
     applyThreads(values);
     if (!positionals[0]) throw new InvalidArgumentError('connections needs the model folder: transcoders connections <model-dir> --transcoders DIR --feature L:F');
-    const paths = ((values.transcoders as string[] | undefined) ?? []).flatMap((p) => p.split(',')).filter(Boolean);
+    const paths = listOption(values, 'transcoders');
     if (paths.length === 0) throw new InvalidArgumentError('--transcoders PATH is required');
     if (values.feature === undefined) throw new InvalidArgumentError('--feature L:F is required');
     const [layer, feature] = parsePair(values.feature, 'feature', 'L:F (layer and feature index)');

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { loadModel, PROCESSINGS } from '../models/model.js';
 import { evaluate } from '../transcoders/evaluate.js';
-import { applyThreads, THREADS_OPTION, choiceOption, intOption, type Command } from './command.js';
+import { applyThreads, THREADS_OPTION, choiceOption, intOption, listOption, type Command } from './command.js';
 import { tokenFileFor, tokenRows } from './data.js';
 import { ProgressBar } from './progress.js';
 import { loadTranscoderArgs } from './transcoder-paths.js';
@@ -30,8 +30,8 @@ export const evalCommand: Command = {
   async run(values, positionals) {
     applyThreads(values);
     if (!positionals[0]) throw new InvalidArgumentError('eval needs the model folder: transcoders eval <model-dir> --transcoders PATH --data PATH');
-    const paths = ((values.transcoders as string[] | undefined) ?? []).flatMap((p) => p.split(',')).filter(Boolean);
-    const data = ((values.data as string[] | undefined) ?? []).flatMap((p) => p.split(',')).filter(Boolean);
+    const paths = listOption(values, 'transcoders');
+    const data = listOption(values, 'data');
     if (paths.length === 0) throw new InvalidArgumentError('--transcoders PATH is required');
     if (data.length === 0) throw new InvalidArgumentError('--data PATH is required');
     const device = (values.device as string | undefined) ?? 'cpu';

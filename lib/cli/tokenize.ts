@@ -6,7 +6,7 @@ import { tokenizeToFile } from '../data/tokenize.js';
 import { InvalidArgumentError } from '../errors.js';
 import { readModelConfig } from '../models/config.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
-import { choiceOption, intOption, type Command } from './command.js';
+import { choiceOption, intOption, listOption, type Command } from './command.js';
 
 export const tokenizeCommand: Command = {
   name: 'tokenize',
@@ -23,7 +23,7 @@ export const tokenizeCommand: Command = {
     const dir = positionals[0];
     if (!dir) throw new InvalidArgumentError('tokenize needs the model folder (for its tokenizer.json)');
     if (!values.out) throw new InvalidArgumentError('--out FILE is required');
-    const data = ((values.data as string[] | undefined) ?? []).flatMap((p) => p.split(',')).filter(Boolean);
+    const data = listOption(values, 'data');
     if (data.length === 0) throw new InvalidArgumentError('--data PATH is required');
     if (!existsSync(join(dir, 'tokenizer.json'))) throw new InvalidArgumentError(`${dir} has no tokenizer.json`);
     const config = readModelConfig(dir);

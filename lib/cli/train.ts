@@ -8,7 +8,7 @@ import { TRANSCODER_ARCHS } from '../transcoders/config.js';
 import { loadTranscoder } from '../transcoders/formats/index.js';
 import { trainTranscoders, type TrainRunOptions } from '../transcoders/train.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
-import { applyThreads, THREADS_OPTION, choiceOption, intOption, numberOption, type Command } from './command.js';
+import { applyThreads, THREADS_OPTION, choiceOption, intOption, numberOption, listOption, type Command } from './command.js';
 import { parseLayers, tokenFileFor } from './data.js';
 import { ProgressBar } from './progress.js';
 
@@ -78,7 +78,7 @@ export const trainCommand: Command = {
     if (!values.out) throw new InvalidArgumentError('--out DIR is required');
     const out = resolve(values.out as string);
     mkdirSync(out, { recursive: true });
-    const data = ((values.data as string[] | undefined) ?? []).flatMap((d) => d.split(',')).filter(Boolean);
+    const data = listOption(values, 'data');
     const activations = values.activations as string | undefined;
     if ((data.length > 0) === (activations !== undefined)) throw new InvalidArgumentError('give exactly one of --data PATH (with a model folder) or --activations DIR');
     const device = (values.device as string | undefined) ?? 'cpu';
