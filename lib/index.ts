@@ -90,3 +90,4 @@ export { greedyPaths, isTerminal, type Path, type SearchOptions, type NodeFilter
 export { pathsToGraph, sumOverTokens, nodeId, GRAPH_SCHEMA, type CircuitGraph, type GraphNode, type GraphEdge, type GraphOptions } from './circuits/graph.js';
 export { formatPaths, toDot, toHtml } from './circuits/render.js';
 export { meanInputTimesGradient, type MeanIxgOptions } from './circuits/mean-ixg.js';
+export { saveModel } from './models/save.js';

@@ -53,6 +53,8 @@ export interface NativeModel {
   weightNames(): string[];
   weight(name: string): NativeTensor;
   dispose(): void;
+  train(tokens: NativeTensor, options: { lr: number; beta1?: number; beta2?: number; eps?: number; maxGradNorm?: number }): Promise<number[]>;
+  huggingFaceWeights(): Record<string, NativeTensor>;
 }
 
 export interface NativeModelClass {

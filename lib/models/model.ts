@@ -154,6 +154,40 @@ export class Model {
     return new Tensor(this.handle.weight(name));
   }
 
+  /**
+   * Trains the model itself: one Adam step per batch of `batches` ([S][B][T] token ids or an int
+   * tensor [S, B, T]) on the mean next-token cross-entropy, backpropagated through the same forward
+   * pass. Updates the weights in place and returns each step's loss. The first call fixes Adam's
+   * betas and eps; later calls continue its state. Needs a model loaded with processing 'none'.
+   */
+  async train(batches: readonly (readonly (readonly number[])[])[] | Tensor, options: { lr: number; beta1?: number; beta2?: number; eps?: number; maxGradNorm?: number }): Promise<number[]> {
+    if (this.processing !== 'none') throw new InvalidArgumentError("training a model needs its raw weights: load it with processing 'none'");
+    if (!(options.lr > 0)) throw new InvalidArgumentError(`lr must be positive, got ${options.lr}`);
+    let tokens: Tensor;
+    if (batches instanceof Tensor) tokens = batches;
+    else {
+      const S = batches.length;
+      const B = batches[0]?.length ?? 0;
+      const T = batches[0]?.[0]?.length ?? 0;
+      if (S === 0 || B === 0 || T < 2) throw new InvalidArgumentError('train needs [steps][batch][tokens] with at least 2 tokens per row');
+      const flat = new Int32Array(S * B * T);
+      batches.forEach((batch, s) => batch.forEach((row, b) => {
+        if (batch.length !== B || row.length !== T) throw new InvalidArgumentError(`train: batch ${s} row ${b} does not have the shape [${B}][${T}] of the first batch`);
+        row.forEach((id, t) => {
+          if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) throw new InvalidArgumentError(`token id ${id} (batch ${s}, row ${b}, position ${t}) is out of range [0, ${this.config.vocabSize})`);
+          flat[(s * B + b) * T + t] = id;
+        });
+      }));
+      tokens = Tensor.from(flat, [S, B, T]);
+    }
+    return this.handle.train(tokens.handle, options);
+  }
+
+  /** The weights under their Hugging Face checkpoint names (raw-weight models only). */
+  huggingFaceWeights(): Record<string, Tensor> {
+    return Object.fromEntries(Object.entries(this.handle.huggingFaceWeights()).map(([k, v]) => [k, new Tensor(v)]));
+  }
+
   /** Releases the weights now. */
   dispose(): void {
     this.handle.dispose();

@@ -7,6 +7,8 @@
 #include <shared_mutex>
 
 #include "core/errors.h"
+#include "core/js_args.h"
+#include "train/lm_trainer.h"
 #include "core/js_call.h"
 #include "core/state.h"
 #include "core/task.h"
@@ -132,6 +134,8 @@ Napi::Function JsModel::define(Napi::Env env) {
                                        InstanceMethod<&JsModel::weightNames>("weightNames"),
                                        InstanceMethod<&JsModel::weight>("weight"),
                                        InstanceMethod<&JsModel::dispose>("dispose"),
+                                       InstanceMethod<&JsModel::train>("train"),
+                                       InstanceMethod<&JsModel::huggingFaceWeights>("huggingFaceWeights"),
                                    });
   AddonState::of(env).modelClass = Napi::Persistent(cls);
   return cls;
@@ -305,6 +309,43 @@ Napi::Value JsModel::weight(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     if (!info[0].IsString()) throw InvalidArgument("weight(name): name must be a string");
     return JsTensor::wrap(info.Env(), weightByName(live()->weights(), info[0].As<Napi::String>()));
+  });
+}
+
+// train(tokens [S, B, T], { lr, beta1, beta2, eps, maxGradNorm }) -> Promise<number[]> (loss per step).
+// The first call sets up Adam (its betas and eps); later calls continue with the same state.
+Napi::Value JsModel::train(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    std::shared_ptr<Transformer> model = std::const_pointer_cast<Transformer>(live());
+    at::Tensor tokens = JsTensor::tensorOf(info[0], "tokens");
+    Napi::Object o = objectOr(info[1]);
+    double lr = numberOr(o, "lr", 1e-3), maxGradNorm = numberOr(o, "maxGradNorm", 0);
+    if (!trainer_) {
+      AdamOptions adam;
+      adam.beta1 = numberOr(o, "beta1", adam.beta1);
+      adam.beta2 = numberOr(o, "beta2", adam.beta2);
+      adam.eps = numberOr(o, "eps", adam.eps);
+      trainer_ = std::make_shared<LanguageModelTrainer>(model, adam);
+    }
+    std::shared_ptr<LanguageModelTrainer> trainer = trainer_;
+    using Losses = std::vector<double>;
+    return Task<Losses>::start(
+        env, "transcoders:trainModel", [trainer, tokens, lr, maxGradNorm]() { return trainer->run(tokens, lr, maxGradNorm); },
+        [](Napi::Env env, Losses& losses) -> Napi::Value {
+          Napi::Array out = Napi::Array::New(env, losses.size());
+          for (size_t i = 0; i < losses.size(); ++i) out[i] = Napi::Number::New(env, losses[i]);
+          return out;
+        });
+  });
+}
+
+Napi::Value JsModel::huggingFaceWeights(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    auto model = live();
+    Napi::Object out = Napi::Object::New(info.Env());
+    for (auto& [name, t] : weightsToHuggingFace(model->config(), model->weights())) out.Set(name, JsTensor::wrap(info.Env(), t));
+    return out;
   });
 }
 

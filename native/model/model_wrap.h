@@ -22,9 +22,12 @@ class JsModel : public Napi::ObjectWrap<JsModel> {
   Napi::Value weightNames(const Napi::CallbackInfo& info);
   Napi::Value weight(const Napi::CallbackInfo& info);
   Napi::Value dispose(const Napi::CallbackInfo& info);
+  Napi::Value train(const Napi::CallbackInfo& info);
+  Napi::Value huggingFaceWeights(const Napi::CallbackInfo& info);
   std::shared_ptr<const Transformer> live() const;
 
   std::shared_ptr<const Transformer> model_;
+  std::shared_ptr<class LanguageModelTrainer> trainer_;  // created by the first train() call
 };
 
 }  // namespace tc

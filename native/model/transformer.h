@@ -44,6 +44,8 @@ class Transformer {
 
   const ModelConfig& config() const { return cfg_; }
   const Weights& weights() const { return w_; }
+  // Mutable weights for LanguageModelTrainer, which updates them in place.
+  Weights& weightsForTraining() { return w_; }
   c10::Device device() const { return w_.W_E.device(); }
 
   // Checks tokens (int32/int64, [T] or [B, T], ids in range, T within the context) and returns

@@ -98,6 +98,72 @@ Weights weightsFromHuggingFace(const ModelConfig& cfg, std::map<std::string, at:
   return cfg.arch == Arch::GPT2 ? fromGpt2(cfg, hf, source) : fromNeoX(cfg, hf, source);
 }
 
+std::map<std::string, at::Tensor> weightsToHuggingFace(const ModelConfig& c, const Weights& w) {
+  if (!w.lnFinalW.defined())
+    throw InvalidArgument("only a model loaded with processing 'none' can be saved in Hugging Face layout (processing folds the LayerNorms away)");
+  const int64_t d = c.dModel, H = c.nHeads, dh = c.dHead;
+  std::map<std::string, at::Tensor> hf;
+  auto put = [&](const std::string& key, const at::Tensor& t) { hf[key] = t.detach().contiguous(); };
+  if (c.arch == Arch::GPT2) {
+    put("wte.weight", w.W_E);
+    put("wpe.weight", w.W_pos);
+    for (int64_t l = 0; l < c.nLayers; ++l) {
+      const std::string p = "h." + std::to_string(l) + ".";
+      const LayerWeights& L = w.layers[l];
+      put(p + "ln_1.weight", L.ln1W);
+      put(p + "ln_1.bias", L.ln1B);
+      put(p + "attn.c_attn.weight", L.W_QKV.reshape({d, 3 * H * dh}));
+      put(p + "attn.c_attn.bias", L.b_QKV.reshape({3 * H * dh}));
+      put(p + "attn.c_proj.weight", L.W_O.reshape({H * dh, d}));
+      put(p + "attn.c_proj.bias", L.b_O);
+      put(p + "ln_2.weight", L.ln2W);
+      put(p + "ln_2.bias", L.ln2B);
+      put(p + "mlp.c_fc.weight", L.W_in);
+      put(p + "mlp.c_fc.bias", L.b_in);
+      put(p + "mlp.c_proj.weight", L.W_out);
+      put(p + "mlp.c_proj.bias", L.b_out);
+    }
+    put("ln_f.weight", w.lnFinalW);
+    put("ln_f.bias", w.lnFinalB);
+    if (!w.W_U.is_alias_of(w.W_E)) put("lm_head.weight", w.W_U.t());
+    return hf;
+  }
+  put("gpt_neox.embed_in.weight", w.W_E);
+  for (int64_t l = 0; l < c.nLayers; ++l) {
+    const std::string p = "gpt_neox.layers." + std::to_string(l) + ".";
+    const LayerWeights& L = w.layers[l];
+    put(p + "input_layernorm.weight", L.ln1W);
+    put(p + "input_layernorm.bias", L.ln1B);
+    // Back to nn.Linear [out, in] with output rows ordered (head, qkv, dh).
+    put(p + "attention.query_key_value.weight", L.W_QKV.permute({2, 1, 3, 0}).reshape({3 * d, d}));
+    put(p + "attention.query_key_value.bias", L.b_QKV.permute({1, 0, 2}).reshape({3 * d}));
+    put(p + "attention.dense.weight", L.W_O.reshape({H * dh, d}).t());
+    put(p + "attention.dense.bias", L.b_O);
+    put(p + "post_attention_layernorm.weight", L.ln2W);
+    put(p + "post_attention_layernorm.bias", L.ln2B);
+    put(p + "mlp.dense_h_to_4h.weight", L.W_in.t());
+    put(p + "mlp.dense_h_to_4h.bias", L.b_in);
+    put(p + "mlp.dense_4h_to_h.weight", L.W_out.t());
+    put(p + "mlp.dense_4h_to_h.bias", L.b_out);
+  }
+  put("gpt_neox.final_layer_norm.weight", w.lnFinalW);
+  put("gpt_neox.final_layer_norm.bias", w.lnFinalB);
+  put("embed_out.weight", w.W_U.t());
+  return hf;
+}
+
+std::vector<at::Tensor*> trainableWeights(Weights& w) {
+  std::vector<at::Tensor*> out;
+  const bool tied = w.W_U.is_alias_of(w.W_E);
+  forEachWeight(w, [&](at::Tensor& t) {
+    if (!t.defined()) return;
+    if (&t == &w.b_U) return;  // Hugging Face checkpoints have no unembedding bias
+    if (tied && &t == &w.W_U) return;
+    out.push_back(&t);
+  });
+  return out;
+}
+
 void castWeights(Weights& w, c10::Device device, c10::ScalarType dtype) {
   // The tied GPT-2 unembedding is a view of W_E: keep it one after the move.
   bool tied = w.W_U.defined() && w.W_E.defined() && w.W_U.is_alias_of(w.W_E);

@@ -37,6 +37,13 @@ struct Weights {
 // (GPT-2 keys without the "transformer." prefix). Throws FormatError for a missing key.
 Weights weightsFromHuggingFace(const ModelConfig& cfg, std::map<std::string, at::Tensor>& hf, const std::string& source);
 
+// The inverse of weightsFromHuggingFace: checkpoint tensors (contiguous, Hugging Face names without
+// the "transformer." prefix). Needs unprocessed weights (LayerNorm parameters present).
+std::map<std::string, at::Tensor> weightsToHuggingFace(const ModelConfig& cfg, const Weights& w);
+
+// Every distinct trainable tensor (the tied GPT-2 unembedding is W_E's view and not listed).
+std::vector<at::Tensor*> trainableWeights(Weights& w);
+
 // Moves every weight to `device` / `dtype` (views stay views when nothing changes).
 void castWeights(Weights& w, c10::Device device, c10::ScalarType dtype);
 
