@@ -4,7 +4,7 @@ import { resolve } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { loadModel, PROCESSINGS } from '../models/model.js';
 import { writeActivationCache } from '../transcoders/cache.js';
-import { applyThreads, THREADS_OPTION, choiceOption, intOption, listOption, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, THREADS_OPTION, choiceOption, intOption, listOption, type Command } from './command.js';
 import { parseLayers, tokenFileFor } from './data.js';
 import { ProgressBar } from './progress.js';
 
@@ -23,7 +23,7 @@ export const cacheCommand: Command = {
     'context-size': { type: 'string', value: 'N', description: 'tokens per sequence when tokenising text (default 128)' },
     'shard-rows': { type: 'string', value: 'N', description: 'rows per shard (default 65536)' },
     processing: { type: 'string', value: 'P', description: 'model weight processing (default transformerlens)' },
-    device: { type: 'string', value: 'D', description: 'cpu (default), cuda, cuda:N' },
+    device: DEVICE_OPTION,
     threads: THREADS_OPTION,
   },
   async run(values, positionals) {

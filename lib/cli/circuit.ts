@@ -6,7 +6,7 @@ import { formatPaths, toDot, toHtml } from '../circuits/render.js';
 import { greedyPaths } from '../circuits/search.js';
 import { InvalidArgumentError } from '../errors.js';
 import { loadModel, type Model } from '../models/model.js';
-import { applyThreads, intOption, THREADS_OPTION, listOption, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, intOption, THREADS_OPTION, listOption, type Command } from './command.js';
 import { loadTranscoderArgs } from './transcoder-paths.js';
 
 /** A token given as text (one token without BOS) or as `#id`. */
@@ -47,7 +47,7 @@ export const circuitCommand: Command = {
     dot: { type: 'string', value: 'FILE', description: 'write the graph as Graphviz DOT' },
     html: { type: 'string', value: 'FILE', description: 'write a self-contained HTML/SVG view of the graph' },
     json: { type: 'boolean', description: 'print the graph JSON instead of text' },
-    device: { type: 'string', value: 'D', description: 'cpu (default), cuda, cuda:N' },
+    device: DEVICE_OPTION,
     threads: THREADS_OPTION,
   },
   async run(values, positionals) {

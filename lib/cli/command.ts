@@ -75,6 +75,9 @@ export function choiceOption<T extends string>(value: unknown, flag: string, cho
   return value as T;
 }
 
+/** The `--device D` option of the commands that compute. */
+export const DEVICE_OPTION: OptionSpec = { type: 'string', value: 'D', description: 'cpu (default), cuda, cuda:N' };
+
 /** The `--threads N` option every heavy command takes. */
 export const THREADS_OPTION: OptionSpec = { type: 'string', value: 'N', description: 'CPU threads for libtorch (default: all cores)' };
 

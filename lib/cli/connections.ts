@@ -2,7 +2,7 @@
 import { InvalidArgumentError } from '../errors.js';
 import { deEmbedding, featureConnections, logitEffects, transcodersByLayer, type Connection, type TokenScore } from '../circuits/connections.js';
 import { loadModel, PROCESSINGS } from '../models/model.js';
-import { applyThreads, choiceOption, intOption, THREADS_OPTION, listOption, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, choiceOption, intOption, THREADS_OPTION, listOption, type Command } from './command.js';
 import { loadTranscoderArgs } from './transcoder-paths.js';
 
 function parsePair(value: unknown, flag: string, what: string): [number, number] {
@@ -48,7 +48,7 @@ export const connectionsCommand: Command = {
     'deembed-head': { type: 'string', value: 'LA:H', description: 'de-embedding through head H of attention layer LA (<= L)' },
     processing: { type: 'string', value: 'P', description: 'override the model processing' },
     json: { type: 'boolean', description: 'print JSON' },
-    device: { type: 'string', value: 'D', description: 'cpu (default), cuda, cuda:N' },
+    device: DEVICE_OPTION,
     threads: THREADS_OPTION,
   },
   async run(values, positionals) {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { loadModel, PROCESSINGS } from '../models/model.js';
 import { evaluate } from '../transcoders/evaluate.js';
-import { applyThreads, THREADS_OPTION, choiceOption, intOption, listOption, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, THREADS_OPTION, choiceOption, intOption, listOption, type Command } from './command.js';
 import { tokenFileFor, tokenRows } from './data.js';
 import { ProgressBar } from './progress.js';
 import { loadTranscoderArgs } from './transcoder-paths.js';
@@ -24,7 +24,7 @@ export const evalCommand: Command = {
     'batch-size': { type: 'string', value: 'N', description: 'sequences per forward pass (default 8)' },
     processing: { type: 'string', value: 'P', description: 'override the model processing' },
     json: { type: 'boolean', description: 'print JSON' },
-    device: { type: 'string', value: 'D', description: 'cpu (default), cuda, cuda:N' },
+    device: DEVICE_OPTION,
     threads: THREADS_OPTION,
   },
   async run(values, positionals) {

@@ -4,7 +4,7 @@ import { mkdirSync } from 'node:fs';
 import { InvalidArgumentError } from '../errors.js';
 import { writeSafetensors, type RawTensor } from '../io/safetensors.js';
 import { loadModel, MODEL_DTYPES, PROCESSINGS, type Model } from '../models/model.js';
-import { applyThreads, THREADS_OPTION, choiceOption, intOption, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, THREADS_OPTION, choiceOption, intOption, type Command } from './command.js';
 import { DEFAULT_MODEL_DIR } from './defaults.js';
 
 export interface Prediction {
@@ -56,7 +56,7 @@ export const runCommand: Command = {
     out: { type: 'string', short: 'o', value: 'FILE', description: 'write logits and hooks to a .safetensors file' },
     top: { type: 'string', short: 'k', value: 'N', description: 'number of predictions to show (default 10)' },
     json: { type: 'boolean', description: 'print JSON' },
-    device: { type: 'string', value: 'D', description: 'cpu (default), cuda, cuda:N' },
+    device: DEVICE_OPTION,
     dtype: { type: 'string', value: 'T', description: 'float32 (default), bfloat16, float16' },
     threads: THREADS_OPTION,
   },

@@ -8,7 +8,7 @@ import { TRANSCODER_ARCHS } from '../transcoders/config.js';
 import { loadTranscoder } from '../transcoders/formats/index.js';
 import { trainTranscoders, type TrainRunOptions } from '../transcoders/train.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
-import { applyThreads, THREADS_OPTION, choiceOption, intOption, numberOption, listOption, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, THREADS_OPTION, choiceOption, intOption, numberOption, listOption, type Command } from './command.js';
 import { parseLayers, tokenFileFor } from './data.js';
 import { ProgressBar } from './progress.js';
 
@@ -69,7 +69,7 @@ export const trainCommand: Command = {
     processing: { type: 'string', value: 'P', description: 'model weight processing (default transformerlens)' },
     seed: { type: 'string', value: 'S', description: 'seed for initialisation and shuffling (default 0)' },
     out: { type: 'string', short: 'o', value: 'DIR', description: 'output folder' },
-    device: { type: 'string', value: 'D', description: 'cpu (default), cuda, cuda:N' },
+    device: DEVICE_OPTION,
     threads: THREADS_OPTION,
     quiet: { type: 'boolean', short: 'q', description: 'no progress bar' },
   },
