@@ -6,9 +6,10 @@
  * entry is checked against its CRC-32; each problem is a FormatError naming the file.
  */
 import { constants as bufferConstants } from 'node:buffer';
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, readSync } from 'node:fs';
 import { crc32, inflateRawSync } from 'node:zlib';
 import { FormatError } from '../errors.js';
+import { openRegularFile } from '../io/files.js';
 
 /** One file of the archive, as described by its central directory record. */
 export interface ZipEntry {
@@ -54,16 +55,9 @@ export class ZipFile {
 
   /** Opens `path` and parses its central directory (throws FormatError if it is not a valid zip). */
   static open(path: string): ZipFile {
-    let fd: number;
+    const { fd, size } = openRegularFile(path);
     try {
-      fd = openSync(path, 'r');
-    } catch (err) {
-      throw new FormatError(`${path}: cannot open (${(err as NodeJS.ErrnoException).code ?? String(err)})`, path);
-    }
-    try {
-      const stat = fstatSync(fd);
-      if (!stat.isFile()) throw new FormatError(`${path}: not a regular file`, path);
-      const zip = new ZipFile(path, fd, stat.size);
+      const zip = new ZipFile(path, fd, size);
       zip.readCentralDirectory();
       return zip;
     } catch (err) {

@@ -3,11 +3,12 @@
  * data): header parsing with strict validation, reading tensors through the native loader, and
  * atomic writing. Every problem is a FormatError naming the file and the offending field.
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, readSync } from 'node:fs';
 import { FormatError, InvalidArgumentError } from '../errors.js';
 import { native } from '../native.js';
 import { Tensor, type DType } from '../tensor.js';
 import { writeFileAtomic } from './atomic.js';
+import { openRegularFile } from './files.js';
 
 /** Safetensors dtype codes and their byte sizes. */
 export const SAFETENSORS_DTYPES = {
@@ -47,19 +48,12 @@ function isNonNegativeInt(v: unknown): v is number {
 
 /** Reads and validates the header of a safetensors file without reading its data. */
 export function readSafetensorsHeader(path: string): SafetensorsHeader {
-  let fd: number;
+  const invalid = (why: string) => `not a valid safetensors file: ${why}`;
+  const { fd, size: fileSize } = openRegularFile(path, invalid);
   try {
-    fd = openSync(path, 'r');
-  } catch (err) {
-    throw new FormatError(`${path}: cannot open (${(err as NodeJS.ErrnoException).code ?? String(err)})`, path);
-  }
-  try {
-    const stat = fstatSync(fd);
-    const fileSize = stat.size;
     const fail = (why: string): never => {
-      throw new FormatError(`${path}: not a valid safetensors file: ${why}`, path);
+      throw new FormatError(`${path}: ${invalid(why)}`, path);
     };
-    if (!stat.isFile()) fail('not a regular file');
     if (fileSize < 8) fail(`the file has ${fileSize} bytes, fewer than the 8-byte header length`);
     const lengthBytes = Buffer.alloc(8);
     readSync(fd, lengthBytes, 0, 8, 0);
