@@ -12,7 +12,7 @@ import { makeTempModel, tempDir, TINY_GPT2 } from './helpers/fixtures.js';
 import { maxDiff } from './helpers/reference.js';
 import { Tensor } from '../lib/index.js';
 
-const COMMANDS = ['run', 'train', 'eval', 'cache', 'tokenize', 'convert', 'info', 'make-model'];
+const COMMANDS = ['demo', 'run', 'train', 'eval', 'cache', 'tokenize', 'convert', 'info', 'make-model'];
 let work: string;
 let modelDir: string;
 

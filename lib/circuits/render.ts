@@ -41,14 +41,14 @@ export function toDot(graph: CircuitGraph): string {
   return lines.join('\n') + '\n';
 }
 
-const escapeHtml = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+export const escapeHtml = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 
 /**
- * A self-contained HTML page (inline SVG, no scripts from elsewhere): x = layer (+0.5 for nodes read
- * between attention and MLP, -0.25 for error nodes), nodes spread vertically within a column,
- * green intensity by contribution, edges with width by |weight| (red when negative), hover titles.
+ * The graph as an inline SVG: x = layer (+0.5 for nodes read between attention and MLP, -0.25 for
+ * error nodes), nodes spread vertically within a column, green intensity by contribution, edges with
+ * width by |weight| (red when negative), hover titles.
  */
-export function toHtml(graph: CircuitGraph, title = 'Circuit'): string {
+export function graphSvg(graph: CircuitGraph): string {
   const column = (n: GraphNode) => n.layer + (n.kind === 'error' ? -0.25 : n.kind === 'feature' ? 0.5 : 0) + (n.kind === 'logit' || n.kind === 'direction' ? 1 : 0);
   const columns = new Map<number, GraphNode[]>();
   for (const n of graph.nodes) columns.set(column(n), [...(columns.get(column(n)) ?? []), n]);
@@ -75,18 +75,27 @@ export function toHtml(graph: CircuitGraph, title = 'Circuit'): string {
     const tip = `${n.id}${n.token === null ? '' : ` ${JSON.stringify(n.token)}`}\ncontribution ${short(n.contribution)}${n.activation !== undefined ? `\nactivation ${short(n.activation)}` : ''}`;
     return `<g><circle cx="${p.x}" cy="${p.y}" r="13" fill="${fill}" stroke="#333"/><text x="${p.x}" y="${p.y + 26}" font-size="10" text-anchor="middle">${escapeHtml(n.id)}</text><title>${escapeHtml(tip)}</title></g>`;
   });
-  const tokens = graph.metadata.tokenTexts.map((t, i) => `<span title="position ${i}">${escapeHtml(t ?? String(graph.metadata.tokens[i]))}</span>`).join('<span class="sep">|</span>');
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">
+<defs><marker id="arrow" viewBox="0 0 10 10" refX="22" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>
+${edges.join('\n')}
+${nodes.join('\n')}
+</svg>`;
+}
+
+/** The prompt's tokens, separated, with their positions as hover titles. */
+export function tokensHtml(graph: CircuitGraph): string {
+  return graph.metadata.tokenTexts.map((t, i) => `<span title="position ${i}">${escapeHtml(t ?? String(graph.metadata.tokens[i]))}</span>`).join('<span class="sep">|</span>');
+}
+
+/** A self-contained HTML page (inline SVG, no scripts from elsewhere) showing the graph. */
+export function toHtml(graph: CircuitGraph, title = 'Circuit'): string {
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(title)}</title>
 <style>body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222}.sep{color:#bbb;margin:0 2px}code{background:#f4f4f4;padding:1px 4px}</style></head>
 <body><h1>${escapeHtml(title)}</h1>
 <p>Root <code>${escapeHtml(graph.metadata.root)}</code> · model <code>${escapeHtml(graph.metadata.model)}</code> · search iters ${graph.metadata.search.iters}, branches ${graph.metadata.search.branches}</p>
-<p>${tokens}</p>
-<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">
-<defs><marker id="arrow" viewBox="0 0 10 10" refX="22" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>
-${edges.join('\n')}
-${nodes.join('\n')}
-</svg>
+<p>${tokensHtml(graph)}</p>
+${graphSvg(graph)}
 <p>Edges point from a contributing component to the node it contributes to; width ∝ |attribution|, red when negative. Hover for values.</p>
 </body></html>
 `;

@@ -12,8 +12,9 @@ import { convertCommand } from './convert.js';
 import { tokenizeCommand } from './tokenize.js';
 import { circuitCommand } from './circuit.js';
 import { connectionsCommand } from './connections.js';
+import { demoCommand } from './demo.js';
 
-const COMMANDS: Command[] = [runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, connectionsCommand, infoCommand, makeModelCommand];
+const COMMANDS: Command[] = [demoCommand, runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, connectionsCommand, infoCommand, makeModelCommand];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };

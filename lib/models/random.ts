@@ -38,6 +38,14 @@ export interface RandomModelSpec {
   seed?: number;
   /** Standard deviation of matrix entries (default 0.02; tests use larger values so bugs show). */
   std?: number;
+  /**
+   * `'fixture'` (default): LayerNorm gains near 1 and random biases, so that folding and bias bugs
+   * show up in tests. `'gpt2'`: GPT-2's initialisation for training from scratch (gains 1, biases 0,
+   * matrices N(0, std), output projections N(0, std / sqrt(2 nLayers))).
+   */
+  init?: 'fixture' | 'gpt2';
+  /** A tokenizer.json object to ship instead of the built-in fixture tokenizer (vocabSize must cover it). */
+  tokenizer?: object;
 }
 
 /** Named specs: tiny models for tests and the sizes of GPT-2 small and Pythia-70m for benchmarks. */
@@ -114,29 +122,35 @@ export function createRandomModel(dir: string, spec: RandomModelSpec): string {
 
   // Tokenizer: GPT-2 puts <|endoftext|> last, Pythia puts its specials first.
   const neox = spec.arch === 'gpt_neox';
-  const tokenizer = trainByteLevelBpe(TOKENIZER_CORPUS, {
-    vocabSize: Math.min(spec.vocabSize, 2048),
-    specialTokens: neox ? ['<|endoftext|>', '<|padding|>'] : ['<|endoftext|>'],
-    specialTokensFirst: neox,
-  }) as { added_tokens: { id: number }[] };
+  const tokenizer = (spec.tokenizer ??
+    trainByteLevelBpe(TOKENIZER_CORPUS, {
+      vocabSize: Math.min(spec.vocabSize, 2048),
+      specialTokens: neox ? ['<|endoftext|>', '<|padding|>'] : ['<|endoftext|>'],
+      specialTokensFirst: neox,
+    })) as { added_tokens: { id: number }[] };
   const bos = tokenizer.added_tokens[0]!.id;
+  if (bos >= spec.vocabSize) throw new InvalidArgumentError(`vocabSize ${spec.vocabSize} does not cover the tokenizer's special token id ${bos}`);
   writeFileAtomic(join(dir, 'tokenizer.json'), [JSON.stringify(tokenizer)]);
 
   const rawConfig = hfConfig(spec, bos, bos);
   writeFileAtomic(join(dir, 'config.json'), [JSON.stringify(rawConfig, null, 2) + '\n']);
   const config = parseModelConfig(rawConfig, join(dir, 'config.json'));
 
-  // Weights: LayerNorm gains near 1, biases and matrices random (never exactly 0 or 1, so that
-  // folding and bias bugs show up in tests).
+  // Fixture weights: LayerNorm gains near 1, biases and matrices random (never exactly 0 or 1, so
+  // that folding and bias bugs show up in tests).
   const dtype: SafetensorsDtype = spec.dtype ?? 'F32';
+  const forTraining = spec.init === 'gpt2';
   const tensors: Record<string, RawTensor> = {};
   for (const [name, shape] of expectedTensors(config).required) {
     const n = shape.reduce((a, b) => a * b, 1);
     const values = new Float32Array(n);
     const isNorm = /(ln_\d|ln_f|layernorm|layer_norm)\.weight$/.test(name);
     const isBias = name.endsWith('.bias');
+    const isOutput = /(c_proj|attention\.dense|dense_4h_to_h)\.weight$/.test(name);
+    const matrixStd = forTraining && isOutput ? std / Math.sqrt(2 * spec.nLayers) : std;
     for (let i = 0; i < n; i++) {
-      values[i] = isNorm ? 1 + 0.1 * rng.normal() : isBias ? 0.5 * std * rng.normal() : std * rng.normal();
+      if (forTraining) values[i] = isNorm ? 1 : isBias ? 0 : matrixStd * rng.normal();
+      else values[i] = isNorm ? 1 + 0.1 * rng.normal() : isBias ? 0.5 * std * rng.normal() : std * rng.normal();
     }
     const bytes = dtype === 'F32' ? new Uint8Array(values.buffer) : encodeHalf(values, dtype);
     const key = spec.arch === 'gpt2' && spec.prefixed ? `transformer.${name}` : name;

@@ -82,15 +82,25 @@ export function trainByteLevelBpe(corpus: readonly string[], options: TrainBpeOp
     }
   }
   const firstSpecial = options.specialTokensFirst ? 0 : 256 + merges.length;
-  const addedTokens = options.specialTokens.map((content, i) => ({
-    id: firstSpecial + i,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  }));
+  const specials = options.specialTokens.map((content, i) => ({ id: firstSpecial + i, content }));
+  return byteLevelBpeJson({ vocab, merges, specialTokens: specials });
+}
+
+export interface ByteLevelBpeParts {
+  /** Token (in GPT-2's byte-to-unicode alphabet) -> id, without the special tokens. */
+  vocab: Record<string, number>;
+  merges: string[];
+  specialTokens: { id: number; content: string }[];
+  /** Default: GPT-2's ByteLevel pre-tokenizer with its regex. */
+  preTokenizer?: object;
+  /** Map a pre-token that is in the vocabulary straight to its id (default false). */
+  ignoreMerges?: boolean;
+}
+
+/** A Hugging Face tokenizer.json for a byte-level BPE model (GPT-2's decoder and post-processor). */
+export function byteLevelBpeJson(parts: ByteLevelBpeParts): object {
+  const vocab = { ...parts.vocab };
+  const addedTokens = parts.specialTokens.map(({ id, content }) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }));
   for (const t of addedTokens) vocab[t.content] = t.id;
   return {
     version: '1.0',
@@ -98,7 +108,7 @@ export function trainByteLevelBpe(corpus: readonly string[], options: TrainBpeOp
     padding: null,
     added_tokens: addedTokens,
     normalizer: null,
-    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
+    pre_tokenizer: parts.preTokenizer ?? { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
     post_processor: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
     decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
     model: {
@@ -109,8 +119,9 @@ export function trainByteLevelBpe(corpus: readonly string[], options: TrainBpeOp
       end_of_word_suffix: '',
       fuse_unk: false,
       byte_fallback: false,
+      ...(parts.ignoreMerges ? { ignore_merges: true } : {}),
       vocab,
-      merges,
+      merges: parts.merges,
     },
   };
 }

@@ -1,0 +1,305 @@
+/**
+ * `transcoders demo`: the whole pipeline on the shipped greater-than model, in minutes on a CPU.
+ * 1. load the model; 2. train a transcoder for every layer (or load the shipped ones) and evaluate
+ * them; 3. search circuits from a valid-minus-invalid end-year logit difference and from the top
+ * feature at the last position; 4. the paper's greater-than experiment; 5. an HTML report.
+ */
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Attribution, type AttributionNode } from '../circuits/attribution.js';
+import { pathsToGraph, type CircuitGraph } from '../circuits/graph.js';
+import { formatPaths } from '../circuits/render.js';
+import { greedyPaths, type Path } from '../circuits/search.js';
+import { writeTokenFile } from '../data/token-file.js';
+import { InvalidArgumentError } from '../errors.js';
+import { writeFileAtomic } from '../io/atomic.js';
+import { loadModel, type Model } from '../models/model.js';
+import { evaluate, type Evaluation } from '../transcoders/evaluate.js';
+import { loadTranscoder } from '../transcoders/formats/index.js';
+import { trainTranscoders, type TrainProgress } from '../transcoders/train.js';
+import type { Transcoder } from '../transcoders/transcoder.js';
+import type { TrainOptions } from '../transcoders/trainer.js';
+import { greaterThanExperiment, type GreaterThanExperiment } from './ablation.js';
+import { yearTokenIds } from './greater-than.js';
+import { featureCards, type FeatureCard, type FeatureRef } from './features.js';
+import { greaterThanPrompt, packedRows, twoDigits } from './tasks.js';
+import { renderReport } from './report.js';
+import { DEMO_MODEL, validationRows } from './train-model.js';
+
+/** The shipped model (trained by scripts/train-demo-model.mjs). */
+export const DEMO_MODEL_DIR = fileURLToPath(new URL('../../models/greater-than', import.meta.url));
+
+/** How the demo trains its transcoders (also how the shipped ones were trained). */
+export interface DemoTranscoderSpec extends Pick<TrainOptions, 'lr' | 'l1Coefficient' | 'schedule' | 'warmupSteps'> {
+  dSae: number;
+  /** Activation rows per layer. */
+  tokens: number;
+  batchSize: number;
+  seed: number;
+}
+
+export const DEMO_TRANSCODERS: DemoTranscoderSpec = {
+  dSae: 1024,
+  tokens: 600_000,
+  batchSize: 1024,
+  lr: 1e-3,
+  l1Coefficient: 2e-3,
+  schedule: 'cosineannealingwarmup',
+  warmupSteps: 50,
+  seed: 0,
+};
+
+export type DemoStage = 'data' | 'train' | 'evaluate' | 'circuit' | 'experiment' | 'features' | 'report';
+
+export interface DemoProgress {
+  stage: DemoStage;
+  done: number;
+  total: number;
+  detail?: string;
+}
+
+export interface DemoOptions {
+  /** Output folder for the report and everything it is made from. */
+  out: string;
+  /** Model folder (default the shipped models/greater-than). */
+  model?: string;
+  /** Load the shipped transcoders (`<model>/transcoders/layer_L`) instead of training. */
+  pretrained?: boolean;
+  /** Overrides of the transcoder training (e.g. fewer tokens for a quick run). */
+  transcoders?: Partial<DemoTranscoderSpec>;
+  /** Start year of the prompt whose circuit is searched (default 32: "... from the year 1732 to the year 17"). */
+  startYear?: number;
+  /** Search parameters (default iters 3, branches 10). */
+  iters?: number;
+  branches?: number;
+  /** Held-out sequences for the evaluation (default 128). */
+  evalSequences?: number;
+  onProgress?: (progress: DemoProgress) => void;
+}
+
+export interface CircuitResult {
+  /** What the search started from, e.g. `logit["59"] - logit["20"] @ 12`. */
+  rootLabel: string;
+  graph: CircuitGraph;
+  /** The text rendering of the paths (formatPaths). */
+  pathsText: string;
+  /** Paths of the deepest level, best first. */
+  topPaths: { nodes: string[]; positions: number[]; contribution: number }[];
+}
+
+export interface DemoResult {
+  out: string;
+  report: string;
+  model: string;
+  transcodersDir: string;
+  pretrained: boolean;
+  prompt: string;
+  /** YY of the prompt. */
+  startYear: number;
+  tokens: string[];
+  /** Position of the start year's two-digit token in the prompt. */
+  startYearPosition: number;
+  evaluation: Evaluation;
+  training: { seconds: number; steps: number; tokens: number } | null;
+  logitCircuit: CircuitResult;
+  featureCircuit: CircuitResult;
+  experiment: GreaterThanExperiment;
+  features: FeatureCard[];
+  seconds: Record<DemoStage, number>;
+}
+
+function circuitResult(attribution: Attribution, levels: Path[][], graph: CircuitGraph, rootLabel: string): CircuitResult {
+  const deepest = [...levels].reverse().find((l) => l.length > 0) ?? [];
+  const id = (n: AttributionNode) => graph.nodes.find((g) => g.layer === n.layer && g.position === n.position && g.kind === n.kind && g.feature === n.feature && g.head === n.head)?.id ?? `${n.kind}@${n.position}`;
+  return {
+    rootLabel,
+    graph,
+    pathsText: formatPaths(attribution, levels),
+    topPaths: deepest.map((p) => ({ nodes: p.map(id), positions: p.map((n) => n.position), contribution: p[p.length - 1]!.contrib })),
+  };
+}
+
+/**
+ * Trains a transcoder for every layer of `model` on `spec.tokens` activations of the task mix (from a
+ * data seed the model never trained on) into `out/layer_L` (with the log `out/train.jsonl`); the
+ * token file is written to `work/` and removed afterwards, as are the checkpoints.
+ */
+export async function trainDemoTranscoders(
+  model: Model,
+  spec: DemoTranscoderSpec,
+  out: string,
+  work: string,
+  onProgress?: (p: DemoProgress) => void,
+): Promise<{ transcoders: Transcoder[]; steps: number; seconds: number }> {
+  const rowsNeeded = Math.ceil(spec.tokens / DEMO_MODEL.seqLen) + 64;
+  const tokenFile = join(work, 'tokens.bin');
+  mkdirSync(work, { recursive: true });
+  const encode = (t: string) => model.tokenize(t, { prependBos: false });
+  const source = packedRows(encode, model.config.bosTokenId!, DEMO_MODEL.seqLen, spec.seed + 7_000_001);
+  const rows = function* () {
+    for (let i = 0; i < rowsNeeded; i++) {
+      yield Int32Array.from(source.next().value as number[]);
+      if (i % 1000 === 0) onProgress?.({ stage: 'data', done: i, total: rowsNeeded });
+    }
+    onProgress?.({ stage: 'data', done: rowsNeeded, total: rowsNeeded });
+  };
+  await writeTokenFile(tokenFile, rows(), { contextSize: DEMO_MODEL.seqLen, tokenizer: join(model.dir, 'tokenizer.json'), bos: 'paper', sources: ['lib/demo/tasks.ts'], documents: rowsNeeded });
+  const started = Date.now();
+  const result = await trainTranscoders({
+    data: { tokenFile, model },
+    layers: Array.from({ length: model.config.nLayers }, (_, l) => l),
+    arch: 'relu',
+    dSae: spec.dSae,
+    tokens: spec.tokens,
+    batchSize: spec.batchSize,
+    lr: spec.lr,
+    l1Coefficient: spec.l1Coefficient,
+    schedule: spec.schedule,
+    warmupSteps: spec.warmupSteps,
+    totalSteps: Math.floor(spec.tokens / spec.batchSize),
+    seed: spec.seed,
+    sequencesPerForward: 32,
+    out,
+    checkpointEveryTokens: spec.tokens,
+    logEvery: 5,
+    onProgress: (p: TrainProgress) => onProgress?.({
+      stage: 'train', done: p.step, total: p.totalSteps,
+      detail: p.metrics.map((m) => `L${m.layer} fvu ${m.fvu.toFixed(3)} l0 ${m.l0.toFixed(1)}`).join(' · '),
+    }),
+  });
+  // Keep the final transcoders only: the checkpoints (with Adam state) and the token file can be remade.
+  rmSync(join(out, 'checkpoints'), { recursive: true, force: true });
+  rmSync(tokenFile, { force: true });
+  return { transcoders: result.transcoders, steps: result.steps, seconds: (Date.now() - started) / 1000 };
+}
+
+async function loadOrTrain(model: Model, options: DemoOptions, transcodersDir: string, report: (p: DemoProgress) => void): Promise<{ transcoders: Transcoder[]; training: DemoResult['training'] }> {
+  if (options.pretrained) {
+    const transcoders: Transcoder[] = [];
+    for (let l = 0; l < model.config.nLayers; l++) {
+      const path = join(transcodersDir, `layer_${l}`);
+      if (!existsSync(path)) throw new InvalidArgumentError(`--pretrained: ${path} does not exist (the model folder has no shipped transcoder for layer ${l})`);
+      transcoders.push(await loadTranscoder(path));
+    }
+    return { transcoders, training: null };
+  }
+  const spec = { ...DEMO_TRANSCODERS, ...options.transcoders };
+  const trained = await trainDemoTranscoders(model, spec, transcodersDir, join(options.out, 'work'), report);
+  return { transcoders: trained.transcoders, training: { seconds: trained.seconds, steps: trained.steps, tokens: spec.tokens } };
+}
+
+/** Runs the demo; returns everything the report shows (also written as `demo.json`). */
+export async function runDemo(options: DemoOptions): Promise<DemoResult> {
+  const out = resolve(options.out);
+  const modelDir = resolve(options.model ?? DEMO_MODEL_DIR);
+  const startYear = options.startYear ?? 32;
+  if (!Number.isInteger(startYear) || startYear < 2 || startYear > 97) throw new InvalidArgumentError(`startYear must be an integer in 2..97, got ${startYear}`);
+  mkdirSync(out, { recursive: true });
+  const seconds = Object.fromEntries((['data', 'train', 'evaluate', 'circuit', 'experiment', 'features', 'report'] as DemoStage[]).map((s) => [s, 0])) as Record<DemoStage, number>;
+  let clock = Date.now();
+  let current: DemoStage = 'data';
+  const report = (p: DemoProgress) => {
+    if (p.stage !== current) {
+      seconds[current] += (Date.now() - clock) / 1000;
+      clock = Date.now();
+      current = p.stage;
+    }
+    options.onProgress?.(p);
+  };
+
+  const model = await loadModel(modelDir, { processing: 'transformerlens' });
+  try {
+    // 1-2. Transcoders, trained or shipped, and their evaluation.
+    const transcodersDir = options.pretrained ? join(modelDir, 'transcoders') : join(out, 'transcoders');
+    const { transcoders, training } = await loadOrTrain(model, { ...options, out }, transcodersDir, report);
+    const byLayer = new Map(transcoders.map((t) => [t.config.layer, t]));
+    const evalRows = validationRows(model, DEMO_MODEL, options.evalSequences ?? 128);
+    const evaluation = await evaluate(model, transcoders, evalRows, { batchSize: 32, onProgress: (done, total) => report({ stage: 'evaluate', done, total }) });
+
+    // 3. Circuits on "The war lasted from the year 1732 to the year 17".
+    report({ stage: 'circuit', done: 0, total: 2 });
+    const prompt = greaterThanPrompt('war', 17, startYear);
+    const tokens = model.tokenize(prompt);
+    const last = tokens.length - 1;
+    const search = { iters: options.iters ?? 3, branches: options.branches ?? 10, ignoreBos: true, cap: false };
+    const attribution = await Attribution.create(model, transcoders, tokens);
+    // The root compares the model's favourite valid end year with its favourite invalid one.
+    const { logits } = await model.run([tokens]);
+    const V = model.config.vocabSize;
+    const lastLogits = logits!.toFloat32Array().subarray(last * V, (last + 1) * V);
+    logits!.dispose();
+    const yearIds = yearTokenIds(model);
+    const startYearPosition = tokens.lastIndexOf(yearIds[startYear]!);
+    const argmax = (ns: number[]) => ns.reduce((a, b) => (lastLogits[yearIds[b]!]! > lastLogits[yearIds[a]!]! ? b : a));
+    const valid = argmax(Array.from({ length: 99 - startYear }, (_, i) => startYear + 1 + i));
+    const invalid = argmax(Array.from({ length: startYear + 1 }, (_, i) => i));
+    const logitRoot = attribution.logitRoot(last, yearIds[valid]!, yearIds[invalid]!);
+    const logitLevels = await greedyPaths(attribution, logitRoot, search);
+    const logitGraph = pathsToGraph(attribution, logitLevels, { prompt, search });
+    const logitCircuit = circuitResult(attribution, logitLevels, logitGraph, `logit("${twoDigits(valid)}") - logit("${twoDigits(invalid)}") at position ${last}`);
+    report({ stage: 'circuit', done: 1, total: 2 });
+    // The top transcoder feature at the last position: the one contributing most to that difference.
+    const kids = await attribution.children(logitRoot, 200, { ignoreBos: true });
+    const topKid = kids.find((n) => n.kind === 'feature' && n.position === last);
+    if (!topKid) throw new InvalidArgumentError('no transcoder feature at the last position contributes to the logit difference');
+    const featureRoot = attribution.featureRoot(topKid.layer, topKid.feature!, last);
+    const featureLevels = await greedyPaths(attribution, featureRoot, search);
+    const featureGraph = pathsToGraph(attribution, featureLevels, { prompt, search });
+    const featureCircuit = circuitResult(attribution, featureLevels, featureGraph, `feature ${topKid.feature} of the layer-${topKid.layer} transcoder at position ${last}`);
+    report({ stage: 'circuit', done: 2, total: 2 });
+
+    // 4. The greater-than experiment, removing features of the MLP layer that carries most of the
+    // circuit's attribution (candidates: that layer's graph features and the most active ones at
+    // the positions where the graph reads them).
+    const graphFeatures = logitGraph.nodes.filter((n) => n.kind === 'feature');
+    const weightOf = (l: number) => graphFeatures.filter((n) => n.layer === l).reduce((s, n) => s + Math.abs(n.contribution), 0);
+    const layers = transcoders.map((t) => t.config.layer);
+    const experimentLayer = layers.reduce((a, b) => (weightOf(b) > weightOf(a) ? b : a));
+    const inLayer = graphFeatures.filter((n) => n.layer === experimentLayer);
+    const experiment = await greaterThanExperiment(model, byLayer, {
+      layer: experimentLayer,
+      include: [...new Set(inLayer.map((n) => n.feature!))],
+      positions: [...new Set(inLayer.map((n) => n.position))],
+      candidates: 32,
+      remove: 8,
+      onProgress: (done, total) => report({ stage: 'experiment', done, total }),
+    });
+
+    // Feature cards: the features of the logit circuit and the most important ones of the experiment.
+    report({ stage: 'features', done: 0, total: 1 });
+    const via = (id: string) => {
+      const target = logitGraph.edges.find((e) => e.source === id && e.target.startsWith('attn'));
+      const node = target && logitGraph.nodes.find((n) => n.id === target.target);
+      return node?.head !== undefined ? { viaHead: { layer: node.layer, head: node.head } } : {};
+    };
+    const refs: FeatureRef[] = [
+      ...graphFeatures.sort((a, b) => Math.abs(b.contribution) - Math.abs(a.contribution)).slice(0, 8)
+        .map((n) => ({ layer: n.layer, feature: n.feature!, position: n.position, reason: `in the circuit graph (${n.id})`, ...via(n.id) })),
+      ...(experiment.ablations.at(-1)?.removed ?? []).map((f, i) => {
+        const node = inLayer.find((n) => n.feature === f);
+        return { layer: experimentLayer, feature: f, position: node?.position ?? last, reason: `greater-than experiment: importance rank ${i + 1}`, ...(node ? via(node.id) : {}) };
+      }),
+    ];
+    const corpusSource = packedRows((t) => model.tokenize(t, { prependBos: false }), model.config.bosTokenId!, DEMO_MODEL.seqLen, 424_242);
+    const corpus = Array.from({ length: 512 }, () => corpusSource.next().value as number[]);
+    const features = await featureCards(model, byLayer, refs, { corpus });
+    report({ stage: 'features', done: 1, total: 1 });
+
+    report({ stage: 'report', done: 0, total: 1 });
+    const result: DemoResult = {
+      out, report: join(out, 'report.html'), model: modelDir, transcodersDir, pretrained: options.pretrained === true,
+      prompt, startYear, tokens: tokens.map((id) => model.decode([id])), startYearPosition,
+      evaluation, training, logitCircuit, featureCircuit, experiment, features, seconds,
+    };
+    writeFileAtomic(join(out, 'graph.json'), [JSON.stringify(logitGraph, null, 1) + '\n']);
+    writeFileAtomic(join(out, 'feature-graph.json'), [JSON.stringify(featureGraph, null, 1) + '\n']);
+    writeFileAtomic(result.report, [renderReport(result)]);
+    seconds.report += (Date.now() - clock) / 1000;
+    writeFileAtomic(join(out, 'demo.json'), [JSON.stringify(result, null, 1) + '\n']);
+    report({ stage: 'report', done: 1, total: 1 });
+    return result;
+  } finally {
+    model.dispose();
+  }
+}

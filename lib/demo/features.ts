@@ -1,0 +1,160 @@
+/**
+ * What a reader needs to check a feature: the text where it fires most, the tokens that drive it
+ * directly (de-embedding), the tokens it promotes (logit effects), and on the greater-than prompts
+ * its activation as a function of the start year and its direct effect on every end-year token.
+ */
+import { deEmbedding, logitEffects, type TokenEffects } from '../circuits/connections.js';
+import type { Model } from '../models/model.js';
+import type { Transcoder } from '../transcoders/transcoder.js';
+import { greaterThanRows, yearTokenIds } from './greater-than.js';
+
+export interface FeatureRef {
+  layer: number;
+  feature: number;
+  /** Position in the greater-than prompt where the feature is read (default: the last). */
+  position?: number;
+  /** Why the feature is shown, e.g. "in the circuit graph". */
+  reason?: string;
+  /** The attention head that moves the feature's output to the last position (for its end-year effects). */
+  viaHead?: { layer: number; head: number };
+}
+
+export interface ActivatingExample {
+  /** Tokens from the start of the example to just after the activating one. */
+  tokens: string[];
+  /** Index into `tokens` of the activating token. */
+  index: number;
+  activation: number;
+}
+
+export interface FeatureCard extends Required<Pick<FeatureRef, 'layer' | 'feature' | 'position'>>, Pick<FeatureRef, 'viaHead'> {
+  reasons: string[];
+  topExamples: ActivatingExample[];
+  deEmbedding: TokenEffects;
+  logitEffects: TokenEffects;
+  /** Mean activation at `position` of the greater-than prompts, for start years 02..98. */
+  byStartYear: { startYears: number[]; activation: number[] };
+  /**
+   * Effect on each end-year token ZZ = 00..99 without LayerNorms: direct, W_dec[f] . W_U[:, "ZZ"],
+   * or through `viaHead`'s OV circuit, W_dec[f] W_V W_O . W_U[:, "ZZ"].
+   */
+  endYearEffects: number[];
+}
+
+export interface FeatureCardOptions {
+  /** Token rows to find the top activating examples in (each starting with BOS). */
+  corpus: readonly (readonly number[])[];
+  /** Examples per card (default 5). */
+  examples?: number;
+  /** Tokens per de-embedding / logit-effect list (default 8). */
+  k?: number;
+}
+
+/** Activations of every requested layer on `rows`: row-major [rows, T, dSae] per layer. */
+async function layerActivations(model: Model, transcoders: ReadonlyMap<number, Transcoder>, layers: number[], rows: readonly (readonly number[])[]): Promise<Map<number, Float32Array[]>> {
+  const out = new Map(layers.map((l) => [l, [] as Float32Array[]]));
+  const hooks = layers.map((l) => transcoders.get(l)!.config.hookIn);
+  for (let start = 0; start < rows.length; start += 64) {
+    const { cache } = await model.run(rows.slice(start, start + 64), { cache: hooks, logits: false });
+    for (const l of layers) {
+      const tc = transcoders.get(l)!;
+      const acts = await tc.encode(cache[tc.config.hookIn]!);
+      out.get(l)!.push(acts.toFloat32Array());
+      acts.dispose();
+    }
+    for (const t of Object.values(cache)) t.dispose();
+  }
+  return out;
+}
+
+/** v W_V[head] W_O[head] for a vector v [d] (TransformerLens shapes W_V [H, d, dh], W_O [H, dh, d]). */
+function throughHead(model: Model, v: Float32Array, via: { layer: number; head: number }): Float32Array {
+  const WV = model.weight(`blocks.${via.layer}.attn.W_V`);
+  const WO = model.weight(`blocks.${via.layer}.attn.W_O`);
+  const [, d, dh] = WV.shape as [number, number, number];
+  const wv = WV.toFloat32Array().subarray(via.head * d * dh, (via.head + 1) * d * dh);
+  const wo = WO.toFloat32Array().subarray(via.head * dh * d, (via.head + 1) * dh * d);
+  const z = new Float32Array(dh);
+  for (let i = 0; i < d; i++) for (let j = 0; j < dh; j++) z[j]! += v[i]! * wv[i * dh + j]!;
+  const out = new Float32Array(d);
+  for (let j = 0; j < dh; j++) for (let i = 0; i < d; i++) out[i]! += z[j]! * wo[j * d + i]!;
+  return out;
+}
+
+/** Cards for `refs` (merged when the same feature is asked for twice). */
+export async function featureCards(model: Model, transcoders: ReadonlyMap<number, Transcoder>, refs: readonly FeatureRef[], options: FeatureCardOptions): Promise<FeatureCard[]> {
+  const exampleCount = options.examples ?? 5;
+  const k = options.k ?? 8;
+  const gt = greaterThanRows(model);
+  const T = gt.rows[0]!.length;
+  const unique = new Map<string, FeatureCard>();
+  for (const ref of refs) {
+    const position = ref.position ?? T - 1;
+    const key = `${ref.layer}:${ref.feature}@${position}`;
+    const existing = unique.get(key);
+    if (existing) {
+      if (ref.reason && !existing.reasons.includes(ref.reason)) existing.reasons.push(ref.reason);
+      continue;
+    }
+    unique.set(key, {
+      layer: ref.layer, feature: ref.feature, position, ...(ref.viaHead ? { viaHead: ref.viaHead } : {}), reasons: ref.reason ? [ref.reason] : [], topExamples: [],
+      deEmbedding: { top: [], bottom: [] }, logitEffects: { top: [], bottom: [] }, byStartYear: { startYears: gt.startYears, activation: [] }, endYearEffects: [],
+    });
+  }
+  const cards = [...unique.values()];
+  const layers = [...new Set(cards.map((c) => c.layer))];
+  const WU = model.weight('unembed.W_U').toFloat32Array();
+  const V = model.config.vocabSize;
+  const years = yearTokenIds(model);
+  const text = (id: number) => model.decode([id]);
+
+  // Top activating examples in the corpus: the best position of each row, the best rows overall.
+  const corpusActs = await layerActivations(model, transcoders, layers, options.corpus);
+  const gtActs = await layerActivations(model, transcoders, layers, gt.rows);
+  const events = gt.rows.length / gt.startYears.length;
+  for (const card of cards) {
+    const tc = transcoders.get(card.layer)!;
+    const m = tc.config.dSae;
+    const best: { row: number; pos: number; activation: number }[] = [];
+    let row = 0;
+    for (const chunk of corpusActs.get(card.layer)!) {
+      const L = options.corpus[row]!.length;
+      for (let b = 0; b < chunk.length / (L * m); b++, row++) {
+        let top = { row, pos: 0, activation: 0 };
+        for (let t = 0; t < L; t++) {
+          const a = chunk[(b * L + t) * m + card.feature]!;
+          if (a > top.activation) top = { row, pos: t, activation: a };
+        }
+        if (top.activation > 0) best.push(top);
+      }
+    }
+    best.sort((a, b) => b.activation - a.activation);
+    card.topExamples = best.slice(0, exampleCount).map(({ row: r, pos, activation }) => {
+      const ids = options.corpus[r]!;
+      let from = pos;
+      while (from > 0 && ids[from] !== model.config.bosTokenId) from--;
+      const to = Math.min(ids.length, pos + 3);
+      return { tokens: ids.slice(from, to).map(text), index: pos - from, activation };
+    });
+
+    // On the greater-than prompts: activation at the card's position, averaged over events.
+    const sums = new Float64Array(gt.startYears.length);
+    let r = 0;
+    for (const chunk of gtActs.get(card.layer)!) {
+      for (let b = 0; b < chunk.length / (T * m); b++, r++) sums[Math.floor(r / events)]! += chunk[(b * T + card.position) * m + card.feature]! / events;
+    }
+    card.byStartYear.activation = [...sums];
+
+    const d = tc.config.dOut;
+    const Wdec = tc.parameters().W_dec.toFloat32Array();
+    const out = card.viaHead ? throughHead(model, Wdec.subarray(card.feature * d, (card.feature + 1) * d), card.viaHead) : Wdec.subarray(card.feature * d, (card.feature + 1) * d);
+    card.endYearEffects = years.map((id) => {
+      let s = 0;
+      for (let i = 0; i < d; i++) s += out[i]! * WU[i * V + id]!;
+      return s;
+    });
+    card.deEmbedding = await deEmbedding(model, tc, card.feature, { k });
+    card.logitEffects = await logitEffects(model, tc, card.feature, { k });
+  }
+  return cards;
+}

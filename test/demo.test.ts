@@ -1,0 +1,187 @@
+/**
+ * The shipped greater-than model and `transcoders demo`: its tokenizer, the probability-difference
+ * metric against the independent PyTorch reference forward, feature removal against a hand-written
+ * decode, a reduced demo end to end (report, FVU, paths reaching the start year), the CLI with the
+ * shipped transcoders, and reproducing the committed training run from its seed.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import {
+  DEMO_MODEL,
+  DEMO_MODEL_DIR,
+  examples,
+  greaterThan,
+  greaterThanPrompt,
+  greaterThanRows,
+  loadModel,
+  loadTranscoder,
+  runDemo,
+  setNumThreads,
+  Tensor,
+  trainDemoModel,
+  withoutFeatures,
+  yearTokenIds,
+  type Model,
+  type TrainingLog,
+} from '../lib/index.js';
+import { PIECE_PATTERN } from '../lib/demo/tokenizer.js';
+import { ensureDist, runCli } from './helpers/cli.js';
+import { tempDir } from './helpers/fixtures.js';
+import { PYTHON } from './helpers/reference.js';
+
+const REF = new URL('./reference/', import.meta.url).pathname;
+
+describe('the shipped greater-than model', () => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadModel(DEMO_MODEL_DIR);
+  });
+
+  it('tokenizes every piece of the task text as one token and decodes it back exactly', () => {
+    let n = 0;
+    for (const text of examples(123)) {
+      const ids = model.tokenize(text, { prependBos: false });
+      expect(ids.length, text).toBe(text.match(new RegExp(PIECE_PATTERN, 'gu'))!.length);
+      expect(model.decode(ids)).toBe(text);
+      if (++n === 2000) break;
+    }
+    expect(model.tokenizer!.decodeEach(model.tokenize(greaterThanPrompt('war', 17, 32)))).toEqual(
+      ['<|endoftext|>', 'The', ' war', ' lasted', ' from', ' the', ' year', ' 17', '32', ' to', ' the', ' year', ' 17'],
+    );
+    // Text outside the vocabulary falls back to byte tokens instead of failing.
+    expect(model.decode(model.tokenize('The pandemic ended', { prependBos: false }))).toBe('The pandemic ended');
+  });
+
+  it('has the probability difference the independent PyTorch forward gives, for every start year', async () => {
+    const ours = await greaterThan(model, { events: ['war', 'famine'] });
+    const script = String.raw`
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from hf_reference import load_model, run
+model_dir, rows, years = sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+config, layout = load_model(model_dir)
+with torch.no_grad():
+    p = torch.softmax(run(layout, rows)["logits"][:, -1].double(), -1)[:, years]
+print(json.dumps(p.tolist()))
+`;
+    const { rows, startYears } = greaterThanRows(model, { events: ['war', 'famine'] });
+    const r = spawnSync(PYTHON, ['-c', script, REF, DEMO_MODEL_DIR, JSON.stringify(rows), JSON.stringify(yearTokenIds(model))], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    expect(r.status, r.stderr).toBe(0);
+    const probs = JSON.parse(r.stdout) as number[][];
+    startYears.forEach((yy, i) => {
+      const diff = (p: number[]) => p.reduce((s, q, zz) => s + (zz > yy ? q : -q), 0);
+      const reference = (diff(probs[2 * i]!) + diff(probs[2 * i + 1]!)) / 2;
+      expect(Math.abs(ours.probDiff[i]! - reference), `YY=${yy}`).toBeLessThan(1e-4);
+    });
+    // The trained model solves the task: most mass on valid end years at every start year.
+    expect(ours.meanProbDiff).toBeGreaterThan(0.8);
+  });
+
+  it('removes features exactly: the spliced model equals a hand-written masked decode', async () => {
+    const tc = await loadTranscoder(join(DEMO_MODEL_DIR, 'transcoders', 'layer_0'));
+    const processed = await loadModel(DEMO_MODEL_DIR, { processing: 'transformerlens' });
+    const tokens = processed.tokenize(greaterThanPrompt('siege', 15, 61));
+    const { cache } = await processed.run([tokens], { cache: ['blocks.0.ln2.hook_normalized'] });
+    const x = cache['blocks.0.ln2.hook_normalized']!.toFloat32Array();
+    const p = tc.parameters();
+    const [Wenc, benc, Wdec, bdec, bout] = [p.W_enc, p.b_enc, p.W_dec, p.b_dec, p.b_dec_out].map((t) => t!.toFloat32Array());
+    const { dIn: d, dSae: m } = tc.config;
+    const acts = Array.from({ length: tokens.length }, (_, t) =>
+      Array.from({ length: m }, (_, f) => {
+        let s = benc![f]!;
+        for (let i = 0; i < d; i++) s += (x[t * d + i]! - bdec![i]!) * Wenc![i * m + f]!;
+        return Math.max(0, s);
+      }));
+    const active = [...new Set(acts.flatMap((row) => row.flatMap((a, f) => (a > 0 ? [f] : []))))].slice(0, 5);
+    expect(active.length).toBeGreaterThan(0);
+    const out = new Float32Array(tokens.length * d);
+    acts.forEach((row, t) => {
+      for (let i = 0; i < d; i++) {
+        let s = bout![i]!;
+        row.forEach((a, f) => {
+          if (!active.includes(f)) s += a * Wdec![f * d + i]!;
+        });
+        out[t * d + i] = s;
+      }
+    });
+    const manual = await processed.run([tokens], { replaceMlp: { 0: { value: Tensor.from(out, [1, tokens.length, d]) } } });
+    const removed = await processed.run([tokens], { replaceMlp: { 0: withoutFeatures(tc, active) } });
+    const a = manual.logits!.toFloat32Array();
+    const b = removed.logits!.toFloat32Array();
+    expect(Math.max(...a.map((v, i) => Math.abs(v - b[i]!)))).toBeLessThan(1e-4);
+    processed.dispose();
+  });
+});
+
+describe('transcoders demo', () => {
+  it('runs end to end (reduced): the report exists, the transcoders reconstruct, the top paths reach the start year', async () => {
+    setNumThreads(2);
+    const out = tempDir('demo');
+    const stages = new Set<string>();
+    const result = await runDemo({ out, transcoders: { tokens: 200_000 }, evalSequences: 64, onProgress: (p) => stages.add(p.stage) });
+    expect([...stages]).toEqual(['data', 'train', 'evaluate', 'circuit', 'experiment', 'features', 'report']);
+    const html = readFileSync(result.report, 'utf8');
+    for (const part of ['<svg', 'The greater-than experiment', 'Top paths', 'Top activating examples', 'De-embedding', 'Logit effects']) expect(html).toContain(part);
+    expect(html).not.toMatch(/https?:\/\/(?!www\.w3\.org)/); // self-contained
+    for (const file of ['graph.json', 'feature-graph.json', 'demo.json', 'transcoders/layer_0/cfg.json']) expect(existsSync(join(out, file)), file).toBe(true);
+    for (const layer of result.evaluation.layers) expect(layer.fvu, `layer ${layer.layer}`).toBeLessThan(0.35);
+    expect(result.evaluation.ceLossRecovered).toBeGreaterThan(0.7);
+    expect(result.tokens[result.startYearPosition]).toBe('32');
+    const top = result.logitCircuit.topPaths.slice(0, 5);
+    expect(top.some((p) => p.positions.includes(result.startYearPosition)), JSON.stringify(top)).toBe(true);
+    expect(result.experiment.original.meanProbDiff).toBeGreaterThan(0.8);
+    expect(result.features.length).toBeGreaterThan(0);
+  }, 600_000);
+
+  it('runs from the CLI with the shipped transcoders (--pretrained) and has --help', () => {
+    ensureDist();
+    const out = tempDir('demo-cli');
+    const r = runCli(['demo', '--pretrained', '--out', out, '--threads', '2']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`report: ${join(out, 'report.html')}`);
+    expect(r.stdout).toMatch(/probability difference: model 0\.\d+/);
+    expect(existsSync(join(out, 'report.html'))).toBe(true);
+    expect(existsSync(join(out, 'transcoders'))).toBe(false); // nothing trained
+    const help = runCli(['demo', '--help']);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toContain('--pretrained');
+    // `run` defaults to the shipped model, which completes the greater-than prompt with a later year.
+    const run = runCli(['run', '--prompt', 'The war lasted from the year 1732 to the year 17', '--json', '--threads', '2']);
+    expect(run.status, run.stderr).toBe(0);
+    const best = (JSON.parse(run.stdout) as { predictions: { token: string }[] }).predictions[0]!.token;
+    expect(Number(best)).toBeGreaterThan(32);
+    const bad = runCli(['demo', '--start-year', '99', '--pretrained', '--out', out]);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toContain('startYear must be an integer in 2..97');
+  }, 300_000);
+});
+
+describe('reproducing the shipped model', () => {
+  it('training again from the seed gives the committed training curve (first 50 steps)', async () => {
+    setNumThreads(2);
+    const committed = JSON.parse(readFileSync(join(DEMO_MODEL_DIR, 'training.json'), 'utf8')) as TrainingLog;
+    expect(committed.spec).toEqual(DEMO_MODEL);
+    expect(committed.threads).toBe(2);
+    // During warm-up the learning rate does not depend on the total step count, so a short run
+    // follows the committed run's first steps exactly.
+    const steps = 50;
+    expect(steps).toBeLessThanOrEqual(DEMO_MODEL.warmupSteps);
+    const dir = tempDir('demo-model');
+    const log = await trainDemoModel(dir, { ...DEMO_MODEL, steps }, { logEvery: 25, evalEvery: 1_000_000 });
+    expect(log.curve.map((c) => c.step)).toEqual([25, 50]);
+    log.curve.forEach((c, i) => {
+      const ref = committed.curve[i]!;
+      expect(ref.step).toBe(c.step);
+      expect(Math.abs(c.loss - ref.loss) / ref.loss, `step ${c.step}`).toBeLessThan(1e-4);
+      expect(c.lr).toBeCloseTo(ref.lr, 12);
+    });
+    // The written folder is a loadable Hugging Face model with the same tokenizer as the shipped one.
+    expect(readFileSync(join(dir, 'tokenizer.json'), 'utf8')).toBe(readFileSync(join(DEMO_MODEL_DIR, 'tokenizer.json'), 'utf8'));
+    const again = await loadModel(dir);
+    expect(again.config.nLayers).toBe(DEMO_MODEL.nLayers);
+    again.dispose();
+    writeFileSync(join(dir, 'checked'), '');
+  }, 300_000);
+});
