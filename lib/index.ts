@@ -94,7 +94,7 @@ export { saveModel } from './models/save.js';
 export { runDemo, DEMO_MODEL_DIR, DEMO_TRANSCODERS, trainDemoTranscoders, type DemoOptions, type DemoResult, type DemoProgress, type DemoStage, type DemoTranscoderSpec, type CircuitResult } from './demo/demo.js';
 export { trainDemoModel, DEMO_MODEL, learningRate, type DemoModelSpec, type TrainingLog, type TrainDemoModelOptions } from './demo/train-model.js';
 export { greaterThan, greaterThanRows, yearTokenIds, type GreaterThanOptions, type GreaterThanResult } from './demo/greater-than.js';
-export { greaterThanExperiment, withoutFeatures, type GreaterThanExperiment, type ExperimentOptions } from './demo/ablation.js';
+export { greaterThanExperiment, withoutFeatures, onlyFeatures, onlyNeurons, activationStats, type GreaterThanExperiment, type ExperimentOptions } from './demo/ablation.js';
 export { demoTokenizerJson } from './demo/tokenizer.js';
 export { examples, packedRows, taskExample, greaterThanPrompt, greaterThanSentence, TASK_MIX, type TaskName } from './demo/tasks.js';
 export { graphSvg } from './circuits/render.js';

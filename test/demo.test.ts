@@ -22,6 +22,9 @@ import {
   Tensor,
   trainDemoModel,
   withoutFeatures,
+  onlyFeatures,
+  onlyNeurons,
+  type MlpReplacement,
   yearTokenIds,
   type Model,
   type TrainingLog,
@@ -111,6 +114,23 @@ print(json.dumps(p.tolist()))
     const a = manual.logits!.toFloat32Array();
     const b = removed.logits!.toFloat32Array();
     expect(Math.max(...a.map((v, i) => Math.abs(v - b[i]!)))).toBeLessThan(1e-4);
+    processed.dispose();
+  });
+
+  it('keeps units exactly: all neurons give the model, no neurons give b_out, all features give the transcoder', async () => {
+    const processed = await loadModel(DEMO_MODEL_DIR, { processing: 'transformerlens' });
+    const tc = await loadTranscoder(join(DEMO_MODEL_DIR, 'transcoders', 'layer_1'));
+    const tokens = [processed.tokenize(greaterThanPrompt('reign', 12, 8)), processed.tokenize(greaterThanPrompt('truce', 18, 90))];
+    const logits = async (replaceMlp?: Record<number, MlpReplacement>) => (await processed.run(tokens, replaceMlp ? { replaceMlp } : {})).logits!.toFloat32Array();
+    const maxAbs = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
+    const all = Array.from({ length: processed.config.dMlp }, (_, n) => n);
+    // The hand-written MLP (act(x W_in + b_in) W_out + b_out from the weights) equals the model's own.
+    expect(maxAbs(await logits({ 1: onlyNeurons(processed, 1, all) }), await logits())).toBeLessThan(1e-4);
+    const bOut = processed.weight('blocks.1.mlp.b_out');
+    const constant = Tensor.from(new Float32Array(2 * tokens[0]!.length * 128).map((_, i) => bOut.toFloat32Array()[i % 128]!), [2, tokens[0]!.length, 128]);
+    expect(maxAbs(await logits({ 1: onlyNeurons(processed, 1, []) }), await logits({ 1: { value: constant } }))).toBeLessThan(1e-4);
+    const features = Array.from({ length: tc.config.dSae }, (_, f) => f);
+    expect(maxAbs(await logits({ 1: onlyFeatures(tc, features) }), await logits({ 1: tc }))).toBeLessThan(1e-4);
     processed.dispose();
   });
 });

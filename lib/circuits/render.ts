@@ -46,9 +46,14 @@ export const escapeHtml = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, 
 /**
  * The graph as an inline SVG: x = layer (+0.5 for nodes read between attention and MLP, -0.25 for
  * error nodes), nodes spread vertically within a column, green intensity by contribution, edges with
- * width by |weight| (red when negative), hover titles.
+ * width by |weight| (red when negative), hover titles. `errors: false` leaves out the error nodes.
  */
-export function graphSvg(graph: CircuitGraph): string {
+export function graphSvg(graph: CircuitGraph, options: { errors?: boolean } = {}): string {
+  if (options.errors === false) {
+    const kept = graph.nodes.filter((n) => n.kind !== 'error');
+    const ids = new Set(kept.map((n) => n.id));
+    graph = { ...graph, nodes: kept, edges: graph.edges.filter((e) => ids.has(e.source) && ids.has(e.target)) };
+  }
   const column = (n: GraphNode) => n.layer + (n.kind === 'error' ? -0.25 : n.kind === 'feature' ? 0.5 : 0) + (n.kind === 'logit' || n.kind === 'direction' ? 1 : 0);
   const columns = new Map<number, GraphNode[]>();
   for (const n of graph.nodes) columns.set(column(n), [...(columns.get(column(n)) ?? []), n]);
@@ -76,7 +81,7 @@ export function graphSvg(graph: CircuitGraph): string {
     return `<g><circle cx="${p.x}" cy="${p.y}" r="13" fill="${fill}" stroke="#333"/><text x="${p.x}" y="${p.y + 26}" font-size="10" text-anchor="middle">${escapeHtml(n.id)}</text><title>${escapeHtml(tip)}</title></g>`;
   });
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">
-<defs><marker id="arrow" viewBox="0 0 10 10" refX="22" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>
+<defs><marker id="arrow" viewBox="0 0 10 10" refX="26" refY="5" markerUnits="userSpaceOnUse" markerWidth="8" markerHeight="8" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>
 ${edges.join('\n')}
 ${nodes.join('\n')}
 </svg>`;

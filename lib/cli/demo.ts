@@ -66,7 +66,7 @@ export const demoCommand: Command = {
         `probability difference: model ${x.original.meanProbDiff.toFixed(3)}, ` +
           x.splicedByLayer.map((s) => `MLP ${s.layer} -> transcoder ${s.result.meanProbDiff.toFixed(3)}`).join(', ') +
           `, all ${x.splicedAll.meanProbDiff.toFixed(3)}; MLP ${x.layer} without features ${x.ablations.at(-1)?.removed.join(',')} ${x.ablations.at(-1)?.result.meanProbDiff.toFixed(3)}`,
-        top ? `top path: ${top.nodes.join(' <- ')} (${top.contribution.toFixed(3)})` : 'no paths found',
+        top ? `strongest path to the input: ${top.nodes.join(' <- ')} (${top.contribution.toFixed(3)})` : 'no paths found',
         `report: ${result.report}`,
       ].join('\n'),
     );

@@ -1,24 +1,29 @@
 /**
  * The paper's greater-than experiment with transcoders in place of MLPs: how well the spliced model
- * keeps the behaviour, and which features carry it, measured by removing them. A feature's
- * importance is how much the mean probability difference falls when that one feature is zeroed (at
- * every position) in the spliced model; the most important ones are then removed cumulatively.
+ * keeps the behaviour, and which features carry it.
+ * - Removal: a feature's importance is how much the mean probability difference falls when that one
+ *   feature is zeroed (at every position) in the spliced model; the most important ones are then
+ *   removed cumulatively.
+ * - Sparsity (the paper's curve): the MLP is replaced by only its k features of highest activation
+ *   variance at the last position, for growing k, against the MLP keeping only its k neurons of highest
+ *   variance. Few features should do what takes many neurons.
  */
+import { InvalidArgumentError } from '../errors.js';
 import type { MlpReplacement, Model } from '../models/model.js';
 import { Tensor } from '../tensor.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
 import { greaterThan, greaterThanRows, type GreaterThanOptions, type GreaterThanResult } from './greater-than.js';
 import { EVENTS } from './tasks.js';
 
-/** The transcoder as an MLP replacement with some of its features forced to zero at every position. */
-export function withoutFeatures(transcoder: Transcoder, features: readonly number[]): MlpReplacement {
-  if (features.length === 0) return transcoder;
+/** The transcoder as an MLP replacement in which only the features `keep` accepts are active. */
+function maskedTranscoder(transcoder: Transcoder, keep: (feature: number) => boolean): MlpReplacement {
   const m = transcoder.config.dSae;
+  const dropped = Array.from({ length: m }, (_, f) => f).filter((f) => !keep(f));
   return async (input: Tensor) => {
     const acts = await transcoder.encode(input);
     const values = acts.toFloat32Array();
     acts.dispose();
-    for (let row = 0; row < values.length / m; row++) for (const f of features) values[row * m + f] = 0;
+    for (let row = 0; row < values.length / m; row++) for (const f of dropped) values[row * m + f] = 0;
     const f = Tensor.from(values, input.shape.slice(0, -1).concat(m));
     const out = await transcoder.decode(f, input);
     f.dispose();
@@ -26,25 +31,95 @@ export function withoutFeatures(transcoder: Transcoder, features: readonly numbe
   };
 }
 
-/** Mean activation of every feature of `transcoder` over `positions` of the greater-than prompts, [dSae]. */
-export async function meanActivations(model: Model, transcoder: Transcoder, positions: readonly number[], options: Pick<GreaterThanOptions, 'events'> = {}): Promise<Float64Array> {
+/** The transcoder as an MLP replacement with some of its features forced to zero at every position. */
+export function withoutFeatures(transcoder: Transcoder, features: readonly number[]): MlpReplacement {
+  if (features.length === 0) return transcoder;
+  const removed = new Set(features);
+  return maskedTranscoder(transcoder, (f) => !removed.has(f));
+}
+
+/** The transcoder with only `features` active: sum_i f_i W_dec[i] + b_dec_out (the paper's eval_tc_on_num). */
+export function onlyFeatures(transcoder: Transcoder, features: readonly number[]): MlpReplacement {
+  const kept = new Set(features);
+  return maskedTranscoder(transcoder, (f) => kept.has(f));
+}
+
+const GELU_C = Math.sqrt(2 / Math.PI);
+const ACTIVATIONS: Record<string, (x: number) => number> = {
+  gelu_tanh: (x) => 0.5 * x * (1 + Math.tanh(GELU_C * (x + 0.044715 * x * x * x))),
+  relu: (x) => Math.max(0, x),
+};
+
+/**
+ * The layer's own MLP with only `neurons` kept: act(x W_in + b_in)[:, neurons] W_out[neurons] + b_out,
+ * computed from the model's weights on the MLP input (the paper's eval_mlp_on_num).
+ */
+export function onlyNeurons(model: Model, layer: number, neurons: readonly number[]): MlpReplacement {
+  const act = ACTIVATIONS[model.config.activation];
+  if (!act) throw new InvalidArgumentError(`onlyNeurons: activation ${model.config.activation} is not supported (gelu_tanh, relu)`);
+  const Win = model.weight(`blocks.${layer}.mlp.W_in`).toFloat32Array();
+  const bin = model.weight(`blocks.${layer}.mlp.b_in`).toFloat32Array();
+  const Wout = model.weight(`blocks.${layer}.mlp.W_out`).toFloat32Array();
+  const bout = model.weight(`blocks.${layer}.mlp.b_out`).toFloat32Array();
+  const d = model.config.dModel;
+  const dMlp = bin.length;
+  return (input: Tensor) => {
+    const x = input.toFloat32Array();
+    const rows = x.length / d;
+    const out = new Float32Array(rows * d);
+    for (let r = 0; r < rows; r++) {
+      out.set(bout, r * d);
+      for (const n of neurons) {
+        let pre = bin[n]!;
+        for (let i = 0; i < d; i++) pre += x[r * d + i]! * Win[i * dMlp + n]!;
+        const post = act(pre);
+        for (let i = 0; i < d; i++) out[r * d + i]! += post * Wout[n * d + i]!;
+      }
+    }
+    return Tensor.from(out, input.shape);
+  };
+}
+
+/**
+ * Mean and variance over the greater-than prompts of each unit's activation at `positions`: the
+ * transcoder's features (`source` a Transcoder) or the MLP's neurons (`source` a layer: its
+ * `mlp.hook_post`).
+ */
+export async function activationStats(model: Model, source: Transcoder | number, positions: readonly number[], options: Pick<GreaterThanOptions, 'events'> = {}): Promise<{ mean: Float64Array; variance: Float64Array }> {
   const { rows } = greaterThanRows(model, options);
-  const m = transcoder.config.dSae;
   const T = rows[0]!.length;
-  const mean = new Float64Array(m);
-  const hook = transcoder.config.hookIn;
-  const n = rows.length * positions.length;
+  const hook = typeof source === 'number' ? `blocks.${source}.mlp.hook_post` : source.config.hookIn;
+  const sum = new Float64Array(typeof source === 'number' ? model.config.dMlp : source.config.dSae);
+  const squares = new Float64Array(sum.length);
+  const m = sum.length;
   for (let start = 0; start < rows.length; start += 256) {
     const batch = rows.slice(start, start + 256);
     const { cache } = await model.run(batch, { cache: [hook], logits: false });
-    const acts = await transcoder.encode(cache[hook]!);
-    const values = acts.toFloat32Array();
-    acts.dispose();
+    let values: Float32Array;
+    if (typeof source === 'number') values = cache[hook]!.toFloat32Array();
+    else {
+      const acts = await source.encode(cache[hook]!);
+      values = acts.toFloat32Array();
+      acts.dispose();
+    }
     cache[hook]!.dispose();
-    for (let b = 0; b < batch.length; b++) for (const t of positions) for (let f = 0; f < m; f++) mean[f]! += values[(b * T + t) * m + f]! / n;
+    for (let b = 0; b < batch.length; b++) {
+      for (const t of positions) {
+        for (let f = 0; f < m; f++) {
+          const v = values[(b * T + t) * m + f]!;
+          sum[f]! += v;
+          squares[f]! += v * v;
+        }
+      }
+    }
   }
-  return mean;
+  const n = rows.length * positions.length;
+  const mean = sum.map((s) => s / n);
+  return { mean, variance: squares.map((q, f) => Math.max(0, q / n - mean[f]! ** 2)) };
 }
+
+/** Indices of `scores` from the highest down. */
+const ranked = (scores: Float64Array) => [...scores.keys()].sort((a, b) => scores[b]! - scores[a]!);
 
 export interface AblationStep {
   /** Features removed so far (most important first). */
@@ -64,6 +139,12 @@ export interface GreaterThanExperiment {
   importance: { feature: number; meanActivation: number; drop: number }[];
   /** `layer` replaced, with the top 1, 2, ... features removed. */
   ablations: AblationStep[];
+  /**
+   * The paper's sparsity curve for `layer`: mean probability difference with the MLP replaced by only
+   * its top-k features (by activation variance at the last position), and with the MLP keeping only its
+   * top-k neurons (same ranking on `mlp.hook_post`).
+   */
+  topK: { k: number[]; features: number[]; neurons: number[] };
 }
 
 export interface ExperimentOptions extends Pick<GreaterThanOptions, 'events'> {
@@ -71,14 +152,16 @@ export interface ExperimentOptions extends Pick<GreaterThanOptions, 'events'> {
   layer?: number;
   /** Features to try besides the most active ones (e.g. those of a circuit graph). */
   include?: readonly number[];
-  /** Prompt positions where "most active" is measured (default the last). */
+  /** Prompt positions where "most active" and the variance ranking are measured (default the last). */
   positions?: readonly number[];
   /** Candidates tried one by one (default 24). */
   candidates?: number;
   /** Features removed cumulatively (default 6). */
   remove?: number;
-  /** Events used to rank the candidates (default: the first 5 of `events`). */
+  /** Events used to rank the candidates and for the top-k curve (default: the first 5 of `events`). */
   rankingEvents?: readonly string[];
+  /** k values of the top-k curve (default 0, 1, 2, 4, ..., 128 and everything). */
+  topK?: readonly number[];
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -91,7 +174,8 @@ export async function greaterThanExperiment(model: Model, transcoders: ReadonlyM
   const remove = Math.min(options.remove ?? 6, candidates);
   const events = options.events ?? EVENTS;
   const rankingEvents = options.rankingEvents ?? events.slice(0, 5);
-  const total = 2 + layers.length + candidates + remove;
+  const ks = options.topK ?? [0, 1, 2, 4, 8, 16, 32, 64, 128];
+  const total = 3 + layers.length + candidates + remove + 2 * ks.length;
   let done = 0;
   const tick = () => options.onProgress?.(++done, total);
 
@@ -106,7 +190,7 @@ export async function greaterThanExperiment(model: Model, transcoders: ReadonlyM
   tick();
 
   const T = greaterThanRows(model, { events: events.slice(0, 1) }).rows[0]!.length;
-  const activation = await meanActivations(model, transcoder, options.positions ?? [T - 1], { events });
+  const activation = (await activationStats(model, transcoder, options.positions ?? [T - 1], { events })).mean;
   const mostActive = [...activation.keys()].filter((f) => activation[f]! > 0).sort((a, b) => activation[b]! - activation[a]!);
   const tried = [...new Set([...(options.include ?? []), ...mostActive])].slice(0, candidates);
   const replaced = (features: readonly number[], evts: readonly string[]) => greaterThan(model, { events: evts, replaceMlp: { [layer]: withoutFeatures(transcoder, features) } });
@@ -124,6 +208,17 @@ export async function greaterThanExperiment(model: Model, transcoders: ReadonlyM
     ablations.push({ removed, result: await replaced(removed, events) });
     tick();
   }
+
+  const positions = options.positions ?? [T - 1];
+  const byFeature = ranked((await activationStats(model, transcoder, positions, { events: rankingEvents })).variance);
+  const byNeuron = ranked((await activationStats(model, layer, positions, { events: rankingEvents })).variance);
+  const topK: GreaterThanExperiment['topK'] = { k: [...ks], features: [], neurons: [] };
+  for (const k of ks) {
+    topK.features.push((await greaterThan(model, { events: rankingEvents, replaceMlp: { [layer]: onlyFeatures(transcoder, byFeature.slice(0, k)) } })).meanProbDiff);
+    tick();
+    topK.neurons.push((await greaterThan(model, { events: rankingEvents, replaceMlp: { [layer]: onlyNeurons(model, layer, byNeuron.slice(0, k)) } })).meanProbDiff);
+    tick();
+  }
   options.onProgress?.(total, total);
-  return { layer, original, splicedByLayer, splicedAll, importance, ablations };
+  return { layer, original, splicedByLayer, splicedAll, importance, ablations, topK };
 }

@@ -41,15 +41,16 @@ function frame(xs: readonly number[], all: number[], o: ChartOptions) {
   return { width, height, pad, sx, sy, axes: ticks.join('') + xTicks.join('') + zero + mark + labels };
 }
 
-/** Lines over shared x values, with a legend. */
+/** Lines over shared x values, with a legend below the plot. */
 export function lineChart(xs: readonly number[], series: readonly Series[], options: ChartOptions = {}): string {
   const f = frame(xs, series.flatMap((s) => [...s.values]), options);
+  const total = f.height + 14 * series.length + 4;
   const lines = series.map((s) => {
     const points = s.values.map((y, i) => `${f.sx(xs[i]!).toFixed(1)},${f.sy(y).toFixed(1)}`).join(' ');
     return `<polyline fill="none" stroke="${s.color}" stroke-width="1.8"${s.dashed ? ' stroke-dasharray="5 3"' : ''} points="${points}"><title>${escapeHtml(s.label)}</title></polyline>`;
   });
-  const legend = series.map((s, i) => `<g transform="translate(${f.pad.left + 10},${f.pad.top + 12 + 14 * i})"><line x1="0" x2="18" y1="-4" y2="-4" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="5 3"' : ''}/><text x="24" y="0" font-size="10">${escapeHtml(s.label)}</text></g>`);
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${f.width}" height="${f.height}" viewBox="0 0 ${f.width} ${f.height}">${f.axes}${lines.join('')}${legend.join('')}</svg>`;
+  const legend = series.map((s, i) => `<g transform="translate(${f.pad.left + 10},${f.height + 10 + 14 * i})"><line x1="0" x2="18" y1="-4" y2="-4" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="5 3"' : ''}/><text x="24" y="0" font-size="10">${escapeHtml(s.label)}</text></g>`);
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${f.width}" height="${total}" viewBox="0 0 ${f.width} ${total}">${f.axes}${lines.join('')}${legend.join('')}</svg>`;
 }
 
 /** Bars over x values (blue positive, red negative), hover titles with each value. */

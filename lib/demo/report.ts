@@ -55,6 +55,9 @@ function experimentSection(r: DemoResult): string {
 <p>Prompts “The &lt;event&gt; lasted from the year 17YY to the year 17” for every start year YY = 02…98 and ${EVENTS.length} events. The <b>probability difference</b> is p(end year &gt; YY) − p(end year ≤ YY), summed over the two-digit tokens “00”…“99” (the paper's metric; 1 is perfect). Each MLP is replaced by its transcoder; then, in layer ${x.layer} (the MLP layer carrying most of the circuit's attribution in section 3), the features whose removal hurts most are removed, one more at a time, at every position.</p>
 ${lineChart(x.original.startYears, series, { xLabel: 'start year YY', yLabel: 'probability difference', yMin: -1, yMax: 1, width: 760, height: 340 })}
 <table><tr><th>model</th><th>mean probability difference</th><th>mass on valid end years</th><th>mass on any two-digit token</th></tr>${rows.join('')}</table>
+<h3>How many features does it take? (MLP ${x.layer}, the paper's curve)</h3>
+<p>MLP ${x.layer} replaced by only its k transcoder features of highest activation variance at the last position (Σ f<sub>i</sub> W<sub>dec</sub>[i] + b<sub>dec</sub>), against the MLP itself keeping only its k neurons of highest variance; mean probability difference on 5 events (k = 0 keeps only the output bias). Where the features reach the full MLP's value with smaller k than the neurons, the behaviour is sparser in features than in neurons.</p>
+<table><tr><th>k</th>${x.topK.k.map((k) => `<th>${k}</th>`).join('')}</tr><tr><td>features</td>${x.topK.features.map((v) => `<td>${fmt(v)}</td>`).join('')}</tr><tr><td>neurons</td>${x.topK.neurons.map((v) => `<td>${fmt(v)}</td>`).join('')}</tr></table>
 <h3>Feature importance (MLP ${x.layer})</h3>
 <p>${x.importance.length} candidates (the layer's features in the circuit graph, then the most active ones where the graph reads them), each removed alone; “drop” is the fall of the mean probability difference (on 5 events).</p>
 <table><tr><th>feature</th><th>mean activation</th><th>drop</th></tr>${importance.join('')}</table>`;
@@ -70,7 +73,8 @@ function circuitSection(title: string, r: DemoResult, c: CircuitResult, intro: s
 <p>${intro}</p>
 <p class="tokens">${tokensLine(r.tokens, highlight)}</p>
 <p>Root: <b>${escapeHtml(c.rootLabel)}</b> · search iters ${c.graph.metadata.search.iters}, branches ${c.graph.metadata.search.branches} · ${c.graph.nodes.length} nodes, ${c.graph.edges.length} edges.</p>
-<div class="graph">${graphSvg(c.graph)}</div>
+<div class="graph">${graphSvg(c.graph, { errors: false })}</div>
+<p class="why">Error nodes (what the transcoders and the pruned search leave unexplained) are left out of the drawing; they are in <code>graph.json</code>${c.graph.nodes.filter((n) => n.kind === 'error').length ? ` (${c.graph.nodes.filter((n) => n.kind === 'error').length} of them)` : ''}.</p>
 <h3>Top paths</h3>
 <table><tr><th>path (root ← … ← source)</th><th>attribution</th><th>reaches the start year (position ${r.startYearPosition})</th></tr>${paths.join('')}</table>
 <details><summary>All paths as text</summary><pre>${escapeHtml(c.pathsText)}</pre></details>`;
