@@ -219,6 +219,6 @@ export async function greaterThanExperiment(model: Model, transcoders: ReadonlyM
     topK.neurons.push((await greaterThan(model, { events: rankingEvents, replaceMlp: { [layer]: onlyNeurons(model, layer, byNeuron.slice(0, k)) } })).meanProbDiff);
     tick();
   }
-  options.onProgress?.(total, total);
+  if (done < total) options.onProgress?.(total, total);
   return { layer, original, splicedByLayer, splicedAll, importance, ablations, topK };
 }

@@ -185,7 +185,9 @@ async function loadOrTrain(model: Model, options: DemoOptions, transcodersDir: s
     return { transcoders, training: null };
   }
   const spec = { ...DEMO_TRANSCODERS, ...options.transcoders };
-  const trained = await trainDemoTranscoders(model, spec, transcodersDir, join(options.out, 'work'), report);
+  const work = join(options.out, 'work');
+  const trained = await trainDemoTranscoders(model, spec, transcodersDir, work, report);
+  rmSync(work, { recursive: true, force: true });
   return { transcoders: trained.transcoders, training: { seconds: trained.seconds, steps: trained.steps, tokens: spec.tokens } };
 }
 

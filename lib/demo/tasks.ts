@@ -39,6 +39,22 @@ export const PHRASINGS = [
 
 export type TaskName = 'greater-than' | 'price-fell' | 'counting' | 'names' | 'copy';
 
+/** The other tasks' sentences; `{x}` are filled in by {@link taskExample}. */
+export const TEMPLATES: Readonly<Record<Exclude<TaskName, 'greater-than'>, string>> = {
+  'price-fell': 'The price of {good} fell from {from} to {to} dollars.',
+  counting: 'We counted {numbers}.',
+  names: 'When {a} and {b} went to the {place}, {b} gave a {item} to {a}.',
+  copy: 'The list is {words}. Again: {words}.',
+};
+
+/** `template` with every `{name}` replaced by `values[name]`. */
+export function fill(template: string, values: Readonly<Record<string, string | number>>): string {
+  return template.replace(/\{(\w+)\}/g, (_, name: string) => {
+    if (!(name in values)) throw new RangeError(`no value for {${name}} in "${template}"`);
+    return String(values[name]);
+  });
+}
+
 /** Share of each task in the training text. */
 export const TASK_MIX: readonly (readonly [TaskName, number])[] = [
   ['greater-than', 0.5],
@@ -70,10 +86,7 @@ export const NEXT_CENTURY_SHARE = 0.25;
 export function greaterThanSentence(event: string, century: number, startYear: number, endYear: number, phrasing = 0, endCentury = century): string {
   const template = PHRASINGS[phrasing];
   if (template === undefined) throw new RangeError(`phrasing ${phrasing} does not exist (0..${PHRASINGS.length - 1})`);
-  return template
-    .replace('{e}', event)
-    .replace('{a}', `${century}${twoDigits(startYear)}`)
-    .replace('{b}', `${endCentury}${twoDigits(endYear)}`);
+  return fill(template, { e: event, a: `${century}${twoDigits(startYear)}`, b: `${endCentury}${twoDigits(endYear)}` });
 }
 
 /**
@@ -101,23 +114,24 @@ export function taskExample(task: TaskName, rng: Rng): string {
     case 'price-fell': {
       const from = between(rng, 12, 99);
       const to = between(rng, 10, from - 1);
-      return `The price of ${pick(rng, GOODS)} fell from ${from} to ${to} dollars.`;
+      return fill(TEMPLATES[task], { good: pick(rng, GOODS), from, to });
     }
     case 'counting': {
       const start = between(rng, 10, 90);
       const length = between(rng, 4, 8);
       const numbers = Array.from({ length }, (_, i) => start + i).filter((n) => n <= 99);
-      return `We counted ${numbers.join(' ')}.`;
+      return fill(TEMPLATES[task], { numbers: numbers.join(' ') });
     }
     case 'names': {
       const a = pick(rng, NAMES);
       let b = pick(rng, NAMES);
       while (b === a) b = pick(rng, NAMES);
-      return `When ${a} and ${b} went to the ${pick(rng, PLACES)}, ${b} gave a ${pick(rng, ITEMS)} to ${a}.`;
+      const place = pick(rng, PLACES);
+      return fill(TEMPLATES[task], { a, b, place, item: pick(rng, ITEMS) });
     }
     case 'copy': {
       const words = Array.from({ length: between(rng, 3, 5) }, () => pick(rng, WORDS)).join(' ');
-      return `The list is ${words}. Again: ${words}.`;
+      return fill(TEMPLATES[task], { words });
     }
   }
 }

@@ -7,33 +7,25 @@
  * vocabulary falls back to GPT-2's 256 byte tokens, so any prompt can be encoded.
  */
 import { byteLevelBpeJson, bytesToUnicode } from '../tokenizer/train-bpe.js';
-import { CENTURIES, EVENTS, GOODS, ITEMS, NAMES, PHRASINGS, PLACES, WORDS } from './tasks.js';
+import { CENTURIES, EVENTS, GOODS, ITEMS, NAMES, PHRASINGS, PLACES, TEMPLATES, WORDS } from './tasks.js';
 
 export const END_OF_TEXT = '<|endoftext|>';
 
 /** Words, then digit pairs, then single digits, then punctuation and spaces (GPT-2 style). */
 export const PIECE_PATTERN = " ?\\p{N}{2}| ?\\p{N}| ?\\p{L}+| ?[^\\s\\p{L}\\p{N}]|\\s+(?!\\S)|\\s+";
 
-/** Every text piece the task generator can produce, in a fixed order. */
+/**
+ * Every text piece the task generator can produce, in a fixed order: the templates' words (with a
+ * leading space, and bare where a text starts with them), the filler words, and every number.
+ */
 function taskPieces(): string[] {
-  const texts = [
-    ...PHRASINGS,
-    'The price of fell from to dollars.',
-    'We counted.',
-    'When and went to the, gave a to.',
-    'The list is. Again:.',
-    ...EVENTS,
-    ...GOODS,
-    ...NAMES,
-    ...PLACES,
-    ...ITEMS,
-    ...WORDS,
-  ].map((t) => t.replace(/\{[a-z]\}/g, ' '));
+  const texts = [...PHRASINGS, ...Object.values(TEMPLATES)].map((t) => t.replace(/\{\w+\}/g, '').replace(/ +(?=[,.:])/g, ''));
+  texts.push(...EVENTS, ...GOODS, ...NAMES, ...PLACES, ...ITEMS, ...WORDS);
   const pieces = new Set<string>();
   const pattern = new RegExp(PIECE_PATTERN, 'gu');
   for (const text of texts) {
     for (const piece of [...(text.match(pattern) ?? []), ...(text.match(/\p{L}+/gu) ?? []).map((w) => ` ${w}`)]) {
-      if (piece.trim() !== '' && !/\p{N}/u.test(piece)) pieces.add(piece);
+      if (piece.trim() !== '') pieces.add(piece);
     }
   }
   for (let n = 0; n < 100; n++) {
@@ -43,6 +35,9 @@ function taskPieces(): string[] {
   }
   for (let n = 0; n < 10; n++) pieces.add(` ${n}`);
   for (const c of CENTURIES) pieces.add(` ${c}`);
+  // " ." was in the first vocabulary the shipped model was trained with (the data never produces it);
+  // it stays so that the ids, and with them the committed weights, are reproduced exactly.
+  pieces.add(' .');
   return [...pieces].sort();
 }
 
