@@ -5,7 +5,7 @@
  * shipped transcoders, and reproducing the committed training run from its seed.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -24,10 +24,13 @@ import {
   onlyFeatures,
   onlyNeurons,
   type MlpReplacement,
+  type Transcoder,
+  writeSafetensors,
   yearTokenIds,
   type Model,
   type TrainingLog,
 } from '../lib/index.js';
+import { featureCards } from '../lib/demo/features.js';
 import { PIECE_PATTERN } from '../lib/demo/tokenizer.js';
 import { ensureDist, ROOT, runCli } from './helpers/cli.js';
 import { tempDir } from './helpers/fixtures.js';
@@ -134,6 +137,64 @@ print(json.dumps(p.tolist()))
   });
 });
 
+describe('feature cards', () => {
+  it('activation by start year and end-year effects (direct and through a head) equal an independent PyTorch computation', async () => {
+    const processed = await loadModel(DEMO_MODEL_DIR, { processing: 'transformerlens' });
+    const byLayer = new Map<number, Transcoder>();
+    for (const l of [0, 1]) byLayer.set(l, await loadTranscoder(join(DEMO_MODEL_DIR, 'transcoders', `layer_${l}`)));
+    const corpus = [processed.tokenize(greaterThanPrompt('war', 17, 40)), processed.tokenize(greaterThanPrompt('plague', 13, 75))];
+    const refs = [{ layer: 0, feature: 248, position: 8, viaHead: { layer: 1, head: 3 } }, { layer: 1, feature: 494 }];
+    const cards = await featureCards(processed, byLayer, refs, { corpus });
+    expect(cards.map((c) => c.position)).toEqual([8, 12]);
+    const work = tempDir('cards');
+    const weights: Record<string, Tensor> = {
+      W_V: processed.weight('blocks.1.attn.W_V'), W_O: processed.weight('blocks.1.attn.W_O'), W_U: processed.weight('unembed.W_U'),
+    };
+    writeSafetensors(join(work, 'weights.safetensors'), Object.fromEntries(Object.entries(weights).map(([k, t]) => [k, { dtype: 'F32', shape: t.shape, bytes: new Uint8Array(t.toFloat32Array().buffer.slice(0)) }])));
+    const { rows } = greaterThanRows(processed);
+    const script = String.raw`
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from hf_reference import load_model, run
+from safetensors_io import load_file
+model_dir, work, rows, years = sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), json.loads(sys.argv[5])
+w = load_file(work + "/weights.safetensors")
+tc = [load_file(f"{model_dir}/transcoders/layer_{l}/transcoder.safetensors") for l in (0, 1)]
+config, layout = load_model(model_dir)
+with torch.no_grad():
+    hooks = run(layout, rows)
+    def acts(layer, feature, position):
+        x = hooks[f"blocks.{layer}.hook_resid_mid"][:, position].double()
+        x = x - x.mean(-1, keepdim=True)
+        x = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-5)
+        p = {k: v.double() for k, v in tc[layer].items()}
+        f = torch.relu((x - p["b_dec"]) @ p["W_enc"][:, feature] + p["b_enc"][feature])
+        return f.reshape(97, -1).mean(1).tolist()
+    WU = w["W_U"].double()[:, years]
+    d0 = tc[0]["W_dec"].double()[248]
+    via = d0 @ w["W_V"].double()[3] @ w["W_O"].double()[3]
+    print(json.dumps({"by0": acts(0, 248, 8), "by1": acts(1, 494, 12), "end0": (via @ WU).tolist(), "end1": (tc[1]["W_dec"].double()[494] @ WU).tolist()}))
+`;
+    const r = spawnSync(PYTHON, ['-c', script, REF, DEMO_MODEL_DIR, work, JSON.stringify(rows), JSON.stringify(yearTokenIds(processed))], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    expect(r.status, r.stderr).toBe(0);
+    const ref = JSON.parse(r.stdout) as Record<'by0' | 'by1' | 'end0' | 'end1', number[]>;
+    const close = (ours: number[], theirs: number[]) => {
+      const scale = Math.max(...theirs.map(Math.abs));
+      expect(scale).toBeGreaterThan(0.1);
+      ours.forEach((v, i) => expect(Math.abs(v - theirs[i]!) / scale, `index ${i}`).toBeLessThan(1e-4));
+    };
+    close(cards[0]!.byStartYear.activation, ref.by0);
+    close(cards[1]!.byStartYear.activation, ref.by1);
+    close(cards[0]!.endYearEffects, ref.end0);
+    close(cards[1]!.endYearEffects, ref.end1);
+    // The start-year feature reads the start year; the layer-1 feature raises late end years.
+    expect(Math.max(...ref.by0) - Math.min(...ref.by0)).toBeGreaterThan(1);
+    expect(ref.end1.slice(80).reduce((a, b) => a + b, 0)).toBeGreaterThan(ref.end1.slice(0, 20).reduce((a, b) => a + b, 0));
+    for (const c of cards) expect(c.topExamples.length).toBeGreaterThan(0);
+    processed.dispose();
+  });
+});
+
 describe('transcoders demo', () => {
   it('runs end to end (reduced): the report exists, the transcoders reconstruct, the top paths reach the start year', async () => {
     setNumThreads(2);
@@ -174,6 +235,17 @@ describe('transcoders demo', () => {
     const bad = runCli(['demo', '--start-year', '99', '--pretrained', '--out', out]);
     expect(bad.status).toBe(2);
     expect(bad.stderr).toContain('startYear must be an integer in 2..97');
+    // A model without the demo's vocabulary, or without shipped transcoders, is refused before any work.
+    const other = tempDir('demo-other');
+    expect(runCli(['make-model', other]).status).toBe(0);
+    const wrongModel = runCli(['demo', '--model', other, '--out', out]);
+    expect(wrongModel.status).toBe(2);
+    expect(wrongModel.stderr).toMatch(/"\d\d" is not a single token, so the greater-than metric does not apply/);
+    const copy = tempDir('demo-copy');
+    for (const f of ['config.json', 'model.safetensors', 'tokenizer.json']) copyFileSync(join(DEMO_MODEL_DIR, f), join(copy, f));
+    const noTranscoders = runCli(['demo', '--model', copy, '--pretrained', '--out', out]);
+    expect(noTranscoders.status).toBe(2);
+    expect(noTranscoders.stderr).toContain(`--pretrained: ${join(copy, 'transcoders', 'layer_0')} does not exist`);
   }, 300_000);
 });
 

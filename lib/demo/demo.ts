@@ -21,7 +21,7 @@ import { trainTranscoders, type TrainProgress } from '../transcoders/train.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
 import type { TrainOptions } from '../transcoders/trainer.js';
 import { greaterThanExperiment, type GreaterThanExperiment } from './ablation.js';
-import { yearTokenIds } from './greater-than.js';
+import { greaterThanRows, yearTokenIds } from './greater-than.js';
 import { featureCards, type FeatureCard, type FeatureRef } from './features.js';
 import { greaterThanPrompt, packedRows, twoDigits } from './tasks.js';
 import { renderReport } from './report.js';
@@ -212,6 +212,9 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
 
   const model = await loadModel(modelDir, { processing: 'transformerlens' });
   try {
+    // Fail before any training when the model cannot take the greater-than prompts.
+    yearTokenIds(model);
+    greaterThanRows(model);
     // 1-2. Transcoders, trained or shipped, and their evaluation.
     const transcodersDir = options.pretrained ? join(modelDir, 'transcoders') : join(out, 'transcoders');
     const { transcoders, training } = await loadOrTrain(model, { ...options, out }, transcodersDir, report);
