@@ -31,6 +31,7 @@ export const demoCommand: Command = {
     tokens: { type: 'string', value: 'N', description: `activations per layer to train on (default ${DEMO_TRANSCODERS.tokens})` },
     'd-sae': { type: 'string', value: 'N', description: `features per transcoder (default ${DEMO_TRANSCODERS.dSae})` },
     'start-year': { type: 'string', value: 'YY', description: 'start year of the traced prompt, 2..97 (default 32)' },
+    'experiment-layer': { type: 'string', value: 'L', description: 'MLP layer whose features the experiment removes (default: the circuit\'s main MLP layer)' },
     threads: THREADS_OPTION,
   },
   async run(values) {
@@ -38,6 +39,7 @@ export const demoCommand: Command = {
     const tokens = intOption(values.tokens, 'tokens', 1024);
     const dSae = intOption(values['d-sae'], 'd-sae', 1);
     const startYear = intOption(values['start-year'], 'start-year', 2);
+    const experimentLayer = intOption(values['experiment-layer'], 'experiment-layer', 0);
     let bar: ProgressBar | null = null;
     let stage: DemoStage | null = null;
     const onProgress = (p: DemoProgress) => {
@@ -53,11 +55,13 @@ export const demoCommand: Command = {
       pretrained: values.pretrained === true,
       transcoders: { ...(tokens ? { tokens } : {}), ...(dSae ? { dSae } : {}) },
       ...(startYear ? { startYear } : {}),
+      ...(experimentLayer !== undefined ? { experimentLayer } : {}),
       onProgress,
     });
     const e = result.evaluation;
     const x = result.experiment;
     const top = result.logitCircuit.topPaths[0];
+    const removed = x.ablations.at(-1);
     console.log(
       [
         `prompt: ${JSON.stringify(result.prompt)}`,
@@ -65,7 +69,8 @@ export const demoCommand: Command = {
         `CE loss ${e.ceLossClean.toFixed(3)} -> ${e.ceLossReplaced.toFixed(3)} with every MLP replaced (${(100 * e.ceLossRecovered).toFixed(1)}% recovered)`,
         `probability difference: model ${x.original.meanProbDiff.toFixed(3)}, ` +
           x.splicedByLayer.map((s) => `MLP ${s.layer} -> transcoder ${s.result.meanProbDiff.toFixed(3)}`).join(', ') +
-          `, all ${x.splicedAll.meanProbDiff.toFixed(3)}; MLP ${x.layer} without features ${x.ablations.at(-1)?.removed.join(',')} ${x.ablations.at(-1)?.result.meanProbDiff.toFixed(3)}`,
+          `, all ${x.splicedAll.meanProbDiff.toFixed(3)}` +
+          (removed ? `; MLP ${x.layer} without features ${removed.removed.join(',')} ${removed.result.meanProbDiff.toFixed(3)}` : ''),
         top ? `strongest path to the input: ${top.nodes.join(' <- ')} (${top.contribution.toFixed(3)})` : 'no paths found',
         `report: ${result.report}`,
       ].join('\n'),

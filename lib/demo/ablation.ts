@@ -88,6 +88,7 @@ export function onlyNeurons(model: Model, layer: number, neurons: readonly numbe
 export async function activationStats(model: Model, source: Transcoder | number, positions: readonly number[], options: Pick<GreaterThanOptions, 'events'> = {}): Promise<{ mean: Float64Array; variance: Float64Array }> {
   const { rows } = greaterThanRows(model, options);
   const T = rows[0]!.length;
+  if (positions.length === 0 || positions.some((t) => !Number.isInteger(t) || t < 0 || t >= T)) throw new InvalidArgumentError(`positions must be a non-empty list of prompt positions in 0..${T - 1}, got [${positions.join(', ')}]`);
   const hook = typeof source === 'number' ? `blocks.${source}.mlp.hook_post` : source.config.hookIn;
   const sum = new Float64Array(typeof source === 'number' ? model.config.dMlp : source.config.dSae);
   const squares = new Float64Array(sum.length);

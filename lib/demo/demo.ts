@@ -70,6 +70,11 @@ export interface DemoOptions {
   transcoders?: Partial<DemoTranscoderSpec>;
   /** Start year of the prompt whose circuit is searched (default 32: "... from the year 1732 to the year 17"). */
   startYear?: number;
+  /**
+   * MLP layer whose features the greater-than experiment removes (default: the layer carrying most of
+   * the logit circuit's feature attribution, which need not be the last).
+   */
+  experimentLayer?: number;
   /** Search parameters (default iters 3, branches 10). */
   iters?: number;
   branches?: number;
@@ -197,6 +202,8 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const modelDir = resolve(options.model ?? DEMO_MODEL_DIR);
   const startYear = options.startYear ?? 32;
   if (!Number.isInteger(startYear) || startYear < 2 || startYear > 97) throw new InvalidArgumentError(`startYear must be an integer in 2..97, got ${startYear}`);
+  const { experimentLayer: chosen } = options;
+  if (chosen !== undefined && !Number.isInteger(chosen)) throw new InvalidArgumentError(`experimentLayer must be a layer index, got ${chosen}`);
   mkdirSync(out, { recursive: true });
   const seconds = Object.fromEntries((['data', 'train', 'evaluate', 'circuit', 'experiment', 'features', 'report'] as DemoStage[]).map((s) => [s, 0])) as Record<DemoStage, number>;
   let clock = Date.now();
@@ -215,6 +222,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     // Fail before any training when the model cannot take the greater-than prompts.
     yearTokenIds(model);
     greaterThanRows(model);
+    if (chosen !== undefined && (chosen < 0 || chosen >= model.config.nLayers)) throw new InvalidArgumentError(`experimentLayer ${chosen} is not a layer of the model (0..${model.config.nLayers - 1})`);
     // 1-2. Transcoders, trained or shipped, and their evaluation.
     const transcodersDir = options.pretrained ? join(modelDir, 'transcoders') : join(out, 'transcoders');
     const { transcoders, training } = await loadOrTrain(model, { ...options, out }, transcodersDir, report);
@@ -260,12 +268,13 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const graphFeatures = logitGraph.nodes.filter((n) => n.kind === 'feature');
     const weightOf = (l: number) => graphFeatures.filter((n) => n.layer === l).reduce((s, n) => s + Math.abs(n.contribution), 0);
     const layers = transcoders.map((t) => t.config.layer);
-    const experimentLayer = layers.reduce((a, b) => (weightOf(b) > weightOf(a) ? b : a));
+    const experimentLayer = options.experimentLayer ?? layers.reduce((a, b) => (weightOf(b) > weightOf(a) ? b : a));
     const inLayer = graphFeatures.filter((n) => n.layer === experimentLayer);
     const experiment = await greaterThanExperiment(model, byLayer, {
       layer: experimentLayer,
       include: [...new Set(inLayer.map((n) => n.feature!))],
-      positions: [...new Set(inLayer.map((n) => n.position))],
+      // Where the graph reads the layer, or else the last position.
+      ...(inLayer.length > 0 ? { positions: [...new Set(inLayer.map((n) => n.position))] } : {}),
       candidates: 32,
       remove: 8,
       onProgress: (done, total) => report({ stage: 'experiment', done, total }),
