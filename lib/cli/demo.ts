@@ -23,7 +23,7 @@ export const demoCommand: Command = {
     'templated text ("The war lasted from the year 1732 to the year 1756."); docs/demo-model.md is its model card.\n' +
     'The demo trains a transcoder per layer (or loads the shipped ones with --pretrained), evaluates them, searches\n' +
     'the circuit of the end-year preference, runs the paper\'s greater-than experiment and writes OUT/report.html\n' +
-    '(with graph.json, feature-graph.json and demo.json beside it). About 3 minutes on 2 CPU cores.',
+    '(with graph.json, feature-graph.json and demo.json beside it). About a minute on 2 CPU cores (25 s with --pretrained).',
   options: {
     out: { type: 'string', short: 'o', value: 'DIR', description: 'output folder (default transcoders-demo)' },
     pretrained: { type: 'boolean', description: 'use the shipped transcoders instead of training new ones' },
