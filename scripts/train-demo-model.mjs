@@ -7,7 +7,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { DEMO_MODEL, DEMO_TRANSCODERS, loadModel, setNumThreads, trainDemoModel, trainDemoTranscoders } from '../dist/index.js';
+import { DEMO_MODEL, DEMO_MODEL_DIR, DEMO_TRANSCODERS, loadModel, setNumThreads, trainDemoModel, trainDemoTranscoders } from '../dist/index.js';
 import { ProgressBar } from '../dist/cli/progress.js';
 import { lineChart } from '../dist/demo/charts.js';
 import { writeFileAtomic } from '../dist/io/atomic.js';
@@ -25,7 +25,7 @@ if (values.help) {
   console.log('Usage: node scripts/train-demo-model.mjs [OUT_DIR=models/greater-than] [--steps N] [--threads N (default 2)] [--no-transcoders]');
   process.exit(0);
 }
-const out = resolve(positionals[0] ?? new URL('../models/greater-than', import.meta.url).pathname);
+const out = resolve(positionals[0] ?? DEMO_MODEL_DIR);
 // Two threads by default: the committed weights were made with two, and the float reductions of the
 // matrix products depend on the thread count, so the same count reproduces them bit for bit.
 setNumThreads(Number(values.threads ?? 2));

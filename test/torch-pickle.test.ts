@@ -273,6 +273,17 @@ const CFG = {
   wandb_project: null,
 };
 
+/** What the fixture's `py` dictionary unpickles to (numpy scalars as numbers, dtypes and devices as strings). */
+const expectedPy = () => ({
+  ...PY_VALUES,
+  np_f32: Math.fround(0.1),
+  dtype: 'bfloat16',
+  device: 'cuda:1',
+  func: new PickleGlobal('math.sqrt'),
+  cfg: CFG,
+  plain: { __class__: 'sae_training.config.Plain', a: 1, b: 'two' },
+});
+
 beforeAll(() => {
   dir = tempDir('transcoders-torch-pickle-');
   const r = spawnSync(PYTHON, ['-c', FIXTURES_PY, dir], { encoding: 'utf8' });
@@ -320,15 +331,7 @@ describe('readTorchCheckpoint', () => {
     // Tensors on one storage share its memory; transposed views are materialised.
     expect(root.tensors.shared_a!.bytes.buffer).toBe(root.tensors.shared_b!.bytes.buffer);
     expect(root.tensors.transposed!.shape).toEqual([6, 4]);
-    expect(root.py).toEqual({
-      ...PY_VALUES,
-      np_f32: Math.fround(0.1),
-      dtype: 'bfloat16',
-      device: 'cuda:1',
-      func: new PickleGlobal('math.sqrt'),
-      cfg: CFG,
-      plain: { __class__: 'sae_training.config.Plain', a: 1, b: 'two' },
-    });
+    expect(root.py).toEqual(expectedPy());
     // The memo keeps shared references shared.
     expect(root.py.same1).toBe(root.py.same2);
     // Instances of unknown classes made without running their code: NEWOBJ (with arguments,
@@ -344,15 +347,7 @@ describe('readTorchCheckpoint', () => {
 
   it('reads protocol 0 pickles (text opcodes, copyreg._reconstructor instances)', () => {
     const py = readTorchCheckpoint(join(dir, 'plain_p0.pt')) as Record<string, unknown>;
-    expect(py).toEqual({
-      ...PY_VALUES,
-      np_f32: Math.fround(0.1),
-      dtype: 'bfloat16',
-      device: 'cuda:1',
-      func: new PickleGlobal('math.sqrt'),
-      cfg: CFG,
-      plain: { __class__: 'sae_training.config.Plain', a: 1, b: 'two' },
-    });
+    expect(py).toEqual(expectedPy());
   });
 });
 

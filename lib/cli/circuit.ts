@@ -5,9 +5,9 @@ import { pathsToGraph } from '../circuits/graph.js';
 import { formatPaths, toDot, toHtml } from '../circuits/render.js';
 import { greedyPaths } from '../circuits/search.js';
 import { InvalidArgumentError } from '../errors.js';
-import { loadModel, type Model } from '../models/model.js';
-import { DEVICE_OPTION, applyThreads, intOption, THREADS_OPTION, listOption, type Command } from './command.js';
-import { loadTranscoderArgs } from './transcoder-paths.js';
+import type { Model } from '../models/model.js';
+import { DEVICE_OPTION, applyThreads, intOption, THREADS_OPTION, type Command } from './command.js';
+import { loadModelWithTranscoders } from './transcoder-paths.js';
 
 /** A token given as text (one token without BOS) or as `#id`. */
 export function resolveToken(model: Model, text: string, flag: string): number {
@@ -59,11 +59,8 @@ export const circuitCommand: Command = {
     if (values['logit-diff'] !== undefined && extra === undefined) throw new InvalidArgumentError('--logit-diff needs two tokens: --logit-diff TOKEN_A TOKEN_B');
     if (values['logit-diff'] === undefined && extra !== undefined) throw new InvalidArgumentError(`unexpected argument '${extra}'`);
     if (typeof values.prompt !== 'string') throw new InvalidArgumentError('--prompt TEXT is required');
-    const paths = listOption(values, 'transcoders');
-    if (paths.length === 0) throw new InvalidArgumentError('--transcoders PATH is required');
-    const device = (values.device as string | undefined) ?? 'cpu';
-    const transcoders = await loadTranscoderArgs(paths, { device });
-    const model = await loadModel(dir, { processing: 'transformerlens', device });
+    // Attribution is exact only on TransformerLens-processed weights.
+    const { model, transcoders } = await loadModelWithTranscoders(values, dir, { processing: 'transformerlens' });
     const tokens = model.tokenize(values.prompt);
     const attribution = await Attribution.create(model, transcoders, tokens);
     const last = tokens.length - 1;

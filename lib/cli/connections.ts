@@ -1,9 +1,8 @@
 /** `transcoders connections`: input-invariant (weights-based) connections of one transcoder feature. */
 import { InvalidArgumentError } from '../errors.js';
 import { deEmbedding, featureConnections, logitEffects, transcodersByLayer, type Connection, type TokenScore } from '../circuits/connections.js';
-import { loadModel, PROCESSINGS } from '../models/model.js';
-import { DEVICE_OPTION, applyThreads, choiceOption, intOption, THREADS_OPTION, listOption, type Command } from './command.js';
-import { loadTranscoderArgs } from './transcoder-paths.js';
+import { DEVICE_OPTION, applyThreads, intOption, THREADS_OPTION, listOption, type Command } from './command.js';
+import { loadModelWithTranscoders } from './transcoder-paths.js';
 
 function parsePair(value: unknown, flag: string, what: string): [number, number] {
   const m = /^(\d+):(\d+)$/.exec(String(value ?? ''));
@@ -54,20 +53,17 @@ export const connectionsCommand: Command = {
   async run(values, positionals) {
     applyThreads(values);
     if (!positionals[0]) throw new InvalidArgumentError('connections needs the model folder: transcoders connections <model-dir> --transcoders DIR --feature L:F');
-    const paths = listOption(values, 'transcoders');
-    if (paths.length === 0) throw new InvalidArgumentError('--transcoders PATH is required');
+    if (listOption(values, 'transcoders').length === 0) throw new InvalidArgumentError('--transcoders PATH is required');
     if (values.feature === undefined) throw new InvalidArgumentError('--feature L:F is required');
     const [layer, feature] = parsePair(values.feature, 'feature', 'L:F (layer and feature index)');
     const head = values['deembed-head'] === undefined ? undefined : parsePair(values['deembed-head'], 'deembed-head', 'LA:H (attention layer and head)');
     const k = intOption(values.k, 'k', 1) ?? 10;
     const throughAttention = values['through-attention'] === true;
-    const device = (values.device as string | undefined) ?? 'cpu';
 
-    const byLayer = transcodersByLayer(await loadTranscoderArgs(paths, { device }));
+    const { model, transcoders, paths } = await loadModelWithTranscoders(values, positionals[0]);
+    const byLayer = transcodersByLayer(transcoders);
     const tc = byLayer.get(layer);
     if (!tc) throw new InvalidArgumentError(`no transcoder for layer ${layer} among ${paths.join(', ')} (layers: ${[...byLayer.keys()].join(', ') || 'none'})`);
-    const processing = choiceOption(values.processing, 'processing', PROCESSINGS) ?? tc.config.processing ?? 'transformerlens';
-    const model = await loadModel(positionals[0], { processing, device });
 
     const conn = await featureConnections(model, byLayer, layer, feature, { k, throughAttention });
     const deEmbed = await deEmbedding(model, tc, feature, { k, ...(head ? { head: { layer: head[0], head: head[1] } } : {}) });
@@ -76,7 +72,7 @@ export const connectionsCommand: Command = {
     if (values.json) {
       console.log(JSON.stringify({
         model: model.dir,
-        processing,
+        processing: model.processing,
         layers: [...byLayer.keys()],
         ...conn,
         deEmbedding: { ...(head ? { attnLayer: head[0], head: head[1] } : {}), ...deEmbed },

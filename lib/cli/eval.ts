@@ -3,12 +3,11 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
-import { loadModel, PROCESSINGS } from '../models/model.js';
 import { evaluate } from '../transcoders/evaluate.js';
-import { DEVICE_OPTION, applyThreads, THREADS_OPTION, choiceOption, intOption, listOption, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, THREADS_OPTION, intOption, listOption, type Command } from './command.js';
 import { tokenFileFor, tokenRows } from './data.js';
 import { ProgressBar } from './progress.js';
-import { loadTranscoderArgs } from './transcoder-paths.js';
+import { loadModelWithTranscoders } from './transcoder-paths.js';
 
 export const evalCommand: Command = {
   name: 'eval',
@@ -30,14 +29,10 @@ export const evalCommand: Command = {
   async run(values, positionals) {
     applyThreads(values);
     if (!positionals[0]) throw new InvalidArgumentError('eval needs the model folder: transcoders eval <model-dir> --transcoders PATH --data PATH');
-    const paths = listOption(values, 'transcoders');
     const data = listOption(values, 'data');
-    if (paths.length === 0) throw new InvalidArgumentError('--transcoders PATH is required');
+    if (listOption(values, 'transcoders').length === 0) throw new InvalidArgumentError('--transcoders PATH is required');
     if (data.length === 0) throw new InvalidArgumentError('--data PATH is required');
-    const device = (values.device as string | undefined) ?? 'cpu';
-    const transcoders = await loadTranscoderArgs(paths, { device });
-    const processing = choiceOption(values.processing, 'processing', PROCESSINGS) ?? transcoders.find((t) => t.config.processing)?.config.processing ?? 'transformerlens';
-    const model = await loadModel(positionals[0], { processing, device });
+    const { model, transcoders } = await loadModelWithTranscoders(values, positionals[0]);
     const sequences = intOption(values.sequences, 'sequences', 1) ?? 64;
     const tokenFile = await tokenFileFor(model, data, intOption(values['context-size'], 'context-size', 2) ?? 128, mkdtempSync(join(tmpdir(), 'transcoders-eval-')), sequences);
     const rows = await tokenRows(tokenFile, sequences);

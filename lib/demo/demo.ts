@@ -7,8 +7,8 @@
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Attribution, type AttributionNode } from '../circuits/attribution.js';
-import { pathsToGraph, type CircuitGraph } from '../circuits/graph.js';
+import { Attribution } from '../circuits/attribution.js';
+import { nodeId, pathsToGraph, type CircuitGraph } from '../circuits/graph.js';
 import { formatPaths } from '../circuits/render.js';
 import { greedyPaths, type Path } from '../circuits/search.js';
 import { writeTokenFile } from '../data/token-file.js';
@@ -116,12 +116,11 @@ export interface DemoResult {
 
 function circuitResult(attribution: Attribution, levels: Path[][], graph: CircuitGraph, rootLabel: string): CircuitResult {
   const deepest = [...levels].reverse().find((l) => l.length > 0) ?? [];
-  const id = (n: AttributionNode) => graph.nodes.find((g) => g.layer === n.layer && g.position === n.position && g.kind === n.kind && g.feature === n.feature && g.head === n.head)?.id ?? `${n.kind}@${n.position}`;
   return {
     rootLabel,
     graph,
     pathsText: formatPaths(attribution, levels),
-    topPaths: deepest.map((p) => ({ nodes: p.map(id), positions: p.map((n) => n.position), contribution: p[p.length - 1]!.contrib })),
+    topPaths: deepest.map((p) => ({ nodes: p.map(nodeId), positions: p.map((n) => n.position), contribution: p[p.length - 1]!.contrib })),
   };
 }
 

@@ -50,21 +50,30 @@ export interface FeatureCardOptions {
   k?: number;
 }
 
-/** Activations of every requested layer on `rows`: row-major [rows, T, dSae] per layer. */
-async function layerActivations(model: Model, transcoders: ReadonlyMap<number, Transcoder>, layers: number[], rows: readonly (readonly number[])[]): Promise<Map<number, Float32Array[]>> {
-  const out = new Map(layers.map((l) => [l, [] as Float32Array[]]));
+/**
+ * Runs `rows` in batches (equal lengths) and hands each batch's activations of the requested layers,
+ * row-major [batch, T, dSae], to `visit` with the index of the batch's first row; nothing is kept.
+ */
+async function forEachBatch(
+  model: Model,
+  transcoders: ReadonlyMap<number, Transcoder>,
+  layers: number[],
+  rows: readonly (readonly number[])[],
+  visit: (first: number, acts: ReadonlyMap<number, Float32Array>) => void,
+): Promise<void> {
   const hooks = layers.map((l) => transcoders.get(l)!.config.hookIn);
   for (let start = 0; start < rows.length; start += 64) {
     const { cache } = await model.run(rows.slice(start, start + 64), { cache: hooks, logits: false });
+    const acts = new Map<number, Float32Array>();
     for (const l of layers) {
       const tc = transcoders.get(l)!;
-      const acts = await tc.encode(cache[tc.config.hookIn]!);
-      out.get(l)!.push(acts.toFloat32Array());
-      acts.dispose();
+      const f = await tc.encode(cache[tc.config.hookIn]!);
+      acts.set(l, f.toFloat32Array());
+      f.dispose();
     }
     for (const t of Object.values(cache)) t.dispose();
+    visit(start, acts);
   }
-  return out;
 }
 
 /** v W_V[head] W_O[head] for a vector v [d] (TransformerLens shapes W_V [H, d, dh], W_O [H, dh, d]). */
@@ -108,42 +117,44 @@ export async function featureCards(model: Model, transcoders: ReadonlyMap<number
   const years = yearTokenIds(model);
   const text = (id: number) => model.decode([id]);
 
-  // Top activating examples in the corpus: the best position of each row, the best rows overall.
-  const corpusActs = await layerActivations(model, transcoders, layers, options.corpus);
-  const gtActs = await layerActivations(model, transcoders, layers, gt.rows);
-  const events = gt.rows.length / gt.startYears.length;
-  for (const card of cards) {
-    const tc = transcoders.get(card.layer)!;
-    const m = tc.config.dSae;
-    const best: { row: number; pos: number; activation: number }[] = [];
-    let row = 0;
-    for (const chunk of corpusActs.get(card.layer)!) {
-      const L = options.corpus[row]!.length;
-      for (let b = 0; b < chunk.length / (L * m); b++, row++) {
-        let top = { row, pos: 0, activation: 0 };
+  // One pass over the corpus: the best position of each row, per card.
+  const best = new Map(cards.map((c) => [c, [] as { row: number; pos: number; activation: number }[]]));
+  const L = options.corpus[0]?.length ?? 0;
+  await forEachBatch(model, transcoders, layers, options.corpus, (first, acts) => {
+    for (const card of cards) {
+      const m = transcoders.get(card.layer)!.config.dSae;
+      const a = acts.get(card.layer)!;
+      for (let b = 0; b < a.length / (L * m); b++) {
+        let top = { row: first + b, pos: 0, activation: 0 };
         for (let t = 0; t < L; t++) {
-          const a = chunk[(b * L + t) * m + card.feature]!;
-          if (a > top.activation) top = { row, pos: t, activation: a };
+          const v = a[(b * L + t) * m + card.feature]!;
+          if (v > top.activation) top = { row: first + b, pos: t, activation: v };
         }
-        if (top.activation > 0) best.push(top);
+        if (top.activation > 0) best.get(card)!.push(top);
       }
     }
-    best.sort((a, b) => b.activation - a.activation);
-    card.topExamples = best.slice(0, exampleCount).map(({ row: r, pos, activation }) => {
-      const ids = options.corpus[r]!;
+  });
+  // One pass over the greater-than prompts: the activation at each card's position, averaged over events.
+  const events = gt.rows.length / gt.startYears.length;
+  const sums = new Map(cards.map((c) => [c, new Float64Array(gt.startYears.length)]));
+  await forEachBatch(model, transcoders, layers, gt.rows, (first, acts) => {
+    for (const card of cards) {
+      const m = transcoders.get(card.layer)!.config.dSae;
+      const a = acts.get(card.layer)!;
+      const sum = sums.get(card)!;
+      for (let b = 0; b < a.length / (T * m); b++) sum[Math.floor((first + b) / events)]! += a[(b * T + card.position) * m + card.feature]! / events;
+    }
+  });
+
+  for (const card of cards) {
+    const tc = transcoders.get(card.layer)!;
+    card.topExamples = best.get(card)!.sort((a, b) => b.activation - a.activation).slice(0, exampleCount).map(({ row, pos, activation }) => {
+      const ids = options.corpus[row]!;
       let from = pos;
       while (from > 0 && ids[from] !== model.config.bosTokenId) from--;
-      const to = Math.min(ids.length, pos + 3);
-      return { tokens: ids.slice(from, to).map(text), index: pos - from, activation };
+      return { tokens: ids.slice(from, Math.min(ids.length, pos + 3)).map(text), index: pos - from, activation };
     });
-
-    // On the greater-than prompts: activation at the card's position, averaged over events.
-    const sums = new Float64Array(gt.startYears.length);
-    let r = 0;
-    for (const chunk of gtActs.get(card.layer)!) {
-      for (let b = 0; b < chunk.length / (T * m); b++, r++) sums[Math.floor(r / events)]! += chunk[(b * T + card.position) * m + card.feature]! / events;
-    }
-    card.byStartYear.activation = [...sums];
+    card.byStartYear.activation = [...sums.get(card)!];
 
     const d = tc.config.dOut;
     const Wdec = tc.parameters().W_dec.toFloat32Array();

@@ -95,9 +95,9 @@ export function greaterThanSentence(event: string, century: number, startYear: n
  * token above YY.
  */
 export function greaterThanPrompt(event: string, century: number, startYear: number, phrasing = 0): string {
-  const sentence = greaterThanSentence(event, century, startYear, 0, phrasing);
-  const end = sentence.lastIndexOf(`${century}00`);
-  return sentence.slice(0, end + 2);
+  const template = PHRASINGS[phrasing];
+  if (template === undefined) throw new RangeError(`phrasing ${phrasing} does not exist (0..${PHRASINGS.length - 1})`);
+  return fill(template.slice(0, template.indexOf('{b}')), { e: event, a: `${century}${twoDigits(startYear)}` }) + century;
 }
 
 /** One example of `task`. */
