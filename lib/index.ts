@@ -53,11 +53,11 @@ export {
   type LossOptions,
   type BiasInit,
 } from './transcoders/transcoder.js';
-export { TranscoderTrainer, resolveTrainOptions, type TrainOptions, type StepMetrics, type Recipe, type ScheduleName } from './transcoders/trainer.js';
-export { trainTranscoders, type TrainRunOptions, type TrainProgress, type TrainResult } from './transcoders/train.js';
-export { writeActivationCache, readCacheMeta, type CacheMeta, type CacheOptions } from './transcoders/cache.js';
+export { StepTrainer, resolveTrainOptions, type TrainOptions, type StepMetrics, type Recipe, type ScheduleName } from './transcoders/step-trainer.js';
+export { trainTranscoders, type TrainRunOptions, type TrainProgress, type TrainResult } from './transcoders/training-run.js';
+export { writeActivationCache, readCacheMeta, type CacheMeta, type CacheOptions } from './transcoders/activation-cache.js';
 export { evaluate, type Evaluation, type LayerEvaluation, type EvaluateOptions } from './transcoders/evaluate.js';
-export { saveTranscoder, loadNativeTranscoder, isNativeTranscoder } from './transcoders/native-format.js';
+export { saveTranscoder, loadNativeTranscoder, isNativeTranscoder } from './transcoders/formats/native.js';
 export {
   loadTranscoder,
   detectTranscoderFormat,

@@ -100,14 +100,14 @@ export interface NativeStepMetrics {
   resampled?: number;
 }
 
-export interface NativeTrainer {
+export interface NativeStepTrainer {
   run(xs: NativeTensor, ys: NativeTensor): Promise<NativeStepMetrics[]>;
   state(): Record<string, NativeTensor> & { step: number };
   setState(state: Record<string, NativeTensor | number>): void;
 }
 
-export interface NativeTrainerClass {
-  new (transcoder: NativeTranscoder, options: object): NativeTrainer;
+export interface NativeStepTrainerClass {
+  new (transcoder: NativeTranscoder, options: object): NativeStepTrainer;
 }
 
 export interface NativeRunProgress {
@@ -150,7 +150,7 @@ interface Addon {
   Tensor: NativeTensorClass;
   Model: NativeModelClass;
   Transcoder: NativeTranscoderClass;
-  Trainer: NativeTrainerClass;
+  StepTrainer: NativeStepTrainerClass;
   TrainingRun: NativeTrainingRunClass;
   /** See lib/circuits/attribution.ts for its typed surface. */
   Attribution: unknown;

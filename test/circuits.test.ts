@@ -10,7 +10,7 @@ import { GRAPH_SCHEMA, nodeId, pathsToGraph, sumOverTokens } from '../lib/circui
 import { meanInputTimesGradient } from '../lib/circuits/mean-ixg.js';
 import { formatPaths, toDot, toHtml } from '../lib/circuits/render.js';
 import { greedyPaths, isTerminal, type Path } from '../lib/circuits/search.js';
-import { saveTranscoder } from '../lib/transcoders/native-format.js';
+import { saveTranscoder } from '../lib/transcoders/formats/native.js';
 import { readSafetensors, Tensor, writeSafetensors, type Model } from '../lib/index.js';
 import { Rng } from '../lib/util/random.js';
 import { CIRCUIT_DSAE, circuitFixture } from './helpers/circuits.js';

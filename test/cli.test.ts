@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { loadNativeTranscoder } from '../lib/transcoders/native-format.js';
+import { loadNativeTranscoder } from '../lib/transcoders/formats/native.js';
 import { loadTranscoder } from '../lib/transcoders/formats/index.js';
 import { ensureDist, runCli } from './helpers/cli.js';
 import { makeTempModel, tempDir, TINY_GPT2 } from './helpers/fixtures.js';

@@ -21,7 +21,7 @@ import {
 } from '../lib/circuits/connections.js';
 import { InvalidArgumentError, loadModel, Tensor, type Model } from '../lib/index.js';
 import { mlpHooks } from '../lib/transcoders/config.js';
-import { saveTranscoder } from '../lib/transcoders/native-format.js';
+import { saveTranscoder } from '../lib/transcoders/formats/native.js';
 import { Transcoder } from '../lib/transcoders/transcoder.js';
 import { Rng } from '../lib/util/random.js';
 import { ensureDist, runCli } from './helpers/cli.js';

@@ -10,7 +10,7 @@ import { InvalidArgumentError, loadModel, readSafetensors, Tensor, writeSafetens
 import { mlpHooks } from '../lib/transcoders/config.js';
 import { evaluate } from '../lib/transcoders/evaluate.js';
 import { Transcoder } from '../lib/transcoders/transcoder.js';
-import { TranscoderTrainer } from '../lib/transcoders/trainer.js';
+import { StepTrainer } from '../lib/transcoders/step-trainer.js';
 import { Rng } from '../lib/util/random.js';
 import { DEVICE, makeTempModel, tempDir, TINY_GPT2 } from './helpers/fixtures.js';
 import { logSoftmaxRows, referenceForward, runPython } from './helpers/reference.js';
@@ -31,7 +31,7 @@ async function trainedTranscoder(layer: number, seed: number): Promise<Transcode
   const y = cache[mlpHooks(layer).hookOut]!.toFloat32Array();
   const tc = await Transcoder.create({ arch: 'relu', dIn: d, dOut: d, dSae: 96, layer, ...mlpHooks(layer), processing: 'transformerlens' }, { seed, device: DEVICE });
   await tc.initializeBiases(Tensor.from(x, [256, d]), Tensor.from(y, [256, d]));
-  await new TranscoderTrainer(tc, { lr: 3e-3, l1Coefficient: 3e-4, schedule: 'constant' }).run(Tensor.from(x, [8, 32, d]), Tensor.from(y, [8, 32, d]));
+  await new StepTrainer(tc, { lr: 3e-3, l1Coefficient: 3e-4, schedule: 'constant' }).run(Tensor.from(x, [8, 32, d]), Tensor.from(y, [8, 32, d]));
   return tc;
 }
 

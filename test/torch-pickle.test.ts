@@ -11,7 +11,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { FormatError } from '../lib/errors.js';
-import { isTorchZipCheckpoint, PickleGlobal, readTorchCheckpoint, type PickledTensor } from '../lib/formats/torch-pickle.js';
+import { isTorchZipCheckpoint, PickleGlobal, readTorchCheckpoint, type PickledTensor } from '../lib/io/torch-pickle.js';
 import { tempDir } from './helpers/fixtures.js';
 import { PYTHON } from './helpers/reference.js';
 

@@ -11,12 +11,12 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, Tensor, type Model } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { tokenizeToFile } from '../lib/data/tokenize.js';
-import { writeActivationCache } from '../lib/transcoders/cache.js';
+import { writeActivationCache } from '../lib/transcoders/activation-cache.js';
 import { listCheckpoints, readTrainerState } from '../lib/transcoders/checkpoints.js';
 import { mlpHooks } from '../lib/transcoders/config.js';
 import { Transcoder } from '../lib/transcoders/transcoder.js';
-import { loadNativeTranscoder } from '../lib/transcoders/native-format.js';
-import { trainTranscoders, type TrainRunOptions } from '../lib/transcoders/train.js';
+import { loadNativeTranscoder } from '../lib/transcoders/formats/native.js';
+import { trainTranscoders, type TrainRunOptions } from '../lib/transcoders/training-run.js';
 import { DEVICE, makeTempModel, tempDir, TINY_GPT2 } from './helpers/fixtures.js';
 import { maxDiff } from './helpers/reference.js';
 

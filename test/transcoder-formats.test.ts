@@ -26,7 +26,7 @@ import {
   loadTranscoder,
   parseSimpleYaml,
 } from '../lib/transcoders/formats/index.js';
-import { saveTranscoder } from '../lib/transcoders/native-format.js';
+import { saveTranscoder } from '../lib/transcoders/formats/native.js';
 import { Transcoder } from '../lib/transcoders/transcoder.js';
 import { Rng } from '../lib/util/random.js';
 import { DEVICE, tempDir } from './helpers/fixtures.js';

@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadModel, readSafetensors, Tensor, writeSafetensors } from '../lib/index.js';
 import { type TranscoderConfig } from '../lib/transcoders/config.js';
-import { loadNativeTranscoder, saveTranscoder } from '../lib/transcoders/native-format.js';
-import { TranscoderTrainer } from '../lib/transcoders/trainer.js';
+import { loadNativeTranscoder, saveTranscoder } from '../lib/transcoders/formats/native.js';
+import { StepTrainer } from '../lib/transcoders/step-trainer.js';
 import { geometricMedian, Transcoder } from '../lib/transcoders/transcoder.js';
 import { DEVICE, makeTempModel, tempDir, TINY_GPT2 } from './helpers/fixtures.js';
 import { maxDiff, runPython } from './helpers/reference.js';
@@ -169,7 +169,7 @@ describe('training matches the PyTorch reference trainer step for step', () => {
   const S = 12;
   const N = 24;
 
-  async function compare(tcConfig: Partial<TranscoderConfig>, refConfig: RefConfig, options: ConstructorParameters<typeof TranscoderTrainer>[1], tol: number) {
+  async function compare(tcConfig: Partial<TranscoderConfig>, refConfig: RefConfig, options: ConstructorParameters<typeof StepTrainer>[1], tol: number) {
     const tc = await randomTranscoder(tcConfig, 11);
     // A quarter of the features start with a very negative bias: they never fire, so the
     // dead-feature terms (ghost grads, AuxK) switch on after the window.
@@ -181,7 +181,7 @@ describe('training matches the PyTorch reference trainer step for step', () => {
     const xs = randomTensor([S, N, D_IN], rng);
     const ys = randomTensor([S, N, D_OUT], rng);
 
-    const trainer = new TranscoderTrainer(start, options);
+    const trainer = new StepTrainer(start, options);
     const ours = await trainer.run(xs, ys);
     const { out, metrics } = await reference('train', initial, refConfig, { x: xs, y: ys });
 
@@ -281,7 +281,7 @@ describe('training learns', () => {
     }
     const tc = await Transcoder.create({ arch: 'relu', dIn: d, dOut: d, dSae: 4 * d, layer: 1 }, { seed: 1, device: DEVICE });
     await tc.initializeBiases(Tensor.from(xAll, [rows, d]), Tensor.from(yAll, [rows, d]), 'mean');
-    const trainer = new TranscoderTrainer(tc, { lr: 3e-3, l1Coefficient: 1e-4, schedule: 'constant' });
+    const trainer = new StepTrainer(tc, { lr: 3e-3, l1Coefficient: 1e-4, schedule: 'constant' });
     const started = performance.now();
     const metrics = await trainer.run(Tensor.from(xs, [steps, batch, d]), Tensor.from(ys, [steps, batch, d]));
     const seconds = (performance.now() - started) / 1000;
@@ -303,7 +303,7 @@ describe('training learns', () => {
   it('a topk transcoder keeps exactly k features per row', async () => {
     const rng = new Rng(9);
     const tc = await Transcoder.create({ arch: 'topk', k: 4, dIn: D_IN, dOut: D_OUT, dSae: M }, { seed: 2, device: DEVICE });
-    const trainer = new TranscoderTrainer(tc, { lr: 1e-2 });
+    const trainer = new StepTrainer(tc, { lr: 1e-2 });
     const xs = randomTensor([50, 32, D_IN], rng);
     const metrics = await trainer.run(xs, xs);
     expect(metrics.every((m) => m.l0 <= 4)).toBe(true);

@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { loadModel, PROCESSINGS } from '../models/model.js';
-import { writeActivationCache } from '../transcoders/cache.js';
+import { writeActivationCache } from '../transcoders/activation-cache.js';
 import { DEVICE_OPTION, applyThreads, THREADS_OPTION, choiceOption, intOption, listOption, type Command } from './command.js';
 import { parseLayers, tokenFileFor } from './data.js';
 import { ProgressBar } from './progress.js';

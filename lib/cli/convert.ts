@@ -2,7 +2,7 @@
 import { join } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { exportCircuitTracer, exportSaeLens, exportSparsify, loadTranscoder } from '../transcoders/formats/index.js';
-import { saveTranscoder } from '../transcoders/native-format.js';
+import { saveTranscoder } from '../transcoders/formats/native.js';
 import { choiceOption, intOption, type Command } from './command.js';
 
 const TARGETS = ['native', 'saelens', 'circuit-tracer', 'sparsify'] as const;

@@ -5,7 +5,7 @@ import { resolveCheckpoint } from '../models/checkpoint.js';
 import { parameterCount, readModelConfig } from '../models/config.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Command } from './command.js';
-import { DEMO_MODEL_DIR as DEFAULT_MODEL_DIR } from '../demo/demo.js';
+import { SHIPPED_MODEL_DIR as DEFAULT_MODEL_DIR } from '../models/shipped.js';
 
 export const infoCommand: Command = {
   name: 'info',

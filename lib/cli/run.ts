@@ -5,7 +5,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { writeSafetensors, type RawTensor } from '../io/safetensors.js';
 import { loadModel, MODEL_DTYPES, PROCESSINGS, type Model } from '../models/model.js';
 import { DEVICE_OPTION, applyThreads, THREADS_OPTION, choiceOption, intOption, type Command } from './command.js';
-import { DEMO_MODEL_DIR as DEFAULT_MODEL_DIR } from '../demo/demo.js';
+import { SHIPPED_MODEL_DIR as DEFAULT_MODEL_DIR } from '../models/shipped.js';
 
 export interface Prediction {
   id: number;

@@ -18,6 +18,11 @@ export interface TokenizeToFileOptions {
   storeBatchSize?: number;
   /** Stop after this many rows (reading stops there too). */
   maxRows?: number;
+  /**
+   * Fail (InvalidArgumentError, nothing written) when the data gives fewer rows than this (default 0:
+   * any number, an empty file included).
+   */
+  minRows?: number;
   /** Recorded as the file's `tokenizer` metadata (default: the tokenizer's path). */
   tokenizerName?: string;
   /** Called about every 200 ms while running and once at the end. */
@@ -26,8 +31,9 @@ export interface TokenizeToFileOptions {
 
 /**
  * Tokenises `.txt` / `.jsonl` files or folders of them (see readDocuments) into a token file at
- * `out` (written atomically). Returns the number of rows written and of documents read; with
- * `maxRows`, documents counts those read before the limit was reached.
+ * `out` (written atomically: a failed run leaves no file behind, and an earlier file at `out` untouched).
+ * Returns the number of rows written and of documents read; with `maxRows`, documents counts those
+ * read before the limit was reached.
  */
 export async function tokenizeToFile(
   inputs: string[],
@@ -40,6 +46,8 @@ export async function tokenizeToFile(
   if (maxRows !== Infinity && (!Number.isSafeInteger(maxRows) || maxRows < 0)) {
     throw new InvalidArgumentError(`maxRows must be a non-negative integer, got ${maxRows}`);
   }
+  const minRows = options.minRows ?? 0;
+  if (!Number.isSafeInteger(minRows) || minRows < 0) throw new InvalidArgumentError(`minRows must be a non-negative integer, got ${minRows}`);
   if (inputs.length === 0) throw new InvalidArgumentError('tokenizeToFile: no inputs');
   const maxDocumentTokens = options.maxDocumentTokens ?? 1024;
   const packer = new TokenPacker({
@@ -75,6 +83,12 @@ export async function tokenizeToFile(
     if (last) {
       rows++;
       yield Int32Array.from(last);
+    }
+    // Thrown inside the row stream, so that writeTokenFile removes its temp file and leaves `out` alone.
+    if (rows < minRows) {
+      throw new InvalidArgumentError(
+        `${inputs.join(', ')}: ${documents} documents give ${rows} full row${rows === 1 ? '' : 's'} of ${options.contextSize} tokens, fewer than the ${minRows} needed`,
+      );
     }
   }
 

@@ -6,7 +6,6 @@
  */
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Attribution } from '../circuits/attribution.js';
 import { nodeId, pathsToGraph, type CircuitGraph } from '../circuits/graph.js';
 import { formatPaths } from '../circuits/render.js';
@@ -17,18 +16,22 @@ import { writeFileAtomic } from '../io/atomic.js';
 import { loadModel, type Model } from '../models/model.js';
 import { evaluate, type Evaluation } from '../transcoders/evaluate.js';
 import { loadTranscoder } from '../transcoders/formats/index.js';
-import { trainTranscoders, type TrainProgress } from '../transcoders/train.js';
+import { trainTranscoders, type TrainProgress } from '../transcoders/training-run.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
-import type { TrainOptions } from '../transcoders/trainer.js';
+import type { TrainOptions } from '../transcoders/step-trainer.js';
 import { greaterThanExperiment, type GreaterThanExperiment } from './ablation.js';
 import { greaterThanRows, yearTokenIds } from './greater-than.js';
 import { featureCards, type FeatureCard, type FeatureRef } from './features.js';
 import { greaterThanPrompt, packedRows, twoDigits } from './tasks.js';
 import { renderReport } from './report.js';
 import { DEMO_MODEL, validationRows } from './train-model.js';
+import type { CircuitResult, DemoResult, DemoStage } from './result.js';
+import { SHIPPED_MODEL_DIR } from '../models/shipped.js';
+
+export type { CircuitResult, DemoResult, DemoStage } from './result.js';
 
 /** The shipped model (trained by scripts/train-demo-model.mjs). */
-export const DEMO_MODEL_DIR = fileURLToPath(new URL('../../models/greater-than', import.meta.url));
+export const DEMO_MODEL_DIR = SHIPPED_MODEL_DIR;
 
 /** How the demo trains its transcoders (also how the shipped ones were trained). */
 export interface DemoTranscoderSpec extends Pick<TrainOptions, 'lr' | 'l1Coefficient' | 'schedule' | 'warmupSteps'> {
@@ -49,8 +52,6 @@ export const DEMO_TRANSCODERS: DemoTranscoderSpec = {
   warmupSteps: 50,
   seed: 0,
 };
-
-export type DemoStage = 'data' | 'train' | 'evaluate' | 'circuit' | 'experiment' | 'features' | 'report';
 
 export interface DemoProgress {
   stage: DemoStage;
@@ -81,37 +82,6 @@ export interface DemoOptions {
   /** Held-out sequences for the evaluation (default 128). */
   evalSequences?: number;
   onProgress?: (progress: DemoProgress) => void;
-}
-
-export interface CircuitResult {
-  /** What the search started from, e.g. `logit["59"] - logit["20"] @ 12`. */
-  rootLabel: string;
-  graph: CircuitGraph;
-  /** The text rendering of the paths (formatPaths). */
-  pathsText: string;
-  /** Paths of the deepest level, best first. */
-  topPaths: { nodes: string[]; positions: number[]; contribution: number }[];
-}
-
-export interface DemoResult {
-  out: string;
-  report: string;
-  model: string;
-  transcodersDir: string;
-  pretrained: boolean;
-  prompt: string;
-  /** YY of the prompt. */
-  startYear: number;
-  tokens: string[];
-  /** Position of the start year's two-digit token in the prompt. */
-  startYearPosition: number;
-  evaluation: Evaluation;
-  training: { seconds: number; steps: number; tokens: number } | null;
-  logitCircuit: CircuitResult;
-  featureCircuit: CircuitResult;
-  experiment: GreaterThanExperiment;
-  features: FeatureCard[];
-  seconds: Record<DemoStage, number>;
 }
 
 function circuitResult(attribution: Attribution, levels: Path[][], graph: CircuitGraph, rootLabel: string): CircuitResult {

@@ -6,7 +6,7 @@
 import { escapeHtml, graphSvg } from '../circuits/render.js';
 import type { TokenEffects, TokenScore } from '../circuits/connections.js';
 import { barChart, lineChart, type Series } from './charts.js';
-import type { CircuitResult, DemoResult } from './demo.js';
+import type { CircuitResult, DemoResult } from './result.js';
 import type { FeatureCard } from './features.js';
 import type { GreaterThanResult } from './greater-than.js';
 import { EVENTS } from './tasks.js';

@@ -12,7 +12,7 @@ import { writeFileAtomic } from '../io/atomic.js';
 import { loadSafetensorsTensors, readSafetensorsHeader, writeSafetensors } from '../io/safetensors.js';
 import { Tensor } from '../tensor.js';
 import type { TranscoderConfig } from './config.js';
-import { CONFIG_FILE, NATIVE_FORMAT, NATIVE_VERSION, WEIGHTS_FILE } from './native-format.js';
+import { CONFIG_FILE, NATIVE_FORMAT, NATIVE_VERSION, WEIGHTS_FILE } from './formats/native.js';
 import { parameterNames } from './transcoder.js';
 
 export const TRAINER_STATE_FILE = 'trainer.safetensors';

@@ -4,7 +4,7 @@
 
 #include <new>
 
-#include "core/state.h"
+#include "bindings/state.h"
 
 namespace tc {
 

@@ -67,7 +67,7 @@ std::vector<std::string> hookNames(const ModelConfig& cfg) {
   return names;
 }
 
-HookCache::HookCache(const ModelConfig& cfg, const std::vector<std::string>& names) {
+HookCapture::HookCapture(const ModelConfig& cfg, const std::vector<std::string>& names) {
   if (names.empty()) return;
   blocks_.assign(cfg.nLayers, {});
   for (const auto& name : names) {
@@ -84,11 +84,11 @@ HookCache::HookCache(const ModelConfig& cfg, const std::vector<std::string>& nam
   }
 }
 
-void HookCache::record(ModelHook h, const at::Tensor& t) {
+void HookCapture::record(ModelHook h, const at::Tensor& t) {
   if (wants(h)) tensors_[modelHookName(h)] = t;
 }
 
-void HookCache::record(int64_t layer, BlockHook h, const at::Tensor& t) {
+void HookCapture::record(int64_t layer, BlockHook h, const at::Tensor& t) {
   if (wants(layer, h)) tensors_[blockHookName(layer, h)] = t;
 }
 

@@ -23,11 +23,11 @@ enum class BlockHook {
 std::vector<std::string> hookNames(const ModelConfig& cfg);
 
 // A set of requested hooks, resolved once from names; collects their tensors during a forward.
-class HookCache {
+class HookCapture {
  public:
   // Throws InvalidArgument naming the first unknown hook.
-  HookCache(const ModelConfig& cfg, const std::vector<std::string>& names);
-  HookCache() = default;
+  HookCapture(const ModelConfig& cfg, const std::vector<std::string>& names);
+  HookCapture() = default;
 
   bool wants(ModelHook h) const { return model_[static_cast<size_t>(h)]; }
   bool wants(int64_t layer, BlockHook h) const {

@@ -77,7 +77,7 @@ at::Tensor activation(Activation act, const at::Tensor& x) {
 
 }  // namespace
 
-at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCache& hooks) const {
+at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks) const {
   const LayerWeights& L = w_.layers[layer];
   const int64_t B = x.size(0), T = x.size(1), d = cfg_.dModel, H = cfg_.nHeads, dh = cfg_.dHead;
   at::Tensor qkv = at::addmm(L.b_QKV.reshape({-1}), x.reshape({B * T, d}), L.W_QKV.view({d, 3 * H * dh})).view({B, T, 3, H, dh});
@@ -115,7 +115,7 @@ at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Posi
   return at::addmm(L.b_O, z.reshape({B * T, H * dh}), L.W_O.view({H * dh, d})).view({B, T, d});
 }
 
-at::Tensor Transformer::mlp(int64_t layer, const at::Tensor& x, HookCache& hooks) const {
+at::Tensor Transformer::mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks) const {
   const LayerWeights& L = w_.layers[layer];
   const int64_t B = x.size(0), T = x.size(1);
   at::Tensor pre = at::addmm(L.b_in, x.reshape({B * T, cfg_.dModel}), L.W_in);
@@ -126,7 +126,7 @@ at::Tensor Transformer::mlp(int64_t layer, const at::Tensor& x, HookCache& hooks
 }
 
 at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, const ForwardOptions& options,
-                                         HookCache& hooks) const {
+                                         HookCapture& hooks) const {
   auto it = options.mlpReplacements.find(layer);
   if (it == options.mlpReplacements.end()) return mlp(layer, x, hooks);
   const MlpReplacement& r = it->second;
@@ -157,7 +157,7 @@ at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, con
   return out.to(x.options());
 }
 
-at::Tensor Transformer::observedLayerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCache& hooks,
+at::Tensor Transformer::observedLayerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCapture& hooks,
                                           int64_t layer, BlockHook scaleHook, BlockHook normalizedHook) const {
   at::Tensor scale;
   at::Tensor out = layerNorm(x, w, b, hooks.wants(layer, scaleHook) ? &scale : nullptr);
@@ -167,7 +167,7 @@ at::Tensor Transformer::observedLayerNorm(const at::Tensor& x, const at::Tensor&
 }
 
 at::Tensor Transformer::block(int64_t layer, const at::Tensor& residPre, const Positions& pos,
-                              const ForwardOptions& options, HookCache& hooks) const {
+                              const ForwardOptions& options, HookCapture& hooks) const {
   const LayerWeights& L = w_.layers[layer];
   hooks.record(layer, BlockHook::ResidPre, residPre);
 
@@ -196,7 +196,7 @@ ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOpt
     if (layer < 0 || layer >= cfg_.nLayers)
       throw InvalidArgument("MLP replacement for layer " + std::to_string(layer) + " but the model has " +
                             std::to_string(cfg_.nLayers) + " layers");
-  HookCache hooks(cfg_, options.hooks);
+  HookCapture hooks(cfg_, options.hooks);
   at::Tensor tokens = prepareTokens(rawTokens);
   at::AutoGradMode gradMode(options.grad);
   const int64_t T = tokens.size(1);

@@ -60,7 +60,7 @@ class Transformer {
   // LayerNorm (LayerNormPre when w/b are undefined); fills *scale when asked (hook_scale).
   at::Tensor layerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale) const;
   // A block's LayerNorm, recording its hook_scale / hook_normalized when requested.
-  at::Tensor observedLayerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCache& hooks,
+  at::Tensor observedLayerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCapture& hooks,
                                int64_t layer, BlockHook scaleHook, BlockHook normalizedHook) const;
   // Per-forward tables shared by all layers.
   struct Positions {
@@ -68,11 +68,11 @@ class Transformer {
     at::Tensor rotary;  // [2, T, rotaryDim] cos/sin, rotary models only
   };
   Positions positions(int64_t T) const;
-  at::Tensor attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCache& hooks) const;
-  at::Tensor mlp(int64_t layer, const at::Tensor& x, HookCache& hooks) const;
-  at::Tensor mlpOrReplacement(int64_t layer, const at::Tensor& x, const ForwardOptions& options, HookCache& hooks) const;
+  at::Tensor attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks) const;
+  at::Tensor mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks) const;
+  at::Tensor mlpOrReplacement(int64_t layer, const at::Tensor& x, const ForwardOptions& options, HookCapture& hooks) const;
   at::Tensor block(int64_t layer, const at::Tensor& residPre, const Positions& pos, const ForwardOptions& options,
-                   HookCache& hooks) const;
+                   HookCapture& hooks) const;
 
   ModelConfig cfg_;
   Weights w_;

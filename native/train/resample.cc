@@ -9,7 +9,7 @@
 
 namespace tc {
 
-int64_t resampleDeadFeatures(Trainer& trainer, const Transformer& model, int64_t layer, const std::string& hookIn,
+int64_t resampleDeadFeatures(StepTrainer& trainer, const Transformer& model, int64_t layer, const std::string& hookIn,
                              const std::string& hookOut, const at::Tensor& tokens, double scale, uint64_t seed) {
   at::NoGradGuard noGrad;
   std::shared_ptr<Transcoder> tc = trainer.transcoder();

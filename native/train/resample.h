@@ -15,13 +15,13 @@
 #include <ATen/Tensor.h>
 
 #include "model/transformer.h"
-#include "train/trainer.h"
+#include "train/step_trainer.h"
 
 namespace tc {
 
 // Resamples the features of `trainer` that have not fired for its dead-feature window, using
 // `tokens` [R, T]. Returns how many were re-initialised.
-int64_t resampleDeadFeatures(Trainer& trainer, const Transformer& model, int64_t layer, const std::string& hookIn,
+int64_t resampleDeadFeatures(StepTrainer& trainer, const Transformer& model, int64_t layer, const std::string& hookIn,
                              const std::string& hookOut, const at::Tensor& tokens, double scale, uint64_t seed);
 
 }  // namespace tc

@@ -47,7 +47,7 @@ std::vector<std::pair<std::string, at::Tensor>> TrainingRun::snapshotSlot(const 
 }
 
 int64_t TrainingRun::maybeResample(size_t slot) {
-  Trainer& trainer = *slots_[slot].trainer;
+  StepTrainer& trainer = *slots_[slot].trainer;
   const TrainOptions& o = trainer.options();
   if (o.resampleEvery <= 0 || trainer.steps() % o.resampleEvery != 0) return 0;
   const HookPair* hooks = source_->hooks(slot);

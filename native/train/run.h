@@ -12,13 +12,13 @@
 
 #include "train/shuffle_buffer.h"
 #include "train/sources.h"
-#include "train/trainer.h"
+#include "train/step_trainer.h"
 
 namespace tc {
 
 struct RunSlot {
   std::shared_ptr<Transcoder> transcoder;
-  std::shared_ptr<Trainer> trainer;
+  std::shared_ptr<StepTrainer> trainer;
   int64_t layer = -1;  // for dead-feature resampling, which splices the transcoder into the model
 };
 

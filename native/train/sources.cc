@@ -60,7 +60,7 @@ ModelActivationSource::ModelActivationSource(std::shared_ptr<const Transformer> 
     else deepest = model_->config().nLayers - 1;
   }
   forward_.stopAfterLayer = deepest;
-  HookCache(model_->config(), forward_.hooks);  // validates the names now
+  HookCapture(model_->config(), forward_.hooks);  // validates the names now
 }
 
 bool ModelActivationSource::next(ActivationBatch& out) {

@@ -3,7 +3,7 @@
  *
  * | format | what is on disk |
  * |---|---|
- * | `native` | folder: `cfg.json` (format "transcoders") + `transcoder.safetensors` (native-format.ts) |
+ * | `native` | folder: `cfg.json` (format "transcoders") + `transcoder.safetensors` (native.ts) |
  * | `saelens` | folder: `cfg.json` + `sae_weights.safetensors` (saelens.ts) |
  * | `sparsify` | folder: `cfg.json` + `sae.safetensors` (sparsify.ts) |
  * | `circuit-tracer` | `layer_{i}.safetensors` (or any safetensors with W_enc, b_enc, W_dec, b_dec), optionally in a folder with `config.yaml` (circuit-tracer.ts) |
@@ -13,7 +13,7 @@ import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, extname } from 'node:path';
 import { FormatError } from '../../errors.js';
 import { readSafetensorsHeader } from '../../io/safetensors.js';
-import { isNativeTranscoder, loadNativeTranscoder, WEIGHTS_FILE as NATIVE_WEIGHTS_FILE } from '../native-format.js';
+import { isNativeTranscoder, loadNativeTranscoder, WEIGHTS_FILE as NATIVE_WEIGHTS_FILE } from './native.js';
 import type { Transcoder } from '../transcoder.js';
 import { isCircuitTracerFolder, loadCircuitTracerTranscoder, type CircuitTracerLoadOptions } from './circuit-tracer.js';
 import type { ForeignLoadOptions } from './common.js';

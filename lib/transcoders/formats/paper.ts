@@ -6,7 +6,7 @@
  * processed GPT-2, so the config records processing 'transformerlens'.
  */
 import { FormatError } from '../../errors.js';
-import { readTorchCheckpoint, type PickledTensor } from '../../formats/torch-pickle.js';
+import { readTorchCheckpoint, type PickledTensor } from '../../io/torch-pickle.js';
 import { Tensor } from '../../tensor.js';
 import type { TranscoderConfig } from '../config.js';
 import { Transcoder, type PlacementOptions } from '../transcoder.js';

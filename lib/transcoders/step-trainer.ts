@@ -11,7 +11,7 @@
  *   evaluated at the step itself, AuxK (topk) or L0 (jumprelu), target-referenced ghost residual.
  */
 import { InvalidArgumentError } from '../errors.js';
-import { native, type NativeStepMetrics, type NativeTrainer } from '../native.js';
+import { native, type NativeStepMetrics, type NativeStepTrainer } from '../native.js';
 import { Tensor } from '../tensor.js';
 import type { Transcoder } from './transcoder.js';
 
@@ -106,16 +106,16 @@ export function resolveTrainOptions(transcoder: Transcoder, options: TrainOption
   };
 }
 
-export class TranscoderTrainer {
+export class StepTrainer {
   readonly transcoder: Transcoder;
   readonly options: Record<string, unknown>;
   /** @internal */
-  readonly handle: NativeTrainer;
+  readonly handle: NativeStepTrainer;
 
   constructor(transcoder: Transcoder, options: TrainOptions = {}) {
     this.transcoder = transcoder;
     this.options = resolveTrainOptions(transcoder, options);
-    this.handle = new (native().Trainer)(transcoder.handle, this.options);
+    this.handle = new (native().StepTrainer)(transcoder.handle, this.options);
   }
 
   /** Runs one step per batch: xs [S, N, dIn], ys [S, N, dOut] (off the JS thread). */

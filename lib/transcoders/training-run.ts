@@ -13,11 +13,11 @@ import { loadSafetensorsTensors, readSafetensorsHeader } from '../io/safetensors
 import { native, type NativeRunProgress, type NativeRunSnapshot } from '../native.js';
 import type { Model } from '../models/model.js';
 import { Tensor } from '../tensor.js';
-import { readCacheMeta, readCacheShards } from './cache.js';
+import { readCacheMeta, readCacheShards } from './activation-cache.js';
 import { listCheckpoints, readTrainerState, writeCheckpoint, type CheckpointState } from './checkpoints.js';
 import { mlpHooks, validateTranscoderConfig, type TranscoderArch, type TranscoderConfig } from './config.js';
-import { loadNativeTranscoder, saveTranscoder } from './native-format.js';
-import { TranscoderTrainer, type StepMetrics, type TrainOptions } from './trainer.js';
+import { loadNativeTranscoder, saveTranscoder } from './formats/native.js';
+import { StepTrainer, type StepMetrics, type TrainOptions } from './step-trainer.js';
 import { Transcoder, type BiasInit, type PlacementOptions } from './transcoder.js';
 
 export interface TrainDataTokens {
@@ -170,13 +170,13 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
     const samples = await sampleActivations(opts, hooks);
     await Promise.all(transcoders.map((tc, i) => tc.initializeBiases(samples[i]!.x, samples[i]!.y, opts.biasInit ?? 'mean')));
   }
-  const trainers = transcoders.map((tc) => new TranscoderTrainer(tc, opts));
+  const trainers = transcoders.map((tc) => new StepTrainer(tc, opts));
   if (latest) {
     for (const [i, layer] of opts.layers.entries()) {
       trainers[i]!.setState({ step: latest.state.step, tensors: await readTrainerState(latest.dir, layer) });
     }
   }
-  const recordTraining = (tc: Transcoder, trainer: TranscoderTrainer): TranscoderConfig => ({
+  const recordTraining = (tc: Transcoder, trainer: StepTrainer): TranscoderConfig => ({
     ...tc.config,
     training: { ...trainer.options, batchSize, totalSteps, seed: opts.seed ?? 0, shuffle: !opts.noShuffle, data: fromCache ? (opts.data as TrainDataCache).activations : (opts.data as TrainDataTokens).tokenFile },
   });

@@ -5,17 +5,17 @@
 #include <napi.h>
 #include <torch/version.h>
 
-#include "circuits/attribution_wrap.h"
-#include "circuits/connections_wrap.h"
+#include "bindings/attribution_wrap.h"
+#include "bindings/connections_wrap.h"
 #include "core/errors.h"
-#include "core/state.h"
-#include "core/task.h"
+#include "bindings/state.h"
+#include "bindings/task.h"
 #include "core/threads.h"
-#include "io/safetensors_js.h"
-#include "model/model_wrap.h"
-#include "tensor/tensor_wrap.h"
-#include "train/run_wrap.h"
-#include "transcoder/transcoder_wrap.h"
+#include "bindings/safetensors_js.h"
+#include "bindings/model_wrap.h"
+#include "bindings/tensor_wrap.h"
+#include "bindings/run_wrap.h"
+#include "bindings/transcoder_wrap.h"
 
 namespace tc {
 namespace {
@@ -60,7 +60,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("Tensor", JsTensor::define(env));
   exports.Set("Model", JsModel::define(env));
   exports.Set("Transcoder", JsTranscoder::define(env));
-  exports.Set("Trainer", JsTrainer::define(env));
+  exports.Set("StepTrainer", JsTrainer::define(env));
   exports.Set("TrainingRun", JsTrainingRun::define(env));
   exports.Set("Attribution", JsAttribution::define(env));
   exports.Set("Connections", connectionsExports(env));

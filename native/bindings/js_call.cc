@@ -1,4 +1,4 @@
-#include "core/js_call.h"
+#include "bindings/js_call.h"
 
 #include <stdexcept>
 

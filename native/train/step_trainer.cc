@@ -1,4 +1,4 @@
-#include "train/trainer.h"
+#include "train/step_trainer.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -10,19 +10,19 @@
 
 namespace tc {
 
-std::vector<at::Tensor*> Trainer::parameters() {
+std::vector<at::Tensor*> StepTrainer::parameters() {
   std::vector<at::Tensor*> out;
   for (auto& [name, t] : tc_->params().named()) out.push_back(t);
   return out;
 }
 
-Trainer::Trainer(std::shared_ptr<Transcoder> transcoder, TrainOptions options)
+StepTrainer::StepTrainer(std::shared_ptr<Transcoder> transcoder, TrainOptions options)
     : tc_(std::move(transcoder)), options_(std::move(options)), adam_(parameters(), options_.adam) {
   for (at::Tensor* p : parameters()) p->requires_grad_(true);
   sinceFired_ = at::zeros({tc_->spec().dSae}, tc_->params().W_enc.options().dtype(c10::kLong));
 }
 
-StepMetrics Trainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
+StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
   TranscoderParams& p = tc_->params();
   const int64_t step = adam_.steps();
   if (options_.normalizeDecoder) {
@@ -83,7 +83,7 @@ StepMetrics Trainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
   return m;
 }
 
-void Trainer::reinitializeFeatures(const at::Tensor& idx, const at::Tensor& encoder, const at::Tensor& decoder, double encoderNorm) {
+void StepTrainer::reinitializeFeatures(const at::Tensor& idx, const at::Tensor& encoder, const at::Tensor& decoder, double encoderNorm) {
   at::NoGradGuard noGrad;
   TranscoderParams& p = tc_->params();
   auto opts = p.W_enc.options();
@@ -105,7 +105,7 @@ void Trainer::reinitializeFeatures(const at::Tensor& idx, const at::Tensor& enco
   lastResample_ = adam_.steps();
 }
 
-std::vector<StepMetrics> Trainer::run(const at::Tensor& xs, const at::Tensor& ys) {
+std::vector<StepMetrics> StepTrainer::run(const at::Tensor& xs, const at::Tensor& ys) {
   const TranscoderSpec& spec = tc_->spec();
   if (xs.dim() != 3 || ys.dim() != 3 || xs.size(0) != ys.size(0) || xs.size(1) != ys.size(1) ||
       xs.size(2) != spec.dIn || ys.size(2) != spec.dOut)
@@ -116,7 +116,7 @@ std::vector<StepMetrics> Trainer::run(const at::Tensor& xs, const at::Tensor& ys
   return metrics;
 }
 
-StepMetrics Trainer::step(const at::Tensor& x, const at::Tensor& y) {
+StepMetrics StepTrainer::step(const at::Tensor& x, const at::Tensor& y) {
   auto options = tc_->params().W_enc.options();
   return trainStep(x.to(options), y.to(options));
 }

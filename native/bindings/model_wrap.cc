@@ -1,4 +1,4 @@
-#include "model/model_wrap.h"
+#include "bindings/model_wrap.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -7,17 +7,17 @@
 #include <shared_mutex>
 
 #include "core/errors.h"
-#include "core/js_args.h"
+#include "bindings/js_args.h"
 #include "train/lm_trainer.h"
-#include "core/js_call.h"
-#include "core/state.h"
-#include "core/task.h"
+#include "bindings/js_call.h"
+#include "bindings/state.h"
+#include "bindings/task.h"
 #include "io/safetensors.h"
-#include "io/safetensors_js.h"
+#include "bindings/safetensors_js.h"
 #include "model/processing.h"
 #include "tensor/dtype.h"
-#include "tensor/tensor_wrap.h"
-#include "transcoder/transcoder_wrap.h"
+#include "bindings/tensor_wrap.h"
+#include "bindings/transcoder_wrap.h"
 
 namespace tc {
 
@@ -218,7 +218,7 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
     }
     if (loss != LossKind::None) options.logits = true;
     // Validate hook names now, so a typo fails before any work is queued.
-    HookCache(model->config(), options.hooks);
+    HookCapture(model->config(), options.hooks);
 
     std::vector<JsCall> callbacks;
     // A live thread-safe function keeps the event loop (and so the process) alive: until the task

@@ -5,11 +5,11 @@
  */
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { FormatError } from '../errors.js';
-import { writeFileAtomic } from '../io/atomic.js';
-import { loadSafetensorsTensors, readSafetensorsHeader, writeSafetensors } from '../io/safetensors.js';
-import { validateTranscoderConfig, type TranscoderConfig } from './config.js';
-import { parameterNames, PARAMETER_SHAPES, Transcoder, type PlacementOptions } from './transcoder.js';
+import { FormatError } from '../../errors.js';
+import { writeFileAtomic } from '../../io/atomic.js';
+import { loadSafetensorsTensors, readSafetensorsHeader, writeSafetensors } from '../../io/safetensors.js';
+import { validateTranscoderConfig, type TranscoderConfig } from '../config.js';
+import { parameterNames, PARAMETER_SHAPES, Transcoder, type PlacementOptions } from '../transcoder.js';
 
 export const NATIVE_FORMAT = 'transcoders';
 export const NATIVE_VERSION = 1;

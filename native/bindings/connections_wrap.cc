@@ -1,4 +1,4 @@
-#include "circuits/connections_wrap.h"
+#include "bindings/connections_wrap.h"
 
 #include <ATen/ATen.h>
 
@@ -10,11 +10,11 @@
 
 #include "circuits/connections.h"
 #include "core/errors.h"
-#include "core/js_args.h"
-#include "core/task.h"
-#include "model/model_wrap.h"
-#include "tensor/tensor_wrap.h"
-#include "transcoder/transcoder_wrap.h"
+#include "bindings/js_args.h"
+#include "bindings/task.h"
+#include "bindings/model_wrap.h"
+#include "bindings/tensor_wrap.h"
+#include "bindings/transcoder_wrap.h"
 
 namespace tc {
 

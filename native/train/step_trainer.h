@@ -41,9 +41,9 @@ struct StepMetrics {
   int64_t resampled = 0;  // features re-initialised after this step
 };
 
-class Trainer {
+class StepTrainer {
  public:
-  Trainer(std::shared_ptr<Transcoder> transcoder, TrainOptions options);
+  StepTrainer(std::shared_ptr<Transcoder> transcoder, TrainOptions options);
 
   // Runs one step per batch: xs [S, N, d_in], ys [S, N, d_out].
   std::vector<StepMetrics> run(const at::Tensor& xs, const at::Tensor& ys);

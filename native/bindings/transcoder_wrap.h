@@ -1,11 +1,11 @@
-// NativeTranscoder and NativeTrainer: JS handles over a Transcoder and its Trainer
+// NativeTranscoder and NativeTrainer: JS handles over a Transcoder and its StepTrainer
 // (wrapped by lib/transcoders/transcoder.ts and lib/transcoders/trainer.ts).
 #pragma once
 #include <napi.h>
 
 #include <memory>
 
-#include "train/trainer.h"
+#include "train/step_trainer.h"
 #include "transcoder/transcoder.h"
 
 namespace tc {
@@ -47,7 +47,7 @@ class JsTrainer : public Napi::ObjectWrap<JsTrainer> {
   static Napi::Function define(Napi::Env env);
   explicit JsTrainer(const Napi::CallbackInfo& info);
   // The trainer behind a JS handle and its transcoder; throws InvalidArgument for anything else.
-  static std::pair<std::shared_ptr<Trainer>, std::shared_ptr<Transcoder>> trainerOf(const Napi::Value& value, const char* what);
+  static std::pair<std::shared_ptr<StepTrainer>, std::shared_ptr<Transcoder>> trainerOf(const Napi::Value& value, const char* what);
 
  private:
   Napi::Value run(const Napi::CallbackInfo& info);
@@ -55,7 +55,7 @@ class JsTrainer : public Napi::ObjectWrap<JsTrainer> {
   Napi::Value setState(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Transcoder> tc_;
-  std::shared_ptr<Trainer> trainer_;
+  std::shared_ptr<StepTrainer> trainer_;
 };
 
 }  // namespace tc

@@ -1,4 +1,4 @@
-#include "tensor/tensor_wrap.h"
+#include "bindings/tensor_wrap.h"
 
 #include <ATen/ATen.h>
 
@@ -6,8 +6,8 @@
 #include <thread>
 
 #include "core/errors.h"
-#include "core/state.h"
-#include "core/task.h"
+#include "bindings/state.h"
+#include "bindings/task.h"
 #include "tensor/dtype.h"
 
 namespace tc {

@@ -1,15 +1,15 @@
-#include "train/run_wrap.h"
+#include "bindings/run_wrap.h"
 
 #include <ATen/ATen.h>
 
 #include "core/errors.h"
-#include "core/js_args.h"
-#include "core/js_call.h"
-#include "core/task.h"
-#include "io/safetensors_js.h"
-#include "model/model_wrap.h"
-#include "tensor/tensor_wrap.h"
-#include "transcoder/transcoder_wrap.h"
+#include "bindings/js_args.h"
+#include "bindings/js_call.h"
+#include "bindings/task.h"
+#include "bindings/safetensors_js.h"
+#include "bindings/model_wrap.h"
+#include "bindings/tensor_wrap.h"
+#include "bindings/transcoder_wrap.h"
 
 namespace tc {
 

@@ -1,4 +1,4 @@
-#include "circuits/attribution_wrap.h"
+#include "bindings/attribution_wrap.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -6,12 +6,12 @@
 #include <cmath>
 
 #include "core/errors.h"
-#include "core/js_args.h"
-#include "core/state.h"
-#include "core/task.h"
-#include "model/model_wrap.h"
-#include "tensor/tensor_wrap.h"
-#include "transcoder/transcoder_wrap.h"
+#include "bindings/js_args.h"
+#include "bindings/state.h"
+#include "bindings/task.h"
+#include "bindings/model_wrap.h"
+#include "bindings/tensor_wrap.h"
+#include "bindings/transcoder_wrap.h"
 
 namespace tc {
 

@@ -1,4 +1,4 @@
-#include "transcoder/transcoder_wrap.h"
+#include "bindings/transcoder_wrap.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -8,11 +8,11 @@
 #include <shared_mutex>
 
 #include "core/errors.h"
-#include "core/js_args.h"
-#include "core/state.h"
-#include "core/task.h"
+#include "bindings/js_args.h"
+#include "bindings/state.h"
+#include "bindings/task.h"
 #include "tensor/dtype.h"
-#include "tensor/tensor_wrap.h"
+#include "bindings/tensor_wrap.h"
 #include "eval/metrics.h"
 #include "transcoder/init.h"
 
@@ -391,9 +391,9 @@ Napi::Function JsTrainer::define(Napi::Env env) {
   return cls;
 }
 
-std::pair<std::shared_ptr<Trainer>, std::shared_ptr<Transcoder>> JsTrainer::trainerOf(const Napi::Value& value, const char* what) {
+std::pair<std::shared_ptr<StepTrainer>, std::shared_ptr<Transcoder>> JsTrainer::trainerOf(const Napi::Value& value, const char* what) {
   if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(AddonState::of(value.Env()).trainerClass.Value()))
-    throw InvalidArgument(std::string(what) + " must be a Trainer");
+    throw InvalidArgument(std::string(what) + " must be a StepTrainer");
   JsTrainer* self = JsTrainer::Unwrap(value.As<Napi::Object>());
   return {self->trainer_, self->tc_};
 }
@@ -403,7 +403,7 @@ JsTrainer::JsTrainer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsTraine
   guard(info.Env(), [&]() {
     tc_ = JsTranscoder::transcoderOf(info[0], "the trainer's transcoder");
     std::unique_lock lock(tc_->mutex());
-    trainer_ = std::make_shared<Trainer>(tc_, trainOptionsFrom(objectOr(info[1])));
+    trainer_ = std::make_shared<StepTrainer>(tc_, trainOptionsFrom(objectOr(info[1])));
     return 0;
   });
 }
@@ -414,7 +414,7 @@ Napi::Value JsTrainer::run(const Napi::CallbackInfo& info) {
   return guard(env, [&]() -> Napi::Value {
     at::Tensor xs = JsTensor::tensorOf(info[0], "xs");
     at::Tensor ys = JsTensor::tensorOf(info[1], "ys");
-    std::shared_ptr<Trainer> trainer = trainer_;
+    std::shared_ptr<StepTrainer> trainer = trainer_;
     std::shared_ptr<Transcoder> tc = tc_;
     return Task<std::vector<StepMetrics>>::start(
         env, "transcoders:train",

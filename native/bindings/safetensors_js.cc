@@ -1,9 +1,9 @@
-#include "io/safetensors_js.h"
+#include "bindings/safetensors_js.h"
 
 #include "core/errors.h"
-#include "core/task.h"
+#include "bindings/task.h"
 #include "io/safetensors.h"
-#include "tensor/tensor_wrap.h"
+#include "bindings/tensor_wrap.h"
 
 namespace tc {
 

@@ -9,7 +9,7 @@ import { constants as bufferConstants } from 'node:buffer';
 import { closeSync, readSync } from 'node:fs';
 import { crc32, inflateRawSync } from 'node:zlib';
 import { FormatError } from '../errors.js';
-import { openRegularFile } from '../io/files.js';
+import { openRegularFile } from './files.js';
 
 /** One file of the archive, as described by its central directory record. */
 export interface ZipEntry {
