@@ -36,6 +36,8 @@ function shallowJson(value: unknown, depth: number, budget: number): string {
   if (value === undefined) return 'undefined';
   if (typeof value === 'bigint') return `${value}`;
   if (typeof value === 'function') return 'function';
+  // Long strings are cut before quoting, so describing one costs O(budget), not O(its length).
+  if (typeof value === 'string' && value.length > budget) return `${JSON.stringify(value.slice(0, budget))}`;
   if (typeof value !== 'object' || value === null) return JSON.stringify(value) ?? String(value);
   if (Array.isArray(value)) {
     if (depth <= 0) return '[…]';

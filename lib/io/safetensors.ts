@@ -43,6 +43,11 @@ export interface SafetensorsHeader {
 /** Headers larger than this are refused as corrupt (real ones are a few hundred KB). */
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 
+/** A tensor name as quoted in messages: a hostile header may use megabyte-long names. */
+function short(key: string): string {
+  return key.length > 60 ? `${key.slice(0, 59)}…` : key;
+}
+
 function isNonNegativeInt(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 }
@@ -81,10 +86,9 @@ export function readSafetensorsHeader(path: string): SafetensorsHeader {
         metadata = raw as Record<string, string>;
         continue;
       }
-      // Keys are quoted in messages cut short: a hostile header may use megabyte-long names.
-      const name = key.length > 60 ? `${key.slice(0, 59)}…` : key;
+      const name = short(key);
       const t = raw as object;
-      if (typeof t !== 'object' || t === null || Array.isArray(t)) fail(`tensor ${describe(key, 40)} is not an object, got ${describe(t)}`);
+      if (typeof t !== 'object' || t === null || Array.isArray(t)) fail(`tensor '${name}' is not an object, got ${describe(t)}`);
       const field = (k: string): unknown => (Object.hasOwn(t, k) ? (t as Record<string, unknown>)[k] : undefined);
       const tDtype = field('dtype');
       const tShape = field('shape');
@@ -110,7 +114,7 @@ export function readSafetensorsHeader(path: string): SafetensorsHeader {
     for (let i = 1; i < sorted.length; i++) {
       const prev = sorted[i - 1]!;
       const cur = sorted[i]!;
-      if (cur.begin < prev.end) fail(`tensors ${describe(prev.key, 60)} and ${describe(cur.key, 60)} overlap`);
+      if (cur.begin < prev.end) fail(`tensors '${short(prev.key)}' and '${short(cur.key)}' overlap`);
     }
     return { path, dataStart, entries, metadata };
   } finally {

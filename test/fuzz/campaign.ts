@@ -5,7 +5,7 @@
  */
 import { join } from 'node:path';
 import { FuzzRng, hashSeed } from './mutators.js';
-import { inputOf, runCase, type Case, type FuzzTarget } from './targets.js';
+import { inputOf, runCase, type FuzzTarget } from './targets.js';
 
 export interface CampaignResult {
   parser: string;
@@ -27,14 +27,15 @@ export async function runCampaign(
   seed: number,
   start: number,
   count: number,
-  hooks: { before?: (index: number, c: Case) => void | Promise<void>; after?: (index: number, outcome: string, ms: number, message?: string) => void } = {},
+  hooks: { before?: (index: number) => void | Promise<void>; after?: (index: number, outcome: string, ms: number, message?: string) => void } = {},
 ): Promise<CampaignResult> {
   const result: CampaignResult = { parser: target.name, inputs: 0, outcomes: {}, maxMs: 0, slowest: -1, findings: [] };
   const rngOf = rngFor(target.name, seed);
   const dir = join(work, `${target.name}-input`);
   for (let i = start; i < start + count; i++) {
+    // Announced before the input is even generated, so that any crash is attributed to this index.
+    await hooks.before?.(i);
     const c = inputOf(target, i, rngOf);
-    await hooks.before?.(i, c);
     const { outcome, ms, message } = await runCase(target, c, dir);
     hooks.after?.(i, outcome, ms, message);
     result.inputs++;

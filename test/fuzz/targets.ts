@@ -110,7 +110,8 @@ function mutateFile(name: string, data: Buffer, rng: FuzzRng, donor: Buffer): Bu
     const entries = readZipEntries(data);
     if (entries) {
       const i = rng.chance(0.8) ? entries.findIndex(([n]) => n.endsWith('data.pkl')) : rng.int(entries.length);
-      if (i >= 0) {
+      // (An earlier round may have mangled the entry names: then there is no pickle to re-wrap.)
+      if (i >= 0 && entries.some(([e]) => e.endsWith('data.pkl'))) {
         const [n, b] = entries[i]!;
         entries[i] = [n, mutateBytes(b, rng)];
         const pkl = entries.find(([e]) => e.endsWith('data.pkl'))![1];
