@@ -22,12 +22,14 @@ export {
   Model,
   PROCESSINGS,
   MODEL_DTYPES,
+  PADDINGS,
   type LoadModelOptions,
   type Processing,
   type ModelDType,
   type MlpReplacement,
   type RunOptions,
   type RunOutput,
+  type Padding,
   type TokensInput,
 } from './models/model.js';
 export { selectHooks } from './models/hooks.js';

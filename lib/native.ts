@@ -38,6 +38,9 @@ export interface NativeRunOptions {
   grad?: boolean;
   logits?: boolean;
   loss?: 'mean' | 'per-token';
+  /** Padded batches: real tokens per row (int [B]) and the padding side (default right). */
+  lengths?: NativeTensor;
+  padding?: 'right' | 'left';
 }
 
 export interface NativeRunResult {
