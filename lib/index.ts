@@ -6,6 +6,7 @@
 export { TranscodersError, InvalidArgumentError, FormatError, TorchError, NativeLoadError } from './errors.js';
 export { Tensor, DTYPES, type DType, type TensorData, type TensorSource, type FromOptions } from './tensor.js';
 export { setNumThreads, getNumThreads, workerNumThreads, torchInfo, type TorchInfo } from './runtime.js';
+export { deviceKey, deviceQueueEnabled, deviceQueueStats, resetDeviceQueueStats, type DeviceQueueStats } from './device-queue.js';
 export {
   readSafetensorsHeader,
   readSafetensors,

@@ -163,6 +163,9 @@ interface Addon {
   getNumThreads(): number;
   workerNumThreads(): Promise<number>;
   torchInfo(): TorchInfo;
+  /** Native Tasks executing work now, and the most at once since resetWorkCounts (for tests). */
+  workCounts(): { executing: number; maxExecuting: number };
+  resetWorkCounts(): void;
   shuffleBatches(x: NativeTensor, y: NativeTensor, options: { capacity: number; batch: number; shuffle: boolean; seed?: number; chunk?: number }): Promise<{ xs: NativeTensor; ys: NativeTensor }>;
   klDivergence(referenceLogits: NativeTensor, logits: NativeTensor): Promise<number>;
   geometricMedian(points: NativeTensor, options: { maxIter?: number; ftol?: number; eps?: number }): Promise<NativeTensor>;

@@ -4,6 +4,7 @@
  * residual stream, with each LayerNorm frozen to its constant 1/scale. The tensor work is native
  * (native/circuits/attribution.cc); this is its typed handle.
  */
+import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { native, type NativeTensor } from '../native.js';
 import type { Model } from '../models/model.js';
@@ -82,7 +83,7 @@ export class Attribution {
     }
     const ids = Tensor.from(Int32Array.from(tokens), [tokens.length]);
     const Native = native().Attribution as unknown as { create(m: unknown, t: Record<number, unknown>, ids: NativeTensor): Promise<NativeAttribution> };
-    const handle = await Native.create(model.handle, Object.fromEntries([...byLayer].map(([l, t]) => [l, t.handle])), ids.handle);
+    const handle = await runOnDevice(model.device, () => Native.create(model.handle, Object.fromEntries([...byLayer].map(([l, t]) => [l, t.handle])), ids.handle));
     return new Attribution(model, [...tokens], byLayer, handle);
   }
 
@@ -113,7 +114,7 @@ export class Attribution {
 
   /** Input x gradient of every feature of `layer` for direction v at `position`: (W_dec v) * f, [dSae]. */
   async featureContributions(v: Tensor, layer: number, position: number): Promise<Tensor> {
-    return new Tensor(await this.handle.featureContributions(v.handle, layer, position));
+    return new Tensor(await runOnDevice(this.model.device, () => this.handle.featureContributions(v.handle, layer, position)));
   }
 
   /** Contribution of each head and source position of `layer`'s attention to v at `position`, [H, T]. */
@@ -147,7 +148,7 @@ export class Attribution {
     options: { ignoreBos?: boolean; cap?: number; keepAll?: boolean } = {},
   ): Promise<AttributionNode[]> {
     const parent = { vector: node.vector.handle, layer: node.layer, sublayer: node.sublayer, position: node.position };
-    const kids = await this.handle.children(parent, k, options.ignoreBos ?? true, options.cap ?? null, options.keepAll ?? false);
+    const kids = await runOnDevice(this.model.device, () => this.handle.children(parent, k, options.ignoreBos ?? true, options.cap ?? null, options.keepAll ?? false));
     return kids.map(toNode);
   }
 

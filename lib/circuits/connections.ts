@@ -12,6 +12,7 @@
  * {@link topkConnections} streams blocks through the BLAS GEMM without forming a d_sae x d_sae matrix.
  * Top-k lists are sorted by value descending; on the CPU ties go to the smaller index.
  */
+import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { native, type NativeModel, type NativeTensor, type NativeTranscoder } from '../native.js';
 import type { Model } from '../models/model.js';
@@ -166,7 +167,7 @@ export async function featureConnections(
   checkInt(feature, 'feature', 0);
   const byLayer = transcodersByLayer(transcoders);
   const handles = Object.fromEntries([...byLayer].map(([l, t]) => [l, t.handle]));
-  const r = await connections().featureConnections(model.handle, handles, layer, feature, { k, throughAttention: options.throughAttention ?? false });
+  const r = await runOnDevice(model.device, () => connections().featureConnections(model.handle, handles, layer, feature, { k, throughAttention: options.throughAttention ?? false }));
   const upstream = r.upstream.map(toList);
   const downstream = r.downstream.map(toList);
   const direct = (ls: ConnectionList[]) => ls.filter((l) => l.head === undefined);
@@ -211,12 +212,12 @@ export async function deEmbedding(
     checkInt(options.head.layer, 'head.layer', 0);
     checkInt(options.head.head, 'head.head', 0);
   }
-  const r = await connections().deEmbedding(model.handle, transcoder.handle, feature, {
+  const r = await runOnDevice(model.device, () => connections().deEmbedding(model.handle, transcoder.handle, feature, {
     k,
     layer: transcoder.config.layer,
     attnLayer: options.head?.layer ?? -1,
     head: options.head?.head ?? -1,
-  });
+  }));
   return { top: tokenScores(model, r.top), bottom: tokenScores(model, r.bottom) };
 }
 
@@ -224,7 +225,7 @@ export async function deEmbedding(
 export async function logitEffects(model: Model, transcoder: Transcoder, feature: number, options: { k?: number } = {}): Promise<TokenEffects> {
   const k = checkInt(options.k ?? 10, 'k', 1);
   checkInt(feature, 'feature', 0);
-  const r = await connections().logitEffects(model.handle, transcoder.handle, feature, { k });
+  const r = await runOnDevice(model.device, () => connections().logitEffects(model.handle, transcoder.handle, feature, { k }));
   return { top: tokenScores(model, r.top), bottom: tokenScores(model, r.bottom) };
 }
 
@@ -245,11 +246,13 @@ export async function topkConnections(source: Transcoder | Tensor, target: Trans
     if (x instanceof Transcoder || x instanceof Tensor) return x.handle;
     throw new InvalidArgumentError(`${name} must be a Transcoder or a Tensor`);
   };
-  const r = await connections().topkConnections(operand(source, 'source'), operand(target, 'target'), opts);
+  const src = operand(source, 'source');
+  const dst = operand(target, 'target');
+  const r = await runOnDevice(source.device, () => connections().topkConnections(src, dst, opts));
   return { indices: new Tensor(r.indices), values: new Tensor(r.values) };
 }
 
 /** The best float32 GEMM throughput (GFLOP/s) of libtorch on the CPU for [m, k] x [k, n] (default 2048^3). */
 export async function gemmGflops(options: { m?: number; k?: number; n?: number; iters?: number } = {}): Promise<number> {
-  return connections().gemmGflops({ m: options.m ?? 2048, k: options.k ?? 2048, n: options.n ?? 2048, iters: options.iters ?? 5 });
+  return runOnDevice('cpu', () => connections().gemmGflops({ m: options.m ?? 2048, k: options.k ?? 2048, n: options.n ?? 2048, iters: options.iters ?? 5 }));
 }

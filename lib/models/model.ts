@@ -5,6 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { native, type NativeMlpReplacement, type NativeModel, type NativeRunResult } from '../native.js';
 import { Tensor, type DType } from '../tensor.js';
@@ -150,7 +151,10 @@ export class Model {
     return this.tokenizer.decode(ids);
   }
 
-  /** Runs the model (off the JS thread). Rows of different lengths are padded ({@link RunOptions.padding}). */
+  /**
+   * Runs the model (off the JS thread, in this device's queue: see docs/models.md, "Concurrency").
+   * Rows of different lengths are padded ({@link RunOptions.padding}).
+   */
   async run(tokens: TokensInput | string, options: RunOptions = {}): Promise<RunOutput> {
     const batch = this.tokenBatch(tokens, options.padding);
     const result = await this.forward(batch, options);
@@ -187,10 +191,20 @@ export class Model {
     return new Tensor(result.loss!);
   }
 
-  /** One native forward. */
+  /** One native forward in this device's queue; JS callbacks lend the turn while they run. */
   private forward(batch: TokenBatch, options: RunOptions, loss?: 'mean' | 'per-token'): Promise<NativeRunResult> {
+    const native = this.nativeOptions(options);
     const padding = batch.padded ? { lengths: Tensor.from(Int32Array.from(batch.lengths)).handle, padding: batch.padding } : {};
-    return this.handle.run(batch.tokens.handle, { ...this.nativeOptions(options), ...padding, ...(loss ? { loss } : {}) });
+    return runOnDevice(
+      this.device,
+      (job) => this.handle.run(batch.tokens.handle, {
+        ...native,
+        mlp: native.mlp.map((m) => (m.fn ? { ...m, fn: job.callback(m.fn) } : m)),
+        ...padding,
+        ...(loss ? { loss } : {}),
+      }),
+      { callbacks: native.mlp.some((m) => m.fn !== undefined) },
+    );
   }
 
   private lossBatch(tokens: TokensInput | string, padding: Padding | undefined): TokenBatch {
@@ -237,7 +251,7 @@ export class Model {
       }));
       tokens = Tensor.from(flat, [S, B, T]);
     }
-    return this.handle.train(tokens.handle, options);
+    return runOnDevice(this.device, () => this.handle.train(tokens.handle, options));
   }
 
   /** The weights under their Hugging Face checkpoint names (raw-weight models only). */

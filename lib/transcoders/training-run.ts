@@ -8,6 +8,7 @@
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { readTokenFileHeader, readTokenRows } from '../data/token-file.js';
+import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { loadSafetensorsTensors, readSafetensorsHeader } from '../io/safetensors.js';
 import { native, type NativeRunProgress, type NativeRunSnapshot } from '../native.js';
@@ -229,7 +230,8 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   };
   let result;
   try {
-    result = await run.run(onProgress, onCheckpoint);
+    // The whole run is one job of the transcoders' device queue; its callbacks lend the turn.
+    result = await runOnDevice(transcoders[0]!.device, (job) => run.run(job.callback(onProgress), job.callback(onCheckpoint)), { callbacks: true });
   } finally {
     opts.signal?.removeEventListener('abort', abort);
   }
