@@ -133,7 +133,7 @@ describe('training runs', () => {
     const out = tempDir();
     const script = `
       const { loadModel } = await import(${JSON.stringify(new URL('../lib/index.ts', import.meta.url).href)});
-      const { trainTranscoders } = await import(${JSON.stringify(new URL('../lib/transcoders/train.ts', import.meta.url).href)});
+      const { trainTranscoders } = await import(${JSON.stringify(new URL('../lib/transcoders/training-run.ts', import.meta.url).href)});
       const model = await loadModel(${JSON.stringify(modelDir)}, { processing: 'transformerlens' });
       await trainTranscoders({ data: { tokenFile: ${JSON.stringify(tokenFile)}, model }, layers: [1], arch: 'relu', dSae: 128, batchSize: 64,
         steps: 100000, out: ${JSON.stringify(out)}, checkpointEveryTokens: 64 * 3, lr: 1e-3, schedule: 'constant' });`;
