@@ -5,6 +5,7 @@
  * KL divergence from the clean model. Several layers are evaluated together and one at a time.
  */
 import type { ReplacementModel } from '../circuits/replacement-model.js';
+import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { native } from '../native.js';
 import type { MlpReplacement } from '../models/model.js';
@@ -81,7 +82,7 @@ export async function evaluate(replacement: ReplacementModel, rows: readonly (re
     const clean = await model.run(batch, { cache: replacement.hooks() });
     for (const [l, tc] of layers) {
       const { hookIn, hookOut } = replacement.placement(l);
-      const s = await tc.handle.batchStats(clean.cache[hookIn]!.handle, clean.cache[hookOut]!.handle);
+      const s = await runOnDevice(tc.device, () => tc.handle.batchStats(clean.cache[hookIn]!.handle, clean.cache[hookOut]!.handle));
       const a = acc.get(l)!;
       a.rows += s.rows;
       a.sumSquaredError += s.sumSquaredError;
@@ -93,7 +94,7 @@ export async function evaluate(replacement: ReplacementModel, rows: readonly (re
     // Loss terms are means over B x (T - 1) predictions: weight batches by their prediction count.
     const w = batch.length * (batch[0]!.length - 1);
     const spliced = await model.run(batch, { replaceMlp: all });
-    ce.kl += w * (await native().klDivergence(clean.logits!.handle, spliced.logits!.handle));
+    ce.kl += w * (await runOnDevice(model.device, () => native().klDivergence(clean.logits!.handle, spliced.logits!.handle)));
     ce.clean += w * (await model.loss(batch));
     ce.replaced += w * (await model.loss(batch, { replaceMlp: all }));
     ce.zero += w * (await model.loss(batch, { replaceMlp: zeroAll }));
