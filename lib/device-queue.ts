@@ -3,9 +3,9 @@
  *
  * Every heavy native call (a forward, a transcoder pass, an attribution step, a training run, ...)
  * runs on a libuv worker, and libtorch runs each one with all its intra-op threads. Several at once
- * on one device oversubscribe the cores (on 2 cores, 8 concurrent forwards took 1.5x as long as the
- * same 8 awaited one by one), so the library runs them one at a time per device, in arrival order:
- * concurrency then costs no throughput, and a service can fire calls freely.
+ * on one device oversubscribe the cores (bench/concurrency.ts measures it), so the library runs them
+ * one at a time per device, in arrival order: concurrency then costs no throughput, and a service
+ * can fire calls freely.
  *
  * A job's turn is lent while its native side waits for a JS callback (a `replaceMlp` function, a
  * training progress or checkpoint callback): heavy calls made from inside that callback run first

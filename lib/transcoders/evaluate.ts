@@ -79,6 +79,11 @@ export async function evaluate(replacement: ReplacementModel, rows: readonly (re
 
   for (let start = 0; start < rows.length; start += batchSize) {
     const batch = rows.slice(start, start + batchSize);
+    // The statistics read every position of the activations: a padded batch would count its pads.
+    const ragged = batch.findIndex((r) => r.length !== batch[0]!.length);
+    if (ragged >= 0) {
+      throw new InvalidArgumentError(`evaluate: row ${start + ragged} has ${batch[ragged]!.length} tokens but row ${start} has ${batch[0]!.length}; rows evaluated in one batch (batchSize ${batchSize}) must have equal length`);
+    }
     const clean = await model.run(batch, { cache: replacement.hooks() });
     for (const [l, tc] of layers) {
       const { hookIn, hookOut } = replacement.placement(l);
