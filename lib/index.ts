@@ -6,6 +6,7 @@
 export { TranscodersError, InvalidArgumentError, FormatError, TorchError, NativeLoadError, IoError, NumericalError } from './errors.js';
 export { Tensor, DTYPES, type DType, type TensorData, type TensorSource, type FromOptions } from './tensor.js';
 export { setNumThreads, getNumThreads, workerNumThreads, torchInfo, type TorchInfo } from './runtime.js';
+export { deviceKey, deviceQueueEnabled, deviceQueueStats, resetDeviceQueueStats, type DeviceQueueStats } from './device-queue.js';
 export {
   readSafetensorsHeader,
   readSafetensors,
@@ -22,12 +23,14 @@ export {
   Model,
   PROCESSINGS,
   MODEL_DTYPES,
+  PADDINGS,
   type LoadModelOptions,
   type Processing,
   type ModelDType,
   type MlpReplacement,
   type RunOptions,
   type RunOutput,
+  type Padding,
   type TokensInput,
 } from './models/model.js';
 export { selectHooks } from './models/hooks.js';

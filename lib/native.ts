@@ -41,6 +41,9 @@ export interface NativeRunOptions {
   grad?: boolean;
   logits?: boolean;
   loss?: 'mean' | 'per-token';
+  /** Padded batches: real tokens per row (int [B]) and the padding side (default right). */
+  lengths?: NativeTensor;
+  padding?: 'right' | 'left';
 }
 
 export interface NativeRunResult {
@@ -287,6 +290,9 @@ interface Addon {
   getNumThreads(): number;
   workerNumThreads(): Promise<number>;
   torchInfo(): TorchInfo;
+  /** Native Tasks executing work now, and the most at once since resetWorkCounts (for tests). */
+  workCounts(): { executing: number; maxExecuting: number };
+  resetWorkCounts(): void;
   shuffleBatches(x: NativeTensor, y: NativeTensor, options: { capacity: number; batch: number; shuffle: boolean; seed?: number; chunk?: number }): Promise<{ xs: NativeTensor; ys: NativeTensor }>;
   klDivergence(referenceLogits: NativeTensor, logits: NativeTensor): Promise<number>;
   geometricMedian(points: NativeTensor, options: { maxIter?: number; ftol?: number; eps?: number }): Promise<NativeTensor>;

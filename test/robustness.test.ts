@@ -463,9 +463,11 @@ describe('token ids', () => {
     expect((await model.run(long.slice(0, CTX))).logits!.shape).toEqual([1, CTX, V]);
   });
 
-  it('ragged batch rows', async () => {
-    await expectError(run([[1, 2, 3], [4, 5]]), InvalidArgumentError, /tokens: row 1 has 2 tokens, expected 3 \(rows of a batch must have equal length\)/);
-    await expectError(run([[1, 2], 3] as unknown as number[][]), InvalidArgumentError, /tokens: row 1 has no tokens, expected 2/);
+  it('ragged batch rows: padded (test/padding.test.ts), but every row must be an array with a token', async () => {
+    expect((await model.run([[1, 2, 3], [4, 5]])).lengths).toEqual([3, 2]);
+    await expectError(run([[1, 2], 3] as unknown as number[][]), InvalidArgumentError, /tokens: row 1 is not an array of token ids \(got number\)/);
+    await expectError(run([[1, 2], []]), InvalidArgumentError, /tokens: row 1 is empty \(every row of a batch needs at least one token\)/);
+    await expectError(() => model.run([[1, 2], [3]], { padding: 'up' as 'left' }), InvalidArgumentError, /padding must be 'right' or 'left', got 'up'/);
   });
 
   it('empty tokens', async () => {

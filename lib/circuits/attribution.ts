@@ -6,6 +6,7 @@
  * processed ones (the paper's setting). The tensor work is native (native/circuits/attribution.cc);
  * this is its typed handle.
  */
+import { runOnDevice } from '../device-queue.js';
 import { native, type NativeAttribution, type NativeAttributionNode, type NativeSublayer } from '../native.js';
 import type { Model } from '../models/model.js';
 import { Tensor } from '../tensor.js';
@@ -41,7 +42,7 @@ export class Attribution {
   /** Runs the replacement model's model on one prompt and every transcoder on its input. */
   static async create(replacement: ReplacementModel, tokens: readonly number[]): Promise<Attribution> {
     const ids = Tensor.from(Int32Array.from(tokens), [tokens.length]);
-    const handle = await native().Attribution.create(replacement.handle, ids.handle);
+    const handle = await runOnDevice(replacement.model.device, () => native().Attribution.create(replacement.handle, ids.handle));
     return new Attribution(replacement, [...tokens], handle);
   }
 
@@ -94,7 +95,7 @@ export class Attribution {
 
   /** Input x gradient of every feature of `layer` for direction v at `position`: (W_dec v) * f, [dSae]. */
   async featureContributions(v: Tensor, layer: number, position: number): Promise<Tensor> {
-    return new Tensor(await this.handle.featureContributions(v.handle, layer, position));
+    return new Tensor(await runOnDevice(this.model.device, () => this.handle.featureContributions(v.handle, layer, position)));
   }
 
   /** Contribution of each head and source position of `layer`'s attention to v at `position`, [H, T]. */
@@ -128,7 +129,7 @@ export class Attribution {
     options: { ignoreBos?: boolean; cap?: number; keepAll?: boolean } = {},
   ): Promise<AttributionNode[]> {
     const parent = { vector: node.vector.handle, layer: node.layer, sublayer: node.sublayer, position: node.position };
-    const kids = await this.handle.children(parent, k, options.ignoreBos ?? true, options.cap ?? null, options.keepAll ?? false);
+    const kids = await runOnDevice(this.model.device, () => this.handle.children(parent, k, options.ignoreBos ?? true, options.cap ?? null, options.keepAll ?? false));
     return kids.map(toNode);
   }
 

@@ -12,6 +12,7 @@
  * {@link topkConnections} streams blocks through the BLAS GEMM without forming a d_sae x d_sae matrix.
  * Top-k lists are sorted by value descending; on the CPU ties go to the smaller index.
  */
+import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { native, type NativeConnectionList, type NativeTopK } from '../native.js';
 import { Tensor } from '../tensor.js';
@@ -131,7 +132,7 @@ export async function featureConnections(
   const k = checkInt(options.k ?? 10, 'k', 1);
   checkInt(layer, 'layer', 0);
   checkInt(feature, 'feature', 0);
-  const r = await connections().featureConnections(replacement.handle, layer, feature, { k, throughAttention: options.throughAttention ?? false });
+  const r = await runOnDevice(replacement.model.device, () => connections().featureConnections(replacement.handle, layer, feature, { k, throughAttention: options.throughAttention ?? false }));
   const upstream = r.upstream.map(toList);
   const downstream = r.downstream.map(toList);
   const direct = (ls: ConnectionList[]) => ls.filter((l) => l.head === undefined);
@@ -176,11 +177,11 @@ export async function deEmbedding(
     checkInt(options.head.layer, 'head.layer', 0);
     checkInt(options.head.head, 'head.head', 0);
   }
-  const r = await connections().deEmbedding(replacement.handle, layer, feature, {
+  const r = await runOnDevice(replacement.model.device, () => connections().deEmbedding(replacement.handle, layer, feature, {
     k,
     attnLayer: options.head?.layer ?? -1,
     head: options.head?.head ?? -1,
-  });
+  }));
   return { top: tokenScores(replacement, r.top), bottom: tokenScores(replacement, r.bottom) };
 }
 
@@ -188,7 +189,7 @@ export async function deEmbedding(
 export async function logitEffects(replacement: ReplacementModel, layer: number, feature: number, options: { k?: number } = {}): Promise<TokenEffects> {
   const k = checkInt(options.k ?? 10, 'k', 1);
   checkInt(feature, 'feature', 0);
-  const r = await connections().logitEffects(replacement.handle, layer, feature, { k });
+  const r = await runOnDevice(replacement.model.device, () => connections().logitEffects(replacement.handle, layer, feature, { k }));
   return { top: tokenScores(replacement, r.top), bottom: tokenScores(replacement, r.bottom) };
 }
 
@@ -205,7 +206,7 @@ export async function logitEffectsOn(
 ): Promise<number[]> {
   checkInt(feature, 'feature', 0);
   const ids = Tensor.from(Int32Array.from(tokens.map((t) => checkInt(t, 'token id', 0))), [tokens.length]);
-  const r = new Tensor(await connections().logitEffectsOn(replacement.handle, layer, feature, ids.handle, { attnLayer: options.head?.layer ?? -1, head: options.head?.head ?? -1 }));
+  const r = new Tensor(await runOnDevice(replacement.model.device, () => connections().logitEffectsOn(replacement.handle, layer, feature, ids.handle, { attnLayer: options.head?.layer ?? -1, head: options.head?.head ?? -1 })));
   const values = Array.from(r.toFloat32Array());
   r.dispose();
   return values;
@@ -228,11 +229,13 @@ export async function topkConnections(source: Transcoder | Tensor, target: Trans
     if (x instanceof Transcoder || x instanceof Tensor) return x.handle;
     throw new InvalidArgumentError(`${name} must be a Transcoder or a Tensor`);
   };
-  const r = await connections().topkConnections(operand(source, 'source'), operand(target, 'target'), opts);
+  const src = operand(source, 'source');
+  const dst = operand(target, 'target');
+  const r = await runOnDevice(source.device, () => connections().topkConnections(src, dst, opts));
   return { indices: new Tensor(r.indices), values: new Tensor(r.values) };
 }
 
 /** The best float32 GEMM throughput (GFLOP/s) of libtorch on the CPU for [m, k] x [k, n] (default 2048^3). */
 export async function gemmGflops(options: { m?: number; k?: number; n?: number; iters?: number } = {}): Promise<number> {
-  return connections().gemmGflops({ m: options.m ?? 2048, k: options.k ?? 2048, n: options.n ?? 2048, iters: options.iters ?? 5 });
+  return runOnDevice('cpu', () => connections().gemmGflops({ m: options.m ?? 2048, k: options.k ?? 2048, n: options.n ?? 2048, iters: options.iters ?? 5 }));
 }

@@ -14,7 +14,7 @@ export interface MeanIxgOptions {
 }
 
 /**
- * The mean over every position of `sequences` of g * f_up for the transcoders of layers
+ * The mean over every token of `sequences` (of any lengths) of g * f_up for the transcoders of layers
  * `upstreamLayer` and `downstreamLayer` of the replacement model, [dSae of the upstream one].
  */
 export async function meanInputTimesGradient(
@@ -50,10 +50,14 @@ export async function meanInputTimesGradient(
   const batchSize = options.batchSize ?? 8;
   for (let start = 0; start < sequences.length; start += batchSize) {
     const batch = sequences.slice(start, start + batchSize);
-    const { cache } = await replacement.model.run(batch, { cache: [hookIn], logits: false });
+    const { cache, lengths } = await replacement.model.run(batch, { cache: [hookIn], logits: false });
     const f = (await upstream.encode(cache[hookIn]!)).toFloat32Array();
-    for (let r = 0; r < f.length / m; r++) for (let i = 0; i < m; i++) sum[i]! += g[i]! * f[r * m + i]!;
-    count += f.length / m;
+    // Rows of different lengths are padded on the right: only each row's first lengths[b] positions are tokens.
+    const T = f.length / m / batch.length;
+    lengths.forEach((len, b) => {
+      for (let t = 0; t < len; t++) for (let i = 0; i < m; i++) sum[i]! += g[i]! * f[(b * T + t) * m + i]!;
+      count += len;
+    });
   }
   return Float32Array.from(sum, (s) => s / count);
 }

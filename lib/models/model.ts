@@ -5,8 +5,9 @@
  */
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError, NumericalError } from '../errors.js';
-import { native, type NativeMlpReplacement, type NativeModel, type NativeTranscoder } from '../native.js';
+import { native, type NativeMlpReplacement, type NativeModel, type NativeRunResult, type NativeTranscoder } from '../native.js';
 import { Tensor, type DType } from '../tensor.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import { resolveCheckpoint } from './checkpoint.js';
@@ -49,7 +50,7 @@ export interface NativeMlpModule {
 /**
  * A replacement of one layer's MLP output (`blocks.L.hook_mlp_out`):
  * - `'zero'`: zero-ablation;
- * - `'mean'`: the mean output over this batch's positions; `{ mean }`: a given mean vector [d];
+ * - `'mean'`: the mean output over this batch's real (unpadded) positions; `{ mean }`: a given mean vector [d];
  * - `{ value }`: a fixed tensor broadcastable to [B, T, d];
  * - a callback `(input, original, layer) => Tensor` receiving the MLP input
  *   (`mlp.hook_in` = `ln2.hook_normalized`, [B, T, d]) and the original output; it may return a Promise;
@@ -71,8 +72,10 @@ function isNativeModule(spec: unknown): spec is NativeMlpModule {
   return typeof spec === 'object' && spec !== null && 'handle' in spec && 'config' in spec && typeof (spec as NativeMlpModule).handle?.forward === 'function';
 }
 
-
-/** Token ids: one sequence (number[] / Int32Array) or a batch of equal-length sequences, or a Tensor [T] / [B, T]. */
+/**
+ * Token ids: one sequence (number[] / Int32Array), a batch of sequences (rows of different lengths
+ * are padded: see {@link RunOptions.padding}), or a Tensor [T] / [B, T] (every position real).
+ */
 export type TokensInput = readonly number[] | readonly (readonly number[])[] | Int32Array | Tensor;
 
 export interface RunOptions {
@@ -84,13 +87,42 @@ export interface RunOptions {
   grad?: boolean;
   /** Compute the logits (default true). */
   logits?: boolean;
+  /**
+   * Where a batch whose rows differ in length is padded up to its longest row T (default
+   * `'right'`): after each row's tokens, or before them. Either way pads are masked out of
+   * attention and each row's real tokens get positions 0..n-1 (learned and rotary positions alike,
+   * as Hugging Face derives position ids from the attention mask), so a row's logits and
+   * activations at its real positions equal those of the row run alone. Values at pad positions
+   * are unspecified (finite: a pad query attends to itself); {@link RunOutput.lengths} says which
+   * positions are real.
+   */
+  padding?: Padding;
 }
+
+export type Padding = 'right' | 'left';
+export const PADDINGS: readonly Padding[] = ['right', 'left'];
 
 export interface RunOutput {
   /** [B, T, V] in the model dtype; absent with `logits: false`. */
   logits?: Tensor;
   /** Requested activations by hook name, each with a leading batch dimension. */
   cache: Record<string, Tensor>;
+  /**
+   * Real tokens of each row: row b's are at positions 0..lengths[b]-1 with right padding, at
+   * T-lengths[b]..T-1 with left padding; every other position is a pad. All T when nothing is padded.
+   */
+  lengths: number[];
+  /** The padding side used ({@link RunOptions.padding}). */
+  padding: Padding;
+}
+
+/** A token batch as the native forward takes it. */
+interface TokenBatch {
+  tokens: Tensor;
+  lengths: number[];
+  /** Some row is shorter than T. */
+  padded: boolean;
+  padding: Padding;
 }
 
 export class Model {
@@ -138,18 +170,27 @@ export class Model {
     return this.tokenizer.decode(ids);
   }
 
-  /** Runs the model (off the JS thread). */
+  /**
+   * Runs the model (off the JS thread, in this device's queue: see docs/models.md, "Concurrency").
+   * Rows of different lengths are padded ({@link RunOptions.padding}).
+   */
   async run(tokens: TokensInput | string, options: RunOptions = {}): Promise<RunOutput> {
-    const result = await this.handle.run(this.tokensTensor(tokens).handle, this.nativeOptions(options));
+    const batch = this.tokenBatch(tokens, options.padding);
+    const result = await this.forward(batch, options);
     return {
       ...(result.logits ? { logits: new Tensor(result.logits) } : {}),
       cache: Object.fromEntries(Object.entries(result.cache).map(([k, v]) => [k, new Tensor(v)])),
+      lengths: batch.lengths,
+      padding: batch.padding,
     };
   }
 
-  /** Mean next-token cross-entropy in nats over all B x (T - 1) predictions. */
+  /**
+   * Mean next-token cross-entropy in nats over all predictions of a real token from a real token
+   * (all B x (T - 1) when nothing is padded; every row needs at least 2 tokens).
+   */
   async loss(tokens: TokensInput | string, options: Omit<RunOptions, 'logits'> = {}): Promise<number> {
-    const result = await this.handle.run(this.tokensTensor(tokens).handle, { ...this.nativeOptions(options), loss: 'mean' });
+    const result = await this.forward(this.lossBatch(tokens, options.padding), options, 'mean');
     const loss = new Tensor(result.loss!);
     const value = loss.item();
     loss.dispose();
@@ -157,11 +198,40 @@ export class Model {
     return value;
   }
 
-  /** Next-token cross-entropy of every prediction, [B, T - 1] float32. */
+  /**
+   * Next-token cross-entropy of every prediction, [B, T - 1] float32: entry t of a row is the loss
+   * of predicting its token t+1 from position t of the (padded) batch. Entries that read or predict
+   * a pad are NaN (so a sum over them cannot silently include pads); with left padding a row of n
+   * tokens has its n - 1 losses at the end.
+   */
   async lossPerToken(tokens: TokensInput | string, options: Omit<RunOptions, 'logits'> = {}): Promise<Tensor> {
-    const result = await this.handle.run(this.tokensTensor(tokens).handle, { ...this.nativeOptions(options), loss: 'per-token' });
+    const result = await this.forward(this.lossBatch(tokens, options.padding), options, 'per-token');
     result.logits?.dispose();
     return new Tensor(result.loss!);
+  }
+
+  /** One native forward in this device's queue; JS callbacks lend the turn while they run. */
+  private forward(batch: TokenBatch, options: RunOptions, loss?: 'mean' | 'per-token'): Promise<NativeRunResult> {
+    const native = this.nativeOptions(options);
+    const padding = batch.padded ? { lengths: Tensor.from(Int32Array.from(batch.lengths)).handle, padding: batch.padding } : {};
+    return runOnDevice(
+      this.device,
+      (job) => this.handle.run(batch.tokens.handle, {
+        ...native,
+        mlp: native.mlp.map((m) => (m.fn ? { ...m, fn: job.callback(m.fn) } : m)),
+        ...padding,
+        ...(loss ? { loss } : {}),
+      }),
+      { callbacks: native.mlp.some((m) => m.fn !== undefined) },
+    );
+  }
+
+  private lossBatch(tokens: TokensInput | string, padding: Padding | undefined): TokenBatch {
+    const batch = this.tokenBatch(tokens, padding);
+    const short = batch.lengths.findIndex((n) => n < 2);
+    // Unpadded rows shorter than 2 (T = 1) get the native message, which says why.
+    if (short >= 0 && batch.padded) throw new InvalidArgumentError(`the loss needs at least 2 tokens per row, row ${short} has ${batch.lengths[short]}`);
+    return batch;
   }
 
   /** Names of the weights, TransformerLens style (`blocks.0.attn.W_Q`, `unembed.W_U`, ...). */
@@ -200,7 +270,7 @@ export class Model {
       }));
       tokens = Tensor.from(flat, [S, B, T]);
     }
-    return this.handle.train(tokens.handle, options);
+    return runOnDevice(this.device, () => this.handle.train(tokens.handle, options));
   }
 
   /** The weights under their Hugging Face checkpoint names (raw-weight models only). */
@@ -213,22 +283,35 @@ export class Model {
     this.handle.dispose();
   }
 
-  private tokensTensor(tokens: TokensInput | string): Tensor {
+  private tokenBatch(tokens: TokensInput | string, padding: Padding = 'right'): TokenBatch {
+    if (!PADDINGS.includes(padding)) throw new InvalidArgumentError(`padding must be 'right' or 'left', got ${typeof padding === 'string' ? `'${padding}'` : String(padding)}`);
     if (typeof tokens === 'string') tokens = this.tokenize(tokens);
-    if (tokens instanceof Tensor) return tokens;
-    if (tokens instanceof Int32Array) return Tensor.from(tokens, [1, tokens.length], { share: false });
+    const whole = (t: Tensor): TokenBatch => {
+      // A tensor is rectangular: every position is real. A shape the forward refuses, or a disposed
+      // tensor, gets no lengths: the native side then says what is wrong with it.
+      const s = t.disposed ? [] : t.shape;
+      const lengths = s.length === 1 ? [s[0]!] : s.length === 2 ? Array.from({ length: s[0]! }, () => s[1]!) : [];
+      return { tokens: t, lengths, padded: false, padding };
+    };
+    if (tokens instanceof Tensor) return whole(tokens);
+    if (tokens instanceof Int32Array) return whole(Tensor.from(tokens, [1, tokens.length], { share: false }));
     if (!Array.isArray(tokens)) {
       const got = typeof tokens === 'object' && tokens !== null ? tokens.constructor?.name ?? 'object' : String(tokens);
       throw new InvalidArgumentError(`tokens must be a string, an array of ids, an array of rows, an Int32Array or a Tensor; got ${got}`);
     }
     const rows: readonly (readonly number[])[] = tokens.length > 0 && Array.isArray(tokens[0]) ? (tokens as readonly (readonly number[])[]) : [tokens as readonly number[]];
-    const T = rows[0]?.length ?? 0;
+    rows.forEach((row, b) => {
+      if (!Array.isArray(row)) throw new InvalidArgumentError(`tokens: row ${b} is not an array of token ids (got ${row === null ? 'null' : typeof row})`);
+    });
+    const lengths = rows.map((row) => row.length);
+    const T = Math.max(0, ...lengths);
     if (rows.length === 0 || T === 0) throw new InvalidArgumentError('tokens must not be empty');
+    const empty = lengths.indexOf(0);
+    if (empty >= 0) throw new InvalidArgumentError(`tokens: row ${empty} is empty (every row of a batch needs at least one token)`);
+    // Pads hold id 0 (any valid id would do: they are masked out).
     const flat = new Int32Array(rows.length * T);
     rows.forEach((row, b) => {
-      if (!Array.isArray(row) || row.length !== T) {
-        throw new InvalidArgumentError(`tokens: row ${b} has ${Array.isArray(row) ? row.length : 'no'} tokens, expected ${T} (rows of a batch must have equal length)`);
-      }
+      const offset = padding === 'left' ? T - row.length : 0;
       row.forEach((id, t) => {
         if (!Number.isInteger(id)) {
           throw new InvalidArgumentError(`token id ${typeof id === 'number' ? id : JSON.stringify(id)} (row ${b}, position ${t}) is not an integer`);
@@ -236,10 +319,10 @@ export class Model {
         if (id < 0 || id >= this.config.vocabSize) {
           throw new InvalidArgumentError(`token id ${id} (row ${b}, position ${t}) is out of range [0, ${this.config.vocabSize})`);
         }
-        flat[b * T + t] = id;
+        flat[b * T + offset + t] = id;
       });
     });
-    return Tensor.from(flat, [rows.length, T]);
+    return { tokens: Tensor.from(flat, [rows.length, T]), lengths, padded: lengths.some((n) => n < T), padding };
   }
 
   private nativeOptions(options: RunOptions): { hooks: string[]; mlp: NativeMlpReplacement[]; grad: boolean; logits: boolean } {
@@ -254,8 +337,7 @@ export class Model {
       else if (typeof spec === 'object' && spec !== null && 'module' in spec && isNativeModule(spec.module)) {
         if (spec.keep !== undefined && !(spec.keep instanceof Tensor)) throw new InvalidArgumentError(`replaceMlp[${layer}].keep must be a Tensor [dSae]`);
         mlp.push({ layer, kind: 'transcoder', transcoder: spec.module.handle, ...(spec.keep ? { keep: spec.keep.handle } : {}) });
-      }
-      else if (typeof spec === 'function') {
+      } else if (typeof spec === 'function') {
         mlp.push({
           layer,
           kind: 'callback',

@@ -5,6 +5,7 @@
  * KL divergence from the clean model. Several layers are evaluated together and one at a time.
  */
 import type { ReplacementModel } from '../circuits/replacement-model.js';
+import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { native } from '../native.js';
 import type { MlpReplacement } from '../models/model.js';
@@ -78,10 +79,15 @@ export async function evaluate(replacement: ReplacementModel, rows: readonly (re
 
   for (let start = 0; start < rows.length; start += batchSize) {
     const batch = rows.slice(start, start + batchSize);
+    // The statistics read every position of the activations: a padded batch would count its pads.
+    const ragged = batch.findIndex((r) => r.length !== batch[0]!.length);
+    if (ragged >= 0) {
+      throw new InvalidArgumentError(`evaluate: row ${start + ragged} has ${batch[ragged]!.length} tokens but row ${start} has ${batch[0]!.length}; rows evaluated in one batch (batchSize ${batchSize}) must have equal length`);
+    }
     const clean = await model.run(batch, { cache: replacement.hooks() });
     for (const [l, tc] of layers) {
       const { hookIn, hookOut } = replacement.placement(l);
-      const s = await tc.handle.batchStats(clean.cache[hookIn]!.handle, clean.cache[hookOut]!.handle);
+      const s = await runOnDevice(tc.device, () => tc.handle.batchStats(clean.cache[hookIn]!.handle, clean.cache[hookOut]!.handle));
       const a = acc.get(l)!;
       a.rows += s.rows;
       a.sumSquaredError += s.sumSquaredError;
@@ -93,7 +99,7 @@ export async function evaluate(replacement: ReplacementModel, rows: readonly (re
     // Loss terms are means over B x (T - 1) predictions: weight batches by their prediction count.
     const w = batch.length * (batch[0]!.length - 1);
     const spliced = await model.run(batch, { replaceMlp: all });
-    ce.kl += w * (await native().klDivergence(clean.logits!.handle, spliced.logits!.handle));
+    ce.kl += w * (await runOnDevice(model.device, () => native().klDivergence(clean.logits!.handle, spliced.logits!.handle)));
     ce.clean += w * (await model.loss(batch));
     ce.replaced += w * (await model.loss(batch, { replaceMlp: all }));
     ce.zero += w * (await model.loss(batch, { replaceMlp: zeroAll }));

@@ -10,6 +10,7 @@
  * - `standard` (default for topk/jumprelu): fraction of variance unexplained, the schedule
  *   evaluated at the step itself, AuxK (topk) or L0 (jumprelu), target-referenced ghost residual.
  */
+import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { native, type NativeStepMetrics, type NativeStepTrainer } from '../native.js';
 import { Tensor } from '../tensor.js';
@@ -120,7 +121,7 @@ export class StepTrainer {
 
   /** Runs one step per batch: xs [S, N, dIn], ys [S, N, dOut] (off the JS thread). */
   async run(xs: Tensor, ys: Tensor): Promise<StepMetrics[]> {
-    return this.handle.run(xs.handle, ys.handle);
+    return runOnDevice(this.transcoder.device, () => this.handle.run(xs.handle, ys.handle));
   }
 
   /** Optimizer and dead-feature state, for checkpoints: tensors by name plus the step count. */

@@ -8,6 +8,7 @@
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { readTokenFileHeader, readTokenRows } from '../data/token-file.js';
+import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { appendFileChecked, toIoError } from '../io/atomic.js';
 import { lockFolder } from '../io/lock.js';
@@ -328,7 +329,8 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
   });
   let result;
   try {
-    result = await run.run(onProgress, onCheckpoint);
+    // The whole run is one job of the transcoders' device queue; its callbacks lend the turn.
+    result = await runOnDevice(transcoders[0]!.device, (job) => run.run(job.callback(onProgress), job.callback(onCheckpoint)), { callbacks: true });
   } catch (err) {
     throw callbackError ?? err;
   } finally {

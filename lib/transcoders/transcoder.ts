@@ -4,6 +4,7 @@
  *
  *   pre = (x - b_dec) W_enc + b_enc;   f = act(pre);   y = f W_dec + b_dec_out (+ x W_skip)
  */
+import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { native, type NativeTensor, type NativeTranscoder } from '../native.js';
 import { Tensor, type DType } from '../tensor.js';
@@ -60,24 +61,33 @@ export type BiasInit = 'mean' | 'geometric_median' | 'zeros';
 
 /** The geometric median of points [N, d] (Weiszfeld's algorithm, float64 accumulation). */
 export async function geometricMedian(points: Tensor, options: { maxIter?: number; ftol?: number; eps?: number } = {}): Promise<Tensor> {
-  return new Tensor(await native().geometricMedian(points.handle, options));
+  return new Tensor(await runOnDevice(points.device, () => native().geometricMedian(points.handle, options)));
 }
 
 export class Transcoder {
   readonly config: TranscoderConfig;
+  /** Where the parameters live (`'cpu'`, `'cuda'`, `'cuda:N'`, as given). */
+  readonly device: string;
   /** @internal */
   readonly handle: NativeTranscoder;
 
-  private constructor(config: TranscoderConfig, handle: NativeTranscoder) {
+  private constructor(config: TranscoderConfig, device: string, handle: NativeTranscoder) {
     this.config = config;
+    this.device = device;
     this.handle = handle;
+  }
+
+  /** Runs one heavy native call on this transcoder in its device's queue (see lib/device-queue.ts). */
+  private queued<T>(work: () => Promise<T>): Promise<T> {
+    return runOnDevice(this.device, work);
   }
 
   /** A freshly initialised transcoder (the paper's init: kaiming-uniform weights, unit-norm decoder rows, zero biases). */
   static async create(config: Partial<TranscoderConfig>, options: PlacementOptions & { seed?: number; initThreshold?: number } = {}): Promise<Transcoder> {
     const cfg = validateTranscoderConfig(config, 'transcoder config');
-    const handle = await native().Transcoder.create(cfg, { seed: options.seed ?? 0, device: options.device ?? 'cpu', dtype: options.dtype ?? 'float32', initThreshold: options.initThreshold });
-    return new Transcoder(cfg, handle);
+    const device = options.device ?? 'cpu';
+    const handle = await native().Transcoder.create(cfg, { seed: options.seed ?? 0, device, dtype: options.dtype ?? 'float32', initThreshold: options.initThreshold });
+    return new Transcoder(cfg, device, handle);
   }
 
   /** A transcoder from given parameters (copied); shapes are checked against the configuration. */
@@ -88,35 +98,36 @@ export class Transcoder {
       if (!(t instanceof Tensor)) throw new InvalidArgumentError(`transcoder parameter '${name}' must be a Tensor`);
       handles[name] = t.handle;
     }
-    const handle = await native().Transcoder.fromParams(cfg, handles, { device: options.device ?? 'cpu', dtype: options.dtype ?? 'float32' });
-    return new Transcoder(cfg, handle);
+    const device = options.device ?? 'cpu';
+    const handle = await native().Transcoder.fromParams(cfg, handles, { device, dtype: options.dtype ?? 'float32' });
+    return new Transcoder(cfg, device, handle);
   }
 
   /** Dense feature activations `f` [..., dSae] of inputs x [..., dIn]. */
   async encode(x: Tensor): Promise<Tensor> {
-    return new Tensor(await this.handle.encode(x.handle));
+    return new Tensor(await this.queued(() => this.handle.encode(x.handle)));
   }
 
   /** Non-zero feature activations of x [N, dIn] (or [..., dIn], flattened to rows). */
   async encodeSparse(x: Tensor): Promise<SparseActivations> {
-    const s = await this.handle.encodeSparse(x.handle);
+    const s = await this.queued(() => this.handle.encodeSparse(x.handle));
     return { offsets: new Tensor(s.offsets!), indices: new Tensor(s.indices!), values: new Tensor(s.values!) };
   }
 
   /** Output [..., dOut] of activations f [..., dSae]; skip transcoders also need their input x. */
   async decode(f: Tensor, x?: Tensor): Promise<Tensor> {
-    return new Tensor(await this.handle.decode(f.handle, x?.handle));
+    return new Tensor(await this.queued(() => this.handle.decode(f.handle, x?.handle)));
   }
 
   /** The transcoder's output for inputs x [..., dIn]. TopK decodes sparsely. */
   async forward(x: Tensor): Promise<Tensor> {
-    return new Tensor(await this.handle.forward(x.handle));
+    return new Tensor(await this.queued(() => this.handle.forward(x.handle)));
   }
 
   /** Loss terms on (x [N, dIn], y [N, dOut]) and optionally the gradients of the total (`grad.<param>`). */
   async loss(x: Tensor, y: Tensor, options: LossOptions = {}, { grad = false } = {}): Promise<Record<string, Tensor>> {
     const { dead, ...rest } = options;
-    const out = await this.handle.loss(x.handle, y.handle, { ...rest, ...(dead ? { dead: dead.handle } : {}) }, { grad });
+    const out = await this.queued(() => this.handle.loss(x.handle, y.handle, { ...rest, ...(dead ? { dead: dead.handle } : {}) }, { grad }));
     return Object.fromEntries(Object.entries(out).map(([k, v]) => [k, new Tensor(v)]));
   }
 
@@ -125,7 +136,7 @@ export class Transcoder {
    * their mean, their geometric median (the paper's two options), or leaves them (`'zeros'`).
    */
   async initializeBiases(x: Tensor, y: Tensor, method: BiasInit = 'mean'): Promise<void> {
-    await this.handle.initializeBiases(x.handle, y.handle, method);
+    await this.queued(() => this.handle.initializeBiases(x.handle, y.handle, method));
   }
 
   /** The parameters (sharing memory with the transcoder; they change while it trains). */

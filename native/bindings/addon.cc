@@ -51,6 +51,20 @@ Napi::Value torchInfo(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// { executing, maxExecuting }: native Tasks executing work now / at most at once since the last
+// resetWorkCounts() (see core/threads.h).
+Napi::Value workCounts(const Napi::CallbackInfo& info) {
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("executing", workExecuting());
+  out.Set("maxExecuting", workMaxExecuting());
+  return out;
+}
+
+Napi::Value resetWorkCounts(const Napi::CallbackInfo& info) {
+  resetMaxExecuting();
+  return info.Env().Undefined();
+}
+
 Napi::Value registerErrors(const Napi::CallbackInfo& info) {
   registerErrorClasses(info);
   return info.Env().Undefined();
@@ -74,6 +88,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("workerNumThreads", Napi::Function::New(env, workerNumThreads));
   exports.Set("loadSafetensors", Napi::Function::New(env, loadSafetensorsJs));
   exports.Set("torchInfo", Napi::Function::New(env, torchInfo));
+  exports.Set("workCounts", Napi::Function::New(env, workCounts));
+  exports.Set("resetWorkCounts", Napi::Function::New(env, resetWorkCounts));
   exports.Set("registerErrorClasses", Napi::Function::New(env, registerErrors));
   return exports;
 }

@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "core/errors.h"
+#include "core/threads.h"
 
 namespace tc {
 
@@ -52,6 +53,11 @@ void JsCall::onJsThread(Napi::Env env, Napi::Function fn, std::nullptr_t*, Pendi
 void JsCall::call(const Invoke& invoke, const Settle& settle, const std::string& what) {
   Pending pending{&invoke, &settle, {}};
   std::future<void> done = pending.done.get_future();
+  // While it waits for the JS thread this worker executes nothing (see workExecuting).
+  struct Waiting {
+    Waiting() { workStopped(); }
+    ~Waiting() { workStarted(); }
+  } waiting;
   if (tsfn_.BlockingCall(&pending) != napi_ok) throw InvalidArgument(what + " failed: the JS environment is shutting down");
   try {
     done.get();

@@ -219,6 +219,13 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
       loss = kind == "per-token" ? LossKind::PerToken : LossKind::Mean;
     }
     if (loss != LossKind::None) options.logits = true;
+    // Padded batches (lib/models/model.ts pads ragged rows): real tokens per row and the padding side.
+    if (JsTensor::isTensor(opts.Get("lengths"))) options.lengths = JsTensor::tensorOf(opts.Get("lengths"), "lengths");
+    if (opts.Get("padding").IsString()) {
+      std::string side = opts.Get("padding").As<Napi::String>();
+      if (side != "left" && side != "right") throw InvalidArgument("padding must be 'right' or 'left', got '" + side + "'");
+      options.padLeft = side == "left";
+    }
     // Validate hook names now, so a typo fails before any work is queued.
     HookCapture(model->config(), options.hooks);
 
@@ -277,8 +284,11 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
           } release{callbacks};
           RunResult out;
           out.forward = model->forward(tokens, options);
-          if (loss != LossKind::None)
-            out.loss = Transformer::nextTokenLoss(out.forward.logits, model->prepareTokens(tokens), loss == LossKind::PerToken);
+          if (loss != LossKind::None) {
+            at::Tensor ids = model->prepareTokens(tokens);
+            out.loss = Transformer::nextTokenLoss(out.forward.logits, ids, loss == LossKind::PerToken,
+                                                  Transformer::realPositions(options, ids.size(0), ids.size(1), ids.device()));
+          }
           return out;
         },
         [](Napi::Env env, RunResult& r) -> Napi::Value {

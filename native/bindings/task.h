@@ -31,6 +31,10 @@ class Task : public Napi::AsyncWorker {
         work_(std::move(work)), toJs_(std::move(toJs)) {}
 
   void Execute() override {
+    struct Executing {
+      Executing() { workStarted(); }
+      ~Executing() { workStopped(); }
+    } executing;
     try {
       applyThreadSettings();
       result_.emplace(work_());

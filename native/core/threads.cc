@@ -26,6 +26,9 @@ void applyBlasThreads(int n) {
   if (auto set = reinterpret_cast<Setter>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(n);
 }
 
+std::atomic<int> executing{0};
+std::atomic<int> maxExecuting{0};
+
 }  // namespace
 
 void setNumThreads(int n) { wanted.store(n < 1 ? 1 : n); }
@@ -40,5 +43,20 @@ void applyThreadSettings() {
   }
   applyBlasThreads(n);
 }
+
+void workStarted() {
+  int now = executing.fetch_add(1) + 1;
+  int seen = maxExecuting.load();
+  while (now > seen && !maxExecuting.compare_exchange_weak(seen, now)) {
+  }
+}
+
+void workStopped() { executing.fetch_sub(1); }
+
+int workExecuting() { return executing.load(); }
+
+int workMaxExecuting() { return maxExecuting.load(); }
+
+void resetMaxExecuting() { maxExecuting.store(executing.load()); }
 
 }  // namespace tc

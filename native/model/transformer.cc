@@ -39,14 +39,46 @@ at::Tensor Transformer::layerNorm(const at::Tensor& x, const at::Tensor& w, cons
   return w.defined() ? at::addcmul(b, out, w) : out;
 }
 
-Transformer::Positions Transformer::positions(int64_t T) const {
+at::Tensor Transformer::realPositions(const ForwardOptions& options, int64_t B, int64_t T, c10::Device device) {
+  if (!options.lengths.defined()) return {};
+  const at::Tensor& n = options.lengths;
+  if (!c10::isIntegralType(n.scalar_type(), /*includeBool=*/false) || n.dim() != 1 || n.size(0) != B)
+    throw InvalidArgument("lengths must be an integer tensor of shape [" + std::to_string(B) + "] (one per row), got " +
+                          std::string(c10::toString(n.scalar_type())) + " " + c10::str(n.sizes()));
+  at::Tensor cpu = n.to(at::kCPU, c10::kLong).contiguous();
+  const int64_t* len = cpu.data_ptr<int64_t>();
+  bool padded = false;
+  for (int64_t b = 0; b < B; ++b) {
+    if (len[b] < 1 || len[b] > T)
+      throw InvalidArgument("lengths: row " + std::to_string(b) + " has length " + std::to_string(len[b]) + ", outside [1, " +
+                            std::to_string(T) + "]");
+    padded = padded || len[b] < T;
+  }
+  if (!padded) return {};  // nothing to mask: the plain forward, bit for bit
+  at::Tensor t = at::arange(T, at::TensorOptions().dtype(c10::kLong).device(device)).view({1, T});
+  at::Tensor l = cpu.to(device).view({B, 1});
+  return options.padLeft ? t.ge(T - l) : t.lt(l);
+}
+
+Transformer::Positions Transformer::positions(int64_t T, const at::Tensor& real) const {
   Positions p;
   p.future = at::ones({T, T}, at::TensorOptions().dtype(c10::kBool).device(device())).triu_(1);
+  if (real.defined()) {
+    const int64_t B = real.size(0);
+    // Position ids from the mask, as Hugging Face derives them: a row's i-th real token is at
+    // position i whichever side the padding is on (pads get unspecified positions).
+    p.ids = (real.to(c10::kLong).cumsum(1) - 1).clamp_min(0);
+    // A query sees no future key and no pad key, except that a pad query keeps itself: no softmax
+    // row is empty, so pad positions get (unspecified) finite values, never NaN.
+    at::Tensor notSelf = at::eye(T, p.future.options()).logical_not();
+    p.blocked = p.future.view({1, 1, T, T}).logical_or(real.logical_not().view({B, 1, 1, T}).logical_and(notSelf));
+  }
   if (cfg_.rotaryDim > 0) {
     // GPT-NeoX rotate-half rotary embedding, angles computed in float32 as Hugging Face does.
     auto f32 = at::TensorOptions().dtype(c10::kFloat).device(device());
     at::Tensor invFreq = 1.0 / at::pow(cfg_.rotaryBase, at::arange(0, cfg_.rotaryDim, 2, f32) / double(cfg_.rotaryDim));
-    at::Tensor angles = at::outer(at::arange(T, f32), invFreq);
+    at::Tensor position = p.ids.defined() ? p.ids.to(c10::kFloat) : at::arange(T, f32).unsqueeze(0);  // [B or 1, T]
+    at::Tensor angles = position.unsqueeze(-1) * invFreq;
     angles = at::cat({angles, angles}, -1);
     p.rotary = at::stack({angles.cos(), angles.sin()}).to(w_.W_E.scalar_type());
   }
@@ -55,10 +87,10 @@ Transformer::Positions Transformer::positions(int64_t T) const {
 
 namespace {
 
-// Rotates the first rotaryDim features of q or k ([B, T, H, dh]) by position.
+// Rotates the first rotaryDim features of q or k ([B, T, H, dh]) by position (tables [2, B or 1, T, rotaryDim]).
 at::Tensor applyRotary(const at::Tensor& x, const at::Tensor& tables, int64_t rotaryDim) {
-  const int64_t T = x.size(1), half = rotaryDim / 2;
-  at::Tensor cos = tables[0].view({1, T, 1, rotaryDim}), sin = tables[1].view({1, T, 1, rotaryDim});
+  const int64_t half = rotaryDim / 2;
+  at::Tensor cos = tables[0].unsqueeze(2), sin = tables[1].unsqueeze(2);
   at::Tensor rot = x.narrow(-1, 0, rotaryDim);
   at::Tensor rotated = at::cat({-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)}, -1);
   at::Tensor out = rot * cos + rotated * sin;
@@ -73,6 +105,13 @@ at::Tensor activation(Activation act, const at::Tensor& x) {
     case Activation::Relu: return at::relu(x);
   }
   return x;
+}
+
+// The mean of x [B, T, d] over the real positions (all of them when `real` is undefined), [1, 1, d].
+at::Tensor positionMean(const at::Tensor& x, const at::Tensor& real) {
+  if (!real.defined()) return x.mean(at::IntArrayRef{0, 1}, /*keepdim=*/true);
+  at::Tensor w = real.unsqueeze(-1).to(c10::kFloat);
+  return ((x.to(c10::kFloat) * w).sum(at::IntArrayRef{0, 1}, /*keepdim=*/true) / w.sum()).to(x.scalar_type());
 }
 
 }  // namespace
@@ -98,13 +137,15 @@ at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Posi
   [[maybe_unused]] bool observed = hooks.wants(layer, BlockHook::AttnScores) || hooks.wants(layer, BlockHook::AttnPattern);
 #if TORCH_VERSION_MAJOR >= 2
   if (!observed && !cfg_.scaleAttnByInverseLayerIdx) {
-    // Fused kernel (flash / memory-efficient on CUDA) when nobody looks at the pattern.
-    z = at::scaled_dot_product_attention(qh, kh, vh, {}, 0.0, /*is_causal=*/true);
+    // Fused kernel (flash / memory-efficient on CUDA) when nobody looks at the pattern; a padded
+    // batch passes its mask (true = attend).
+    z = pos.blocked.defined() ? at::scaled_dot_product_attention(qh, kh, vh, pos.blocked.logical_not(), 0.0, /*is_causal=*/false)
+                              : at::scaled_dot_product_attention(qh, kh, vh, {}, 0.0, /*is_causal=*/true);
   }
 #endif
   if (!z.defined()) {
     at::Tensor scores = at::matmul(qh, kh.transpose(-1, -2)).mul_(scale);  // [B, H, Tq, Tk]
-    scores = scores.masked_fill(pos.future, -std::numeric_limits<double>::infinity());
+    scores = scores.masked_fill(pos.blocked.defined() ? pos.blocked : pos.future, -std::numeric_limits<double>::infinity());
     hooks.record(layer, BlockHook::AttnScores, scores);
     at::Tensor pattern = at::softmax(scores, -1);
     hooks.record(layer, BlockHook::AttnPattern, pattern);
@@ -146,7 +187,8 @@ at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, con
   switch (r.kind) {
     case MlpReplacement::Kind::Zero: out = at::zeros(shape, x.options()); break;
     case MlpReplacement::Kind::Mean:
-      out = r.value.defined() ? broadcast(r.value) : original.mean(at::IntArrayRef{0, 1}, /*keepdim=*/true).expand(shape);
+      out = r.value.defined() ? broadcast(r.value)
+                              : positionMean(original, realPositions(options, x.size(0), x.size(1), x.device())).expand(shape);
       break;
     case MlpReplacement::Kind::Value: out = broadcast(r.value); break;
     case MlpReplacement::Kind::Module: out = r.module(r.input == MlpReplacement::Input::Residual ? residual : x, original); break;
@@ -202,15 +244,15 @@ ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOpt
   at::Tensor tokens = prepareTokens(rawTokens);
   at::AutoGradMode gradMode(options.grad);
   const int64_t T = tokens.size(1);
+  const Positions pos = positions(T, realPositions(options, tokens.size(0), T, device()));
 
   at::Tensor x = at::embedding(w_.W_E, tokens);
   hooks.record(ModelHook::Embed, x);
   if (w_.W_pos.defined()) {
-    at::Tensor pos = w_.W_pos.narrow(0, 0, T).unsqueeze(0).expand_as(x);
-    hooks.record(ModelHook::PosEmbed, pos);
-    x = x + pos;
+    at::Tensor posEmbed = pos.ids.defined() ? at::embedding(w_.W_pos, pos.ids) : w_.W_pos.narrow(0, 0, T).unsqueeze(0).expand_as(x);
+    hooks.record(ModelHook::PosEmbed, posEmbed);
+    x = x + posEmbed;
   }
-  const Positions pos = positions(T);
   const int64_t lastLayer = options.stopAfterLayer >= 0 ? std::min(options.stopAfterLayer, cfg_.nLayers - 1) : cfg_.nLayers - 1;
   for (int64_t l = 0; l <= lastLayer; ++l) x = block(l, x, pos, options, hooks);
 
@@ -234,12 +276,16 @@ ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOpt
   return result;
 }
 
-at::Tensor Transformer::nextTokenLoss(const at::Tensor& logits, const at::Tensor& tokens, bool perToken) {
+at::Tensor Transformer::nextTokenLoss(const at::Tensor& logits, const at::Tensor& tokens, bool perToken, const at::Tensor& real) {
   const int64_t T = tokens.size(1);
   if (T < 2) throw InvalidArgument("the loss needs at least 2 tokens per row (it predicts token t+1 from tokens <= t)");
   at::Tensor logProbs = at::log_softmax(logits.narrow(1, 0, T - 1).to(c10::kFloat), -1);
   at::Tensor nll = -logProbs.gather(-1, tokens.narrow(1, 1, T - 1).unsqueeze(-1)).squeeze(-1);  // [B, T-1]
-  return perToken ? nll : nll.mean();
+  if (!real.defined()) return perToken ? nll : nll.mean();
+  // A prediction counts when it reads a real token and predicts a real one.
+  at::Tensor valid = real.narrow(1, 0, T - 1).logical_and(real.narrow(1, 1, T - 1));
+  if (perToken) return nll.masked_fill(valid.logical_not(), std::numeric_limits<double>::quiet_NaN());
+  return nll.masked_select(valid).mean();
 }
 
 }  // namespace tc

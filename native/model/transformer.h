@@ -35,6 +35,11 @@ struct ForwardOptions {
   bool grad = false;                              // record autograd history
   bool logits = true;                             // compute the unembedding
   int64_t stopAfterLayer = -1;                    // >= 0: run blocks 0..stopAfterLayer only (activation collection)
+  // Padded batches: the number of real tokens of each row ([B], integer; undefined: all T are real)
+  // and whether the padding precedes them. Pads are masked out of attention, real tokens get
+  // positions 0..n-1, and 'mean' replacements average real positions only.
+  at::Tensor lengths;
+  bool padLeft = false;
 };
 
 struct ForwardResult {
@@ -57,8 +62,13 @@ class Transformer {
   at::Tensor prepareTokens(const at::Tensor& tokens) const;
   ForwardResult forward(const at::Tensor& tokens, const ForwardOptions& options) const;
   // Mean next-token cross-entropy (nats) of logits [B, T, V] for tokens [B, T]; per-token
-  // losses [B, T - 1] when `perToken`.
-  static at::Tensor nextTokenLoss(const at::Tensor& logits, const at::Tensor& tokens, bool perToken);
+  // losses [B, T - 1] when `perToken`. With `real` ([B, T] bool, from realPositions) only
+  // predictions from a real token of a real token count; the others are NaN per token.
+  static at::Tensor nextTokenLoss(const at::Tensor& logits, const at::Tensor& tokens, bool perToken,
+                                  const at::Tensor& real = {});
+  // [B, T] bool, true at real tokens, for options.lengths (checked: [B], each in [1, T]);
+  // undefined when every position is real.
+  static at::Tensor realPositions(const ForwardOptions& options, int64_t B, int64_t T, c10::Device device);
 
  private:
   // LayerNorm (LayerNormPre when w/b are undefined); fills *scale when asked (hook_scale).
@@ -68,10 +78,12 @@ class Transformer {
                                int64_t layer, BlockHook scaleHook, BlockHook normalizedHook) const;
   // Per-forward tables shared by all layers.
   struct Positions {
-    at::Tensor future;  // [T, T] bool, true above the diagonal (masked keys)
-    at::Tensor rotary;  // [2, T, rotaryDim] cos/sin, rotary models only
+    at::Tensor future;   // [T, T] bool, true above the diagonal (masked keys)
+    at::Tensor blocked;  // padded batches: [B, 1, T, T] bool, future and pad keys (a pad query keeps itself)
+    at::Tensor ids;      // padded batches: [B, T] int64 position of each token (real tokens 0..n-1)
+    at::Tensor rotary;   // [2, B or 1, T, rotaryDim] cos/sin, rotary models only
   };
-  Positions positions(int64_t T) const;
+  Positions positions(int64_t T, const at::Tensor& real) const;
   at::Tensor attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks) const;
   at::Tensor mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks) const;
   // `x` is the MLP's input, `residual` the residual stream its LayerNorm read.
