@@ -13,7 +13,9 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Attribution } from '../lib/circuits/attribution.js';
 import { nodeId } from '../lib/circuits/graph.js';
-import { greedyPaths, isTerminal, type Path } from '../lib/circuits/search.js';
+import { attribute, findCircuit } from '../lib/circuits/find-circuit.js';
+import { ReplacementModel } from '../lib/circuits/replacement-model.js';
+import { isTerminal, type Path } from '../lib/circuits/search.js';
 import { getNumThreads, loadModel, setNumThreads, Tensor, torchInfo, type Model } from '../lib/index.js';
 import { loadSafetensorsTensors, readSafetensorsHeader, writeSafetensors } from '../lib/io/safetensors.js';
 import { mlpHooks, type TranscoderConfig } from '../lib/transcoders/config.js';
@@ -221,11 +223,11 @@ export async function benchSearch(options: {
   const tokens = [model.config.bosTokenId ?? 0, ...Array.from({ length: seq - 1 }, () => rng.int(model.config.vocabSize))];
   const dir = join(options.cacheDir, `search-gpt2-small-random-tc${dSae}`);
   await ensureFiles(dir, model, { version: FILES_VERSION, dSae, activePerToken: 50, tokens });
-  const transcoders = await loadTranscoders(join(dir, 'transcoders.safetensors'), model, dSae);
+  const replacement = ReplacementModel.create(model, await loadTranscoders(join(dir, 'transcoders.safetensors'), model, dSae));
 
   // The root: the most active feature of the root layer at the last position.
   const position = tokens.length - 1;
-  const first = await Attribution.create(model, transcoders, tokens);
+  const first = await attribute(replacement, tokens);
   const acts = first.activations(rootLayer).toFloat32Array();
   let feature = 0;
   for (let i = 1; i < dSae; i++) if (acts[position * dSae + i]! > acts[position * dSae + feature]!) feature = i;
@@ -242,10 +244,9 @@ export async function benchSearch(options: {
   for (let round = 0; round < rounds; round++) {
     for (let i = 0; i < warmup + repeats; i++) {
       const t0 = performance.now();
-      const attribution = await Attribution.create(model, transcoders, tokens);
+      const attribution = await attribute(replacement, tokens);
       const t1 = performance.now();
-      const root = attribution.featureRoot(rootLayer, feature, position);
-      levels = await greedyPaths(attribution, root, { iters, branches });
+      levels = (await findCircuit(attribution, { kind: 'feature', layer: rootLayer, feature, position }, { iters, branches, graph: false })).levels;
       const t2 = performance.now();
       if (i >= warmup) {
         setupMs.push(t1 - t0);

@@ -23,8 +23,28 @@ export class FormatError extends TranscodersError {
   }
 }
 
+/**
+ * A number went NaN or infinite where it must not: a training loss or gradient (training stops at that
+ * step, the last checkpoint on disk stays the last good one), or weights being loaded.
+ */
+export class NumericalError extends TranscodersError {}
+
 /** libtorch itself failed (out of memory, an unsupported operation on this device or dtype, ...). */
 export class TorchError extends TranscodersError {}
 
 /** The native addon could not be loaded; the message says how to build it. */
 export class NativeLoadError extends TranscodersError {}
+
+/**
+ * Reading or writing a file failed for a reason outside the library's control (disk full,
+ * permission denied, the file vanished). `path` names the file, `code` is the system's (ENOSPC, ...).
+ */
+export class IoError extends TranscodersError {
+  readonly path: string;
+  readonly code: string | undefined;
+  constructor(message: string, path: string, code?: string) {
+    super(message);
+    this.path = path;
+    this.code = code;
+  }
+}

@@ -3,7 +3,7 @@
  * Path through the library: prompt -> tokens (tokenizer/) -> forward (models/) -> transcoder ->
  * attribution -> graph -> export.
  */
-export { TranscodersError, InvalidArgumentError, FormatError, TorchError, NativeLoadError } from './errors.js';
+export { TranscodersError, InvalidArgumentError, FormatError, TorchError, NativeLoadError, IoError, NumericalError } from './errors.js';
 export { Tensor, DTYPES, type DType, type TensorData, type TensorSource, type FromOptions } from './tensor.js';
 export { setNumThreads, getNumThreads, workerNumThreads, torchInfo, type TorchInfo } from './runtime.js';
 export { deviceKey, deviceQueueEnabled, deviceQueueStats, resetDeviceQueueStats, type DeviceQueueStats } from './device-queue.js';
@@ -61,6 +61,7 @@ export { trainTranscoders, type TrainRunOptions, type TrainProgress, type TrainR
 export { writeActivationCache, readCacheMeta, type CacheMeta, type CacheOptions } from './transcoders/activation-cache.js';
 export { evaluate, type Evaluation, type LayerEvaluation, type EvaluateOptions } from './transcoders/evaluate.js';
 export { saveTranscoder, loadNativeTranscoder, isNativeTranscoder } from './transcoders/formats/native.js';
+export { loadTranscoderSet } from './transcoders/transcoder-set.js';
 export {
   loadTranscoder,
   detectTranscoderFormat,
@@ -76,9 +77,9 @@ export {
   featureConnections,
   deEmbedding,
   logitEffects,
+  logitEffectsOn,
   topkConnections,
   mergeConnections,
-  gemmGflops,
   type FeatureConnections,
   type ConnectionList,
   type Connection,
@@ -88,16 +89,14 @@ export {
   type TopkConnectionsOptions,
   type TopkConnectionsResult,
 } from './circuits/connections.js';
+export { ReplacementModel, type Placement, type ReplaceOptions, type LoadReplacementOptions } from './circuits/replacement-model.js';
 export { Attribution, type AttributionNode, type Sublayer } from './circuits/attribution.js';
-export { greedyPaths, isTerminal, type Path, type SearchOptions, type NodeFilter } from './circuits/search.js';
+export { greedyPaths, isTerminal, SEARCH_DEFAULTS, type Path, type SearchOptions, type NodeFilter } from './circuits/search.js';
 export { pathsToGraph, sumOverTokens, nodeId, GRAPH_SCHEMA, type CircuitGraph, type GraphNode, type GraphEdge, type GraphOptions } from './circuits/graph.js';
-export { formatPaths, toDot, toHtml } from './circuits/render.js';
+export { findCircuit, attribute, rootNode, type Circuit, type CircuitRoot, type CircuitOptions } from './circuits/find-circuit.js';
+export { writeGraph, graphJson, type GraphFiles } from './circuits/export.js';
+export { formatPaths, toDot, toHtml, graphSvg } from './circuits/render.js';
 export { meanInputTimesGradient, type MeanIxgOptions } from './circuits/mean-ixg.js';
 export { saveModel } from './models/save.js';
-export { runDemo, DEMO_MODEL_DIR, DEMO_TRANSCODERS, trainDemoTranscoders, type DemoOptions, type DemoResult, type DemoProgress, type DemoStage, type DemoTranscoderSpec, type CircuitResult } from './demo/demo.js';
-export { trainDemoModel, DEMO_MODEL, learningRate, type DemoModelSpec, type TrainingLog, type TrainDemoModelOptions } from './demo/train-model.js';
-export { greaterThan, greaterThanRows, yearTokenIds, type GreaterThanOptions, type GreaterThanResult } from './demo/greater-than.js';
-export { greaterThanExperiment, withoutFeatures, onlyFeatures, onlyNeurons, activationStats, type GreaterThanExperiment, type ExperimentOptions } from './demo/ablation.js';
-export { demoTokenizerJson } from './demo/tokenizer.js';
-export { examples, packedRows, taskExample, greaterThanPrompt, greaterThanSentence, TASK_MIX, type TaskName } from './demo/tasks.js';
-export { graphSvg } from './circuits/render.js';
+export { runDemo, DEMO_MODEL_DIR, type DemoOptions, type DemoResult, type DemoProgress, type DemoStage, type CircuitResult } from './demo/demo.js';
+export { SHIPPED_MODEL_DIR } from './models/shipped.js';

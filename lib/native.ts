@@ -5,7 +5,8 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { FormatError, InvalidArgumentError, NativeLoadError, TorchError } from './errors.js';
+import { FormatError, InvalidArgumentError, NativeLoadError, NumericalError, TorchError } from './errors.js';
+import type { ModelConfig } from './models/config.js';
 
 /** The native tensor handle (see native/tensor/tensor_wrap.h). */
 export interface NativeTensor {
@@ -29,6 +30,8 @@ export interface NativeMlpReplacement {
   kind: 'zero' | 'mean' | 'value' | 'callback' | 'transcoder';
   value?: NativeTensor;
   transcoder?: NativeTranscoder;
+  /** Transcoders: bool [dSae], the features kept active (the others are zeroed before decoding). */
+  keep?: NativeTensor;
   fn?: (input: NativeTensor, original: NativeTensor | null, layer: number) => NativeTensor | Promise<NativeTensor>;
 }
 
@@ -58,10 +61,33 @@ export interface NativeModel {
   dispose(): void;
   train(tokens: NativeTensor, options: { lr: number; beta1?: number; beta2?: number; eps?: number; maxGradNorm?: number }): Promise<number[]>;
   huggingFaceWeights(): Record<string, NativeTensor>;
+  /** Names of the weights holding a NaN or an infinity. */
+  nonFiniteWeights(): string[];
+}
+
+/** One tensor of a checkpoint file: its byte range and the Hugging Face name it maps to. */
+export interface NativeCheckpointEntry {
+  key: string;
+  name: string;
+  dtype: string;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
+/** What the native loader reads: the parsed config and the checkpoint's safetensors entries. */
+export interface NativeModelSpec {
+  config: ModelConfig;
+  files: { path: string; dataStart: number; entries: NativeCheckpointEntry[] }[];
+  device: string;
+  dtype: string;
+  processing: string;
+  /** The folder, named in errors. */
+  source: string;
 }
 
 export interface NativeModelClass {
-  load(spec: unknown): Promise<NativeModel>;
+  load(spec: NativeModelSpec): Promise<NativeModel>;
 }
 
 /** The native transcoder handle (see native/transcoder/transcoder_wrap.h). */
@@ -125,7 +151,7 @@ export interface NativeRunSnapshot {
   slots: Record<string, NativeTensor>[];
 }
 
-export interface NativeRunResult {
+export interface NativeTrainingRunResult {
   steps: number;
   position: number;
   exhausted: boolean;
@@ -133,12 +159,114 @@ export interface NativeRunResult {
 }
 
 export interface NativeTrainingRun {
-  run(onProgress: (p: NativeRunProgress) => void | Promise<void>, onCheckpoint: (s: NativeRunSnapshot) => void | Promise<void>): Promise<NativeRunResult>;
+  run(onProgress: (p: NativeRunProgress) => void | Promise<void>, onCheckpoint: (s: NativeRunSnapshot) => void | Promise<void>): Promise<NativeTrainingRunResult>;
   stop(): void;
 }
 
 export interface NativeTrainingRunClass {
   new (spec: object): NativeTrainingRun;
+}
+
+/** Where a transcoder sits in a model (see native/circuits/replacement_model.h). */
+export interface NativePlacement {
+  layer: number;
+  hookIn: string;
+  hookOut: string;
+  /** 'mlp': the MLP's input (its LayerNorm's output); 'residual': the residual stream before that LayerNorm. */
+  input: 'mlp' | 'residual';
+}
+
+/** The native replacement model handle (see native/bindings/replacement_model_wrap.h). */
+export interface NativeReplacementModel {
+  placements(): NativePlacement[];
+}
+
+export interface NativeReplacementModelClass {
+  create(model: NativeModel, transcoders: NativeTranscoder[]): NativeReplacementModel;
+}
+
+/** Where a direction is read on the residual stream of a layer. */
+export type NativeSublayer = 'resid_pre' | 'resid_mid' | 'resid_post';
+
+/** A node of a decomposition as the native attribution returns it (see native/circuits/attribution.h). */
+export interface NativeAttributionNode {
+  /** `logit` only occurs as a root. */
+  kind: 'feature' | 'attention' | 'embedding' | 'logit';
+  layer: number;
+  position: number;
+  /** Transcoder feature index (kind 'feature'). */
+  feature?: number;
+  /** Attention head (kind 'attention'); `position` is then the source position. */
+  head?: number;
+  /** Logit roots: the token (minus the other token, for a logit difference). */
+  token?: number;
+  minus?: number;
+  contrib: number;
+  /**
+   * The part of `contrib` that no upstream component explains: LayerNorm and value biases read along
+   * the node, a feature's encoder bias (0 for attention on processed models).
+   */
+  bias: number;
+  /** The contribution was clipped to the path's cap ("zero-ablation" mode). */
+  capped: boolean;
+  sublayer: NativeSublayer;
+  /** [d] on the residual stream at (layer, sublayer, position). */
+  vector: NativeTensor;
+}
+
+/** The native attribution context of one prompt (see native/bindings/attribution_wrap.h). */
+export interface NativeAttribution {
+  lnConstant(layer: number, position: number, ln2: boolean): number;
+  residual(layer: number, sublayer: NativeSublayer): NativeTensor;
+  activations(layer: number): NativeTensor;
+  activation(layer: number, position: number, feature: number): number;
+  transcoderOutput(layer: number): NativeTensor;
+  featureContributions(v: NativeTensor, layer: number, position: number): Promise<NativeTensor>;
+  attentionContributions(v: NativeTensor, layer: number, position: number): NativeTensor;
+  embeddingContribution(v: NativeTensor, position: number): number;
+  transcoderError(v: NativeTensor, layer: number, position: number): number;
+  featureBias(layer: number, feature: number): number;
+  featureRoot(layer: number, feature: number, position: number): NativeAttributionNode;
+  logitRoot(position: number, token: number, minus?: number): NativeAttributionNode;
+  children(
+    node: { vector: NativeTensor; layer: number; sublayer: NativeSublayer; position: number },
+    k: number,
+    ignoreBos: boolean,
+    cap: number | null,
+    keepAll: boolean,
+  ): Promise<NativeAttributionNode[]>;
+}
+
+export interface NativeAttributionClass {
+  create(replacement: NativeReplacementModel, tokens: NativeTensor): Promise<NativeAttribution>;
+}
+
+/** A list of connections as the native code returns it. */
+export interface NativeConnectionList {
+  layer: number;
+  attnLayer?: number;
+  head?: number;
+  indices: number[];
+  values: number[];
+}
+
+export interface NativeTopK {
+  indices: number[];
+  values: number[];
+}
+
+/** The input-invariant connections (see native/bindings/connections_wrap.h). */
+export interface NativeConnections {
+  featureConnections(rm: NativeReplacementModel, layer: number, feature: number, options: { k: number; throughAttention: boolean }): Promise<{ upstream: NativeConnectionList[]; downstream: NativeConnectionList[] }>;
+  deEmbedding(rm: NativeReplacementModel, layer: number, feature: number, options: { k: number; attnLayer: number; head: number }): Promise<{ top: NativeTopK; bottom: NativeTopK }>;
+  logitEffects(rm: NativeReplacementModel, layer: number, feature: number, options: { k: number }): Promise<{ top: NativeTopK; bottom: NativeTopK }>;
+  logitEffectsOn(rm: NativeReplacementModel, layer: number, feature: number, tokens: NativeTensor, options: { attnLayer: number; head: number }): Promise<NativeTensor>;
+  topkConnections(
+    src: NativeTranscoder | NativeTensor,
+    dst: NativeTranscoder | NativeTensor,
+    options: { k: number; blockSize: number; direction: 'downstream' | 'upstream'; merge: 'auto' | 'scan' | 'topk' },
+  ): Promise<{ indices: NativeTensor; values: NativeTensor }>;
+  gemmGflops(options: { m: number; k: number; n: number; iters: number }): Promise<number>;
 }
 
 export interface TorchInfo {
@@ -155,10 +283,9 @@ interface Addon {
   Transcoder: NativeTranscoderClass;
   StepTrainer: NativeStepTrainerClass;
   TrainingRun: NativeTrainingRunClass;
-  /** See lib/circuits/attribution.ts for its typed surface. */
-  Attribution: unknown;
-  /** See lib/circuits/connections.ts for its typed surface. */
-  Connections: unknown;
+  ReplacementModel: NativeReplacementModelClass;
+  Attribution: NativeAttributionClass;
+  Connections: NativeConnections;
   setNumThreads(n: number): void;
   getNumThreads(): number;
   workerNumThreads(): Promise<number>;
@@ -193,7 +320,7 @@ function loadAddon(): Addon {
   }
   try {
     const addon = createRequire(import.meta.url)(path) as Addon;
-    addon.registerErrorClasses({ TorchError, InvalidArgumentError, FormatError });
+    addon.registerErrorClasses({ TorchError, InvalidArgumentError, FormatError, NumericalError });
     return addon;
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);

@@ -48,6 +48,39 @@ function defaultDtype(data: TensorSource): DType {
   throw new InvalidArgumentError(`Tensor.from: data must be a TypedArray, got ${Array.isArray(data) ? 'an Array' : typeof data}`);
 }
 
+/** Value ranges of the integer dtypes a JS number array may be converted to. */
+const INT_RANGES = new Map<DType, [number, number]>([
+  ['int8', [-128, 127]],
+  ['uint8', [0, 255]],
+  ['int16', [-32768, 32767]],
+  ['int32', [-(2 ** 31), 2 ** 31 - 1]],
+  ['int64', [-(2 ** 63), 2 ** 63]],
+]);
+
+/**
+ * libtorch converts out-of-range numbers to integer dtypes by wrapping (300 -> 44 in int8) and NaN
+ * to 0, silently; a value that does not fit is almost always a bug upstream, so it is refused with
+ * the value and its index instead. Arrays whose own element type already fits are not scanned.
+ */
+function checkIntegerRange(data: TensorSource, dtype: DType): void {
+  const range = INT_RANGES.get(dtype);
+  if (!range || data instanceof BigInt64Array || data instanceof Uint16Array) return;
+  const [lo, hi] = range;
+  const fits =
+    (data instanceof Int8Array && lo <= -128 && hi >= 127) ||
+    (data instanceof Uint8Array && lo <= 0 && hi >= 255) ||
+    (data instanceof Int16Array && lo <= -32768 && hi >= 32767) ||
+    (data instanceof Int32Array && lo <= -(2 ** 31) && hi >= 2 ** 31 - 1);
+  if (fits) return;
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i] as number;
+    // int64's upper bound 2^63 is exclusive; the others are inclusive integers.
+    if (!Number.isFinite(v) || v < lo || v > hi || (dtype === 'int64' && v >= hi)) {
+      throw new InvalidArgumentError(`Tensor.from: value ${v} at index ${i} does not fit ${dtype} (range [${lo}, ${dtype === 'int64' ? '2^63' : hi}${dtype === 'int64' ? ')' : ']'}${Number.isFinite(v) ? '' : '; non-finite values have no integer form'})`);
+    }
+  }
+}
+
 export class Tensor {
   /** @internal */
   readonly handle: NativeTensor;
@@ -66,6 +99,7 @@ export class Tensor {
     if (!Array.isArray(shape) || !shape.every((n) => typeof n === 'number')) {
       throw new InvalidArgumentError(`Tensor.from: shape must be an array of numbers, got ${JSON.stringify(shape)}`);
     }
+    checkIntegerRange(data, dtype);
     return new Tensor(native().Tensor.fromTypedArray(data, [...shape], dtype, options.share ?? true));
   }
 

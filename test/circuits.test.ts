@@ -32,7 +32,7 @@ beforeAll(async () => {
   modelDir = fx.dir;
   const rng = new Rng(5);
   const tokens = Array.from({ length: T }, () => rng.int(300));
-  attribution = await Attribution.create(model, fx.transcoders, tokens);
+  attribution = await Attribution.create(fx.replacement, tokens);
   const acts = attribution.activations(3).toFloat32Array().subarray((T - 1) * CIRCUIT_DSAE, T * CIRCUIT_DSAE);
   const F = acts.indexOf(Math.max(...acts));
   root = attribution.featureRoot(3, F, T - 1);
@@ -190,7 +190,7 @@ describe('graph over tokens and dataset-averaged input x gradient', () => {
     const F = 7;
     const rng = new Rng(11);
     const sequences = Array.from({ length: 5 }, () => Array.from({ length: 8 }, () => rng.int(300)));
-    const ixg = await meanInputTimesGradient(model, up, down, F, sequences, { batchSize: 2 });
+    const ixg = await meanInputTimesGradient(attribution.replacement, 1, 3, F, sequences, { batchSize: 2 });
     const { cache } = await model.run(sequences, { cache: [up.config.hookIn], logits: false });
     const d = 32;
     const rows = 5 * 8;
@@ -219,6 +219,6 @@ describe('graph over tokens and dataset-averaged input x gradient', () => {
     let expected = 0;
     for (let r = 0; r < rows; r++) for (let j = 0; j < d; j++) expected += n[j]! * (yHat[r * d + j]! - b[j]!);
     expect(ixg.reduce((a, v) => a + v, 0)).toBeCloseTo(expected / rows, 4);
-    await expect(meanInputTimesGradient(model, down, up, 0, sequences)).rejects.toThrow(/must not come after/);
+    await expect(meanInputTimesGradient(attribution.replacement, 3, 1, 0, sequences)).rejects.toThrow(/must not come after/);
   });
 });

@@ -70,7 +70,9 @@ describe('transcoders CLI', () => {
     const original = await loadNativeTranscoder(join(out, 'layer_1'));
     const x = Tensor.from(Float32Array.from({ length: 5 * 32 }, (_, i) => Math.sin(i)), [5, 32]);
     const expected = await original.forward(x);
-    for (const to of ['saelens', 'circuit-tracer', 'native']) {
+    // circuit-tracer runs the model raw: its export of this processed transcoder is re-expressed on the raw
+    // model (LayerNorm folded), so it is compared across the two models in exports.test.ts, not here.
+    for (const to of ['saelens', 'native']) {
       const dest = join(work, `converted-${to}`);
       const r = runCli(['convert', join(out, 'layer_1'), dest, '--to', to]);
       expect(r.status, r.stderr).toBe(0);

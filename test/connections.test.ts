@@ -19,7 +19,7 @@ import {
   type ConnectionList,
   type TokenScore,
 } from '../lib/circuits/connections.js';
-import { InvalidArgumentError, loadModel, Tensor, type Model } from '../lib/index.js';
+import { InvalidArgumentError, loadModel, logitEffectsOn, ReplacementModel, Tensor, type Model } from '../lib/index.js';
 import { mlpHooks } from '../lib/transcoders/config.js';
 import { saveTranscoder } from '../lib/transcoders/formats/native.js';
 import { Transcoder } from '../lib/transcoders/transcoder.js';
@@ -162,6 +162,8 @@ describe('featureConnections, deEmbedding, logitEffects on a processed model', (
     W.U = model.weight('unembed.W_U').toFloat32Array();
   });
 
+  const rm = (list: Transcoder[]) => ReplacementModel.create(model, list);
+
   // Dense helpers (row-major, float64).
   const encCol = (l: number, j: number) => Array.from({ length: dModel }, (_, t) => P[l]!.W_enc[t * widths[l]! + j]!);
   const decRow = (l: number, i: number) => Array.from(P[l]!.W_dec.subarray(i * dModel, (i + 1) * dModel));
@@ -207,7 +209,7 @@ describe('featureConnections, deEmbedding, logitEffects on a processed model', (
     const k = 6;
     const layer = 1;
     const F = 17;
-    const r = await featureConnections(model, tcs, layer, F, { k, throughAttention: true });
+    const r = await featureConnections(rm(tcs), layer, F, { k, throughAttention: true });
     const n = encCol(layer, F);
     const w = decRow(layer, F);
     // Direct: one list per other layer.
@@ -229,7 +231,7 @@ describe('featureConnections, deEmbedding, logitEffects on a processed model', (
   });
 
   it('the last layer has only upstream lists: per earlier layer, and per (l1 < la <= 2, head)', async () => {
-    const r = await featureConnections(model, new Map(tcs.map((t, l) => [l, t])), 2, 3, { k: 4, throughAttention: true });
+    const r = await featureConnections(ReplacementModel.create(model, new Map(tcs.map((t, l) => [l, t]))), 2, 3, { k: 4, throughAttention: true });
     expect(r.downstream).toHaveLength(0);
     // Direct 2 lists; through heads: la = 1 (l1 = 0) and la = 2 (l1 = 0, 1): 3 * H lists.
     expect(r.upstream).toHaveLength(2 + 3 * H);
@@ -237,7 +239,7 @@ describe('featureConnections, deEmbedding, logitEffects on a processed model', (
     expectTopK(find(r.upstream, 1).features, upScores(1, n), 4, 'upstream 1');
     expectTopK(find(r.upstream, 0, 2, 3).features, upScores(0, ovColumn(n, 2, 3)), 4, 'upstream 0 via 2.3');
     expectTopK(find(r.upstream, 1, 2, 0).features, upScores(1, ovColumn(n, 2, 0)), 4, 'upstream 1 via 2.0');
-    const noAttn = await featureConnections(model, tcs, 2, 3, { k: 4 });
+    const noAttn = await featureConnections(rm(tcs), 2, 3, { k: 4 });
     expect(noAttn.upstream).toHaveLength(2);
     expect(noAttn.topThroughAttention).toBeUndefined();
   });
@@ -247,36 +249,52 @@ describe('featureConnections, deEmbedding, logitEffects on a processed model', (
     const layer = 2;
     const n = encCol(layer, F);
     const direct = Array.from({ length: V }, (_, v) => dot(W.E!.subarray(v * dModel, (v + 1) * dModel), n));
-    const d = await deEmbedding(model, tcs[layer]!, F, { k: 7 });
+    const d = await deEmbedding(rm(tcs), layer, F, { k: 7 });
     expectTokens(d.top, direct, 7, true, 'de-embedding top');
     expectTokens(d.bottom, direct, 7, false, 'de-embedding bottom');
 
     const ov = ovColumn(n, 1, 2);
     const viaHead = Array.from({ length: V }, (_, v) => dot(W.E!.subarray(v * dModel, (v + 1) * dModel), ov));
-    const h = await deEmbedding(model, tcs[layer]!, F, { k: 5, head: { layer: 1, head: 2 } });
+    const h = await deEmbedding(rm(tcs), layer, F, { k: 5, head: { layer: 1, head: 2 } });
     expectTokens(h.top, viaHead, 5, true, 'de-embedding via 1.2');
 
     const w = decRow(layer, F);
     const logits = Array.from({ length: V }, (_, v) => w.reduce((s, x, t) => s + x * W.U![t * V + v]!, 0));
-    const e = await logitEffects(model, tcs[layer]!, F, { k: 6 });
+    const e = await logitEffects(rm(tcs), layer, F, { k: 6 });
     expectTokens(e.top, logits, 6, true, 'logit effects top');
     expectTokens(e.bottom, logits, 6, false, 'logit effects bottom');
   });
 
+  it('logit effects on chosen tokens equal W_dec[F] . W_U[:, t], directly and through a later head', async () => {
+    const F = 5;
+    const layer = 0;
+    const tokens = [3, 17, 299, 0, 42];
+    const w = decRow(layer, F);
+    const direct = tokens.map((v) => w.reduce((s, x, t) => s + x * W.U![t * V + v]!, 0));
+    const ov = throughOV(w, 2, 1);
+    const viaHead = tokens.map((v) => ov.reduce((s, x, t) => s + x * W.U![t * V + v]!, 0));
+    const got = await logitEffectsOn(rm(tcs), layer, F, tokens);
+    const gotHead = await logitEffectsOn(rm(tcs), layer, F, tokens, { head: { layer: 2, head: 1 } });
+    got.forEach((g, i) => expect(Math.abs(g - direct[i]!)).toBeLessThanOrEqual(1e-4 * Math.max(1, Math.abs(direct[i]!))));
+    gotHead.forEach((g, i) => expect(Math.abs(g - viaHead[i]!)).toBeLessThanOrEqual(1e-4 * Math.max(1, Math.abs(viaHead[i]!))));
+    await expect(logitEffectsOn(rm(tcs), 1, F, tokens, { head: { layer: 1, head: 0 } })).rejects.toThrow(/does not come after the transcoder's layer 1/);
+    await expect(logitEffectsOn(rm(tcs), 1, F, [V])).rejects.toThrow(/out of range/);
+  });
+
   it('rejects bad layer, feature, k and head with InvalidArgumentError', async () => {
     const cases: [string, () => Promise<unknown>, RegExp][] = [
-      ['layer out of range', () => featureConnections(model, tcs, 3, 0), /layer 3 is not a layer of the model/],
-      ['layer without a transcoder', () => featureConnections(model, tcs.slice(0, 2), 2, 0), /no transcoder for layer 2/],
-      ['negative layer', () => featureConnections(model, tcs, -1, 0), /layer must be an integer/],
-      ['feature out of range', () => featureConnections(model, tcs, 1, 48), /feature 48 is out of range for the layer-1 transcoder \(d_sae = 48\)/],
-      ['k > m of another layer', () => featureConnections(model, tcs, 1, 0, { k: 41 }), /k = 41 exceeds the layer-0 transcoder's d_sae = 40/],
-      ['k < 1', () => featureConnections(model, tcs, 1, 0, { k: 0 }), /k must be an integer >= 1/],
-      ['de-embedding feature', () => deEmbedding(model, tcs[0]!, 40), /feature 40 is out of range/],
-      ['de-embedding k > V', () => deEmbedding(model, tcs[0]!, 0, { k: V + 1 }), /exceeds the 300 tokens/],
-      ['de-embedding head after the layer', () => deEmbedding(model, tcs[0]!, 0, { head: { layer: 1, head: 0 } }), /comes after the transcoder's layer 0/],
-      ['de-embedding head out of range', () => deEmbedding(model, tcs[2]!, 0, { head: { layer: 1, head: H } }), /head 4 is out of range/],
-      ['logit effects feature', () => logitEffects(model, tcs[0]!, -1), /feature must be an integer/],
-      ['logit effects k', () => logitEffects(model, tcs[0]!, 0, { k: 0 }), /k must be/],
+      ['layer out of range', () => featureConnections(rm(tcs), 3, 0), /no transcoder for layer 3/],
+      ['layer without a transcoder', () => featureConnections(rm(tcs.slice(0, 2)), 2, 0), /no transcoder for layer 2/],
+      ['negative layer', () => featureConnections(rm(tcs), -1, 0), /layer must be an integer/],
+      ['feature out of range', () => featureConnections(rm(tcs), 1, 48), /feature 48 is out of range for the layer-1 transcoder \(d_sae = 48\)/],
+      ['k > m of another layer', () => featureConnections(rm(tcs), 1, 0, { k: 41 }), /k = 41 exceeds the layer-0 transcoder's d_sae = 40/],
+      ['k < 1', () => featureConnections(rm(tcs), 1, 0, { k: 0 }), /k must be an integer >= 1/],
+      ['de-embedding feature', () => deEmbedding(rm(tcs), 0, 40), /feature 40 is out of range/],
+      ['de-embedding k > V', () => deEmbedding(rm(tcs), 0, 0, { k: V + 1 }), /exceeds the 300 tokens/],
+      ['de-embedding head after the layer', () => deEmbedding(rm(tcs), 0, 0, { head: { layer: 1, head: 0 } }), /comes after the transcoder's layer 0/],
+      ['de-embedding head out of range', () => deEmbedding(rm(tcs), 2, 0, { head: { layer: 1, head: H } }), /head 4 is out of range/],
+      ['logit effects feature', () => logitEffects(rm(tcs), 0, -1), /feature must be an integer/],
+      ['logit effects k', () => logitEffects(rm(tcs), 0, 0, { k: 0 }), /k must be/],
     ];
     for (const [what, run, message] of cases) {
       const err = await run().then(() => null, (e: unknown) => e);
@@ -292,12 +310,12 @@ describe('featureConnections, deEmbedding, logitEffects on a processed model', (
     let r = runCli(['connections', model.dir, '--transcoders', dir, '--feature', '1:17', '--k', '6', '--through-attention', '--deembed-head', '1:2', '--json']);
     expect(r.status, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout);
-    const lib = await featureConnections(model, tcs, 1, 17, { k: 6, throughAttention: true });
+    const lib = await featureConnections(rm(tcs), 1, 17, { k: 6, throughAttention: true });
     expect(out.layers).toEqual([0, 1, 2]);
     expect(out.top).toEqual(lib.top);
     expect(out.upstream).toHaveLength(lib.upstream.length);
-    expect(out.deEmbedding.top).toEqual((await deEmbedding(model, tcs[1]!, 17, { k: 6, head: { layer: 1, head: 2 } })).top);
-    expect(out.logitEffects.bottom).toEqual((await logitEffects(model, tcs[1]!, 17, { k: 6 })).bottom);
+    expect(out.deEmbedding.top).toEqual((await deEmbedding(rm(tcs), 1, 17, { k: 6, head: { layer: 1, head: 2 } })).top);
+    expect(out.logitEffects.bottom).toEqual((await logitEffects(rm(tcs), 1, 17, { k: 6 })).bottom);
 
     r = runCli(['connections', model.dir, '--transcoders', dir, '--feature', '0:3', '--k', '3']);
     expect(r.status, r.stderr).toBe(0);

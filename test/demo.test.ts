@@ -9,28 +9,31 @@ import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import {
-  DEMO_MODEL,
-  DEMO_MODEL_DIR,
-  examples,
-  greaterThan,
-  greaterThanPrompt,
-  greaterThanRows,
   loadModel,
   loadTranscoder,
+  ReplacementModel,
   runDemo,
   setNumThreads,
   Tensor,
-  withoutFeatures,
-  onlyFeatures,
-  onlyNeurons,
   type MlpReplacement,
   type Transcoder,
   writeSafetensors,
-  yearTokenIds,
   type Model,
-  type TrainingLog,
 } from '../lib/index.js';
-import { featureCards } from '../lib/demo/features.js';
+import {
+  DEMO_MODEL,
+  DEMO_MODEL_DIR,
+  examples,
+  featureCards,
+  greaterThan,
+  greaterThanPrompt,
+  greaterThanRows,
+  onlyFeatures,
+  onlyNeurons,
+  withoutFeatures,
+  yearTokenIds,
+  type TrainingLog,
+} from '../lib/demo/index.js';
 import { PIECE_PATTERN } from '../lib/demo/tokenizer.js';
 import { ensureDist, ROOT, runCli } from './helpers/cli.js';
 import { tempDir } from './helpers/fixtures.js';
@@ -112,7 +115,7 @@ print(json.dumps(p.tolist()))
       }
     });
     const manual = await processed.run([tokens], { replaceMlp: { 0: { value: Tensor.from(out, [1, tokens.length, d]) } } });
-    const removed = await processed.run([tokens], { replaceMlp: { 0: withoutFeatures(tc, active) } });
+    const removed = await processed.run([tokens], { replaceMlp: { 0: withoutFeatures(ReplacementModel.create(processed, [tc]), 0, active) } });
     const a = manual.logits!.toFloat32Array();
     const b = removed.logits!.toFloat32Array();
     expect(Math.max(...a.map((v, i) => Math.abs(v - b[i]!)))).toBeLessThan(1e-4);
@@ -132,7 +135,7 @@ print(json.dumps(p.tolist()))
     const constant = Tensor.from(new Float32Array(2 * tokens[0]!.length * 128).map((_, i) => bOut.toFloat32Array()[i % 128]!), [2, tokens[0]!.length, 128]);
     expect(maxAbs(await logits({ 1: onlyNeurons(processed, 1, []) }), await logits({ 1: { value: constant } }))).toBeLessThan(1e-4);
     const features = Array.from({ length: tc.config.dSae }, (_, f) => f);
-    expect(maxAbs(await logits({ 1: onlyFeatures(tc, features) }), await logits({ 1: tc }))).toBeLessThan(1e-4);
+    expect(maxAbs(await logits({ 1: onlyFeatures(ReplacementModel.create(processed, [tc]), 1, features) }), await logits({ 1: tc }))).toBeLessThan(1e-4);
     processed.dispose();
   });
 });
@@ -144,7 +147,7 @@ describe('feature cards', () => {
     for (const l of [0, 1]) byLayer.set(l, await loadTranscoder(join(DEMO_MODEL_DIR, 'transcoders', `layer_${l}`)));
     const corpus = [processed.tokenize(greaterThanPrompt('war', 17, 40)), processed.tokenize(greaterThanPrompt('plague', 13, 75))];
     const refs = [{ layer: 0, feature: 248, position: 8, viaHead: { layer: 1, head: 3 } }, { layer: 1, feature: 494 }];
-    const cards = await featureCards(processed, byLayer, refs, { corpus });
+    const cards = await featureCards(ReplacementModel.create(processed, byLayer), refs, { corpus });
     expect(cards.map((c) => c.position)).toEqual([8, 12]);
     const work = tempDir('cards');
     const weights: Record<string, Tensor> = {

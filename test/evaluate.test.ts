@@ -6,6 +6,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { ReplacementModel } from '../lib/circuits/replacement-model.js';
 import { InvalidArgumentError, loadModel, readSafetensors, Tensor, writeSafetensors, type Model } from '../lib/index.js';
 import { mlpHooks } from '../lib/transcoders/config.js';
 import { evaluate } from '../lib/transcoders/evaluate.js';
@@ -55,7 +56,7 @@ async function referenceReconstruction(tc: Transcoder, x: Tensor, y: Tensor) {
 describe('evaluate', () => {
   it('one layer: metrics agree with independent computations', async () => {
     const tc = transcoders[1]!;
-    const result = await evaluate(model, [tc], rows, { batchSize: 3 });
+    const result = await evaluate(ReplacementModel.create(model, [tc]), rows, { batchSize: 3 });
     expect(result.sequences).toBe(7);
     expect(result.tokens).toBe(7 * 12);
     const { cache } = await model.run(rows, { cache: [mlpHooks(1).hookIn, mlpHooks(1).hookOut] });
@@ -97,21 +98,38 @@ describe('evaluate', () => {
   });
 
   it('several layers: joint replacement and each layer alone', async () => {
-    const result = await evaluate(model, transcoders, rows, { batchSize: 4 });
+    const result = await evaluate(ReplacementModel.create(model, transcoders), rows, { batchSize: 4 });
     expect(result.layers.map((l) => l.layer)).toEqual([0, 1]);
     const joint = await model.loss(rows, { replaceMlp: { 0: transcoders[0]!, 1: transcoders[1]! } });
     expect(Math.abs(result.ceLossReplaced - joint)).toBeLessThanOrEqual(1e-4);
-    const single = await evaluate(model, [transcoders[0]!], rows);
+    const single = await evaluate(ReplacementModel.create(model, [transcoders[0]!]), rows);
     expect(Math.abs(result.layers[0]!.ceLoss - single.ceLossReplaced)).toBeLessThanOrEqual(1e-4);
     expect(result.layers[0]!.fvu).toBeCloseTo(single.layers[0]!.fvu, 5);
   });
 
-  it('rejects transcoders that do not fit the model', async () => {
-    const wrongHooks = await Transcoder.create({ arch: 'relu', dIn: d, dOut: d, dSae: 8, layer: 0, hookIn: 'blocks.0.hook_resid_mid', hookOut: 'blocks.0.hook_mlp_out' });
-    await expect(evaluate(model, [wrongHooks], rows)).rejects.toThrow(/evaluation splices MLP transcoders/);
-    const wrongProcessing = await Transcoder.create({ arch: 'relu', dIn: d, dOut: d, dSae: 8, layer: 0, processing: 'none' });
-    await expect(evaluate(model, [wrongProcessing], rows)).rejects.toThrow(/processing 'none'/);
-    const noLayer = await Transcoder.create({ arch: 'relu', dIn: d, dOut: d, dSae: 8 });
-    await expect(evaluate(model, [noLayer], rows)).rejects.toThrow(InvalidArgumentError);
+  it('a hook_resid_mid transcoder is spliced on the residual it reads (the MLP output replaced by its output there)', async () => {
+    const rng = new Rng(11);
+    const mat = (a: number, b: number) => Tensor.from(Float32Array.from({ length: a * b }, () => 0.2 * rng.normal()), [a, b]);
+    const tc = await Transcoder.fromParameters(
+      { arch: 'relu', dIn: d, dOut: d, dSae: 16, layer: 0, hookIn: 'blocks.0.hook_resid_mid', hookOut: 'blocks.0.hook_mlp_out', processing: 'transformerlens' },
+      { W_enc: mat(d, 16), b_enc: Tensor.from(new Float32Array(16), [16]), W_dec: mat(16, d), b_dec: Tensor.from(new Float32Array(d), [d]), b_dec_out: Tensor.from(new Float32Array(d), [d]) },
+    );
+    const result = await evaluate(ReplacementModel.create(model, [tc]), rows);
+    // By hand: layer 0's resid_mid does not depend on its MLP, so its transcoder output is a fixed value.
+    const { cache } = await model.run(rows, { cache: ['blocks.0.hook_resid_mid'] });
+    const residMid = cache['blocks.0.hook_resid_mid']!.toFloat32Array();
+    const p = tc.parameters();
+    const Wenc = p.W_enc.toFloat32Array();
+    const Wdec = p.W_dec.toFloat32Array();
+    const y = new Float32Array(residMid.length);
+    for (let r = 0; r < residMid.length / d; r++) {
+      for (let j = 0; j < 16; j++) {
+        let pre = 0;
+        for (let i = 0; i < d; i++) pre += residMid[r * d + i]! * Wenc[i * 16 + j]!;
+        if (pre > 0) for (let i = 0; i < d; i++) y[r * d + i]! += pre * Wdec[j * d + i]!;
+      }
+    }
+    const byHand = await model.loss(rows, { replaceMlp: { 0: { value: Tensor.from(y, [rows.length, rows[0]!.length, d]) } } });
+    expect(Math.abs(result.ceLossReplaced - byHand)).toBeLessThanOrEqual(1e-4);
   });
 });

@@ -7,7 +7,7 @@
  * test/model.test.ts. Losses are checked against the reference's per-row logits.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { evaluate, InvalidArgumentError, loadModel, meanInputTimesGradient, mlpHooks, Tensor, Transcoder, type Model, type RunOutput } from '../lib/index.js';
+import { evaluate, InvalidArgumentError, ReplacementModel, loadModel, meanInputTimesGradient, mlpHooks, Tensor, Transcoder, type Model, type RunOutput } from '../lib/index.js';
 import type { RandomModelSpec } from '../lib/models/random.js';
 import { DEVICE, makeTempModel, TINY_GPT2, TINY_NEOX } from './helpers/fixtures.js';
 import { logSoftmaxRows, referenceForward } from './helpers/reference.js';
@@ -258,14 +258,15 @@ describe('padded batches: splicing and errors', () => {
     const up = await Transcoder.create({ arch: 'relu', dIn: d, dOut: d, dSae: 24, layer: 0, ...mlpHooks(0) }, { seed: 4, device: DEVICE });
     const down = await Transcoder.create({ arch: 'relu', dIn: d, dOut: d, dSae: 24, layer: 1, ...mlpHooks(1) }, { seed: 5, device: DEVICE });
     const sequences = randomRows(TINY_GPT2.vocabSize, [7, 3, 5], 8);
-    const ragged = await meanInputTimesGradient(model, up, down, 2, sequences, { batchSize: 3 });
+    const rm = ReplacementModel.create(model, [up, down]);
+    const ragged = await meanInputTimesGradient(rm, 0, 1, 2, sequences, { batchSize: 3 });
     // The mean over every token = the token-weighted mean of each sequence's own mean (no pads).
     const expected = new Float64Array(24);
     for (const seq of sequences) {
-      const one = await meanInputTimesGradient(model, up, down, 2, [seq]);
+      const one = await meanInputTimesGradient(rm, 0, 1, 2, [seq]);
       one.forEach((v, i) => (expected[i]! += (v * seq.length) / 15));
     }
     ragged.forEach((v, i) => expect(Math.abs(v - expected[i]!)).toBeLessThanOrEqual(1e-5 * Math.max(1, Math.abs(expected[i]!))));
-    await expect(evaluate(model, [up], [[1, 2, 3], [4, 5]])).rejects.toThrow(/evaluate: row 1 has 2 tokens but row 0 has 3; rows evaluated in one batch \(batchSize 8\) must have equal length/);
+    await expect(evaluate(ReplacementModel.create(model, [up]), [[1, 2, 3], [4, 5]])).rejects.toThrow(/evaluate: row 1 has 2 tokens but row 0 has 3; rows evaluated in one batch \(batchSize 8\) must have equal length/);
   });
 });

@@ -3,8 +3,10 @@
  * Python writer (test/reference/safetensors_io.py, torch 1.13) together with each format's own
  * forward computed in PyTorch from its own semantics; our loaders must reproduce it (1e-5 relative).
  * Exports of our transcoders (non-zero input pre-bias, skip paths) are re-read by Python, checked for
- * key names and shapes, and run with the format's semantics, and reloaded by us. Malformed files
- * must fail with FormatErrors naming the file and the key.
+ * key names and shapes, and run with the format's semantics, and reloaded by us; circuit-tracer
+ * sets' config.yaml is also read with PyYAML, as circuit-tracer does. Malformed files must fail with
+ * FormatErrors naming the file and the key (and the line, for YAML). The LayerNorm folding of
+ * exports of processed transcoders is tested in exports.test.ts.
  */
 import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -24,7 +26,9 @@ import {
   loadSaeLensTranscoder,
   loadSparsifyTranscoder,
   loadTranscoder,
-  parseSimpleYaml,
+  parseYaml,
+  readCircuitTracerConfig,
+  SAELENS_LAYOUT_VERSION,
 } from '../lib/transcoders/formats/index.js';
 import { saveTranscoder } from '../lib/transcoders/formats/native.js';
 import { Transcoder } from '../lib/transcoders/transcoder.js';
@@ -65,7 +69,8 @@ def saelens_forward(cfg, t, x):
 
 def circuit_tracer_forward(t, x, activation=None, k=None):
     pre = torch.nn.functional.linear(x, t["W_enc"], t["b_enc"])
-    if "activation_function.threshold" in t and activation is None:
+    # circuit-tracer: activation relu / topk from the config, anything else from the weights
+    if "activation_function.threshold" in t and activation not in ("relu", "topk"):
         f = pre * (pre > t["activation_function.threshold"]).to(pre.dtype)
     elif activation == "topk" or ("k" in t and activation is None):
         kk = k if k is not None else int(t["k"].item())
@@ -190,16 +195,18 @@ ${PY_SEMANTICS}
 spec = json.load(open(sys.argv[1]))
 x = load_file(sys.argv[2])["x"]
 outputs, layouts = {}, {}
-for name, fmt, path in spec:
+for name, fmt, path, activation, k in spec:
     if fmt == "saelens":
         cfg = json.load(open(os.path.join(path, "cfg.json")))
         t = load_file(os.path.join(path, "sae_weights.safetensors"))
         assert cfg["apply_b_dec_to_input"] is False and cfg["normalize_activations"] == "none" and cfg["dtype"] == "float32"
+        assert cfg["metadata"]["sae_lens_version"] >= "6" and "hook_name" not in cfg, "SAELens 6 layout: model fields in metadata"
         assert list(t["W_enc"].shape) == [cfg["d_in"], cfg["d_sae"]] and list(t["W_dec"].shape) == [cfg["d_sae"], cfg["d_out"]]
         outputs[name] = saelens_forward(cfg, t, x)
     elif fmt == "circuit-tracer":
         t = load_file(path)
-        outputs[name] = circuit_tracer_forward(t, x)
+        # circuit-tracer takes the activation from config.yaml (a lone file: the caller's arguments)
+        outputs[name] = circuit_tracer_forward(t, x, activation, k)
         cfg = None
     else:
         cfg = json.load(open(os.path.join(path, "cfg.json")))
@@ -351,7 +358,7 @@ describe('exports', () => {
     await add('sp_topk', 'sparsify', { arch: 'topk', k: 6 }, 9);
 
     const specFile = join(out, 'spec.json');
-    writeFileSync(specFile, JSON.stringify(cases.map((c) => [c.name, c.format, c.path])));
+    writeFileSync(specFile, JSON.stringify(cases.map((c) => [c.name, c.format, c.path, c.format === 'circuit-tracer' ? c.tc.config.arch : null, c.tc.config.k ?? null])));
     const layouts = JSON.parse(python(PY_EXPORT_CHECK, [specFile, join(root, 'x.safetensors'), join(out, 'ref.safetensors')])) as Record<
       string,
       { cfg: Record<string, unknown> | null; tensors: Record<string, [string, number[]]> }
@@ -372,33 +379,100 @@ describe('exports', () => {
     const t = (name: string) => layouts[name]!.tensors;
     expect(t('sl_relu_skip')).toEqual({ W_enc: ['torch.float32', [8, 32]], b_enc: ['torch.float32', [32]], W_dec: ['torch.float32', [32, 6]], b_dec: ['torch.float32', [6]], W_skip: ['torch.float32', [6, 8]] });
     expect(Object.keys(t('sl_jumprelu_skip')).sort()).toEqual(['W_dec', 'W_enc', 'W_skip', 'b_dec', 'b_enc', 'threshold']);
-    expect(layouts.sl_relu!.cfg).toMatchObject({ architecture: 'transcoder', d_in: 8, d_out: 8, d_sae: 32, hook_name: 'blocks.3.ln2.hook_normalized', hook_name_out: 'blocks.3.hook_mlp_out', model_name: 'gpt2', device: 'cpu', model_from_pretrained_kwargs: { fold_ln: false, center_writing_weights: false, center_unembed: false, fold_value_biases: false } });
+    // SAELens 6: sizes and dtype at the top level, the model fields in `metadata`.
+    expect(Object.keys(layouts.sl_relu!.cfg!).sort()).toEqual(['apply_b_dec_to_input', 'architecture', 'd_in', 'd_out', 'd_sae', 'device', 'dtype', 'metadata', 'normalize_activations', 'reshape_activations']);
+    expect(layouts.sl_relu!.cfg).toMatchObject({
+      architecture: 'transcoder',
+      d_in: 8,
+      d_out: 8,
+      d_sae: 32,
+      device: 'cpu',
+      apply_b_dec_to_input: false,
+      reshape_activations: 'none',
+      metadata: {
+        model_name: 'gpt2',
+        hook_name: 'blocks.3.ln2.hook_normalized',
+        hook_name_out: 'blocks.3.hook_mlp_out',
+        hook_head_index: null,
+        sae_lens_version: SAELENS_LAYOUT_VERSION,
+        model_from_pretrained_kwargs: { fold_ln: false, center_writing_weights: false, center_unembed: false, fold_value_biases: false },
+      },
+    });
     expect(layouts.sl_relu_skip!.cfg!.architecture).toBe('skip_transcoder');
     expect(layouts.sl_jumprelu!.cfg!.architecture).toBe('jumprelu_transcoder');
-    expect(layouts.sl_jumprelu_skip!.cfg).toMatchObject({ architecture: 'jumprelu_skip_transcoder', model_from_pretrained_kwargs: {} });
-    expect(t('ct_topk_skip')).toEqual({ W_enc: ['torch.float32', [32, 8]], b_enc: ['torch.float32', [32]], W_dec: ['torch.float32', [32, 8]], b_dec: ['torch.float32', [8]], W_skip: ['torch.float32', [8, 8]], k: ['torch.int64', []] });
+    expect(layouts.sl_jumprelu_skip!.cfg).toMatchObject({
+      architecture: 'jumprelu_skip_transcoder',
+      metadata: { model_from_pretrained_kwargs: { fold_ln: true, center_writing_weights: true, center_unembed: true, fold_value_biases: true } },
+    });
+    // No `k` tensor: circuit-tracer's strict loader refuses it; k travels in config.yaml (and our metadata).
+    expect(t('ct_topk_skip')).toEqual({ W_enc: ['torch.float32', [32, 8]], b_enc: ['torch.float32', [32]], W_dec: ['torch.float32', [32, 8]], b_dec: ['torch.float32', [8]], W_skip: ['torch.float32', [8, 8]] });
+    expect((await readSafetensors(cases.find((c) => c.name === 'ct_topk_skip')!.path)).metadata).toMatchObject({ 'transcoders.activation': 'topk', 'transcoders.k': '4', 'transcoders.input_fold': 'none' });
     expect(Object.keys(t('ct_jumprelu')).sort()).toEqual(['W_dec', 'W_enc', 'activation_function.threshold', 'b_dec', 'b_enc']);
     expect(t('sp_topk_skip')).toEqual({ 'encoder.weight': ['torch.float32', [32, 8]], 'encoder.bias': ['torch.float32', [32]], W_dec: ['torch.float32', [32, 8]], b_dec: ['torch.float32', [8]], W_skip: ['torch.float32', [8, 8]] });
     expect(layouts.sp_topk!.cfg).toMatchObject({ activation: 'topk', k: 6, num_latents: 32, transcode: true, skip_connection: false, d_in: 8 });
   });
 
-  it('a circuit-tracer set: layer files and config.yaml, read back with hooks per layer', async () => {
-    const dir = join(root, 'ct_export_set');
-    const tcs = [
-      await randomTranscoder({ arch: 'topk', k: 4, layer: 0, ...mlpHooks(0) }, 11),
-      await randomTranscoder({ arch: 'topk', k: 4, layer: 1, ...mlpHooks(1) }, 12),
-    ];
-    exportCircuitTracerSet(tcs, dir);
-    const yaml = parseSimpleYaml(readFileSync(join(dir, 'config.yaml'), 'utf8'), 'config.yaml');
-    expect(yaml).toEqual({ model_kind: 'transcoder_set', model_name: 'gpt2', feature_input_hook: 'ln2.hook_normalized', feature_output_hook: 'hook_mlp_out', activation: 'topk', k: 4 });
-    expect(detectTranscoderFormat(dir)).toBe('circuit-tracer');
-    for (const tc of tcs) {
-      const back = await loadTranscoder(dir, { layer: tc.config.layer });
-      expect(back.config).toMatchObject({ arch: 'topk', k: 4, layer: tc.config.layer, hookIn: tc.config.hookIn, hookOut: tc.config.hookOut, modelName: 'gpt2' });
-      expectClose(await back.forward(x), await tc.forward(x), `set layer ${tc.config.layer}`);
+  it('circuit-tracer sets (2-layer topk, 2-layer relu + skip): layer files and config.yaml, read by PyYAML and circuit-tracer semantics, and by us', async () => {
+    const sets = {
+      topk: [await randomTranscoder({ arch: 'topk', k: 4, layer: 0, ...mlpHooks(0) }, 11), await randomTranscoder({ arch: 'topk', k: 4, layer: 1, ...mlpHooks(1) }, 12)],
+      relu: [await randomTranscoder({ arch: 'relu', skip: true, layer: 1, ...mlpHooks(1) }, 13), await randomTranscoder({ arch: 'relu', skip: true, layer: 0, ...mlpHooks(0) }, 14)],
+    };
+    // Python reads config.yaml with yaml.safe_load, as circuit-tracer's loader does, opens the listed
+    // files and runs each with the configured activation.
+    const PY_SET = `
+import json, sys, yaml, torch
+from safetensors_io import load_file, save_file
+${PY_SEMANTICS}
+cfg = yaml.safe_load(open(sys.argv[1]))
+x = load_file(sys.argv[2])["x"]
+out = {str(i): circuit_tracer_forward(load_file(p), x, cfg["activation"], cfg.get("k")) for i, p in enumerate(cfg["transcoders"])}
+save_file(out, sys.argv[3])
+print(json.dumps(cfg))
+`;
+    for (const [name, tcs] of Object.entries(sets)) {
+      const dir = join(root, `ct_export_set_${name}`);
+      exportCircuitTracerSet(tcs, dir);
+      const files = [0, 1].map((l) => join(dir, `layer_${l}.safetensors`));
+      const expectedConfig = {
+        model_kind: 'transcoder_set',
+        model_name: 'gpt2',
+        feature_input_hook: 'ln2.hook_normalized',
+        feature_output_hook: 'hook_mlp_out',
+        activation: name,
+        ...(name === 'topk' ? { k: 4 } : {}),
+        transcoders: files,
+        transcoders_export: { trained_on_processing: 'none', input_fold: 'none' },
+      };
+      expect(parseYaml(readFileSync(join(dir, 'config.yaml'), 'utf8'), 'config.yaml').value).toEqual(expectedConfig);
+      const pyConfig = JSON.parse(python(PY_SET, [join(dir, 'config.yaml'), join(root, 'x.safetensors'), join(dir, 'ref.safetensors')]));
+      expect(pyConfig).toEqual(expectedConfig);
+      const ref = (await readSafetensors(join(dir, 'ref.safetensors'))).tensors;
+      for (const f of files) expect(Object.keys((await readSafetensors(f)).tensors)).not.toContain('k');
+      expect(detectTranscoderFormat(dir)).toBe('circuit-tracer');
+      for (const tc of tcs) {
+        const l = tc.config.layer;
+        const ours = await tc.forward(x);
+        const back = await loadTranscoder(dir, { layer: l });
+        expect(back.config).toMatchObject({ arch: name, ...(name === 'topk' ? { k: 4 } : {}), skip: tc.config.skip, layer: l, hookIn: tc.config.hookIn, hookOut: tc.config.hookOut, modelName: 'gpt2' });
+        // Round trip through float32 files with b_dec folded into b_enc: 1e-6 relative.
+        const { diff, scale } = maxDiff(await back.forward(x), ours);
+        expect(diff, `${name} set layer ${l} reloaded: max |diff| ${diff} (scale ${scale})`).toBeLessThanOrEqual(1e-6 * Math.max(1, scale));
+        expectClose(ref[String(l)]!, ours, `${name} set layer ${l}: circuit-tracer semantics in Python`);
+      }
+      await expect(loadTranscoder(dir)).rejects.toThrow(InvalidArgumentError);
     }
-    await expect(loadTranscoder(dir)).rejects.toThrow(InvalidArgumentError);
-    expect(() => exportCircuitTracerSet([tcs[1]!], dir)).toThrow(/one transcoder per layer/);
+    const dir = join(root, 'ct_export_set_topk');
+    expect(() => exportCircuitTracerSet([sets.topk[1]!], join(root, 'ct_lone_layer1'))).toThrow(/one transcoder per layer/);
+    // A folder holding more layer files than the set would make circuit-tracer load them too.
+    expect(() => exportCircuitTracerSet([sets.topk[0]!], dir)).toThrow(/layer_1\.safetensors.*empty folder/);
+    // With a URI prefix (a set uploaded to the Hub) the list holds hf:// URIs; we still read the files beside config.yaml.
+    const hub = join(root, 'ct_export_set_hub');
+    exportCircuitTracerSet(sets.relu, hub, { uriPrefix: 'hf://someone/gpt2-transcoders/' });
+    expect((parseYaml(readFileSync(join(hub, 'config.yaml'), 'utf8'), 'config.yaml').value as { transcoders: string[] }).transcoders).toEqual([
+      'hf://someone/gpt2-transcoders/layer_0.safetensors',
+      'hf://someone/gpt2-transcoders/layer_1.safetensors',
+    ]);
+    expectClose(await (await loadTranscoder(hub, { layer: 1 })).forward(x), await sets.relu[0]!.forward(x), 'set with hf:// entries, layer 1');
   });
 
   it('refuses what a format cannot represent', async () => {
@@ -506,7 +580,7 @@ describe('malformed files', () => {
     writeFileSync(join(conflicting, 'config.yaml'), 'model_kind: cross_layer_transcoder\n');
     await expectFormatError(load(conflicting), 'config.yaml', 'cross_layer_transcoder');
     writeFileSync(join(conflicting, 'config.yaml'), 'model_kind: transcoder_set\n  stray: [\n');
-    await expectFormatError(load(conflicting), 'config.yaml', 'cannot parse');
+    await expectFormatError(load(conflicting), 'config.yaml', 'config.yaml:1', 'invalid YAML');
   });
 
   it('sparsify: groupmax, unknown activation, latent count, skip mismatch', async () => {
@@ -521,30 +595,78 @@ describe('malformed files', () => {
     await expectFormatError(loadSparsifyTranscoder(await variant(src, S, { drop: ['encoder.bias'] })), S, "'encoder.bias'");
   });
 
-  it('the YAML subset: comments, quotes, lists of paths and of {layer, filepath} items', () => {
-    const y = parseSimpleYaml(
-      [
-        '# header',
-        'model_name: "google/gemma-2-2b"  # trailing comment',
-        "scan: 'it''s'",
-        'k: 64',
-        'flag: true',
-        'transcoders:',
-        '  - id: a',
-        '    layer: 1',
-        '    filepath: hf://org/repo/layer_1.safetensors',
-        '  - hf://org/repo/x#frag.safetensors',
-        'widths: [16, 32]',
-      ].join('\n'),
-      'c.yaml',
-    );
-    expect(y).toEqual({
+  it('YAML (the yaml package): nested maps, block scalars, quoted commas, comments, lists of paths and of {layer, filepath} items', () => {
+    const text = [
+      '# header comment',
+      'model_kind: transcoder_set',
+      'model_name: "google/gemma-2-2b"  # trailing comment',
+      "scan: 'it''s, with a comma'",
+      'k: 64',
+      'flag: yes',
+      'description: |',
+      '  first line',
+      '  second: not a key',
+      'folded: >-',
+      '  one',
+      '  two',
+      'nested:',
+      '  training:',
+      '    lr: 4.0e-4',
+      '    widths: [16, "32, quoted"]',
+      'transcoders:',
+      '  - id: a',
+      '    layer: 1',
+      '    filepath: hf://org/repo/layer_1.safetensors?revision=main',
+      '  - {layer: 0, filepath: "hf://org/repo/layer_0.safetensors"}',
+      'paths:',
+      '  - /abs/layer_0.safetensors   # comment after an item',
+      '  - "hf://org/repo/x#frag.safetensors"',
+    ].join('\n');
+    expect(parseYaml(text, 'c.yaml').value).toEqual({
+      model_kind: 'transcoder_set',
       model_name: 'google/gemma-2-2b',
-      scan: "it's",
+      scan: "it's, with a comma",
       k: 64,
-      flag: true,
-      transcoders: [{ id: 'a', layer: 1, filepath: 'hf://org/repo/layer_1.safetensors' }, 'hf://org/repo/x#frag.safetensors'],
-      widths: [16, 32],
+      flag: true, // YAML 1.1, as PyYAML
+      description: 'first line\nsecond: not a key\n',
+      folded: 'one two',
+      nested: { training: { lr: 4e-4, widths: [16, '32, quoted'] } },
+      transcoders: [
+        { id: 'a', layer: 1, filepath: 'hf://org/repo/layer_1.safetensors?revision=main' },
+        { layer: 0, filepath: 'hf://org/repo/layer_0.safetensors' },
+      ],
+      paths: ['/abs/layer_0.safetensors', 'hf://org/repo/x#frag.safetensors'],
     });
+    const dir = join(root, 'yaml-config');
+    mkdirSync(dir, { recursive: true });
+    const file = join(dir, 'config.yaml');
+    writeFileSync(file, text);
+    const ct = readCircuitTracerConfig(file);
+    expect(ct).toMatchObject({ modelKind: 'transcoder_set', modelName: 'google/gemma-2-2b', k: 64 });
+    expect([...ct.layerFiles]).toEqual([
+      [1, 'layer_1.safetensors'],
+      [0, 'layer_0.safetensors'],
+    ]);
+  });
+
+  it('YAML errors: malformed text and fields of the wrong type are FormatErrors naming the file and the line', async () => {
+    const dir = join(root, 'yaml-bad');
+    mkdirSync(dir, { recursive: true });
+    const file = join(dir, 'config.yaml');
+    const cases: [string, string[]][] = [
+      ['model_kind: transcoder_set\ntranscoders: [a, b\n', ['config.yaml:', 'invalid YAML']],
+      ['model_kind: transcoder_set\nk: 3\nk: 4\n', ['config.yaml:3', 'invalid YAML', 'unique']],
+      ['a: 1\n---\nb: 2\n', ['config.yaml:', 'invalid YAML']],
+      ['- just\n- a list\n', ['config.yaml', 'expected a mapping']],
+      ['model_kind: transcoder_set\nk: four\n', ['config.yaml:2', "'k'", 'positive integer', 'four']],
+      ['model_kind: transcoder_set\nfeature_input_hook:\n  nested: map\n', ['config.yaml:3', "'feature_input_hook'", 'string']],
+      ['model_kind: transcoder_set\ntranscoders: layer_0.safetensors\n', ['config.yaml:2', "'transcoders'", 'list']],
+      ['model_kind: transcoder_set\ntranscoders:\n  - {layer: -1, filepath: x.safetensors}\n', ['config.yaml:3', 'entry 0']],
+      ['model_kind: transcoder_set\ntranscoders:\n  - {layer: 0, filepath: a.safetensors}\n  - {layer: 0, filepath: b.safetensors}\n', ['config.yaml:3', 'layer 0 twice']],
+    ];
+    for (const [text, mentions] of cases) {
+      writeFileSync(file, text);
+      await expectFormatError(() => readCircuitTracerConfig(file), 'config.yaml', ...mentions);
+    }
   });
 });

@@ -14,10 +14,10 @@
  */
 import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
-import { native, type NativeModel, type NativeTensor, type NativeTranscoder } from '../native.js';
-import type { Model } from '../models/model.js';
+import { native, type NativeConnectionList, type NativeTopK } from '../native.js';
 import { Tensor } from '../tensor.js';
 import { Transcoder } from '../transcoders/transcoder.js';
+import type { ReplacementModel } from './replacement-model.js';
 
 /** One feature and its connection strength. */
 export interface FeatureScore {
@@ -96,43 +96,11 @@ export interface TopkConnectionsOptions {
   merge?: 'auto' | 'scan' | 'topk';
 }
 
-interface NativeList {
-  layer: number;
-  attnLayer?: number;
-  head?: number;
-  indices: number[];
-  values: number[];
-}
-interface NativeTopK {
-  indices: number[];
-  values: number[];
-}
-interface NativeConnections {
-  featureConnections(model: NativeModel, transcoders: Record<number, NativeTranscoder>, layer: number, feature: number, options: { k: number; throughAttention: boolean }): Promise<{ upstream: NativeList[]; downstream: NativeList[] }>;
-  deEmbedding(model: NativeModel, tc: NativeTranscoder, feature: number, options: { k: number; layer: number; attnLayer: number; head: number }): Promise<{ top: NativeTopK; bottom: NativeTopK }>;
-  logitEffects(model: NativeModel, tc: NativeTranscoder, feature: number, options: { k: number }): Promise<{ top: NativeTopK; bottom: NativeTopK }>;
-  topkConnections(src: NativeTranscoder | NativeTensor, dst: NativeTranscoder | NativeTensor, options: Required<TopkConnectionsOptions>): Promise<{ indices: NativeTensor; values: NativeTensor }>;
-  gemmGflops(options: { m: number; k: number; n: number; iters: number }): Promise<number>;
-}
-
-const connections = (): NativeConnections => native().Connections as NativeConnections;
+const connections = () => native().Connections;
 
 function checkInt(value: unknown, name: string, min: number): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got ${String(value)}`);
   return value;
-}
-
-/** Transcoders by layer: a Map, or a list matched to layers by their config.layer. */
-export function transcodersByLayer(transcoders: readonly Transcoder[] | ReadonlyMap<number, Transcoder>): Map<number, Transcoder> {
-  if (!Array.isArray(transcoders)) return new Map(transcoders as ReadonlyMap<number, Transcoder>);
-  const byLayer = new Map<number, Transcoder>();
-  for (const tc of transcoders as readonly Transcoder[]) {
-    if (!(tc instanceof Transcoder)) throw new InvalidArgumentError('transcoders must be Transcoder objects');
-    if (tc.config.layer < 0) throw new InvalidArgumentError('a transcoder records no layer (config.layer): pass a Map from layer to transcoder');
-    if (byLayer.has(tc.config.layer)) throw new InvalidArgumentError(`two transcoders for layer ${tc.config.layer}`);
-    byLayer.set(tc.config.layer, tc);
-  }
-  return byLayer;
 }
 
 /** The top k connections of several lists, merged by value (ties: earlier list, then list order). */
@@ -143,7 +111,7 @@ export function mergeConnections(lists: readonly ConnectionList[], k: number): C
   return all.filter((c) => !Number.isNaN(c.value)).sort((a, b) => b.value - a.value).slice(0, k);
 }
 
-const toList = (l: NativeList): ConnectionList => ({
+const toList = (l: NativeConnectionList): ConnectionList => ({
   layer: l.layer,
   ...(l.head !== undefined ? { attnLayer: l.attnLayer!, head: l.head } : {}),
   features: l.indices.map((feature, i) => ({ feature, value: l.values[i]! })),
@@ -156,8 +124,7 @@ const toList = (l: NativeList): ConnectionList => ({
  * attention layer in between (one list per (layer, attention layer, head)).
  */
 export async function featureConnections(
-  model: Model,
-  transcoders: readonly Transcoder[] | ReadonlyMap<number, Transcoder>,
+  replacement: ReplacementModel,
   layer: number,
   feature: number,
   options: { k?: number; throughAttention?: boolean } = {},
@@ -165,9 +132,7 @@ export async function featureConnections(
   const k = checkInt(options.k ?? 10, 'k', 1);
   checkInt(layer, 'layer', 0);
   checkInt(feature, 'feature', 0);
-  const byLayer = transcodersByLayer(transcoders);
-  const handles = Object.fromEntries([...byLayer].map(([l, t]) => [l, t.handle]));
-  const r = await runOnDevice(model.device, () => connections().featureConnections(model.handle, handles, layer, feature, { k, throughAttention: options.throughAttention ?? false }));
+  const r = await runOnDevice(replacement.model.device, () => connections().featureConnections(replacement.handle, layer, feature, { k, throughAttention: options.throughAttention ?? false }));
   const upstream = r.upstream.map(toList);
   const downstream = r.downstream.map(toList);
   const direct = (ls: ConnectionList[]) => ls.filter((l) => l.head === undefined);
@@ -185,8 +150,8 @@ export async function featureConnections(
   };
 }
 
-function tokenScores(model: Model, t: NativeTopK): TokenScore[] {
-  const tok = model.tokenizer;
+function tokenScores(replacement: ReplacementModel, t: NativeTopK): TokenScore[] {
+  const tok = replacement.model.tokenizer;
   return t.indices.map((token, i) => ({
     token,
     text: tok && token >= 0 && token < tok.vocabSize ? tok.decode([token]) : null,
@@ -195,14 +160,14 @@ function tokenScores(model: Model, t: NativeTopK): TokenScore[] {
 }
 
 /**
- * De-embedding of a feature: the tokens whose embeddings drive it most directly, `W_E @ W_enc[:, feature]`
- * (processed, centred W_E; no positional embedding, no LayerNorm), or through head `head.head` of
- * attention layer `head.layer` (which must not come after the transcoder's layer):
- * `W_E @ W_V W_O @ W_enc[:, feature]`. Returns the top and bottom k tokens.
+ * De-embedding of feature `feature` of the layer's transcoder: the tokens whose embeddings drive it
+ * most directly, `W_E @ W_enc[:, feature]` (processed, centred W_E; no positional embedding, no
+ * LayerNorm), or through head `head.head` of attention layer `head.layer` (which must not come after
+ * the transcoder's layer): `W_E @ W_V W_O @ W_enc[:, feature]`. Returns the top and bottom k tokens.
  */
 export async function deEmbedding(
-  model: Model,
-  transcoder: Transcoder,
+  replacement: ReplacementModel,
+  layer: number,
   feature: number,
   options: { k?: number; head?: { layer: number; head: number } } = {},
 ): Promise<TokenEffects> {
@@ -212,21 +177,39 @@ export async function deEmbedding(
     checkInt(options.head.layer, 'head.layer', 0);
     checkInt(options.head.head, 'head.head', 0);
   }
-  const r = await runOnDevice(model.device, () => connections().deEmbedding(model.handle, transcoder.handle, feature, {
+  const r = await runOnDevice(replacement.model.device, () => connections().deEmbedding(replacement.handle, layer, feature, {
     k,
-    layer: transcoder.config.layer,
     attnLayer: options.head?.layer ?? -1,
     head: options.head?.head ?? -1,
   }));
-  return { top: tokenScores(model, r.top), bottom: tokenScores(model, r.bottom) };
+  return { top: tokenScores(replacement, r.top), bottom: tokenScores(replacement, r.bottom) };
 }
 
 /** Direct logit effects of a feature, `W_dec[feature] @ W_U` (no LayerNorm): the top and bottom k tokens. */
-export async function logitEffects(model: Model, transcoder: Transcoder, feature: number, options: { k?: number } = {}): Promise<TokenEffects> {
+export async function logitEffects(replacement: ReplacementModel, layer: number, feature: number, options: { k?: number } = {}): Promise<TokenEffects> {
   const k = checkInt(options.k ?? 10, 'k', 1);
   checkInt(feature, 'feature', 0);
-  const r = await runOnDevice(model.device, () => connections().logitEffects(model.handle, transcoder.handle, feature, { k }));
-  return { top: tokenScores(model, r.top), bottom: tokenScores(model, r.bottom) };
+  const r = await runOnDevice(replacement.model.device, () => connections().logitEffects(replacement.handle, layer, feature, { k }));
+  return { top: tokenScores(replacement, r.top), bottom: tokenScores(replacement, r.bottom) };
+}
+
+/**
+ * A feature's logit effects on the given tokens (no LayerNorm): `W_dec[feature] . W_U[:, t]`, or as
+ * carried by head `head.head` of a later attention layer `head.layer`: `W_dec[feature] W_V W_O . W_U[:, t]`.
+ */
+export async function logitEffectsOn(
+  replacement: ReplacementModel,
+  layer: number,
+  feature: number,
+  tokens: readonly number[],
+  options: { head?: { layer: number; head: number } } = {},
+): Promise<number[]> {
+  checkInt(feature, 'feature', 0);
+  const ids = Tensor.from(Int32Array.from(tokens.map((t) => checkInt(t, 'token id', 0))), [tokens.length]);
+  const r = new Tensor(await runOnDevice(replacement.model.device, () => connections().logitEffectsOn(replacement.handle, layer, feature, ids.handle, { attnLayer: options.head?.layer ?? -1, head: options.head?.head ?? -1 })));
+  const values = Array.from(r.toFloat32Array());
+  r.dispose();
+  return values;
 }
 
 /**

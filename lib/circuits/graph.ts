@@ -2,7 +2,7 @@
  * Circuit graphs from search paths (paper-method.md §3.8), with the stable JSON schema documented in
  * docs/circuits.md: nodes with readable ids (`mlp8[89]@9`, `attn2.h2@8`, `embed@9`, `err.tc8@9`), edges
  * from contributor to contributee weighted by the attribution, and error nodes that account for
- * what the paths leave out (transcoder errors, encoder biases, pruned children).
+ * what the paths leave out (transcoder errors, encoder and LayerNorm biases, pruned children).
  */
 import { InvalidArgumentError } from '../errors.js';
 import { Tensor } from '../tensor.js';
@@ -64,12 +64,6 @@ export function nodeId(n: AttributionNode): string {
   }
 }
 
-function dot(a: Float32Array, b: Float32Array): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i]! * b[i]!;
-  return s;
-}
-
 export interface GraphOptions {
   prompt?: string | null;
   search: Required<Pick<SearchOptions, 'iters' | 'branches' | 'ignoreBos' | 'cap'>>;
@@ -101,7 +95,7 @@ export function pathsToGraph(attribution: Attribution, levels: Path[][], options
       n.vector.toFloat32Array().forEach((x, i) => (v[i]! += x));
       return id;
     }
-    const activation = n.kind === 'feature' ? attribution.activations(n.layer).toFloat32Array()[n.position * attribution.transcoders.get(n.layer)!.config.dSae + n.feature!] : undefined;
+    const activation = n.kind === 'feature' ? attribution.activation(n.layer, n.position, n.feature!) : undefined;
     nodes.set(id, {
       id, kind: n.kind, layer: n.layer, position: n.position, token: tokenTexts[n.position] ?? null, contribution,
       ...(n.feature !== undefined ? { feature: n.feature } : {}),
@@ -138,7 +132,7 @@ export function pathsToGraph(attribution: Attribution, levels: Path[][], options
     schema: GRAPH_SCHEMA,
     metadata: {
       model: attribution.model.dir,
-      transcoders: [...attribution.transcoders].sort(([a], [b]) => a - b).map(([layer, tc]) => ({ layer, hookIn: tc.config.hookIn, hookOut: tc.config.hookOut, dSae: tc.config.dSae })),
+      transcoders: [...attribution.replacement.placements.values()].map((p) => ({ layer: p.layer, hookIn: p.hookIn, hookOut: p.hookOut, dSae: attribution.transcoders.get(p.layer)!.config.dSae })),
       prompt: options.prompt ?? null,
       tokens: [...attribution.tokens],
       tokenTexts,
@@ -183,13 +177,10 @@ function addErrorNodes(
       const weight = attribution.transcoderError(vector, l, t);
       add({ id: `err.tc${l}@${t}`, kind: 'error', error: 'transcoder', layer: l, position: t, token: tokenTexts[t] ?? null, contribution: 0 }, parentId, weight);
     }
-    if (n.kind === 'feature') {
-      const p = attribution.transcoders.get(n.layer)!.parameters();
-      const d = p.b_dec.shape[0]!;
-      const m = p.b_enc.shape[0]!;
-      const W = p.W_enc.toFloat32Array();
-      const col = Float32Array.from({ length: d }, (_, i) => W[i * m + n.feature!]!);
-      const bias = p.b_enc.toFloat32Array()[n.feature!]! - dot(col, p.b_dec.toFloat32Array());
+    // A feature's own bias, unscaled as the paper has it (E5); an attention node's LayerNorm and value
+    // biases (non-zero on raw models only) exactly.
+    const bias = n.kind === 'feature' ? attribution.featureBias(n.layer, n.feature!) : n.kind === 'attention' ? n.bias : 0;
+    if (n.kind === 'feature' || bias !== 0) {
       add({ id: `err.bias.${parentId}`, kind: 'error', error: 'bias', layer: n.layer, position: t, token: tokenTexts[t] ?? null, contribution: 0 }, parentId, bias);
     }
     add({ id: `err.prune.${parentId}`, kind: 'error', error: 'prune', layer: n.layer, position: t, token: tokenTexts[t] ?? null, contribution: 0 }, parentId, parent.contribution - explained);

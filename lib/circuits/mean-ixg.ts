@@ -6,23 +6,28 @@
  * input x gradient at a position is g * f_up(position).
  */
 import { InvalidArgumentError } from '../errors.js';
-import type { Model } from '../models/model.js';
-import type { Transcoder } from '../transcoders/transcoder.js';
+import type { ReplacementModel } from './replacement-model.js';
 
 export interface MeanIxgOptions {
   /** Sequences per forward pass (default 8). */
   batchSize?: number;
 }
 
-/** The mean over every token of `sequences` (of any lengths) of g * f_up, [dSae of `upstream`]. */
+/**
+ * The mean over every token of `sequences` (of any lengths) of g * f_up for the transcoders of layers
+ * `upstreamLayer` and `downstreamLayer` of the replacement model, [dSae of the upstream one].
+ */
 export async function meanInputTimesGradient(
-  model: Model,
-  upstream: Transcoder,
-  downstream: Transcoder,
+  replacement: ReplacementModel,
+  upstreamLayer: number,
+  downstreamLayer: number,
   feature: number,
   sequences: readonly (readonly number[])[],
   options: MeanIxgOptions = {},
 ): Promise<Float32Array> {
+  const upstream = replacement.transcoder(upstreamLayer);
+  const downstream = replacement.transcoder(downstreamLayer);
+  const hookIn = replacement.placement(upstreamLayer).hookIn;
   const up = upstream.config;
   const down = downstream.config;
   if (!Number.isInteger(feature) || feature < 0 || feature >= down.dSae) throw new InvalidArgumentError(`feature ${feature} is out of range [0, ${down.dSae})`);
@@ -45,8 +50,8 @@ export async function meanInputTimesGradient(
   const batchSize = options.batchSize ?? 8;
   for (let start = 0; start < sequences.length; start += batchSize) {
     const batch = sequences.slice(start, start + batchSize);
-    const { cache, lengths } = await model.run(batch, { cache: [up.hookIn], logits: false });
-    const f = (await upstream.encode(cache[up.hookIn]!)).toFloat32Array();
+    const { cache, lengths } = await replacement.model.run(batch, { cache: [hookIn], logits: false });
+    const f = (await upstream.encode(cache[hookIn]!)).toFloat32Array();
     // Rows of different lengths are padded on the right: only each row's first lengths[b] positions are tokens.
     const T = f.length / m / batch.length;
     lengths.forEach((len, b) => {

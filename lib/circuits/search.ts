@@ -20,9 +20,9 @@ export interface NodeFilter {
 }
 
 export interface SearchOptions {
-  /** Iterations (path lengths 2 .. iters + 1; default 2). */
+  /** Iterations (path lengths 2 .. iters + 1; default 3). */
   iters?: number;
-  /** Children per node and beam width (default 5). */
+  /** Children per node and beam width (default 10). */
   branches?: number;
   /** Ignore attention from the first position (BOS; default true). */
   ignoreBos?: boolean;
@@ -33,6 +33,24 @@ export interface SearchOptions {
    */
   cap?: boolean;
   filter?: NodeFilter;
+}
+
+/** The search defaults, shared by the library, `transcoders circuit`, the demo and the bench. */
+export const SEARCH_DEFAULTS: Readonly<Required<Pick<SearchOptions, 'iters' | 'branches' | 'ignoreBos' | 'cap'>>> = Object.freeze({
+  iters: 3,
+  branches: 10,
+  ignoreBos: true,
+  cap: false,
+});
+
+/** `options` with every unset search parameter at its default. */
+export function searchParameters(options: SearchOptions = {}): Required<Pick<SearchOptions, 'iters' | 'branches' | 'ignoreBos' | 'cap'>> {
+  return {
+    iters: options.iters ?? SEARCH_DEFAULTS.iters,
+    branches: options.branches ?? SEARCH_DEFAULTS.branches,
+    ignoreBos: options.ignoreBos ?? SEARCH_DEFAULTS.ignoreBos,
+    cap: options.cap ?? SEARCH_DEFAULTS.cap,
+  };
 }
 
 export function matches(node: AttributionNode, filter: NodeFilter | undefined): boolean {
@@ -58,8 +76,7 @@ function capOf(path: Path): number | undefined {
 
 /** Runs the search; returns the beam after each iteration (`iters` lists of paths). */
 export async function greedyPaths(attribution: Attribution, root: AttributionNode, options: SearchOptions = {}): Promise<Path[][]> {
-  const iters = options.iters ?? 2;
-  const branches = options.branches ?? 5;
+  const { iters, branches, ignoreBos, cap } = searchParameters(options);
   if (!Number.isInteger(iters) || iters < 1) throw new InvalidArgumentError(`iters must be a positive integer, got ${iters}`);
   if (!Number.isInteger(branches) || branches < 1) throw new InvalidArgumentError(`branches must be a positive integer, got ${branches}`);
   let beam: Path[] = [[root]];
@@ -69,10 +86,10 @@ export async function greedyPaths(attribution: Attribution, root: AttributionNod
     for (const path of beam) {
       const leaf = path.at(-1)!;
       if (isTerminal(leaf)) continue;
-      const cap = options.cap ? capOf(path) : undefined;
+      const limit = cap ? capOf(path) : undefined;
       const kids = await attribution.children(leaf, branches, {
-        ignoreBos: options.ignoreBos ?? true,
-        ...(cap !== undefined ? { cap } : {}),
+        ignoreBos,
+        ...(limit !== undefined ? { cap: limit } : {}),
         keepAll: options.filter !== undefined,
       });
       const kept = kids.filter((k) => matches(k, options.filter)).slice(0, branches);

@@ -1,7 +1,19 @@
-/** A tiny command framework over node:util parseArgs: typed options, `--help` for every command. */
+/**
+ * A tiny command framework over node:util parseArgs: typed options, `--help` for every command,
+ * required options and arguments declared in the spec (every missing one reported at once), "did you
+ * mean" for mistyped flags, and checks of input and output paths before any work starts.
+ */
+import { accessSync, constants, existsSync, statSync, type Stats } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { InvalidArgumentError } from '../errors.js';
 import { setNumThreads } from '../runtime.js';
+
+/**
+ * When an option or argument is required: always (`true`), or only when another option is absent
+ * (`{ unless: 'activations' }`: required unless `--activations` is given).
+ */
+export type Requirement = boolean | { unless: string };
 
 export interface OptionSpec {
   type: 'string' | 'boolean';
@@ -10,7 +22,18 @@ export interface OptionSpec {
   value?: string;
   description: string;
   multiple?: boolean;
+  /** The command cannot run without it; shown in --help and checked by {@link parseCommand}. */
+  required?: Requirement;
 }
+
+/** A positional argument, e.g. `<model-dir>`. */
+export interface ArgumentSpec {
+  /** Shown in messages, e.g. 'model-dir' (printed as `<model-dir>`). */
+  name: string;
+  required?: Requirement;
+}
+
+export type OptionValues = Record<string, string | boolean | string[] | undefined>;
 
 export interface Command {
   name: string;
@@ -19,37 +42,135 @@ export interface Command {
   /** Extra paragraphs after the option list. */
   details?: string;
   options: Record<string, OptionSpec>;
-  run(values: Record<string, string | boolean | string[] | undefined>, positionals: string[]): Promise<void>;
+  /**
+   * The positional arguments in order. When given, parseCommand reports missing required ones and
+   * rejects extra ones; commands without it check their positionals themselves.
+   */
+  arguments?: ArgumentSpec[];
+  /** Groups of options of which exactly one must be given (e.g. `[['prompt', 'tokens']]`). */
+  oneOf?: string[][];
+  run(values: OptionValues, positionals: string[]): Promise<void>;
+}
+
+const HELP_OPTION: OptionSpec = { type: 'boolean', short: 'h', description: 'show this help' };
+
+function requirementText(required: Requirement | undefined): string {
+  if (required === true) return ' (required)';
+  if (required && typeof required === 'object') return ` (required unless --${required.unless})`;
+  return '';
 }
 
 /** Help text of a command. */
 export function helpText(cmd: Command): string {
-  const rows = Object.entries({ ...cmd.options, help: { type: 'boolean', short: 'h', description: 'show this help' } as OptionSpec }).map(
-    ([name, o]) => [`${o.short ? `-${o.short}, ` : '    '}--${name}${o.type === 'string' ? ` ${o.value ?? 'VALUE'}` : ''}`, o.description],
+  const rows = Object.entries({ ...cmd.options, help: HELP_OPTION }).map(
+    ([name, o]) => [`${o.short ? `-${o.short}, ` : '    '}--${name}${o.type === 'string' ? ` ${o.value ?? 'VALUE'}` : ''}`, `${o.description}${requirementText(o.required)}`],
   );
   const width = Math.max(...rows.map(([flag]) => flag!.length)) + 2;
   const lines = [`Usage: transcoders ${cmd.usage}`, '', cmd.summary, '', 'Options:', ...rows.map(([f, d]) => `  ${f!.padEnd(width)}${d}`)];
+  for (const group of cmd.oneOf ?? []) lines.push(`  (give exactly one of ${group.map((o) => `--${o}`).join(', ')})`);
   if (cmd.details) lines.push('', cmd.details);
   return lines.join('\n');
 }
 
-/** Parses argv for `cmd`; returns null when --help was printed. */
-export function parseCommand(cmd: Command, argv: string[]): { values: Record<string, string | boolean | string[] | undefined>; positionals: string[] } | null {
+/** Levenshtein distance between two strings (insertions, deletions and substitutions cost 1). */
+export function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = current;
+  }
+  return previous[b.length]!;
+}
+
+/**
+ * The candidate `word` was most likely meant to be: the nearest by edit distance when it is close
+ * (at most 1 edit for words up to 4 letters, 2 up to 8, 3 beyond), else the only candidate that
+ * starts with it (an abbreviation such as `--context`); null when nothing is convincing.
+ */
+export function didYouMean(word: string, candidates: readonly string[]): string | null {
+  const limit = word.length <= 4 ? 1 : word.length <= 8 ? 2 : 3;
+  let best: string | null = null;
+  let bestDistance = Infinity;
+  for (const c of candidates) {
+    const d = editDistance(word, c);
+    if (d < bestDistance) {
+      best = c;
+      bestDistance = d;
+    }
+  }
+  if (best !== null && bestDistance <= limit) return best;
+  const prefixed = word.length >= 3 ? candidates.filter((c) => c.startsWith(word)) : [];
+  return prefixed.length === 1 ? prefixed[0]! : null;
+}
+
+function isGiven(value: unknown): boolean {
+  return Array.isArray(value) ? value.length > 0 : value !== undefined;
+}
+
+function isRequired(required: Requirement | undefined, values: OptionValues): boolean {
+  if (required === true) return true;
+  if (required && typeof required === 'object') return !isGiven(values[required.unless]);
+  return false;
+}
+
+function flagText(cmd: Command, name: string): string {
+  const o = cmd.options[name];
+  return o?.type === 'string' ? `--${name} ${o.value ?? 'VALUE'}` : `--${name}`;
+}
+
+/** "a", "a and b", "a, b and c". */
+export function listText(items: string[]): string {
+  return items.length <= 1 ? (items[0] ?? '') : `${items.slice(0, -1).join(', ')} and ${items.at(-1)}`;
+}
+
+/** Parses argv for `cmd`; returns null when --help was printed. Every usage error is one line. */
+export function parseCommand(cmd: Command, argv: string[]): { values: OptionValues; positionals: string[] } | null {
   const options: ParseArgsConfig['options'] = { help: { type: 'boolean', short: 'h' } };
   for (const [name, o] of Object.entries(cmd.options)) {
     options[name] = { type: o.type, ...(o.short ? { short: o.short } : {}), ...(o.multiple ? { multiple: true } : {}) };
   }
+  const seeHelp = `run 'transcoders ${cmd.name} --help' for the options`;
+  // A lenient pass first: it finds --help anywhere and every unknown flag (strict parsing stops at the first).
+  const { tokens } = parseArgs({ args: argv, options, allowPositionals: true, strict: false, tokens: true });
+  if (tokens.some((t) => t.kind === 'option' && t.name === 'help')) {
+    console.log(helpText(cmd));
+    return null;
+  }
+  const known = Object.keys(options);
+  const unknown = [...new Set(tokens.flatMap((t) => (t.kind === 'option' && !(t.name in options) ? [t.rawName] : [])))].map((raw) => {
+    const guess = raw.startsWith('--') ? didYouMean(raw.slice(2), known) : null;
+    return guess ? `${raw} (did you mean --${guess}?)` : raw;
+  });
+  if (unknown.length > 0) throw new InvalidArgumentError(`unknown option${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}; ${seeHelp}`);
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
   } catch (err) {
-    throw new InvalidArgumentError(`${(err as Error).message.replace(/^TypeError \[\w+\]: /, '')}\nRun 'transcoders ${cmd.name} --help' for the options.`);
+    throw new InvalidArgumentError(`${(err as Error).message.replace(/^TypeError \[\w+\]: /, '').replace(/\s*\n\s*/g, ' ')}; ${seeHelp}`);
   }
-  if (parsed.values.help) {
-    console.log(helpText(cmd));
-    return null;
+  const values = parsed.values as OptionValues;
+  const positionals = parsed.positionals;
+
+  const missing: string[] = [];
+  (cmd.arguments ?? []).forEach((a, i) => {
+    if (positionals[i] === undefined && isRequired(a.required, values)) missing.push(`<${a.name}>`);
+  });
+  for (const [name, o] of Object.entries(cmd.options)) {
+    if (!isGiven(values[name]) && isRequired(o.required, values)) missing.push(flagText(cmd, name));
   }
-  return { values: parsed.values as Record<string, string | boolean | string[] | undefined>, positionals: parsed.positionals };
+  for (const group of cmd.oneOf ?? []) {
+    const given = group.filter((name) => isGiven(values[name]));
+    if (given.length === 0) missing.push(`one of ${group.map((name) => flagText(cmd, name)).join(' or ')}`);
+    if (given.length > 1) throw new InvalidArgumentError(`give only one of ${given.map((name) => `--${name}`).join(', ')}`);
+  }
+  if (missing.length > 0) throw new InvalidArgumentError(`missing ${listText(missing)}; ${seeHelp}`);
+  if (cmd.arguments && positionals.length > cmd.arguments.length) {
+    throw new InvalidArgumentError(`unexpected argument '${positionals[cmd.arguments.length]}' (usage: transcoders ${cmd.usage})`);
+  }
+  return { values, positionals };
 }
 
 /** Parses an integer option, naming the flag in the error. */
@@ -71,7 +192,10 @@ export function numberOption(value: unknown, flag: string): number | undefined {
 /** Checks that a string option is one of `choices`. */
 export function choiceOption<T extends string>(value: unknown, flag: string, choices: readonly T[]): T | undefined {
   if (value === undefined) return undefined;
-  if (!choices.includes(value as T)) throw new InvalidArgumentError(`--${flag} must be one of ${choices.join(', ')}, got '${value}'`);
+  if (!choices.includes(value as T)) {
+    const guess = didYouMean(String(value), choices);
+    throw new InvalidArgumentError(`--${flag} must be one of ${choices.join(', ')}, got '${value}'${guess ? ` (did you mean ${guess}?)` : ''}`);
+  }
   return value as T;
 }
 
@@ -89,5 +213,95 @@ export function applyThreads(values: Record<string, unknown>): void {
 
 /** A repeatable option whose values may also be comma-separated: `--data a.txt,b.txt --data c.txt`. */
 export function listOption(values: Record<string, unknown>, flag: string): string[] {
-  return ((values[flag] as string[] | undefined) ?? []).flatMap((v) => v.split(',')).filter(Boolean);
+  const raw = values[flag];
+  const list = raw === undefined ? [] : Array.isArray(raw) ? (raw as string[]) : [String(raw)];
+  return list.flatMap((v) => v.split(',')).filter(Boolean);
+}
+
+/** Throws when `flags` (option names without `--`) are given: they do not apply, and `why` says why. */
+export function rejectOptions(values: Record<string, unknown>, flags: string[], why: string): void {
+  const given = flags.filter((f) => isGiven(values[f]));
+  if (given.length > 0) throw new InvalidArgumentError(`${listText(given.map((f) => `--${f}`))} ${given.length > 1 ? 'do' : 'does'} not apply ${why}`);
+}
+
+/**
+ * What an output names:
+ * - `file`: a file in a folder that must already exist (the command creates no folders);
+ * - `file-mkdir`: a file whose missing folders the command creates;
+ * - `folder`: a folder the command creates (with its parents) or writes into.
+ */
+export type OutputKind = 'file' | 'file-mkdir' | 'folder';
+
+/** stat, or null when nothing is there (also when a component of the path is a file). */
+function statOrNull(path: string): Stats | null {
+  try {
+    return statSync(path, { throwIfNoEntry: false }) ?? null;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOTDIR') return null;
+    throw err;
+  }
+}
+
+function checkWritable(folder: string, what: string): void {
+  try {
+    accessSync(folder, constants.W_OK);
+  } catch {
+    throw new InvalidArgumentError(`${what}: cannot write in ${folder} (permission denied)`);
+  }
+}
+
+/**
+ * Checks, before any work, that the command will be able to write `path`: a file target is not a
+ * folder and its folder exists (or can be created, for `file-mkdir`); a folder target is not a file
+ * and can be created. `name` is the flag or argument, e.g. `--html` or `<out-dir>`.
+ */
+export function checkOutputPath(path: string, name: string, kind: OutputKind): void {
+  const target = resolve(path);
+  const what = `${name} ${path}`;
+  const existing = statOrNull(target);
+  if (existing) {
+    if (kind === 'folder' && !existing.isDirectory()) throw new InvalidArgumentError(`${what}: is a file, not a folder`);
+    if (kind !== 'folder' && existing.isDirectory()) throw new InvalidArgumentError(`${what}: is a folder; give a file name`);
+    checkWritable(kind === 'folder' ? target : dirname(target), what);
+    return;
+  }
+  const parent = dirname(target);
+  if (kind === 'file') {
+    const folder = statOrNull(parent);
+    if (!folder) throw new InvalidArgumentError(`${what}: the folder ${parent} does not exist`);
+    if (!folder.isDirectory()) throw new InvalidArgumentError(`${what}: ${parent} is a file, not a folder`);
+    checkWritable(parent, what);
+    return;
+  }
+  // The command creates the missing folders: the nearest existing one must be a writable folder.
+  let ancestor = parent;
+  let found = statOrNull(ancestor);
+  while (!found) {
+    ancestor = dirname(ancestor);
+    found = statOrNull(ancestor);
+  }
+  if (!found.isDirectory()) throw new InvalidArgumentError(`${what}: cannot create a folder under ${ancestor}, which is a file`);
+  checkWritable(ancestor, what);
+}
+
+/** {@link checkOutputPath} for each given option of `outputs` (option name -> kind). */
+export function checkOutputPaths(values: Record<string, unknown>, outputs: Record<string, OutputKind>): void {
+  for (const [flag, kind] of Object.entries(outputs)) {
+    const value = values[flag];
+    if (typeof value === 'string') checkOutputPath(value, `--${flag}`, kind);
+  }
+}
+
+/** Checks that every path given to the options `flags` (list options included) exists. */
+export function checkInputPaths(values: Record<string, unknown>, flags: string[]): void {
+  for (const flag of flags) {
+    for (const path of listOption(values, flag)) {
+      if (!existsSync(path)) throw new InvalidArgumentError(`--${flag} ${path}: no such file or folder`);
+    }
+  }
+}
+
+/** Checks that a positional path argument exists (`name` as in the usage, e.g. `model-dir`). */
+export function checkInputArgument(path: string | undefined, name: string): void {
+  if (path !== undefined && !existsSync(path)) throw new InvalidArgumentError(`<${name}> ${path}: no such file or folder`);
 }

@@ -1,7 +1,7 @@
 /** `transcoders connections`: input-invariant (weights-based) connections of one transcoder feature. */
 import { InvalidArgumentError } from '../errors.js';
-import { deEmbedding, featureConnections, logitEffects, transcodersByLayer, type Connection, type TokenScore } from '../circuits/connections.js';
-import { DEVICE_OPTION, applyThreads, intOption, THREADS_OPTION, listOption, type Command } from './command.js';
+import { deEmbedding, featureConnections, logitEffects, type Connection, type TokenScore } from '../circuits/connections.js';
+import { DEVICE_OPTION, applyThreads, checkInputArgument, checkInputPaths, intOption, THREADS_OPTION, type Command } from './command.js';
 import { loadModelWithTranscoders } from './transcoder-paths.js';
 
 function parsePair(value: unknown, flag: string, what: string): [number, number] {
@@ -39,9 +39,10 @@ export const connectionsCommand: Command = {
     "through every attention head's OV circuit. The de-embedding is W_E @ W_enc[:, F] (or through a head with\n" +
     '--deembed-head LA:H), the logit effects W_dec[F] @ W_U. The model is loaded with the processing the\n' +
     'transcoders record (default transformerlens).',
+  arguments: [{ name: 'model-dir', required: true }],
   options: {
-    transcoders: { type: 'string', value: 'PATH', description: 'the transcoders (a train output folder, or several paths)', multiple: true },
-    feature: { type: 'string', value: 'L:F', description: 'the feature: layer L, index F' },
+    transcoders: { type: 'string', value: 'PATH', description: 'the transcoders (a train output folder, or several paths)', multiple: true, required: true },
+    feature: { type: 'string', value: 'L:F', description: 'the feature: layer L, index F', required: true },
     k: { type: 'string', value: 'N', description: 'entries per list (default 10)' },
     'through-attention': { type: 'boolean', description: "also connections through every attention head's OV circuit" },
     'deembed-head': { type: 'string', value: 'LA:H', description: 'de-embedding through head H of attention layer LA (<= L)' },
@@ -52,22 +53,21 @@ export const connectionsCommand: Command = {
   },
   async run(values, positionals) {
     applyThreads(values);
-    if (!positionals[0]) throw new InvalidArgumentError('connections needs the model folder: transcoders connections <model-dir> --transcoders DIR --feature L:F');
-    if (listOption(values, 'transcoders').length === 0) throw new InvalidArgumentError('--transcoders PATH is required');
-    if (values.feature === undefined) throw new InvalidArgumentError('--feature L:F is required');
+    checkInputArgument(positionals[0], 'model-dir');
+    checkInputPaths(values, ['transcoders']);
     const [layer, feature] = parsePair(values.feature, 'feature', 'L:F (layer and feature index)');
     const head = values['deembed-head'] === undefined ? undefined : parsePair(values['deembed-head'], 'deembed-head', 'LA:H (attention layer and head)');
     const k = intOption(values.k, 'k', 1) ?? 10;
     const throughAttention = values['through-attention'] === true;
 
-    const { model, transcoders, paths } = await loadModelWithTranscoders(values, positionals[0]);
-    const byLayer = transcodersByLayer(transcoders);
+    const { replacement, model, paths } = await loadModelWithTranscoders(values, positionals[0]!);
+    const byLayer = replacement.transcoders;
     const tc = byLayer.get(layer);
     if (!tc) throw new InvalidArgumentError(`no transcoder for layer ${layer} among ${paths.join(', ')} (layers: ${[...byLayer.keys()].join(', ') || 'none'})`);
 
-    const conn = await featureConnections(model, byLayer, layer, feature, { k, throughAttention });
-    const deEmbed = await deEmbedding(model, tc, feature, { k, ...(head ? { head: { layer: head[0], head: head[1] } } : {}) });
-    const logits = await logitEffects(model, tc, feature, { k });
+    const conn = await featureConnections(replacement, layer, feature, { k, throughAttention });
+    const deEmbed = await deEmbedding(replacement, layer, feature, { k, ...(head ? { head: { layer: head[0], head: head[1] } } : {}) });
+    const logits = await logitEffects(replacement, layer, feature, { k });
 
     if (values.json) {
       console.log(JSON.stringify({

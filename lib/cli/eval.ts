@@ -1,11 +1,8 @@
 /** `transcoders eval`: reconstruction, sparsity and spliced next-token loss of transcoders on a model. */
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { InvalidArgumentError } from '../errors.js';
+import { PROCESSINGS } from '../models/model.js';
 import { evaluate } from '../transcoders/evaluate.js';
-import { DEVICE_OPTION, applyThreads, THREADS_OPTION, intOption, listOption, type Command } from './command.js';
-import { tokenFileFor, tokenRows } from './data.js';
+import { DEVICE_OPTION, applyThreads, THREADS_OPTION, checkInputArgument, checkInputPaths, choiceOption, intOption, listOption, type Command } from './command.js';
+import { CONTEXT_SIZE_OPTION, tokenRowsFor } from './data.js';
 import { ProgressBar } from './progress.js';
 import { loadModelWithTranscoders } from './transcoder-paths.js';
 
@@ -15,11 +12,12 @@ export const evalCommand: Command = {
   usage: 'eval <model-dir> --transcoders PATH... --data PATH [--sequences N] [--json]',
   details: 'PATH may be a transcoder in any supported format or a `train` output folder (its layer_L subfolders).\n' +
     'The model is loaded with the processing the transcoders record (default transformerlens).',
+  arguments: [{ name: 'model-dir', required: true }],
   options: {
-    transcoders: { type: 'string', value: 'PATH', description: 'transcoders to evaluate (repeat or comma-separate)', multiple: true },
-    data: { type: 'string', value: 'PATH', description: 'text (.txt/.jsonl) or a token file', multiple: true },
+    transcoders: { type: 'string', value: 'PATH', description: 'transcoders to evaluate (repeat or comma-separate)', multiple: true, required: true },
+    data: { type: 'string', value: 'PATH', description: 'text (.txt/.jsonl) or a token file', multiple: true, required: true },
     sequences: { type: 'string', value: 'N', description: 'sequences to evaluate on (default 64)' },
-    'context-size': { type: 'string', value: 'N', description: 'tokens per sequence when tokenising text (default 128)' },
+    'context-size': CONTEXT_SIZE_OPTION,
     'batch-size': { type: 'string', value: 'N', description: 'sequences per forward pass (default 8)' },
     processing: { type: 'string', value: 'P', description: 'override the model processing' },
     json: { type: 'boolean', description: 'print JSON' },
@@ -28,19 +26,19 @@ export const evalCommand: Command = {
   },
   async run(values, positionals) {
     applyThreads(values);
-    if (!positionals[0]) throw new InvalidArgumentError('eval needs the model folder: transcoders eval <model-dir> --transcoders PATH --data PATH');
     const data = listOption(values, 'data');
-    if (listOption(values, 'transcoders').length === 0) throw new InvalidArgumentError('--transcoders PATH is required');
-    if (data.length === 0) throw new InvalidArgumentError('--data PATH is required');
-    const { model, transcoders } = await loadModelWithTranscoders(values, positionals[0]);
     const sequences = intOption(values.sequences, 'sequences', 1) ?? 64;
-    const tokenFile = await tokenFileFor(model, data, intOption(values['context-size'], 'context-size', 2) ?? 128, mkdtempSync(join(tmpdir(), 'transcoders-eval-')), sequences);
-    const rows = await tokenRows(tokenFile, sequences);
+    const batchSize = intOption(values['batch-size'], 'batch-size', 1) ?? 8;
+    choiceOption(values.processing, 'processing', PROCESSINGS); // checked before the transcoders load
+    checkInputArgument(positionals[0], 'model-dir');
+    checkInputPaths(values, ['transcoders', 'data']);
+    const { replacement, model } = await loadModelWithTranscoders(values, positionals[0]!);
+    const rows = await tokenRowsFor(model, data, values['context-size'], sequences);
     const bar = values.json ? null : new ProgressBar('evaluating', rows.length, ' sequences');
-    const result = await evaluate(model, transcoders, rows, {
-      batchSize: intOption(values['batch-size'], 'batch-size', 1) ?? 8,
+    const result = await evaluate(replacement, rows, {
+      batchSize,
       onProgress: (done) => bar?.update(done),
-    });
+    }).finally(() => bar?.close());
     if (values.json) {
       console.log(JSON.stringify(result, null, 2));
       return;

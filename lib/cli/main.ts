@@ -1,7 +1,7 @@
 /** The `transcoders` command line: dispatches to one module per command. */
 import { readFileSync } from 'node:fs';
-import { TranscodersError } from '../errors.js';
-import { parseCommand, type Command } from './command.js';
+import { InvalidArgumentError, TranscodersError } from '../errors.js';
+import { didYouMean, parseCommand, type Command } from './command.js';
 import { infoCommand } from './info.js';
 import { makeModelCommand } from './make-model.js';
 import { runCommand } from './run.js';
@@ -35,11 +35,43 @@ function usage(): string {
   ].join('\n');
 }
 
+/** Environment variable: set to 1 to print the stack trace of a failed command after its one-line error (for bug reports). */
+export const DEBUG_ENV = 'TRANSCODERS_DEBUG';
+
+/** A message on one line: its lines joined, with "; " where a line ends without punctuation. */
+function oneLine(message: string): string {
+  return message
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .reduce((text, line) => (text === '' ? line : `${text}${/[.:;,]$/.test(text) ? ' ' : '; '}${line}`), '');
+}
+
+/**
+ * The one line (and exit code) an error of a command becomes: library errors say what is wrong
+ * (2 for bad arguments, 1 for other failures); anything else is unexpected and gets a hint. main
+ * prints the stack trace too when TRANSCODERS_DEBUG=1.
+ */
+export function describeError(err: unknown, command: string): { line: string; code: number } {
+  const prefix = `transcoders ${command}:`;
+  if (err instanceof TranscodersError) return { line: `${prefix} ${oneLine(err.message)}`, code: err instanceof InvalidArgumentError ? 2 : 1 };
+  const error = err instanceof Error ? err : new Error(String(err));
+  const system = typeof (error as NodeJS.ErrnoException).code === 'string' && typeof (error as NodeJS.ErrnoException).syscall === 'string';
+  // System errors (EACCES, ENOSPC, ...) name their path and cause: the message alone is the answer.
+  const hint = system ? `(${DEBUG_ENV}=1 shows the stack trace)` : `(unexpected error, please report it; ${DEBUG_ENV}=1 shows the stack trace)`;
+  return { line: `${prefix} ${oneLine(error.message) || error.name} ${hint}`, code: 1 };
+}
+
+/** Runs the command line `argv` (without node and the script); resolves to the exit code, never rejects. */
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    if (name === undefined) {
+      console.error(usage());
+      return 2;
+    }
     console.log(usage());
-    return name === undefined ? 1 : 0;
+    return 0;
   }
   if (name === '--version' || name === '-v') {
     console.log(version());
@@ -47,7 +79,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   const cmd = COMMANDS.find((c) => c.name === name);
   if (!cmd) {
-    console.error(`transcoders: unknown command '${name}'\n\n${usage()}`);
+    const guess = didYouMean(name, COMMANDS.map((c) => c.name));
+    console.error(`transcoders: unknown command '${name}'${guess ? ` (did you mean '${guess}'?)` : ''}; run 'transcoders --help' for the commands`);
     return 2;
   }
   try {
@@ -55,10 +88,9 @@ export async function main(argv: string[]): Promise<number> {
     if (parsed) await cmd.run(parsed.values, parsed.positionals);
     return 0;
   } catch (err) {
-    if (err instanceof TranscodersError) {
-      console.error(`transcoders ${cmd.name}: ${err.message}`);
-      return err.name === 'InvalidArgumentError' ? 2 : 1;
-    }
-    throw err;
+    const { line, code } = describeError(err, cmd.name);
+    console.error(line);
+    if (process.env[DEBUG_ENV] === '1' && err instanceof Error && err.stack) console.error(err.stack);
+    return code;
   }
 }

@@ -2,13 +2,14 @@
 import { InvalidArgumentError } from '../errors.js';
 import { ARCHITECTURES } from '../models/config.js';
 import { createRandomModel, PRESETS, type RandomModelSpec } from '../models/random.js';
-import { choiceOption, intOption, numberOption, type Command } from './command.js';
+import { checkOutputPath, choiceOption, intOption, numberOption, rejectOptions, type Command } from './command.js';
 
 export const makeModelCommand: Command = {
   name: 'make-model',
   summary: 'Create a random-weight GPT-2 or GPT-NeoX model folder (config.json, safetensors, tokenizer.json) for tests and benchmarks.',
   usage: 'make-model <out-dir> [--preset NAME] [--arch gpt2|gpt_neox] [--layers N] [--d-model N] [--heads N] ...',
   details: `Presets: ${Object.keys(PRESETS).join(', ')}. Flags override the preset's fields. Weights come from a seeded PRNG: the same flags give the same files.`,
+  arguments: [{ name: 'out-dir', required: true }],
   options: {
     preset: { type: 'string', value: 'NAME', description: 'start from a named size (default tiny-gpt2)' },
     arch: { type: 'string', value: 'ARCH', description: 'gpt2 or gpt_neox' },
@@ -28,11 +29,8 @@ export const makeModelCommand: Command = {
     seed: { type: 'string', value: 'N', description: 'PRNG seed (default 0)' },
   },
   async run(values, positionals) {
-    const dir = positionals[0];
-    if (!dir) throw new InvalidArgumentError('make-model needs an output folder: transcoders make-model <out-dir>');
-    const presetName = (values.preset as string | undefined) ?? 'tiny-gpt2';
-    const preset = PRESETS[presetName];
-    if (!preset) throw new InvalidArgumentError(`unknown preset '${presetName}' (choose from ${Object.keys(PRESETS).join(', ')})`);
+    const dir = positionals[0]!;
+    const preset = PRESETS[choiceOption(values.preset, 'preset', Object.keys(PRESETS)) ?? 'tiny-gpt2']!;
     const parallel = values['parallel-residual'];
     if (parallel !== undefined && parallel !== 'true' && parallel !== 'false') throw new InvalidArgumentError(`--parallel-residual must be true or false, got '${parallel}'`);
     const spec: RandomModelSpec = {
@@ -53,6 +51,9 @@ export const makeModelCommand: Command = {
       ...(values.std !== undefined && { std: numberOption(values.std, 'std')! }),
       ...(values.seed !== undefined && { seed: intOption(values.seed, 'seed', 0)! }),
     };
+    if (spec.arch !== 'gpt_neox') rejectOptions(values, ['parallel-residual', 'rotary-pct'], `to ${spec.arch} models (they are GPT-NeoX options)`);
+    if (spec.arch !== 'gpt2') rejectOptions(values, ['prefixed'], `to ${spec.arch} models (it is a GPT-2 option)`);
+    checkOutputPath(dir, '<out-dir>', 'folder');
     createRandomModel(dir, spec);
     console.log(`wrote ${dir} (${spec.arch}, ${spec.nLayers} layers, d_model ${spec.dModel}, vocab ${spec.vocabSize})`);
   },

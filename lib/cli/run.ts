@@ -4,7 +4,7 @@ import { mkdirSync } from 'node:fs';
 import { InvalidArgumentError } from '../errors.js';
 import { writeSafetensors, type RawTensor } from '../io/safetensors.js';
 import { loadModel, MODEL_DTYPES, PROCESSINGS, type Model } from '../models/model.js';
-import { DEVICE_OPTION, applyThreads, THREADS_OPTION, choiceOption, intOption, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, THREADS_OPTION, checkInputArgument, checkOutputPaths, choiceOption, intOption, type Command } from './command.js';
 import { SHIPPED_MODEL_DIR as DEFAULT_MODEL_DIR } from '../models/shipped.js';
 
 export interface Prediction {
@@ -46,6 +46,8 @@ export const runCommand: Command = {
     `model-dir defaults to the shipped model (${DEFAULT_MODEL_DIR}).\n` +
     'Hook names follow TransformerLens (blocks.0.hook_resid_post, blocks.3.ln2.hook_normalized, ...); "*" matches anything,\n' +
     "e.g. --hooks 'blocks.*.hook_mlp_out'. With --out, the file holds 'logits' [T, V] float32 and each hook without its batch dimension.",
+  arguments: [{ name: 'model-dir' }],
+  oneOf: [['prompt', 'tokens']],
   options: {
     prompt: { type: 'string', short: 'p', value: 'TEXT', description: 'text to run (tokenised with the model\'s tokenizer.json)' },
     tokens: { type: 'string', value: 'IDS', description: 'comma-separated token ids instead of a prompt' },
@@ -53,7 +55,7 @@ export const runCommand: Command = {
     'no-prepend-bos': { type: 'boolean', description: 'do not prepend the BOS token' },
     processing: { type: 'string', value: 'none|transformerlens', description: 'weight processing (default none)' },
     hooks: { type: 'string', value: 'NAMES', description: 'comma-separated hook names or patterns to save with --out' },
-    out: { type: 'string', short: 'o', value: 'FILE', description: 'write logits and hooks to a .safetensors file' },
+    out: { type: 'string', short: 'o', value: 'FILE', description: 'write logits and hooks to a .safetensors file (its folder is created)' },
     top: { type: 'string', short: 'k', value: 'N', description: 'number of predictions to show (default 10)' },
     json: { type: 'boolean', description: 'print JSON' },
     device: DEVICE_OPTION,
@@ -62,21 +64,23 @@ export const runCommand: Command = {
   },
   async run(values, positionals) {
     const dir = positionals[0] ?? DEFAULT_MODEL_DIR;
-    if (positionals.length > 1) throw new InvalidArgumentError(`unexpected argument '${positionals[1]}'`);
-    if ((values.prompt === undefined) === (values.tokens === undefined)) throw new InvalidArgumentError('give exactly one of --prompt TEXT or --tokens IDS');
     if (values['prepend-bos'] && values['no-prepend-bos']) throw new InvalidArgumentError('--prepend-bos and --no-prepend-bos contradict each other');
+    if (typeof values.tokens === 'string' && (values['prepend-bos'] || values['no-prepend-bos'])) {
+      throw new InvalidArgumentError(`--${values['prepend-bos'] ? 'prepend-bos' : 'no-prepend-bos'} does not apply to --tokens (the ids are run as given)`);
+    }
     applyThreads(values);
     const top = intOption(values.top, 'top', 1) ?? 10;
     const hookPatterns = typeof values.hooks === 'string' ? values.hooks.split(',').filter((s) => s.trim()) : [];
     if (hookPatterns.length > 0 && !values.out) throw new InvalidArgumentError('--hooks needs --out FILE to write the activations to');
+    const processing = choiceOption(values.processing, 'processing', PROCESSINGS) ?? 'none';
+    const dtype = choiceOption(values.dtype, 'dtype', MODEL_DTYPES) ?? 'float32';
+    const tokenIds = typeof values.tokens === 'string' ? parseTokenList(values.tokens) : null;
+    checkInputArgument(positionals[0], 'model-dir');
+    checkOutputPaths(values, { out: 'file-mkdir' });
 
-    const model = await loadModel(dir, {
-      processing: choiceOption(values.processing, 'processing', PROCESSINGS) ?? 'none',
-      dtype: choiceOption(values.dtype, 'dtype', MODEL_DTYPES) ?? 'float32',
-      device: typeof values.device === 'string' ? values.device : 'cpu',
-    });
+    const model = await loadModel(dir, { processing, dtype, device: typeof values.device === 'string' ? values.device : 'cpu' });
     const prependBos = values['prepend-bos'] ? true : values['no-prepend-bos'] ? false : undefined;
-    const tokens = typeof values.tokens === 'string' ? parseTokenList(values.tokens) : model.tokenize(values.prompt as string, { prependBos });
+    const tokens = tokenIds ?? model.tokenize(values.prompt as string, { prependBos });
     const out = await model.run([tokens], { cache: hookPatterns });
     const logits = out.logits!.toFloat32Array();
     const V = model.config.vocabSize;

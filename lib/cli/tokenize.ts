@@ -6,37 +6,50 @@ import { tokenizeToFile } from '../data/tokenize.js';
 import { InvalidArgumentError } from '../errors.js';
 import { readModelConfig } from '../models/config.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
-import { choiceOption, intOption, listOption, type Command } from './command.js';
+import { checkInputArgument, checkInputPaths, checkOutputPaths, choiceOption, intOption, listOption, type Command } from './command.js';
+import { CONTEXT_SIZE_OPTION, contextSizeFor } from './data.js';
+import { StatusLine } from './progress.js';
 
 export const tokenizeCommand: Command = {
   name: 'tokenize',
   summary: 'Tokenise .txt/.jsonl text into a token file of fixed-length rows (the paper\'s packing and BOS rules).',
   usage: 'tokenize <model-dir> --data PATH --out FILE.safetensors [--context-size N] [--bos paper|none] [--max-rows N]',
+  details: 'The file is written atomically: a failed run leaves no file (and an earlier file at FILE unchanged).',
+  arguments: [{ name: 'model-dir', required: true }],
   options: {
-    data: { type: 'string', value: 'PATH', description: '.txt / .jsonl files or folders', multiple: true },
-    out: { type: 'string', short: 'o', value: 'FILE', description: 'token file to write' },
-    'context-size': { type: 'string', value: 'N', description: 'tokens per row (default 128)' },
+    data: { type: 'string', value: 'PATH', description: '.txt / .jsonl files or folders', multiple: true, required: true },
+    out: { type: 'string', short: 'o', value: 'FILE', description: 'token file to write (in an existing folder)', required: true },
+    'context-size': { ...CONTEXT_SIZE_OPTION, description: 'tokens per row (default 128, or the model\'s context if shorter)' },
     bos: { type: 'string', value: 'MODE', description: 'paper (BOS per document, default for GPT-2) or none (default for Pythia)' },
     'max-rows': { type: 'string', value: 'N', description: 'stop after N rows' },
   },
   async run(values, positionals) {
-    const dir = positionals[0];
-    if (!dir) throw new InvalidArgumentError('tokenize needs the model folder (for its tokenizer.json)');
-    if (!values.out) throw new InvalidArgumentError('--out FILE is required');
+    const dir = positionals[0]!;
     const data = listOption(values, 'data');
-    if (data.length === 0) throw new InvalidArgumentError('--data PATH is required');
+    const maxRows = intOption(values['max-rows'], 'max-rows', 1);
+    const bos = choiceOption(values.bos, 'bos', BOS_MODES);
+    checkInputArgument(dir, 'model-dir');
+    checkInputPaths(values, ['data']);
+    checkOutputPaths(values, { out: 'file' });
     if (!existsSync(join(dir, 'tokenizer.json'))) throw new InvalidArgumentError(`${dir} has no tokenizer.json`);
     const config = readModelConfig(dir);
+    const contextSize = contextSizeFor(values['context-size'], config.nCtx);
     const tokenizer = Tokenizer.fromFile(join(dir, 'tokenizer.json'), { bosTokenId: config.bosTokenId });
-    const maxRows = intOption(values['max-rows'], 'max-rows', 1);
-    const result = await tokenizeToFile(data, tokenizer, resolve(values.out as string), {
-      contextSize: intOption(values['context-size'], 'context-size', 2) ?? 128,
-      bos: choiceOption(values.bos, 'bos', BOS_MODES) ?? (config.defaultPrependBos ? 'paper' : 'none'),
-      tokenizerName: dir,
-      ...(maxRows !== undefined && { maxRows }),
-      onProgress: ({ documents, rows }) => process.stderr.write(`\rtokenizing: ${documents} documents, ${rows} rows`),
-    });
-    process.stderr.write('\n');
-    console.log(`wrote ${result.rows} rows from ${result.documents} documents to ${resolve(values.out as string)}`);
+    const out = resolve(values.out as string);
+    const status = new StatusLine();
+    let result;
+    try {
+      result = await tokenizeToFile(data, tokenizer, out, {
+        contextSize,
+        bos: bos ?? (config.defaultPrependBos ? 'paper' : 'none'),
+        tokenizerName: dir,
+        minRows: 1,
+        ...(maxRows !== undefined && { maxRows }),
+        onProgress: ({ documents, rows }) => status.show(`tokenizing: ${documents} documents, ${rows} rows`),
+      });
+    } finally {
+      status.close();
+    }
+    console.log(`wrote ${result.rows} rows from ${result.documents} documents (${contextSize} tokens each) to ${out}`);
   },
 };

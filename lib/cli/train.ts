@@ -1,20 +1,113 @@
-/** `transcoders train`: trains transcoders for one or more layers (see lib/transcoders/train.ts). */
-import { existsSync, mkdirSync } from 'node:fs';
+/** `transcoders train`: trains transcoders for one or more layers (see lib/transcoders/training-run.ts). */
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { loadModel, PROCESSINGS, type Model } from '../models/model.js';
 import { readCacheMeta } from '../transcoders/activation-cache.js';
-import { TRANSCODER_ARCHS } from '../transcoders/config.js';
+import { findResumePoint } from '../transcoders/checkpoints.js';
+import { TRANSCODER_ARCHS, type TranscoderArch, type TranscoderConfig } from '../transcoders/config.js';
 import { loadTranscoder } from '../transcoders/formats/index.js';
+import { CONFIG_FILE } from '../transcoders/formats/native.js';
 import { trainTranscoders, type TrainRunOptions } from '../transcoders/training-run.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
-import { DEVICE_OPTION, applyThreads, THREADS_OPTION, choiceOption, intOption, numberOption, listOption, type Command } from './command.js';
-import { parseLayers, tokenFileFor } from './data.js';
+import {
+  DEVICE_OPTION, applyThreads, THREADS_OPTION, checkInputArgument, checkInputPaths, checkOutputPaths, choiceOption, intOption, listOption,
+  numberOption, rejectOptions, type Command, type OptionValues,
+} from './command.js';
+import { CONTEXT_SIZE_OPTION, parseLayers, withTokenFile } from './data.js';
 import { ProgressBar } from './progress.js';
 
 const SCHEDULES = ['constant', 'constantwithwarmup', 'linearwarmupdecay', 'cosineannealingwarmup'] as const;
+const RECIPES = ['paper', 'standard'] as const;
+const BIAS_INITS = ['mean', 'geometric_median', 'zeros'] as const;
+const DEFAULT_BATCH_SIZE = 4096;
 
-async function initialWeights(path: string, layers: number[]): Promise<Record<number, Transcoder>> {
+/**
+ * Options that only mean something for some architectures (the rest apply to all three): given with
+ * another architecture they would be silently ignored, so they are an error.
+ */
+export const ARCH_SPECIFIC_OPTIONS: Readonly<Record<string, readonly TranscoderArch[]>> = {
+  k: ['topk'],
+  'auxk-alpha': ['topk'],
+  l1: ['relu'],
+  'ghost-grads': ['relu'],
+  l0: ['jumprelu'],
+  bandwidth: ['jumprelu'],
+  // The sparsity coefficient it ramps is L1 (relu) or L0 (jumprelu); topk has none.
+  'l1-warmup-steps': ['relu', 'jumprelu'],
+};
+
+/** What the train options resolve to before any work: every inconsistency is reported here. */
+export interface TrainPlan {
+  arch: TranscoderArch;
+  dSae: number;
+  k?: number;
+  batchSize: number;
+  recipe: (typeof RECIPES)[number];
+}
+
+/**
+ * Checks the train options against each other (no files touched): options of another architecture,
+ * topk without --k, the paper recipe on topk/jumprelu, a warm-up with a constant schedule, a run
+ * shorter than one batch, a shuffle buffer under two batches, model-only options with --activations,
+ * and --init / --resume / --bias-init together.
+ */
+export function planTraining(values: OptionValues): TrainPlan {
+  const arch = choiceOption(values.arch, 'arch', TRANSCODER_ARCHS) ?? 'relu';
+  const archText = values.arch === undefined ? `${arch} (the default --arch)` : arch;
+  const misplaced = Object.entries(ARCH_SPECIFIC_OPTIONS).filter(([flag, archs]) => values[flag] !== undefined && !archs.includes(arch));
+  if (misplaced.length > 0) {
+    const parts = misplaced.map(([flag, archs]) => `--${flag} is for --arch ${archs.join(' or ')}`);
+    throw new InvalidArgumentError(`${parts.join('; ')}; the architecture is ${archText}`);
+  }
+  const dSae = intOption(values['d-sae'], 'd-sae', 1);
+  if (dSae === undefined) throw new InvalidArgumentError('--d-sae N is required');
+  const k = intOption(values.k, 'k', 1);
+  if (arch === 'topk' && k === undefined) throw new InvalidArgumentError('--arch topk needs --k K (active features per token)');
+  if (k !== undefined && k > dSae) throw new InvalidArgumentError(`--k ${k} exceeds --d-sae ${dSae}`);
+  if (values.bandwidth !== undefined && !(numberOption(values.bandwidth, 'bandwidth')! > 0)) throw new InvalidArgumentError(`--bandwidth must be positive, got '${values.bandwidth}'`);
+  const ghost = values['ghost-grads'];
+  if (ghost !== undefined && ghost !== 'on' && ghost !== 'off') throw new InvalidArgumentError(`--ghost-grads must be on or off, got '${ghost}'`);
+
+  const recipe = choiceOption(values.recipe, 'recipe', RECIPES) ?? (arch === 'relu' ? 'paper' : 'standard');
+  if (recipe === 'paper' && arch !== 'relu') throw new InvalidArgumentError(`--recipe paper trains relu transcoders; use --recipe standard for ${arch}`);
+  const schedule = choiceOption(values['lr-schedule'], 'lr-schedule', SCHEDULES) ?? (recipe === 'paper' ? 'constantwithwarmup' : 'constant');
+  if (values['warmup-steps'] !== undefined && schedule === 'constant') {
+    const why = values['lr-schedule'] === undefined ? ` (the default of the ${recipe} recipe)` : '';
+    throw new InvalidArgumentError(`--warmup-steps does not apply to the constant learning-rate schedule${why}; give --lr-schedule constantwithwarmup, linearwarmupdecay or cosineannealingwarmup`);
+  }
+
+  const batchSize = intOption(values['batch-size'], 'batch-size', 1) ?? DEFAULT_BATCH_SIZE;
+  const tokens = intOption(values.tokens, 'tokens', 1);
+  intOption(values.steps, 'steps', 1);
+  if (tokens !== undefined && tokens < batchSize) {
+    throw new InvalidArgumentError(`the run is shorter than one batch: --tokens ${tokens} is less than the batch size of ${batchSize} tokens${values['batch-size'] === undefined ? ' (the default --batch-size)' : ''}; give more tokens or a smaller --batch-size`);
+  }
+  const bufferRows = intOption(values['buffer-rows'], 'buffer-rows', 2);
+  if (bufferRows !== undefined && values['no-shuffle'] !== true && bufferRows < 2 * batchSize) {
+    throw new InvalidArgumentError(`--buffer-rows ${bufferRows} must hold at least two batches (${2 * batchSize} rows at --batch-size ${batchSize})`);
+  }
+
+  if (values.activations !== undefined) {
+    rejectOptions(values, ['processing', 'context-size'], 'to training from --activations (they are for the model and its text)');
+    rejectOptions(values, ['resample-every'], 'to training from --activations: resampling runs the model (give <model-dir> --data)');
+  }
+  if (values.resume === true) rejectOptions(values, ['init', 'bias-init'], 'with --resume: the run continues from the weights of its checkpoint');
+  if (values.init !== undefined) rejectOptions(values, ['bias-init'], 'with --init: the biases come from the given weights');
+  return { arch, dSae, ...(k !== undefined && { k }), batchSize, recipe };
+}
+
+/** Throws unless `config` (from `source`) is the transcoder the options describe. */
+function checkSameTranscoder(config: Pick<TranscoderConfig, 'arch' | 'dSae' | 'skip' | 'k'>, plan: TrainPlan, skip: boolean, source: string): void {
+  const differences: string[] = [];
+  if (config.arch !== plan.arch) differences.push(`it is ${config.arch}, not --arch ${plan.arch}`);
+  if (config.dSae !== plan.dSae) differences.push(`it has ${config.dSae} features, not --d-sae ${plan.dSae}`);
+  if (config.skip !== skip) differences.push(config.skip ? 'it has a skip connection (add --skip)' : 'it has no skip connection (drop --skip)');
+  if (plan.arch === 'topk' && config.arch === 'topk' && config.k !== plan.k) differences.push(`its k is ${config.k}, not --k ${plan.k}`);
+  if (differences.length > 0) throw new InvalidArgumentError(`${source}: ${differences.join('; ')}`);
+}
+
+async function initialWeights(path: string, layers: number[], plan: TrainPlan, skip: boolean): Promise<Record<number, Transcoder>> {
   const out: Record<number, Transcoder> = {};
   for (const layer of layers) {
     // A folder of per-layer transcoders (a train output), or one transcoder for a single layer.
@@ -22,132 +115,178 @@ async function initialWeights(path: string, layers: number[]): Promise<Record<nu
     if (existsSync(perLayer)) out[layer] = await loadTranscoder(perLayer, { layer });
     else if (layers.length === 1) out[layer] = await loadTranscoder(path, { layer });
     else throw new InvalidArgumentError(`--init ${path}: no layer_${layer} inside (give a folder of layer_L transcoders when training several layers)`);
+    checkSameTranscoder(out[layer]!.config, plan, skip, `--init ${existsSync(perLayer) ? perLayer : path}`);
   }
   return out;
+}
+
+/** With --resume: the checkpoint must exist and train these layers with this architecture. */
+function checkResumable(out: string, layers: number[], plan: TrainPlan, skip: boolean): void {
+  const checkpoints = join(out, 'checkpoints');
+  // The checkpoint the run will continue from: the newest complete one (the run warns about broken newer ones).
+  const { latest } = findResumePoint(checkpoints);
+  if (!latest) throw new InvalidArgumentError(`--resume: no complete checkpoint in ${checkpoints}`);
+  if (latest.state.layers.join(',') !== layers.join(',')) {
+    throw new InvalidArgumentError(`--resume: the checkpoint ${latest.dir} trains layers ${latest.state.layers.join(',')}, not --layers ${layers.join(',')}`);
+  }
+  for (const layer of layers) {
+    const file = join(latest.dir, `layer_${layer}`, CONFIG_FILE);
+    let config: TranscoderConfig;
+    try {
+      config = JSON.parse(readFileSync(file, 'utf8')) as TranscoderConfig;
+    } catch {
+      continue; // an unreadable checkpoint is reported by the training run, with the file named
+    }
+    checkSameTranscoder(config, plan, skip, `--resume: ${file}`);
+  }
+}
+
+/** Per-layer metrics of a progress report, compact enough for a terminal line with several layers. */
+function progressDetail(metrics: { fvu: number; l0: number }[]): string {
+  return `fvu ${metrics.map((m) => m.fvu.toFixed(3)).join(',')} l0 ${metrics.map((m) => m.l0.toFixed(1)).join(',')}`;
 }
 
 export const trainCommand: Command = {
   name: 'train',
   summary: 'Train transcoders on a model\'s MLPs (several layers from one forward pass), with checkpoints and resume.',
-  usage: 'train (<model-dir> --data PATH | --activations DIR) --layers L,.. --arch relu|topk|jumprelu --d-sae N --out DIR [options]',
+  usage: 'train (<model-dir> --data PATH | --activations DIR) --layers L,.. --d-sae N (--tokens N | --steps N) --out DIR [options]',
   details:
     '--data takes .txt / .jsonl files or folders (tokenised and packed like the paper, into OUT/tokens.safetensors) or a\n' +
     'token file from `transcoders tokenize`. --activations takes one layer of a `transcoders cache` folder (DIR/layer_L).\n' +
     'The run writes OUT/layer_L (native format), OUT/train.jsonl (metrics) and OUT/checkpoints/ (resume with --resume).\n' +
     'relu defaults to the paper recipe (normalised MSE, L1, ghost grads, scheduler stepped before the optimizer); topk and\n' +
-    'jumprelu to the standard recipe (FVU, AuxK / L0). See docs/transcoders.md.',
+    'jumprelu to the standard recipe (FVU, AuxK / L0). Options marked "relu:", "topk:" or "jumprelu:" are an error with\n' +
+    'another --arch. See docs/transcoders.md.',
+  arguments: [{ name: 'model-dir', required: { unless: 'activations' } }],
+  oneOf: [['data', 'activations'], ['tokens', 'steps']],
   options: {
     data: { type: 'string', value: 'PATH', description: 'text (.txt/.jsonl, files or folders, comma-separated) or a token file', multiple: true },
     activations: { type: 'string', value: 'DIR', description: 'train from an activation cache folder instead of the model' },
-    layers: { type: 'string', value: 'L,..', description: 'layers to train, e.g. 0,1,2 or 0-11' },
+    layers: { type: 'string', value: 'L,..', description: 'layers to train, e.g. 0,1,2 or 0-11; with --activations, the cache\'s layer', required: { unless: 'activations' } },
     arch: { type: 'string', value: 'ARCH', description: 'relu (default), topk or jumprelu' },
     skip: { type: 'boolean', description: 'add a skip connection (skip transcoder)' },
-    'd-sae': { type: 'string', value: 'N', description: 'number of features' },
-    k: { type: 'string', value: 'K', description: 'topk: active features per token' },
+    'd-sae': { type: 'string', value: 'N', description: 'number of features', required: true },
+    k: { type: 'string', value: 'K', description: 'topk: active features per token (required with --arch topk)' },
     l1: { type: 'string', value: 'C', description: 'relu: L1 coefficient (default 1.4e-4)' },
     l0: { type: 'string', value: 'C', description: 'jumprelu: L0 coefficient (default 1e-3)' },
+    bandwidth: { type: 'string', value: 'B', description: 'jumprelu: width of the threshold\'s straight-through kernel (default 1e-3)' },
     'auxk-alpha': { type: 'string', value: 'A', description: 'topk: AuxK weight (default 1/32)' },
-    recipe: { type: 'string', value: 'paper|standard', description: 'training recipe (default: paper for relu, standard otherwise)' },
+    recipe: { type: 'string', value: 'paper|standard', description: 'training recipe (default: paper for relu, standard otherwise; paper is relu only)' },
     lr: { type: 'string', value: 'R', description: 'learning rate (default 4e-4)' },
-    'lr-schedule': { type: 'string', value: 'NAME', description: `${SCHEDULES.join(', ')}` },
-    'warmup-steps': { type: 'string', value: 'N', description: 'learning-rate warm-up steps' },
-    'l1-warmup-steps': { type: 'string', value: 'N', description: 'ramp the sparsity coefficient over N steps' },
+    'lr-schedule': { type: 'string', value: 'NAME', description: `${SCHEDULES.join(', ')} (default constantwithwarmup for the paper recipe, else constant)` },
+    'warmup-steps': { type: 'string', value: 'N', description: 'learning-rate warm-up steps (needs a warm-up schedule)' },
+    'l1-warmup-steps': { type: 'string', value: 'N', description: 'relu, jumprelu: ramp the sparsity coefficient (L1 / L0) over N steps' },
     'max-grad-norm': { type: 'string', value: 'X', description: 'clip the gradient norm' },
     'ghost-grads': { type: 'string', value: 'on|off', description: 'relu: ghost gradients (default on in the paper recipe)' },
     'dead-feature-window': { type: 'string', value: 'N', description: 'steps without firing before a feature counts as dead' },
-    'resample-every': { type: 'string', value: 'N', description: 'resample dead features every N steps (default off)' },
-    'batch-size': { type: 'string', value: 'N', description: 'activation rows (tokens) per step (default 4096)' },
-    tokens: { type: 'string', value: 'N', description: 'tokens to train on' },
+    'resample-every': { type: 'string', value: 'N', description: 'resample dead features every N steps (default off; not with --activations)' },
+    'batch-size': { type: 'string', value: 'N', description: `activation rows (tokens) per step (default ${DEFAULT_BATCH_SIZE})` },
+    tokens: { type: 'string', value: 'N', description: 'tokens to train on (at least one batch)' },
     steps: { type: 'string', value: 'N', description: 'steps to train (instead of --tokens)' },
-    'context-size': { type: 'string', value: 'N', description: 'tokens per packed row when tokenising text (default 128)' },
-    'buffer-rows': { type: 'string', value: 'N', description: 'shuffle-buffer rows per layer (default 64 batches)' },
+    'context-size': CONTEXT_SIZE_OPTION,
+    'buffer-rows': { type: 'string', value: 'N', description: 'shuffle-buffer rows per layer, at least two batches (default 64 batches)' },
     'no-shuffle': { type: 'boolean', description: 'consume rows in order (replayable batch for batch)' },
     init: { type: 'string', value: 'PATH', description: 'start from these weights (any format; a folder of layer_L for several layers)' },
-    'bias-init': { type: 'string', value: 'METHOD', description: 'mean (default), geometric_median or zeros' },
+    'bias-init': { type: 'string', value: 'METHOD', description: 'mean (default), geometric_median or zeros (not with --init or --resume)' },
     'checkpoint-every': { type: 'string', value: 'TOKENS', description: 'checkpoint interval in tokens (default: 10 per run)' },
     resume: { type: 'boolean', description: 'continue from the latest checkpoint in OUT' },
     processing: { type: 'string', value: 'P', description: 'model weight processing (default transformerlens)' },
     seed: { type: 'string', value: 'S', description: 'seed for initialisation and shuffling (default 0)' },
-    out: { type: 'string', short: 'o', value: 'DIR', description: 'output folder' },
+    out: { type: 'string', short: 'o', value: 'DIR', description: 'output folder', required: true },
     device: DEVICE_OPTION,
     threads: THREADS_OPTION,
     quiet: { type: 'boolean', short: 'q', description: 'no progress bar' },
   },
   async run(values, positionals) {
     applyThreads(values);
-    if (!values.out) throw new InvalidArgumentError('--out DIR is required');
-    const out = resolve(values.out as string);
-    mkdirSync(out, { recursive: true });
+    const plan = planTraining(values);
     const data = listOption(values, 'data');
     const activations = values.activations as string | undefined;
-    if ((data.length > 0) === (activations !== undefined)) throw new InvalidArgumentError('give exactly one of --data PATH (with a model folder) or --activations DIR');
+    if (activations && positionals[0] !== undefined) throw new InvalidArgumentError(`unexpected argument '${positionals[0]}': training from --activations needs no model folder`);
+    checkInputArgument(positionals[0], 'model-dir');
+    checkInputPaths(values, ['data', 'activations', 'init']);
+    checkOutputPaths(values, { out: 'folder' });
+    const out = resolve(values.out as string);
+    const skip = values.skip === true;
     const device = (values.device as string | undefined) ?? 'cpu';
+    const cacheLayer = activations ? readCacheMeta(activations).layer : null;
+    if (cacheLayer !== null && values.layers && parseLayers(values.layers as string).join() !== String(cacheLayer)) {
+      throw new InvalidArgumentError(`--layers ${values.layers} does not match the cache's layer ${cacheLayer}`);
+    }
     let model: Model | null = null;
-    if (data.length > 0) {
-      if (!positionals[0]) throw new InvalidArgumentError('training from --data needs the model folder: transcoders train <model-dir> --data ...');
-      model = await loadModel(positionals[0], { processing: choiceOption(values.processing, 'processing', PROCESSINGS) ?? 'transformerlens', device });
+    if (!activations) {
+      model = await loadModel(positionals[0]!, { processing: choiceOption(values.processing, 'processing', PROCESSINGS) ?? 'transformerlens', device });
     }
-    const layers = activations ? [readCacheMeta(activations).layer] : parseLayers(values.layers as string | undefined, model?.config.nLayers);
-    if (activations && values.layers && parseLayers(values.layers as string).join() !== layers.join()) {
-      throw new InvalidArgumentError(`--layers ${values.layers} does not match the cache's layer ${layers[0]}`);
-    }
-    const dSae = intOption(values['d-sae'], 'd-sae', 1);
-    if (!dSae) throw new InvalidArgumentError('--d-sae N is required (e.g. 32 x the model width)');
-    const ghost = values['ghost-grads'];
-    if (ghost !== undefined && ghost !== 'on' && ghost !== 'off') throw new InvalidArgumentError(`--ghost-grads must be on or off, got '${ghost}'`);
-    const tokenFile = model ? await tokenFileFor(model, data, intOption(values['context-size'], 'context-size', 2) ?? 128, out) : null;
-    const options: TrainRunOptions = {
-      data: tokenFile ? { tokenFile, model: model! } : { activations: activations! },
+    const layers = cacheLayer !== null ? [cacheLayer] : parseLayers(values.layers as string | undefined, model?.config.nLayers);
+    if (values.resume === true) checkResumable(out, layers, plan, skip);
+    const init = values.init ? await initialWeights(values.init as string, layers, plan, skip) : undefined;
+
+    const options: Omit<TrainRunOptions, 'data'> = {
       layers,
-      arch: choiceOption(values.arch, 'arch', TRANSCODER_ARCHS) ?? 'relu',
-      dSae,
-      skip: values.skip === true,
-      ...(values.k !== undefined && { k: intOption(values.k, 'k', 1)! }),
+      arch: plan.arch,
+      dSae: plan.dSae,
+      skip,
+      ...(plan.k !== undefined && { k: plan.k }),
+      ...(values.bandwidth !== undefined && { bandwidth: numberOption(values.bandwidth, 'bandwidth')! }),
       ...(values.l1 !== undefined && { l1Coefficient: numberOption(values.l1, 'l1')! }),
       ...(values.l0 !== undefined && { l0Coefficient: numberOption(values.l0, 'l0')! }),
       ...(values['auxk-alpha'] !== undefined && { auxkAlpha: numberOption(values['auxk-alpha'], 'auxk-alpha')! }),
-      ...(values.recipe !== undefined && { recipe: choiceOption(values.recipe, 'recipe', ['paper', 'standard'] as const)! }),
+      recipe: plan.recipe,
       ...(values.lr !== undefined && { lr: numberOption(values.lr, 'lr')! }),
       ...(values['lr-schedule'] !== undefined && { schedule: choiceOption(values['lr-schedule'], 'lr-schedule', SCHEDULES)! }),
       ...(values['warmup-steps'] !== undefined && { warmupSteps: intOption(values['warmup-steps'], 'warmup-steps')! }),
       ...(values['l1-warmup-steps'] !== undefined && { sparsityWarmupSteps: intOption(values['l1-warmup-steps'], 'l1-warmup-steps')! }),
       ...(values['max-grad-norm'] !== undefined && { maxGradNorm: numberOption(values['max-grad-norm'], 'max-grad-norm')! }),
-      ...(ghost !== undefined && { ghostGrads: ghost === 'on' }),
+      ...(values['ghost-grads'] !== undefined && { ghostGrads: values['ghost-grads'] === 'on' }),
       ...(values['dead-feature-window'] !== undefined && { deadFeatureWindow: intOption(values['dead-feature-window'], 'dead-feature-window', 1)! }),
       ...(values['resample-every'] !== undefined && { resampleEvery: intOption(values['resample-every'], 'resample-every', 1)! }),
-      batchSize: intOption(values['batch-size'], 'batch-size', 1) ?? 4096,
+      batchSize: plan.batchSize,
       ...(values.steps !== undefined && { steps: intOption(values.steps, 'steps', 1)! }),
       ...(values.tokens !== undefined && { tokens: intOption(values.tokens, 'tokens', 1)! }),
       ...(values['buffer-rows'] !== undefined && { bufferRows: intOption(values['buffer-rows'], 'buffer-rows', 2)! }),
       noShuffle: values['no-shuffle'] === true,
-      ...(values['bias-init'] !== undefined && { biasInit: choiceOption(values['bias-init'], 'bias-init', ['mean', 'geometric_median', 'zeros'] as const)! }),
+      ...(values['bias-init'] !== undefined && { biasInit: choiceOption(values['bias-init'], 'bias-init', BIAS_INITS)! }),
       ...(values['checkpoint-every'] !== undefined && { checkpointEveryTokens: intOption(values['checkpoint-every'], 'checkpoint-every', 1)! }),
+      ...(init && { init }),
       resume: values.resume === true,
       seed: intOption(values.seed, 'seed') ?? 0,
       device,
       out,
     };
-    if (options.steps === undefined && options.tokens === undefined) throw new InvalidArgumentError('give the run length: --tokens N or --steps N');
-    if (values.init) options.init = await initialWeights(values.init as string, layers);
-    const totalSteps = options.steps ?? Math.floor(options.tokens! / options.batchSize!);
-    const bar = values.quiet ? null : new ProgressBar('training', totalSteps, ' steps');
-    const controller = new AbortController();
-    const onSignal = () => {
-      process.stderr.write('\nstopping after the current step (a checkpoint will be written)...\n');
-      controller.abort();
+    const totalSteps = options.steps ?? Math.floor(options.tokens! / plan.batchSize);
+
+    const createdOut = !existsSync(out);
+    mkdirSync(out, { recursive: true });
+    const train = async (data: TrainRunOptions['data']) => {
+      const bar = values.quiet ? null : new ProgressBar('training', totalSteps, ' steps');
+      const controller = new AbortController();
+      const onSignal = () => {
+        bar?.close();
+        process.stderr.write('stopping after the current step (a checkpoint will be written)...\n');
+        controller.abort();
+      };
+      process.once('SIGINT', onSignal);
+      try {
+        return await trainTranscoders({
+          ...options, data, signal: controller.signal, onProgress: (p) => bar?.update(p.step, progressDetail(p.metrics)),
+          // Warnings come before the first progress report (lock, checkpoint selection).
+          onWarning: (message) => process.stderr.write(`transcoders train: warning: ${message}\n`),
+        });
+      } finally {
+        process.off('SIGINT', onSignal);
+        bar?.close();
+      }
     };
-    process.once('SIGINT', onSignal);
+    let result;
     try {
-      const result = await trainTranscoders({
-        ...options,
-        signal: controller.signal,
-        onProgress: (p) => bar?.update(p.step, p.metrics.map((m) => `L${m.layer} fvu ${m.fvu.toFixed(3)} l0 ${m.l0.toFixed(1)}`).join(' ')),
-      });
-      const why = result.stopped ? ' (stopped; resume with --resume)' : result.exhausted ? ' (the data ran out)' : '';
-      console.log(`trained ${result.steps} steps, ${result.tokens} tokens${why}`);
-      for (const l of layers) console.log(`  ${join(out, `layer_${l}`)}`);
-    } finally {
-      process.off('SIGINT', onSignal);
+      result = model ? await withTokenFile(model, data, values['context-size'], out, (tokenFile) => train({ tokenFile, model: model! })) : await train({ activations: activations! });
+    } catch (err) {
+      // A run that failed before writing anything leaves no empty output folder behind.
+      if (createdOut && readdirSync(out).length === 0) rmdirSync(out);
+      throw err;
     }
+    const why = result.stopped ? ' (stopped; resume with --resume)' : result.exhausted ? ' (the data ran out)' : '';
+    console.log(`trained ${result.steps} steps, ${result.tokens} tokens${why}`);
+    for (const l of layers) console.log(`  ${join(out, `layer_${l}`)}`);
   },
 };

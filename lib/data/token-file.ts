@@ -11,6 +11,7 @@ import { endianness } from 'node:os';
 import { open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { FormatError, InvalidArgumentError } from '../errors.js';
+import { checkJsonDepth, describe } from '../io/json.js';
 import { readSafetensorsHeader, type SafetensorsHeader } from '../io/safetensors.js';
 import { BOS_MODES, type BosMode } from './packing.js';
 
@@ -162,30 +163,33 @@ export function readTokenFileHeader(path: string): TokenFileHeader {
   const fail = (why: string): never => {
     throw new FormatError(`${path}: not a valid token file: ${why}`, path);
   };
-  const m = st.metadata;
-  if (m.format !== TOKEN_FILE_FORMAT) fail(`__metadata__.format is ${JSON.stringify(m.format)}, expected "${TOKEN_FILE_FORMAT}"`);
-  if (m.version !== TOKEN_FILE_VERSION) fail(`unsupported version ${JSON.stringify(m.version)} (this library reads version ${TOKEN_FILE_VERSION})`);
+  // Own keys only, so a metadata key never resolves to an Object.prototype member.
+  const m: Record<string, string | undefined> = Object.assign(Object.create(null) as Record<string, string>, st.metadata);
+  if (m.format !== TOKEN_FILE_FORMAT) fail(`__metadata__.format is ${describe(m.format)}, expected "${TOKEN_FILE_FORMAT}"`);
+  if (m.version !== TOKEN_FILE_VERSION) fail(`unsupported version ${describe(m.version)} (this library reads version ${TOKEN_FILE_VERSION})`);
   const tokens = st.entries.get('tokens');
   if (!tokens) fail(`missing tensor 'tokens'`);
   const t = tokens!;
   if (t.dtype !== 'I32') fail(`tensor 'tokens' has dtype ${t.dtype}, expected I32`);
-  if (t.shape.length !== 2) fail(`tensor 'tokens' has shape ${JSON.stringify(t.shape)}, expected [rows, contextSize]`);
+  if (t.shape.length !== 2) fail(`tensor 'tokens' has shape ${describe(t.shape)}, expected [rows, contextSize]`);
   const [rows, contextSize] = t.shape as [number, number];
   const parseCount = (key: string, min: number): number => {
     const raw = m[key];
     const n = raw !== undefined && /^\d+$/.test(raw) ? Number(raw) : NaN;
-    if (!Number.isSafeInteger(n) || n < min) fail(`__metadata__.${key} is ${JSON.stringify(raw)}, expected an integer >= ${min}`);
+    if (!Number.isSafeInteger(n) || n < min) fail(`__metadata__.${key} is ${describe(raw)}, expected an integer >= ${min}`);
     return n;
   };
   const metaContext = parseCount('contextSize', 1);
   if (metaContext !== contextSize) fail(`__metadata__.contextSize ${metaContext} does not match the tensor's row length ${contextSize}`);
   const bos = m.bos as BosMode;
-  if (!BOS_MODES.includes(bos)) fail(`__metadata__.bos is ${JSON.stringify(m.bos)}, expected one of ${BOS_MODES.join(', ')}`);
+  if (!BOS_MODES.includes(bos)) fail(`__metadata__.bos is ${describe(m.bos)}, expected one of ${BOS_MODES.join(', ')}`);
   if (typeof m.tokenizer !== 'string') fail('__metadata__.tokenizer is missing');
   let sources: unknown;
   try {
     sources = JSON.parse(m.sources ?? '');
-  } catch {
+    checkJsonDepth(sources, path, 2, '__metadata__.sources');
+  } catch (err) {
+    if (err instanceof FormatError) throw err;
     sources = undefined;
   }
   if (!Array.isArray(sources) || !sources.every((s) => typeof s === 'string')) fail(`__metadata__.sources is not a JSON list of strings`);
@@ -201,7 +205,7 @@ export function readTokenFileHeader(path: string): TokenFileHeader {
     documents,
     maxDocumentTokens,
     dataStart: st.dataStart + t.begin,
-    metadata: m,
+    metadata: st.metadata,
   };
 }
 

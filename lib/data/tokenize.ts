@@ -87,7 +87,7 @@ export async function tokenizeToFile(
     // Thrown inside the row stream, so that writeTokenFile removes its temp file and leaves `out` alone.
     if (rows < minRows) {
       throw new InvalidArgumentError(
-        `${inputs.join(', ')}: ${documents} documents give ${rows} full row${rows === 1 ? '' : 's'} of ${options.contextSize} tokens, fewer than the ${minRows} needed`,
+        `${inputs.join(', ')}: the text gives ${rows} full row${rows === 1 ? '' : 's'} of ${options.contextSize} tokens (${documents} document${documents === 1 ? '' : 's'}), fewer than the ${minRows} needed`,
       );
     }
   }

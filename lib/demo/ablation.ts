@@ -9,39 +9,21 @@
  *   variance. Few features should do what takes many neurons.
  */
 import { InvalidArgumentError } from '../errors.js';
+import type { ReplacementModel } from '../circuits/replacement-model.js';
 import type { MlpReplacement, Model } from '../models/model.js';
 import { Tensor } from '../tensor.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
 import { greaterThan, greaterThanRows, type GreaterThanOptions, type GreaterThanResult } from './greater-than.js';
 import { EVENTS } from './tasks.js';
 
-/** The transcoder as an MLP replacement in which only the features `keep` accepts are active. */
-function maskedTranscoder(transcoder: Transcoder, keep: (feature: number) => boolean): MlpReplacement {
-  const m = transcoder.config.dSae;
-  const dropped = Array.from({ length: m }, (_, f) => f).filter((f) => !keep(f));
-  return async (input: Tensor) => {
-    const acts = await transcoder.encode(input);
-    const values = acts.toFloat32Array();
-    acts.dispose();
-    for (let row = 0; row < values.length / m; row++) for (const f of dropped) values[row * m + f] = 0;
-    const f = Tensor.from(values, input.shape.slice(0, -1).concat(m));
-    const out = await transcoder.decode(f, input);
-    f.dispose();
-    return out;
-  };
+/** Layer `layer`'s transcoder as an MLP replacement with `features` forced to zero at every position. */
+export function withoutFeatures(replacement: ReplacementModel, layer: number, features: readonly number[]): MlpReplacement {
+  return replacement.replacements({ layers: [layer], remove: { [layer]: features } })[layer]!;
 }
 
-/** The transcoder as an MLP replacement with some of its features forced to zero at every position. */
-export function withoutFeatures(transcoder: Transcoder, features: readonly number[]): MlpReplacement {
-  if (features.length === 0) return transcoder;
-  const removed = new Set(features);
-  return maskedTranscoder(transcoder, (f) => !removed.has(f));
-}
-
-/** The transcoder with only `features` active: sum_i f_i W_dec[i] + b_dec_out (the paper's eval_tc_on_num). */
-export function onlyFeatures(transcoder: Transcoder, features: readonly number[]): MlpReplacement {
-  const kept = new Set(features);
-  return maskedTranscoder(transcoder, (f) => kept.has(f));
+/** Layer `layer`'s transcoder with only `features` active: sum_i f_i W_dec[i] + b_dec_out (the paper's eval_tc_on_num). */
+export function onlyFeatures(replacement: ReplacementModel, layer: number, features: readonly number[]): MlpReplacement {
+  return replacement.replacements({ layers: [layer], keep: { [layer]: features } })[layer]!;
 }
 
 const GELU_C = Math.sqrt(2 / Math.PI);
@@ -166,11 +148,12 @@ export interface ExperimentOptions extends Pick<GreaterThanOptions, 'events'> {
   onProgress?: (done: number, total: number) => void;
 }
 
-/** Runs the experiment with `transcoders` (one per layer, all layers). */
-export async function greaterThanExperiment(model: Model, transcoders: ReadonlyMap<number, Transcoder>, options: ExperimentOptions = {}): Promise<GreaterThanExperiment> {
-  const layers = [...transcoders.keys()].sort((a, b) => a - b);
+/** Runs the experiment with the replacement model's transcoders. */
+export async function greaterThanExperiment(replacement: ReplacementModel, options: ExperimentOptions = {}): Promise<GreaterThanExperiment> {
+  const { model } = replacement;
+  const layers = replacement.layers;
   const layer = options.layer ?? layers[layers.length - 1]!;
-  const transcoder = transcoders.get(layer)!;
+  const transcoder = replacement.transcoder(layer);
   const candidates = options.candidates ?? 24;
   const remove = Math.min(options.remove ?? 6, candidates);
   const events = options.events ?? EVENTS;
@@ -184,17 +167,17 @@ export async function greaterThanExperiment(model: Model, transcoders: ReadonlyM
   tick();
   const splicedByLayer: GreaterThanExperiment['splicedByLayer'] = [];
   for (const l of layers) {
-    splicedByLayer.push({ layer: l, result: await greaterThan(model, { events, replaceMlp: { [l]: transcoders.get(l)! } }) });
+    splicedByLayer.push({ layer: l, result: await greaterThan(model, { events, replaceMlp: replacement.replacements({ layers: [l] }) }) });
     tick();
   }
-  const splicedAll = await greaterThan(model, { events, replaceMlp: Object.fromEntries(layers.map((l) => [l, transcoders.get(l)!])) });
+  const splicedAll = await greaterThan(model, { events, replaceMlp: replacement.replacements() });
   tick();
 
   const T = greaterThanRows(model, { events: events.slice(0, 1) }).rows[0]!.length;
   const activation = (await activationStats(model, transcoder, options.positions ?? [T - 1], { events })).mean;
   const mostActive = [...activation.keys()].filter((f) => activation[f]! > 0).sort((a, b) => activation[b]! - activation[a]!);
   const tried = [...new Set([...(options.include ?? []), ...mostActive])].slice(0, candidates);
-  const replaced = (features: readonly number[], evts: readonly string[]) => greaterThan(model, { events: evts, replaceMlp: { [layer]: withoutFeatures(transcoder, features) } });
+  const replaced = (features: readonly number[], evts: readonly string[]) => greaterThan(model, { events: evts, replaceMlp: { [layer]: withoutFeatures(replacement, layer, features) } });
   const baseline = (await replaced([], rankingEvents)).meanProbDiff;
   tick();
   const importance: GreaterThanExperiment['importance'] = [];
@@ -215,7 +198,7 @@ export async function greaterThanExperiment(model: Model, transcoders: ReadonlyM
   const byNeuron = ranked((await activationStats(model, layer, positions, { events: rankingEvents })).variance);
   const topK: GreaterThanExperiment['topK'] = { k: [...ks], features: [], neurons: [] };
   for (const k of ks) {
-    topK.features.push((await greaterThan(model, { events: rankingEvents, replaceMlp: { [layer]: onlyFeatures(transcoder, byFeature.slice(0, k)) } })).meanProbDiff);
+    topK.features.push((await greaterThan(model, { events: rankingEvents, replaceMlp: { [layer]: onlyFeatures(replacement, layer, byFeature.slice(0, k)) } })).meanProbDiff);
     tick();
     topK.neurons.push((await greaterThan(model, { events: rankingEvents, replaceMlp: { [layer]: onlyNeurons(model, layer, byNeuron.slice(0, k)) } })).meanProbDiff);
     tick();

@@ -6,10 +6,11 @@
  */
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { Attribution } from '../circuits/attribution.js';
-import { nodeId, pathsToGraph, type CircuitGraph } from '../circuits/graph.js';
+import { writeGraph } from '../circuits/export.js';
+import { attribute, findCircuit, type Circuit } from '../circuits/find-circuit.js';
+import { nodeId } from '../circuits/graph.js';
 import { formatPaths } from '../circuits/render.js';
-import { greedyPaths, type Path } from '../circuits/search.js';
+import { ReplacementModel } from '../circuits/replacement-model.js';
 import { writeTokenFile } from '../data/token-file.js';
 import { InvalidArgumentError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
@@ -84,11 +85,11 @@ export interface DemoOptions {
   onProgress?: (progress: DemoProgress) => void;
 }
 
-function circuitResult(attribution: Attribution, levels: Path[][], graph: CircuitGraph, rootLabel: string): CircuitResult {
+function circuitResult({ attribution, levels, graph }: Circuit, rootLabel: string): CircuitResult {
   const deepest = [...levels].reverse().find((l) => l.length > 0) ?? [];
   return {
     rootLabel,
-    graph,
+    graph: graph!,
     pathsText: formatPaths(attribution, levels),
     topPaths: deepest.map((p) => ({ nodes: p.map(nodeId), positions: p.map((n) => n.position), contribution: p[p.length - 1]!.contrib })),
   };
@@ -195,17 +196,17 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     // 1-2. Transcoders, trained or shipped, and their evaluation.
     const transcodersDir = options.pretrained ? join(modelDir, 'transcoders') : join(out, 'transcoders');
     const { transcoders, training } = await loadOrTrain(model, { ...options, out }, transcodersDir, report);
-    const byLayer = new Map(transcoders.map((t) => [t.config.layer, t]));
+    const replacement = ReplacementModel.create(model, transcoders);
     const evalRows = validationRows(model, DEMO_MODEL, options.evalSequences ?? 128);
-    const evaluation = await evaluate(model, transcoders, evalRows, { batchSize: 32, onProgress: (done, total) => report({ stage: 'evaluate', done, total }) });
+    const evaluation = await evaluate(replacement, evalRows, { batchSize: 32, onProgress: (done, total) => report({ stage: 'evaluate', done, total }) });
 
     // 3. Circuits on "The war lasted from the year 1732 to the year 17".
     report({ stage: 'circuit', done: 0, total: 2 });
     const prompt = greaterThanPrompt('war', 17, startYear);
     const tokens = model.tokenize(prompt);
     const last = tokens.length - 1;
-    const search = { iters: options.iters ?? 3, branches: options.branches ?? 10, ignoreBos: true, cap: false };
-    const attribution = await Attribution.create(model, transcoders, tokens);
+    const search = { ...(options.iters !== undefined ? { iters: options.iters } : {}), ...(options.branches !== undefined ? { branches: options.branches } : {}) };
+    const attribution = await attribute(replacement, tokens);
     // The root compares the model's favourite valid end year with its favourite invalid one.
     const { logits } = await model.run([tokens]);
     const V = model.config.vocabSize;
@@ -216,19 +217,17 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const argmax = (ns: number[]) => ns.reduce((a, b) => (lastLogits[yearIds[b]!]! > lastLogits[yearIds[a]!]! ? b : a));
     const valid = argmax(Array.from({ length: 99 - startYear }, (_, i) => startYear + 1 + i));
     const invalid = argmax(Array.from({ length: startYear + 1 }, (_, i) => i));
-    const logitRoot = attribution.logitRoot(last, yearIds[valid]!, yearIds[invalid]!);
-    const logitLevels = await greedyPaths(attribution, logitRoot, search);
-    const logitGraph = pathsToGraph(attribution, logitLevels, { prompt, search });
-    const logitCircuit = circuitResult(attribution, logitLevels, logitGraph, `logit("${twoDigits(valid)}") - logit("${twoDigits(invalid)}") at position ${last}`);
+    const logit = await findCircuit(attribution, { kind: 'logit', token: yearIds[valid]!, minus: yearIds[invalid]!, position: last }, search);
+    const logitGraph = logit.graph!;
+    const logitCircuit = circuitResult(logit, `logit("${twoDigits(valid)}") - logit("${twoDigits(invalid)}") at position ${last}`);
     report({ stage: 'circuit', done: 1, total: 2 });
     // The top transcoder feature at the last position: the one contributing most to that difference.
-    const kids = await attribution.children(logitRoot, 200, { ignoreBos: true });
+    const kids = await attribution.children(logit.root, 200, { ignoreBos: true });
     const topKid = kids.find((n) => n.kind === 'feature' && n.position === last);
     if (!topKid) throw new InvalidArgumentError('no transcoder feature at the last position contributes to the logit difference');
-    const featureRoot = attribution.featureRoot(topKid.layer, topKid.feature!, last);
-    const featureLevels = await greedyPaths(attribution, featureRoot, search);
-    const featureGraph = pathsToGraph(attribution, featureLevels, { prompt, search });
-    const featureCircuit = circuitResult(attribution, featureLevels, featureGraph, `feature ${topKid.feature} of the layer-${topKid.layer} transcoder at position ${last}`);
+    const feature = await findCircuit(attribution, { kind: 'feature', layer: topKid.layer, feature: topKid.feature!, position: last }, search);
+    const featureGraph = feature.graph!;
+    const featureCircuit = circuitResult(feature, `feature ${topKid.feature} of the layer-${topKid.layer} transcoder at position ${last}`);
     report({ stage: 'circuit', done: 2, total: 2 });
 
     // 4. The greater-than experiment, removing features of the MLP layer that carries most of the
@@ -239,7 +238,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const layers = transcoders.map((t) => t.config.layer);
     const experimentLayer = options.experimentLayer ?? layers.reduce((a, b) => (weightOf(b) > weightOf(a) ? b : a));
     const inLayer = graphFeatures.filter((n) => n.layer === experimentLayer);
-    const experiment = await greaterThanExperiment(model, byLayer, {
+    const experiment = await greaterThanExperiment(replacement, {
       layer: experimentLayer,
       include: [...new Set(inLayer.map((n) => n.feature!))],
       // Where the graph reads the layer, or else the last position.
@@ -266,7 +265,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     ];
     const corpusSource = packedRows((t) => model.tokenize(t, { prependBos: false }), model.config.bosTokenId!, DEMO_MODEL.seqLen, 424_242);
     const corpus = Array.from({ length: 512 }, () => corpusSource.next().value as number[]);
-    const features = await featureCards(model, byLayer, refs, { corpus });
+    const features = await featureCards(replacement, refs, { corpus });
     report({ stage: 'features', done: 1, total: 1 });
 
     report({ stage: 'report', done: 0, total: 1 });
@@ -275,8 +274,8 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       prompt, startYear, tokens: tokens.map((id) => model.decode([id])), startYearPosition,
       evaluation, training, logitCircuit, featureCircuit, experiment, features, seconds,
     };
-    writeFileAtomic(join(out, 'graph.json'), [JSON.stringify(logitGraph, null, 1) + '\n']);
-    writeFileAtomic(join(out, 'feature-graph.json'), [JSON.stringify(featureGraph, null, 1) + '\n']);
+    writeGraph(logitGraph, { json: join(out, 'graph.json') });
+    writeGraph(featureGraph, { json: join(out, 'feature-graph.json') });
     writeFileAtomic(result.report, [renderReport(result)]);
     seconds.report += (Date.now() - clock) / 1000;
     writeFileAtomic(join(out, 'demo.json'), [JSON.stringify(result, null, 1) + '\n']);

@@ -3,9 +3,8 @@
  * directly (de-embedding), the tokens it promotes (logit effects), and on the greater-than prompts
  * its activation as a function of the start year and its direct effect on every end-year token.
  */
-import { deEmbedding, logitEffects, type TokenEffects } from '../circuits/connections.js';
-import type { Model } from '../models/model.js';
-import type { Transcoder } from '../transcoders/transcoder.js';
+import { deEmbedding, logitEffects, logitEffectsOn, type TokenEffects } from '../circuits/connections.js';
+import type { ReplacementModel } from '../circuits/replacement-model.js';
 import { greaterThanRows, yearTokenIds } from './greater-than.js';
 
 export interface FeatureRef {
@@ -55,19 +54,17 @@ export interface FeatureCardOptions {
  * row-major [batch, T, dSae], to `visit` with the index of the batch's first row; nothing is kept.
  */
 async function forEachBatch(
-  model: Model,
-  transcoders: ReadonlyMap<number, Transcoder>,
+  replacement: ReplacementModel,
   layers: number[],
   rows: readonly (readonly number[])[],
   visit: (first: number, acts: ReadonlyMap<number, Float32Array>) => void,
 ): Promise<void> {
-  const hooks = layers.map((l) => transcoders.get(l)!.config.hookIn);
+  const hooks = layers.map((l) => replacement.placement(l).hookIn);
   for (let start = 0; start < rows.length; start += 64) {
-    const { cache } = await model.run(rows.slice(start, start + 64), { cache: hooks, logits: false });
+    const { cache } = await replacement.model.run(rows.slice(start, start + 64), { cache: hooks, logits: false });
     const acts = new Map<number, Float32Array>();
     for (const l of layers) {
-      const tc = transcoders.get(l)!;
-      const f = await tc.encode(cache[tc.config.hookIn]!);
+      const f = await replacement.transcoder(l).encode(cache[replacement.placement(l).hookIn]!);
       acts.set(l, f.toFloat32Array());
       f.dispose();
     }
@@ -76,22 +73,9 @@ async function forEachBatch(
   }
 }
 
-/** v W_V[head] W_O[head] for a vector v [d] (TransformerLens shapes W_V [H, d, dh], W_O [H, dh, d]). */
-function throughHead(model: Model, v: Float32Array, via: { layer: number; head: number }): Float32Array {
-  const WV = model.weight(`blocks.${via.layer}.attn.W_V`);
-  const WO = model.weight(`blocks.${via.layer}.attn.W_O`);
-  const [, d, dh] = WV.shape as [number, number, number];
-  const wv = WV.toFloat32Array().subarray(via.head * d * dh, (via.head + 1) * d * dh);
-  const wo = WO.toFloat32Array().subarray(via.head * dh * d, (via.head + 1) * dh * d);
-  const z = new Float32Array(dh);
-  for (let i = 0; i < d; i++) for (let j = 0; j < dh; j++) z[j]! += v[i]! * wv[i * dh + j]!;
-  const out = new Float32Array(d);
-  for (let j = 0; j < dh; j++) for (let i = 0; i < d; i++) out[i]! += z[j]! * wo[j * d + i]!;
-  return out;
-}
-
 /** Cards for `refs` (merged when the same feature is asked for twice). */
-export async function featureCards(model: Model, transcoders: ReadonlyMap<number, Transcoder>, refs: readonly FeatureRef[], options: FeatureCardOptions): Promise<FeatureCard[]> {
+export async function featureCards(replacement: ReplacementModel, refs: readonly FeatureRef[], options: FeatureCardOptions): Promise<FeatureCard[]> {
+  const { model } = replacement;
   const exampleCount = options.examples ?? 5;
   const k = options.k ?? 8;
   const gt = greaterThanRows(model);
@@ -112,17 +96,15 @@ export async function featureCards(model: Model, transcoders: ReadonlyMap<number
   }
   const cards = [...unique.values()];
   const layers = [...new Set(cards.map((c) => c.layer))];
-  const WU = model.weight('unembed.W_U').toFloat32Array();
-  const V = model.config.vocabSize;
   const years = yearTokenIds(model);
   const text = (id: number) => model.decode([id]);
 
   // One pass over the corpus: the best position of each row, per card.
   const best = new Map(cards.map((c) => [c, [] as { row: number; pos: number; activation: number }[]]));
   const L = options.corpus[0]?.length ?? 0;
-  await forEachBatch(model, transcoders, layers, options.corpus, (first, acts) => {
+  await forEachBatch(replacement, layers, options.corpus, (first, acts) => {
     for (const card of cards) {
-      const m = transcoders.get(card.layer)!.config.dSae;
+      const m = replacement.transcoder(card.layer).config.dSae;
       const a = acts.get(card.layer)!;
       for (let b = 0; b < a.length / (L * m); b++) {
         let top = { row: first + b, pos: 0, activation: 0 };
@@ -137,9 +119,9 @@ export async function featureCards(model: Model, transcoders: ReadonlyMap<number
   // One pass over the greater-than prompts: the activation at each card's position, averaged over events.
   const events = gt.rows.length / gt.startYears.length;
   const sums = new Map(cards.map((c) => [c, new Float64Array(gt.startYears.length)]));
-  await forEachBatch(model, transcoders, layers, gt.rows, (first, acts) => {
+  await forEachBatch(replacement, layers, gt.rows, (first, acts) => {
     for (const card of cards) {
-      const m = transcoders.get(card.layer)!.config.dSae;
+      const m = replacement.transcoder(card.layer).config.dSae;
       const a = acts.get(card.layer)!;
       const sum = sums.get(card)!;
       for (let b = 0; b < a.length / (T * m); b++) sum[Math.floor((first + b) / events)]! += a[(b * T + card.position) * m + card.feature]! / events;
@@ -147,7 +129,6 @@ export async function featureCards(model: Model, transcoders: ReadonlyMap<number
   });
 
   for (const card of cards) {
-    const tc = transcoders.get(card.layer)!;
     card.topExamples = best.get(card)!.sort((a, b) => b.activation - a.activation).slice(0, exampleCount).map(({ row, pos, activation }) => {
       const ids = options.corpus[row]!;
       let from = pos;
@@ -156,16 +137,9 @@ export async function featureCards(model: Model, transcoders: ReadonlyMap<number
     });
     card.byStartYear.activation = [...sums.get(card)!];
 
-    const d = tc.config.dOut;
-    const Wdec = tc.parameters().W_dec.toFloat32Array();
-    const out = card.viaHead ? throughHead(model, Wdec.subarray(card.feature * d, (card.feature + 1) * d), card.viaHead) : Wdec.subarray(card.feature * d, (card.feature + 1) * d);
-    card.endYearEffects = years.map((id) => {
-      let s = 0;
-      for (let i = 0; i < d; i++) s += out[i]! * WU[i * V + id]!;
-      return s;
-    });
-    card.deEmbedding = await deEmbedding(model, tc, card.feature, { k });
-    card.logitEffects = await logitEffects(model, tc, card.feature, { k });
+    card.endYearEffects = await logitEffectsOn(replacement, card.layer, card.feature, years, card.viaHead ? { head: card.viaHead } : {});
+    card.deEmbedding = await deEmbedding(replacement, card.layer, card.feature, { k });
+    card.logitEffects = await logitEffects(replacement, card.layer, card.feature, { k });
   }
   return cards;
 }

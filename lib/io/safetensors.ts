@@ -6,6 +6,7 @@
 import { closeSync, readSync } from 'node:fs';
 import { FormatError, InvalidArgumentError } from '../errors.js';
 import { native } from '../native.js';
+import { describe, parseJsonText } from './json.js';
 import { Tensor, type DType } from '../tensor.js';
 import { writeFileAtomic } from './atomic.js';
 import { openRegularFile } from './files.js';
@@ -42,6 +43,11 @@ export interface SafetensorsHeader {
 /** Headers larger than this are refused as corrupt (real ones are a few hundred KB). */
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 
+/** A tensor name as quoted in messages: a hostile header may use megabyte-long names. */
+function short(key: string): string {
+  return key.length > 60 ? `${key.slice(0, 59)}…` : key;
+}
+
 function isNonNegativeInt(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 }
@@ -64,12 +70,8 @@ export function readSafetensorsHeader(path: string): SafetensorsHeader {
     const n = Number(headerLength);
     const headerBytes = Buffer.alloc(n);
     if (readSync(fd, headerBytes, 0, n, 8) !== n) fail('the header is truncated');
-    let json: unknown;
-    try {
-      json = JSON.parse(headerBytes.toString('utf8'));
-    } catch (err) {
-      fail(`the header is not valid JSON (${(err as Error).message})`);
-    }
+    // Depth-checked: the header is hostile input like the rest of the file.
+    const json = parseJsonText(headerBytes.toString('utf8'), path, `${invalid('the header is not valid JSON')}`);
     if (typeof json !== 'object' || json === null || Array.isArray(json)) fail('the header is not a JSON object');
     const dataStart = 8 + n;
     const dataSize = fileSize - dataStart;
@@ -77,37 +79,42 @@ export function readSafetensorsHeader(path: string): SafetensorsHeader {
     let metadata: Record<string, string> = {};
     for (const [key, raw] of Object.entries(json as Record<string, unknown>)) {
       if (key === '__metadata__') {
-        if (typeof raw !== 'object' || raw === null || Object.values(raw).some((v) => typeof v !== 'string')) {
-          fail('__metadata__ must map strings to strings');
+        if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail(`__metadata__ must map strings to strings, got ${describe(raw)}`);
+        for (const [k, v] of Object.entries(raw as object)) {
+          if (typeof v !== 'string') fail(`__metadata__ must map strings to strings, but field ${describe(k, 40)} is ${describe(v)}`);
         }
         metadata = raw as Record<string, string>;
         continue;
       }
-      const t = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-      if (typeof t !== 'object' || t === null) fail(`tensor '${key}' is not an object`);
-      if (typeof t.dtype !== 'string' || !Object.hasOwn(SAFETENSORS_DTYPES, t.dtype)) {
-        fail(`tensor '${key}' has unsupported dtype ${JSON.stringify(t.dtype)} (supported: ${Object.keys(SAFETENSORS_DTYPES).join(', ')})`);
+      const name = short(key);
+      const t = raw as object;
+      if (typeof t !== 'object' || t === null || Array.isArray(t)) fail(`tensor '${name}' is not an object, got ${describe(t)}`);
+      const field = (k: string): unknown => (Object.hasOwn(t, k) ? (t as Record<string, unknown>)[k] : undefined);
+      const tDtype = field('dtype');
+      const tShape = field('shape');
+      if (typeof tDtype !== 'string' || !Object.hasOwn(SAFETENSORS_DTYPES, tDtype)) {
+        fail(`tensor '${name}' has unsupported dtype ${describe(tDtype)} (supported: ${Object.keys(SAFETENSORS_DTYPES).join(', ')})`);
       }
-      const dtype = t.dtype as SafetensorsDtype;
-      if (!Array.isArray(t.shape) || !t.shape.every(isNonNegativeInt)) fail(`tensor '${key}' has an invalid shape ${JSON.stringify(t.shape)}`);
-      const shape = t.shape as number[];
-      const offsets = t.data_offsets;
+      const dtype = tDtype as SafetensorsDtype;
+      if (!Array.isArray(tShape) || !tShape.every(isNonNegativeInt)) fail(`tensor '${name}' has an invalid shape ${describe(tShape)}`);
+      const shape = tShape as number[];
+      const offsets = field('data_offsets');
       if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isNonNegativeInt)) {
-        fail(`tensor '${key}' has invalid data_offsets ${JSON.stringify(offsets)}`);
+        fail(`tensor '${name}' has invalid data_offsets ${describe(offsets)}`);
       }
       const [begin, end] = offsets as [number, number];
       const bytes = shape.reduce((a, b) => a * b, 1) * SAFETENSORS_DTYPES[dtype];
       if (end < begin || end - begin !== bytes) {
-        fail(`tensor '${key}': data_offsets [${begin}, ${end}] hold ${end - begin} bytes but ${dtype} ${JSON.stringify(shape)} needs ${bytes}`);
+        fail(`tensor '${name}': data_offsets [${begin}, ${end}] hold ${end - begin} bytes but ${dtype} ${describe(shape)} needs ${bytes}`);
       }
-      if (end > dataSize) fail(`tensor '${key}' ends at data byte ${end} but the data section has ${dataSize} bytes (truncated file?)`);
+      if (end > dataSize) fail(`tensor '${name}' ends at data byte ${end} but the data section has ${dataSize} bytes (truncated file?)`);
       entries.set(key, { key, dtype, shape, begin, end });
     }
     const sorted = [...entries.values()].sort((a, b) => a.begin - b.begin);
     for (let i = 1; i < sorted.length; i++) {
       const prev = sorted[i - 1]!;
       const cur = sorted[i]!;
-      if (cur.begin < prev.end) fail(`tensors '${prev.key}' and '${cur.key}' overlap`);
+      if (cur.begin < prev.end) fail(`tensors '${short(prev.key)}' and '${short(cur.key)}' overlap`);
     }
     return { path, dataStart, entries, metadata };
   } finally {

@@ -22,6 +22,7 @@
  */
 import type { DType } from '../tensor.js';
 import { FormatError } from '../errors.js';
+import { capReason } from './json.js';
 import { ZipFile, type ZipEntry } from './zip.js';
 
 /** A tensor of the checkpoint. */
@@ -76,11 +77,11 @@ export function readTorchCheckpoint(path: string): unknown {
     const prefix = pkl.name.slice(0, -'data.pkl'.length);
     // torch >= 2 records the byte order of the storages; older versions always wrote little-endian.
     const byteorder = zip.entries.get(`${prefix}byteorder`);
-    if (byteorder && zip.read(byteorder).toString('latin1') !== 'little') {
+    if (byteorder && zip.read(byteorder, 16).toString('latin1') !== 'little') {
       throw new FormatError(`${path}: storages are not little-endian ('${prefix}byteorder' says otherwise)`, path);
     }
     if (pkl.size > MAX_PICKLE_BYTES) throw new FormatError(`${path}: '${pkl.name}' is too large (${pkl.size} bytes)`, path);
-    const bytes = zip.read(pkl);
+    const bytes = zip.read(pkl, MAX_PICKLE_BYTES);
     return new TorchUnpickler(zip, prefix, pkl.name, new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length)).load();
   } finally {
     zip.close();
@@ -95,8 +96,20 @@ function dataPklEntries(zip: ZipFile): ZipEntry[] {
 const MAX_PICKLE_BYTES = 256 * 1024 * 1024;
 /** Python ints in checkpoints are small; this bounds the cost of parsing hostile huge ones. */
 const MAX_INT_BYTES = 1024;
-/** An overlapping view (e.g. stride 0) may materialise beyond its storage's size only up to this. */
-const MAX_EXPANDED_BYTES = 256 * 1024 * 1024;
+/**
+ * Non-contiguous views are copied out of their storages. Their total size is bounded by the
+ * file's: a real checkpoint's views (transposes, slices) copy at most each storage once or twice,
+ * while a few bytes of pickle could otherwise ask for gigabytes (zero strides, or the same storage
+ * viewed a thousand times). The floor lets small files hold a few legitimately expanded tensors.
+ */
+const GATHER_FILE_RATIO = 4;
+const GATHER_FLOOR = 64 * 1024 * 1024;
+/**
+ * Copying work (dict, set and list items copied by BUILD, OrderedDict, set(), torch.Size, ...) per
+ * pickle byte: each opcode does O(1) work except these, which a memoised argument can repeat.
+ */
+const WORK_PER_BYTE = 64;
+const WORK_FLOOR = 1 << 20;
 
 const ITEM_SIZE: Record<DType, number> = {
   float32: 4, float16: 2, bfloat16: 2, float64: 8, int64: 8, int32: 4, int16: 2, int8: 1, uint8: 1, bool: 1,
@@ -230,16 +243,30 @@ class TorchUnpickler {
   private storages = new Map<string, PickledTensor>();
   private storageObjects = new WeakSet<object>();
   private tensors = new WeakSet<object>();
+  /** Bytes non-contiguous views may still materialise (see GATHER_FILE_RATIO). */
+  private gatherBudget: number;
+  /** Items copying opcodes may still copy (see WORK_PER_BYTE). */
+  private workBudget: number;
 
   constructor(
     private readonly zip: ZipFile,
     private readonly prefix: string,
     private readonly entryName: string,
     private readonly data: Uint8Array,
-  ) {}
+  ) {
+    this.gatherBudget = Math.max(GATHER_FLOOR, GATHER_FILE_RATIO * zip.size);
+    this.workBudget = Math.max(WORK_FLOOR, WORK_PER_BYTE * data.length);
+  }
+
+  /** Accounts for copying `n` items; a pickle that repeats large copies is refused rather than run for minutes. */
+  charge(n: number): void {
+    this.workBudget -= n;
+    if (this.workBudget < 0) this.fail(`the pickle copies more than ${WORK_PER_BYTE} items per byte (hostile or corrupt pickle)`);
+  }
 
   fail(why: string): never {
-    throw new FormatError(`${this.zip.path}: ${this.entryName}: ${why} (at byte ${this.at})`, this.zip.path);
+    // Cut: reasons quote names and strings read from the pickle, which may be kilobytes long.
+    throw new FormatError(`${this.zip.path}: ${this.entryName}: ${capReason(why)} (at byte ${this.at})`, this.zip.path);
   }
 
   load(): unknown {
@@ -334,6 +361,7 @@ class TorchUnpickler {
         case 0x65: { // APPENDS
           const items = this.popMark();
           const list = this.list(this.top());
+          this.charge(items.length);
           for (const item of items) list.push(item);
           break;
         }
@@ -526,7 +554,9 @@ class TorchUnpickler {
     return Array.isArray(v) ? v : this.fail('APPEND to something that is not a list');
   }
   iterable(v: unknown): Iterable<unknown> {
-    return Array.isArray(v) || v instanceof Set ? v : this.fail('expected a list');
+    if (!(Array.isArray(v) || v instanceof Set)) this.fail('expected a list');
+    this.charge(Array.isArray(v) ? v.length : v.size);
+    return v;
   }
   isTensor(v: unknown): v is PickledTensor {
     return typeof v === 'object' && v !== null && this.tensors.has(v);
@@ -549,6 +579,7 @@ class TorchUnpickler {
       this.fail('SETITEM on something that is not a dict');
     }
     if (items.length % 2) this.fail('SETITEMS with an odd number of items');
+    this.charge(items.length);
     for (let i = 0; i < items.length; i += 2) {
       const key = items[i];
       if (typeof key !== 'string' && typeof key !== 'number' && typeof key !== 'bigint') this.fail(`unsupported dict key type ${typeOf(key)}`);
@@ -595,11 +626,15 @@ class TorchUnpickler {
           setKey(target, '__state__', state); // a custom __setstate__ argument: keep it as is
           return;
         }
-        for (const [k, v] of Object.entries(part)) setKey(target, k, v);
+        const entries = Object.entries(part);
+        this.charge(entries.length);
+        for (const [k, v] of entries) setKey(target, k, v);
       }
     } else if (typeof target === 'object' && target !== null && this.dicts.has(target) && state !== null && typeof state === 'object' && this.dicts.has(state)) {
       // Attributes of a dict (state_dict's _metadata): kept out of the dict's own keys.
-      for (const [k, v] of Object.entries(state)) setKey(target, k, v, false);
+      const entries = Object.entries(state);
+      this.charge(entries.length);
+      for (const [k, v] of entries) setKey(target, k, v, false);
     } else {
       this.fail(`BUILD on unsupported ${typeOf(target)}`);
     }
@@ -622,8 +657,9 @@ class TorchUnpickler {
     }
     const entry = this.zip.entries.get(name);
     if (!entry) this.fail(`storage '${name}' missing`);
+    // Checked against the entry before reading it, so a storage can never claim more than the zip holds.
     if (entry.size !== numel * ITEM_SIZE[dtype]) this.fail(`storage '${name}' has ${entry.size} bytes, not ${numel} × ${ITEM_SIZE[dtype]}`);
-    const buf = this.zip.read(entry);
+    const buf = this.zip.read(entry, entry.size);
     const storage: PickledTensor = { dtype, shape: [numel], bytes: new Uint8Array(buf.buffer, buf.byteOffset, buf.length) };
     this.storages.set(key, storage);
     this.storageObjects.add(storage);
@@ -651,9 +687,11 @@ class TorchUnpickler {
     this.tensors.add(tensor);
     if (numel === 0) return tensor;
 
+    // The view's extent (offset + Σ (size - 1) · stride) must lie inside its storage; computed in
+    // BigInt so that hostile sizes and strides cannot overflow past the check.
     const available = src.shape[0]!;
-    const last = dims.reduce((a, n, d) => a + (n - 1) * steps[d]!, offset);
-    if (last >= available) this.fail(`tensor view (offset ${offset}, size [${dims}], stride [${steps}]) exceeds its storage of ${available} elements`);
+    const last = dims.reduce((a, n, d) => a + BigInt(n - 1) * BigInt(steps[d]!), BigInt(offset));
+    if (last >= BigInt(available)) this.fail(`tensor view (offset ${offset}, size [${dims}], stride [${steps}]) reaches element ${last} of its storage of ${available} elements`);
     let contiguous = true;
     for (let d = dims.length - 1, expected = 1; d >= 0; d--) {
       if (dims[d] !== 1 && steps[d] !== expected) contiguous = false;
@@ -663,7 +701,12 @@ class TorchUnpickler {
       tensor.bytes = src.bytes.subarray(offset * itemSize, (offset + numel) * itemSize);
       return tensor;
     }
-    if (numel > available && numel * itemSize > MAX_EXPANDED_BYTES) this.fail(`overlapping tensor view of ${numel} elements is too large to materialise`);
+    // Checked before allocating: all copied views together stay within a small multiple of the file.
+    const bytes = numel * itemSize;
+    if (bytes > this.gatherBudget) {
+      this.fail(`tensor view (size [${dims}], stride [${steps}]) would materialise ${bytes} bytes from a storage of ${available * itemSize}; the file's views may copy at most ${Math.max(GATHER_FLOOR, GATHER_FILE_RATIO * this.zip.size)} bytes in all (zero strides or repeated views?)`);
+    }
+    this.gatherBudget -= bytes;
     tensor.bytes = gather(src.bytes, itemSize, offset, dims, steps, numel);
     return tensor;
   }

@@ -10,6 +10,7 @@ import { closeSync, readSync } from 'node:fs';
 import { crc32, inflateRawSync } from 'node:zlib';
 import { FormatError } from '../errors.js';
 import { openRegularFile } from './files.js';
+import { capReason } from './json.js';
 
 /** One file of the archive, as described by its central directory record. */
 export interface ZipEntry {
@@ -37,6 +38,15 @@ const LOCAL_SIZE = 30;
 const MAX_COMMENT = 0xffff;
 /** readSync cannot read more than 2 GiB at once. */
 const READ_CHUNK = 1 << 30;
+/** DEFLATE cannot expand data by more than about 1032:1; a larger declared size is a lie. */
+const MAX_DEFLATE_RATIO = 1032;
+/**
+ * All DEFLATE entries of one archive together may inflate to at most this many times the file's
+ * size (or INFLATE_FLOOR, for small files). torch.save stores its records uncompressed and real
+ * tensor data compresses a few percent, so only a decompression bomb comes near.
+ */
+const INFLATE_FILE_RATIO = 64;
+const INFLATE_FLOOR = 256 * 1024 * 1024;
 
 /** An open zip archive; call close() when done. */
 export class ZipFile {
@@ -45,12 +55,15 @@ export class ZipFile {
   /** Entries by name, in central directory order. */
   readonly entries: Map<string, ZipEntry>;
   private fd: number;
+  /** Bytes DEFLATE entries may still inflate to (see INFLATE_FILE_RATIO). */
+  private inflateBudget: number;
 
   private constructor(path: string, fd: number, size: number) {
     this.path = path;
     this.fd = fd;
     this.size = size;
     this.entries = new Map();
+    this.inflateBudget = Math.max(INFLATE_FLOOR, INFLATE_FILE_RATIO * size);
   }
 
   /** Opens `path` and parses its central directory (throws FormatError if it is not a valid zip). */
@@ -71,9 +84,22 @@ export class ZipFile {
     this.fd = -1;
   }
 
-  /** The uncompressed contents of `entry`, in a new buffer. */
-  read(entry: ZipEntry): Buffer {
-    if (entry.size > bufferConstants.MAX_LENGTH) this.fail(`entry '${entry.name}' is too large (${entry.size} bytes)`);
+  /**
+   * The uncompressed contents of `entry`, in a new buffer. `maxBytes` is what the caller can use
+   * (a larger entry is refused before anything is read or inflated).
+   */
+  read(entry: ZipEntry, maxBytes = bufferConstants.MAX_LENGTH): Buffer {
+    if (entry.size > Math.min(maxBytes, bufferConstants.MAX_LENGTH)) this.fail(`entry '${entry.name}' is too large (${entry.size} bytes, at most ${Math.min(maxBytes, bufferConstants.MAX_LENGTH)} expected)`);
+    if (entry.method !== 0) {
+      // Checked before inflating, so a bomb is refused at its declared size, never expanded.
+      if (entry.size > MAX_DEFLATE_RATIO * entry.compressedSize + 1024) {
+        this.fail(`entry '${entry.name}' declares ${entry.size} bytes from ${entry.compressedSize} compressed, beyond what DEFLATE can produce (corrupt zip or decompression bomb)`);
+      }
+      if (entry.size > this.inflateBudget) {
+        this.fail(`entry '${entry.name}' would inflate the archive beyond ${INFLATE_FILE_RATIO} times its ${this.size} bytes (decompression bomb?)`);
+      }
+      this.inflateBudget -= entry.size;
+    }
     const local = this.readAt(entry.localHeaderOffset, LOCAL_SIZE, `the local header of '${entry.name}'`);
     if (local.readUInt32LE(0) !== SIG_LOCAL) this.fail(`bad local header signature for '${entry.name}'`);
     // The local name and extra lengths may differ from the central ones (torch pads the extra
@@ -97,7 +123,8 @@ export class ZipFile {
   }
 
   private fail(why: string): never {
-    throw new FormatError(`${this.path}: ${why}`, this.path);
+    // Cut: reasons quote entry names, which a hostile archive may make 64 KB long.
+    throw new FormatError(`${this.path}: ${capReason(why)}`, this.path);
   }
 
   /** Reads exactly `length` bytes at `offset` into a new buffer that owns its memory. */

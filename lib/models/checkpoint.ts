@@ -6,6 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FormatError } from '../errors.js';
+import { readJsonObjectFile } from '../io/json.js';
 import { readSafetensorsHeader, type SafetensorsEntry } from '../io/safetensors.js';
 import type { ModelConfig } from './config.js';
 
@@ -70,13 +71,8 @@ function checkpointShards(dir: string): string[] {
     const hint = existsSync(join(dir, 'pytorch_model.bin')) ? ' (pytorch_model.bin is not supported: convert it to safetensors)' : '';
     throw new FormatError(`${dir}: no model.safetensors or model.safetensors.index.json${hint}`, dir);
   }
-  let index: { weight_map?: unknown };
-  try {
-    index = JSON.parse(readFileSync(indexFile, 'utf8'));
-  } catch (err) {
-    throw new FormatError(`${indexFile}: invalid JSON (${(err as Error).message})`, indexFile);
-  }
-  const map = index.weight_map;
+  const index = readJsonObjectFile(indexFile);
+  const map = Object.hasOwn(index, 'weight_map') ? index.weight_map : undefined;
   if (typeof map !== 'object' || map === null || Object.values(map).some((v) => typeof v !== 'string' || v.includes('/') || v.includes('\\'))) {
     throw new FormatError(`${indexFile}: 'weight_map' must map tensor names to shard file names in the same folder`, indexFile);
   }

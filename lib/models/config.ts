@@ -2,9 +2,9 @@
  * Model configuration: a Hugging Face config.json (GPT-2 or GPT-NeoX/Pythia) validated and
  * normalised into the fields the forward pass needs. Errors name the file and the field.
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FormatError } from '../errors.js';
+import { describe, readJsonFile } from '../io/json.js';
 
 export type Architecture = 'gpt2' | 'gpt_neox';
 export const ARCHITECTURES: readonly Architecture[] = ['gpt2', 'gpt_neox'];
@@ -37,13 +37,16 @@ export interface ModelConfig {
   defaultPrependBos: boolean;
 }
 
-const ACTIVATIONS: Record<string, Activation> = {
-  gelu_new: 'gelu_tanh',
-  gelu_pytorch_tanh: 'gelu_tanh',
-  gelu_fast: 'gelu_tanh',
-  gelu: 'gelu',
-  relu: 'relu',
-};
+/** A Map, not an object literal, so that a file's `"activation_function": "constructor"` finds nothing. */
+const ACTIVATIONS = new Map<string, Activation>([
+  ['gelu_new', 'gelu_tanh'],
+  ['gelu_pytorch_tanh', 'gelu_tanh'],
+  ['gelu_fast', 'gelu_tanh'],
+  ['gelu', 'gelu'],
+  ['relu', 'relu'],
+]);
+
+const MAX_DIM = 2 ** 31 - 1;
 
 /** Validates a parsed config.json. `file` names it in errors. */
 export function parseModelConfig(json: unknown, file: string): ModelConfig {
@@ -51,32 +54,35 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     throw new FormatError(`${file}: ${why}`, file);
   };
   if (typeof json !== 'object' || json === null || Array.isArray(json)) fail('not a JSON object');
-  const raw = json as Record<string, unknown>;
+  // Own properties only: a key the file lacks must read as absent, not as Object.prototype's member.
+  const obj = json as Record<string, unknown>;
+  const raw: Record<string, unknown> = Object.assign(Object.create(null) as Record<string, unknown>, obj);
   const int = (key: string, fallback?: number): number => {
     const v = raw[key] ?? fallback;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) fail(`field '${key}' must be a positive integer, got ${JSON.stringify(raw[key])}`);
+    // Dimensions beyond int32 cannot be real and would only overflow the sizes computed from them.
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0 || v > MAX_DIM) fail(`field '${key}' must be a positive integer, got ${describe(raw[key])}${typeof v === 'number' && v > MAX_DIM ? ' (at most 2^31 - 1)' : ''}`);
     return v as number;
   };
   const num = (key: string, fallback: number): number => {
     const v = raw[key] ?? fallback;
-    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) fail(`field '${key}' must be a non-negative number, got ${JSON.stringify(raw[key])}`);
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) fail(`field '${key}' must be a non-negative number, got ${describe(raw[key])}`);
     return v as number;
   };
   const bool = (key: string, fallback: boolean): boolean => {
     const v = raw[key] ?? fallback;
-    if (typeof v !== 'boolean') fail(`field '${key}' must be true or false, got ${JSON.stringify(raw[key])}`);
+    if (typeof v !== 'boolean') fail(`field '${key}' must be true or false, got ${describe(raw[key])}`);
     return v as boolean;
   };
   const tokenId = (key: string): number | null => {
     const v = raw[key];
     if (v === undefined || v === null) return null;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) fail(`field '${key}' must be a token id, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > MAX_DIM) fail(`field '${key}' must be a token id, got ${describe(v)}`);
     return v as number;
   };
   const activation = (key: string, fallback: string): Activation => {
     const v = raw[key] ?? fallback;
-    const act = typeof v === 'string' ? ACTIVATIONS[v] : undefined;
-    if (!act) fail(`field '${key}': unsupported activation ${JSON.stringify(v)} (supported: ${Object.keys(ACTIVATIONS).join(', ')})`);
+    const act = typeof v === 'string' ? ACTIVATIONS.get(v) : undefined;
+    if (!act) fail(`field '${key}': unsupported activation ${describe(v)} (supported: ${[...ACTIVATIONS.keys()].join(', ')})`);
     return act as Activation;
   };
 
@@ -135,7 +141,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
       defaultPrependBos: false,
     };
   } else {
-    return fail(`unknown architecture: model_type ${JSON.stringify(modelType)} (supported: ${ARCHITECTURES.join(', ')})`);
+    return fail(`unknown architecture: model_type ${describe(modelType)} (supported: ${ARCHITECTURES.join(', ')})`);
   }
   if (!Number.isInteger(cfg.dHead)) fail(`hidden size ${cfg.dModel} is not divisible by the number of heads ${cfg.nHeads}`);
   for (const [key, id] of [['bos_token_id', cfg.bosTokenId], ['eos_token_id', cfg.eosTokenId]] as const) {
@@ -147,17 +153,14 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
 /** Reads and validates `<dir>/config.json`. */
 export function readModelConfig(dir: string): ModelConfig {
   const file = join(dir, 'config.json');
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new FormatError(`${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)}); is ${dir} a Hugging Face model folder?`, file);
-  }
   let json: unknown;
   try {
-    json = JSON.parse(text);
+    json = readJsonFile(file);
   } catch (err) {
-    throw new FormatError(`${file}: invalid JSON (${(err as Error).message})`, file);
+    if (err instanceof FormatError && /: cannot read \(/.test(err.message)) {
+      throw new FormatError(`${err.message}; is ${dir} a Hugging Face model folder?`, file);
+    }
+    throw err;
   }
   return parseModelConfig(json, file);
 }

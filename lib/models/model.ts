@@ -6,11 +6,10 @@
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { runOnDevice } from '../device-queue.js';
-import { InvalidArgumentError } from '../errors.js';
-import { native, type NativeMlpReplacement, type NativeModel, type NativeRunResult } from '../native.js';
+import { InvalidArgumentError, NumericalError } from '../errors.js';
+import { native, type NativeMlpReplacement, type NativeModel, type NativeRunResult, type NativeTranscoder } from '../native.js';
 import { Tensor, type DType } from '../tensor.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
-import { Transcoder } from '../transcoders/transcoder.js';
 import { resolveCheckpoint } from './checkpoint.js';
 import { readModelConfig, type ModelConfig } from './config.js';
 import { selectHooks } from './hooks.js';
@@ -34,6 +33,18 @@ export interface LoadModelOptions {
   dtype?: ModelDType;
   /** Default `'none'`. */
   processing?: Processing;
+  /**
+   * Weights holding NaN or infinity (every logit would be NaN): `'warn'` (default) emits a process
+   * warning naming them, `'error'` refuses the model with a NumericalError.
+   */
+  nonFinite?: 'warn' | 'error';
+}
+
+/** A module the native forward runs in place of an MLP: a Transcoder (lib/transcoders/transcoder.ts). */
+export interface NativeMlpModule {
+  readonly config: object;
+  /** @internal */
+  readonly handle: NativeTranscoder;
 }
 
 /**
@@ -42,16 +53,24 @@ export interface LoadModelOptions {
  * - `'mean'`: the mean output over this batch's real (unpadded) positions; `{ mean }`: a given mean vector [d];
  * - `{ value }`: a fixed tensor broadcastable to [B, T, d];
  * - a callback `(input, original, layer) => Tensor` receiving the MLP input
- *   (`ln2.hook_normalized`, [B, T, d]) and the original output; it may return a Promise;
- * - a {@link Transcoder}, run natively inside the forward on the MLP input.
+ *   (`mlp.hook_in` = `ln2.hook_normalized`, [B, T, d]) and the original output; it may return a Promise;
+ * - a Transcoder, run natively inside the forward on what its `hookIn` names: the MLP input, or the
+ *   residual stream before the MLP's LayerNorm (`hook_resid_mid`, `hook_resid_pre` in parallel blocks);
+ * - `{ module, keep }`: a Transcoder with only the features of `keep` (bool or 0/1 [dSae]) active.
+ * {@link ReplacementModel} builds these for its transcoders.
  */
 export type MlpReplacement =
   | 'zero'
   | 'mean'
   | { mean: Tensor }
   | { value: Tensor }
-  | Transcoder
+  | NativeMlpModule
+  | { module: NativeMlpModule; keep?: Tensor }
   | ((input: Tensor, original: Tensor, layer: number) => Tensor | Promise<Tensor>);
+
+function isNativeModule(spec: unknown): spec is NativeMlpModule {
+  return typeof spec === 'object' && spec !== null && 'handle' in spec && 'config' in spec && typeof (spec as NativeMlpModule).handle?.forward === 'function';
+}
 
 /**
  * Token ids: one sequence (number[] / Int32Array), a batch of sequences (rows of different lengths
@@ -314,8 +333,11 @@ export class Model {
         throw new InvalidArgumentError(`replaceMlp: layer ${key} does not exist (the model has ${this.config.nLayers} layers)`);
       }
       if (spec === 'zero' || spec === 'mean') mlp.push({ layer, kind: spec });
-      else if (spec instanceof Transcoder) mlp.push({ layer, kind: 'transcoder', transcoder: spec.handle });
-      else if (typeof spec === 'function') {
+      else if (isNativeModule(spec)) mlp.push({ layer, kind: 'transcoder', transcoder: spec.handle });
+      else if (typeof spec === 'object' && spec !== null && 'module' in spec && isNativeModule(spec.module)) {
+        if (spec.keep !== undefined && !(spec.keep instanceof Tensor)) throw new InvalidArgumentError(`replaceMlp[${layer}].keep must be a Tensor [dSae]`);
+        mlp.push({ layer, kind: 'transcoder', transcoder: spec.module.handle, ...(spec.keep ? { keep: spec.keep.handle } : {}) });
+      } else if (typeof spec === 'function') {
         mlp.push({
           layer,
           kind: 'callback',
@@ -329,7 +351,7 @@ export class Model {
       else if (typeof spec === 'object' && spec !== null && 'value' in spec && spec.value instanceof Tensor) mlp.push({ layer, kind: 'value', value: spec.value.handle });
       else {
         const got = typeof spec === 'string' ? `'${spec}'` : spec === null ? 'null' : typeof spec;
-        throw new InvalidArgumentError(`replaceMlp[${layer}]: expected 'zero', 'mean', { mean: Tensor }, { value: Tensor }, a Transcoder or a function, got ${got}`);
+        throw new InvalidArgumentError(`replaceMlp[${layer}]: expected 'zero', 'mean', { mean: Tensor }, { value: Tensor }, a Transcoder, { module: Transcoder, keep } or a function, got ${got}`);
       }
     }
     return {
@@ -361,6 +383,18 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const tokenizer = existsSync(tokenizerPath)
     ? Tokenizer.fromFile(tokenizerPath, { bosTokenId: config.bosTokenId, prependBos: config.defaultPrependBos })
     : null;
+  if (options.nonFinite !== undefined && options.nonFinite !== 'warn' && options.nonFinite !== 'error') {
+    throw new InvalidArgumentError(`nonFinite must be 'warn' or 'error', got '${String(options.nonFinite)}'`);
+  }
   const handle = await native().Model.load({ config, files, device, dtype, processing, source: folder });
+  const bad = handle.nonFiniteWeights();
+  if (bad.length > 0) {
+    const message = `${folder}: ${bad.length} weight${bad.length > 1 ? 's hold' : ' holds'} NaN or infinite values (${bad.slice(0, 5).join(', ')}${bad.length > 5 ? ', ...' : ''}): every output that reads them will be NaN`;
+    if (options.nonFinite === 'error') {
+      handle.dispose();
+      throw new NumericalError(message);
+    }
+    process.emitWarning(message, { code: 'TRANSCODERS_NON_FINITE_WEIGHTS' });
+  }
   return new Model({ dir: folder, config, processing, device, dtype, tokenizer, handle });
 }

@@ -4,11 +4,12 @@
  * model. Layout: `DIR/layer_L/meta.json` and `DIR/layer_L/shard_00000.safetensors`, ... each shard
  * holding `input` [rows, d_in] and `target` [rows, d_out] (float32 or bfloat16), rows in token order.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
 import { readTokenFileHeader, readTokenRows } from '../data/token-file.js';
 import { FormatError, InvalidArgumentError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
+import { describe, readJsonFile } from '../io/json.js';
 import { readSafetensorsHeader, writeSafetensors, type RawTensor, type SafetensorsEntry } from '../io/safetensors.js';
 import type { Model } from '../models/model.js';
 import { mlpHooks } from './config.js';
@@ -110,7 +111,16 @@ export async function writeActivationCache(model: Model, tokenFile: string, laye
   });
 }
 
-/** Reads a cache folder's meta.json. */
+/** Widths beyond this are not activations of any model (and would only overflow row sizes). */
+const MAX_WIDTH = 1 << 20;
+const SHARD_NAME = /^[A-Za-z0-9_.-]+\.safetensors$/;
+const DTYPE_CODES = new Map<string, string>([['float32', 'F32'], ['bfloat16', 'BF16']]);
+
+/**
+ * Reads a cache folder's meta.json and validates every field (types and ranges, the hooks against
+ * the layer, the shard list against the row count), so that a wrong value fails here, naming the
+ * file and the field, instead of being mis-read later.
+ */
 export function readCacheMeta(dir: string): CacheMeta {
   const file = join(dir, META_FILE);
   if (!existsSync(file)) {
@@ -118,31 +128,85 @@ export function readCacheMeta(dir: string): CacheMeta {
     const hint = layers.length ? ` (it holds ${layers.join(', ')}: point at one of them)` : '';
     throw new FormatError(`${dir}: not an activation cache folder, no ${META_FILE}${hint}`, dir);
   }
-  let meta: CacheMeta;
-  try {
-    meta = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new FormatError(`${file}: invalid JSON (${(err as Error).message})`, file);
+  const raw = readJsonFile(file);
+  const fail = (why: string): never => {
+    throw new FormatError(`${file}: ${why}`, file);
+  };
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return fail(`expected a JSON object, got ${describe(raw)}`);
+  const m = raw as Record<string, unknown>;
+  const get = (key: string): unknown => (Object.hasOwn(m, key) ? m[key] : undefined);
+  if (get('format') !== CACHE_FORMAT) fail(`field 'format' is ${describe(get('format'))}, expected "${CACHE_FORMAT}" (not an activation cache meta.json)`);
+  if (get('version') !== 1) fail(`field 'version' is ${describe(get('version'))}; this library reads version 1`);
+  const int = (key: string, min: number, max: number): number => {
+    const v = get(key);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) fail(`field '${key}' must be an integer in [${min}, ${max}], got ${describe(v)}`);
+    return v as number;
+  };
+  const str = (key: string): string => {
+    const v = get(key);
+    if (typeof v !== 'string') fail(`field '${key}' must be a string, got ${describe(v)}`);
+    return v as string;
+  };
+  const layer = int('layer', 0, 1_000_000);
+  const hookIn = str('hookIn');
+  const hookOut = str('hookOut');
+  const expected = mlpHooks(layer);
+  if (hookIn !== expected.hookIn || hookOut !== expected.hookOut) {
+    fail(`fields 'hookIn'/'hookOut' are ${describe(hookIn)}/${describe(hookOut)}, but layer ${layer}'s are "${expected.hookIn}"/"${expected.hookOut}"`);
   }
-  if (meta.format !== CACHE_FORMAT || !Array.isArray(meta.shards)) throw new FormatError(`${file}: not a ${CACHE_FORMAT} meta.json`, file);
-  return meta;
+  const folderLayer = /^layer_(\d+)$/.exec(basename(resolve(dir)));
+  if (folderLayer && Number(folderLayer[1]) !== layer) fail(`field 'layer' is ${layer} but the folder is ${basename(resolve(dir))}`);
+  const dtype = get('dtype');
+  if (typeof dtype !== 'string' || !DTYPE_CODES.has(dtype)) fail(`field 'dtype' must be "float32" or "bfloat16", got ${describe(dtype)}`);
+  const dIn = int('dIn', 1, MAX_WIDTH);
+  const dOut = int('dOut', 1, MAX_WIDTH);
+  const count = int('count', 0, Number.MAX_SAFE_INTEGER);
+  const contextSize = int('contextSize', 1, MAX_WIDTH);
+  if (count % contextSize !== 0) fail(`field 'count' ${count} is not a whole number of rows of contextSize ${contextSize}`);
+  const shardsRaw = get('shards');
+  if (!Array.isArray(shardsRaw)) return fail(`field 'shards' must be a list, got ${describe(shardsRaw)}`);
+  const seen = new Set<string>();
+  let total = 0;
+  const shards = shardsRaw.map((sh, i) => {
+    const at = `shards[${i}]`;
+    if (typeof sh !== 'object' || sh === null || Array.isArray(sh)) return fail(`field '${at}' must be an object, got ${describe(sh)}`);
+    const f = Object.hasOwn(sh, 'file') ? (sh as Record<string, unknown>).file : undefined;
+    const rows = Object.hasOwn(sh, 'rows') ? (sh as Record<string, unknown>).rows : undefined;
+    // A bare file name: meta.json must not point outside its folder.
+    if (typeof f !== 'string' || !SHARD_NAME.test(f) || f.startsWith('.')) fail(`field '${at}.file' must be a file name ending in .safetensors, got ${describe(f)}`);
+    if (seen.has(f as string)) fail(`field '${at}.file' names ${describe(f)} twice`);
+    seen.add(f as string);
+    if (typeof rows !== 'number' || !Number.isSafeInteger(rows) || rows < 1) fail(`field '${at}.rows' must be a positive integer, got ${describe(rows)}`);
+    total += rows as number;
+    return { file: f as string, rows: rows as number };
+  });
+  if (total !== count) fail(`field 'count' is ${count} but the shards hold ${total} rows`);
+  return {
+    format: CACHE_FORMAT, version: 1, model: str('model'), processing: str('processing'), layer, hookIn, hookOut,
+    dtype: dtype as CacheMeta['dtype'], dIn, dOut, count, contextSize, tokenFile: str('tokenFile'), shards,
+  };
 }
 
-/** The shards of a cache folder in path order, validated (dtype, shapes, row counts). */
+/**
+ * The shards of a cache folder in path order, validated against meta.json: each holds `input`
+ * [rows, dIn] and `target` [rows, dOut] of meta's dtype, with the row count meta gives it.
+ */
 export function readCacheShards(dir: string): CacheShard[] {
   const meta = readCacheMeta(dir);
-  return meta.shards.map((s) => s.file).sort().map((file) => {
+  const code = DTYPE_CODES.get(meta.dtype)!;
+  return [...meta.shards].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0)).map(({ file, rows }) => {
     const path = join(dir, file);
     const header = readSafetensorsHeader(path);
     const input = header.entries.get('input');
     const target = header.entries.get('target');
     if (!input || !target) throw new FormatError(`${path}: a cache shard needs tensors 'input' and 'target'`, path);
-    if (input.shape.length !== 2 || target.shape.length !== 2 || input.shape[0] !== target.shape[0]) {
-      throw new FormatError(`${path}: 'input' [${input.shape}] and 'target' [${target.shape}] must be [rows, d] with the same rows`, path);
+    for (const [e, d] of [[input, meta.dIn], [target, meta.dOut]] as const) {
+      if (e.dtype !== code) throw new FormatError(`${path}: '${e.key}' has dtype ${e.dtype}, but ${META_FILE} says ${meta.dtype} (${code})`, path);
+      if (e.shape.length !== 2 || e.shape[0] !== rows || e.shape[1] !== d) {
+        throw new FormatError(`${path}: '${e.key}' has shape [${e.shape}], but ${META_FILE} says [${rows}, ${d}] (rows of this shard, ${e.key === 'input' ? 'dIn' : 'dOut'})`, path);
+      }
     }
-    for (const e of [input, target]) {
-      if (!['F32', 'BF16', 'F16'].includes(e.dtype)) throw new FormatError(`${path}: '${e.key}' has dtype ${e.dtype}, expected F32 or BF16`, path);
-    }
-    return { path, dataStart: header.dataStart, rows: input.shape[0]!, dIn: input.shape[1]!, dOut: target.shape[1]!, entries: [input, target] };
+    if (header.entries.size !== 2) throw new FormatError(`${path}: a cache shard holds only 'input' and 'target', this one has ${[...header.entries.keys()].map((k) => describe(k, 40)).join(', ')}`, path);
+    return { path, dataStart: header.dataStart, rows, dIn: meta.dIn, dOut: meta.dOut, entries: [input, target] };
   });
 }

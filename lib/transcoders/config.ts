@@ -3,6 +3,7 @@
  * hook names). Stored as the `cfg.json` of the native format; validated with errors naming the field.
  */
 import { InvalidArgumentError } from '../errors.js';
+import { describe } from '../io/json.js';
 import type { Processing } from '../models/model.js';
 
 /**
@@ -50,10 +51,11 @@ export function validateTranscoderConfig(cfg: Partial<TranscoderConfig>, source:
   };
   const positive = (key: keyof TranscoderConfig): number => {
     const v = cfg[key];
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) fail(`'${key}' must be a positive integer, got ${JSON.stringify(v)}`);
+    // Bounded by int32: the native core takes sizes as 32-bit ints, and no real width comes near.
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0 || v > 2 ** 31 - 1) fail(`'${key}' must be a positive integer, got ${describe(v)}${typeof v === 'number' && v > 2 ** 31 - 1 ? ' (at most 2^31 - 1)' : ''}`);
     return v as number;
   };
-  if (!TRANSCODER_ARCHS.includes(cfg.arch as TranscoderArch)) fail(`'arch' must be one of ${TRANSCODER_ARCHS.join(', ')}, got ${JSON.stringify(cfg.arch)}`);
+  if (!TRANSCODER_ARCHS.includes(cfg.arch as TranscoderArch)) fail(`'arch' must be one of ${TRANSCODER_ARCHS.join(', ')}, got ${describe(cfg.arch)}`);
   const out: TranscoderConfig = {
     arch: cfg.arch as TranscoderArch,
     dIn: positive('dIn'),
@@ -68,7 +70,13 @@ export function validateTranscoderConfig(cfg: Partial<TranscoderConfig>, source:
     ...(cfg.training ? { training: cfg.training } : {}),
   };
   if (typeof out.skip !== 'boolean') fail(`'skip' must be true or false`);
-  if (!Number.isInteger(out.layer) || out.layer < -1) fail(`'layer' must be a layer index, got ${JSON.stringify(cfg.layer)}`);
+  // Checked here, not left to the native core, so a file's wrong type is reported against the file.
+  if (typeof out.hookIn !== 'string') fail(`'hookIn' must be a string, got ${describe(cfg.hookIn)}`);
+  if (typeof out.hookOut !== 'string') fail(`'hookOut' must be a string, got ${describe(cfg.hookOut)}`);
+  if (out.modelName !== null && typeof out.modelName !== 'string') fail(`'modelName' must be a string or null, got ${describe(cfg.modelName)}`);
+  if (out.processing !== null && out.processing !== 'none' && out.processing !== 'transformerlens') fail(`'processing' must be "none", "transformerlens" or null, got ${describe(cfg.processing)}`);
+  if (out.training !== undefined && (typeof out.training !== 'object' || Array.isArray(out.training))) fail(`'training' must be an object, got ${describe(cfg.training)}`);
+  if (!Number.isInteger(out.layer) || out.layer < -1 || out.layer > 2 ** 31 - 1) fail(`'layer' must be a layer index, got ${describe(cfg.layer)}`);
   if (out.arch === 'topk') {
     const k = positive('k');
     if (k > out.dSae) fail(`'k' = ${k} exceeds dSae = ${out.dSae}`);

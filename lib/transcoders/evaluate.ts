@@ -4,13 +4,12 @@
  * transcoders (the model's own forward, not a proxy), relative to zero-ablating those MLPs, plus the
  * KL divergence from the clean model. Several layers are evaluated together and one at a time.
  */
+import type { ReplacementModel } from '../circuits/replacement-model.js';
 import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { native } from '../native.js';
-import type { MlpReplacement, Model } from '../models/model.js';
+import type { MlpReplacement } from '../models/model.js';
 import { Tensor } from '../tensor.js';
-import { mlpHooks } from './config.js';
-import type { Transcoder } from './transcoder.js';
 
 export interface LayerEvaluation {
   layer: number;
@@ -52,31 +51,6 @@ export interface EvaluateOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-/** Checks that each transcoder replaces an MLP of this model and returns them by layer. */
-function byLayer(model: Model, transcoders: readonly Transcoder[]): Map<number, Transcoder> {
-  const layers = new Map<number, Transcoder>();
-  for (const tc of transcoders) {
-    const { layer, hookIn, hookOut } = tc.config;
-    if (!Number.isInteger(layer) || layer < 0 || layer >= model.config.nLayers) {
-      throw new InvalidArgumentError(`transcoder layer ${layer} is not a layer of the model (${model.config.nLayers} layers); set its config.layer`);
-    }
-    const expected = mlpHooks(layer);
-    if ((hookIn && hookIn !== expected.hookIn) || (hookOut && hookOut !== expected.hookOut)) {
-      throw new InvalidArgumentError(`the layer-${layer} transcoder maps ${hookIn} -> ${hookOut}; evaluation splices MLP transcoders (${expected.hookIn} -> ${expected.hookOut})`);
-    }
-    if (tc.config.processing && tc.config.processing !== model.processing) {
-      throw new InvalidArgumentError(`the layer-${layer} transcoder expects the model loaded with processing '${tc.config.processing}', not '${model.processing}'`);
-    }
-    if (tc.config.dIn !== model.config.dModel || tc.config.dOut !== model.config.dModel) {
-      throw new InvalidArgumentError(`the layer-${layer} transcoder has dIn ${tc.config.dIn} / dOut ${tc.config.dOut}, the model's width is ${model.config.dModel}`);
-    }
-    if (layers.has(layer)) throw new InvalidArgumentError(`two transcoders for layer ${layer}`);
-    layers.set(layer, tc);
-  }
-  if (layers.size === 0) throw new InvalidArgumentError('evaluate needs at least one transcoder');
-  return layers;
-}
-
 interface Accumulator {
   rows: number;
   sumSquaredError: number;
@@ -86,13 +60,14 @@ interface Accumulator {
   fireCounts: Float64Array;
 }
 
-/** Evaluates `transcoders` on token sequences `rows` (equal lengths, >= 2 tokens). */
-export async function evaluate(model: Model, transcoders: readonly Transcoder[], rows: readonly (readonly number[])[], options: EvaluateOptions = {}): Promise<Evaluation> {
-  const layers = byLayer(model, transcoders);
+/** Evaluates the replacement model's transcoders on token sequences `rows` (equal lengths, >= 2 tokens). */
+export async function evaluate(replacement: ReplacementModel, rows: readonly (readonly number[])[], options: EvaluateOptions = {}): Promise<Evaluation> {
+  const { model } = replacement;
+  const layers = replacement.transcoders;
   const batchSize = options.batchSize ?? 8;
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new InvalidArgumentError(`batchSize must be a positive integer, got ${batchSize}`);
   if (rows.length === 0) throw new InvalidArgumentError('evaluate needs at least one token sequence');
-  const all: Record<number, MlpReplacement> = Object.fromEntries([...layers].map(([l, tc]) => [l, tc]));
+  const all = replacement.replacements();
   const zeroAll: Record<number, MlpReplacement> = Object.fromEntries([...layers.keys()].map((l) => [l, 'zero' as const]));
   const d = model.config.dModel;
   const acc = new Map<number, Accumulator>(
@@ -109,10 +84,9 @@ export async function evaluate(model: Model, transcoders: readonly Transcoder[],
     if (ragged >= 0) {
       throw new InvalidArgumentError(`evaluate: row ${start + ragged} has ${batch[ragged]!.length} tokens but row ${start} has ${batch[0]!.length}; rows evaluated in one batch (batchSize ${batchSize}) must have equal length`);
     }
-    const hooks = [...layers].flatMap(([l, tc]) => [tc.config.hookIn || mlpHooks(l).hookIn, tc.config.hookOut || mlpHooks(l).hookOut]);
-    const clean = await model.run(batch, { cache: hooks });
+    const clean = await model.run(batch, { cache: replacement.hooks() });
     for (const [l, tc] of layers) {
-      const { hookIn, hookOut } = mlpHooks(l);
+      const { hookIn, hookOut } = replacement.placement(l);
       const s = await runOnDevice(tc.device, () => tc.handle.batchStats(clean.cache[hookIn]!.handle, clean.cache[hookOut]!.handle));
       const a = acc.get(l)!;
       a.rows += s.rows;
@@ -129,9 +103,9 @@ export async function evaluate(model: Model, transcoders: readonly Transcoder[],
     ce.clean += w * (await model.loss(batch));
     ce.replaced += w * (await model.loss(batch, { replaceMlp: all }));
     ce.zero += w * (await model.loss(batch, { replaceMlp: zeroAll }));
-    for (const [l, tc] of layers) {
+    for (const l of layers.keys()) {
       const per = ce.perLayer.get(l)!;
-      per.replaced += w * (await model.loss(batch, { replaceMlp: { [l]: tc } }));
+      per.replaced += w * (await model.loss(batch, { replaceMlp: replacement.replacements({ layers: [l] }) }));
       per.zero += w * (await model.loss(batch, { replaceMlp: { [l]: 'zero' } }));
     }
     weight += w;

@@ -5,17 +5,19 @@
  * and can stop it. Resuming continues from the latest checkpoint: weights, Adam state, step and
  * data position (activations that were buffered but not yet trained on are not replayed).
  */
-import { appendFileSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { readTokenFileHeader, readTokenRows } from '../data/token-file.js';
 import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
+import { appendFileChecked, toIoError } from '../io/atomic.js';
+import { lockFolder } from '../io/lock.js';
 import { loadSafetensorsTensors, readSafetensorsHeader } from '../io/safetensors.js';
 import { native, type NativeRunProgress, type NativeRunSnapshot } from '../native.js';
 import type { Model } from '../models/model.js';
 import { Tensor } from '../tensor.js';
 import { readCacheMeta, readCacheShards } from './activation-cache.js';
-import { listCheckpoints, readTrainerState, writeCheckpoint, type CheckpointState } from './checkpoints.js';
+import { cleanCheckpoints, findResumePoint, listCheckpoints, readTrainerState, writeCheckpoint, type CheckpointState } from './checkpoints.js';
 import { mlpHooks, validateTranscoderConfig, type TranscoderArch, type TranscoderConfig } from './config.js';
 import { loadNativeTranscoder, saveTranscoder } from './formats/native.js';
 import { StepTrainer, type StepMetrics, type TrainOptions } from './step-trainer.js';
@@ -61,7 +63,14 @@ export interface TrainRunOptions extends TrainOptions, PlacementOptions {
   out: string;
   /** Checkpoint every this many activation rows (default: 10 checkpoints over the run). */
   checkpointEveryTokens?: number;
+  /**
+   * Continue from the newest complete checkpoint in `out` (falling back past broken ones, with a
+   * warning). The transcoder options (arch, dSae, skip, k, bandwidth) must be the checkpoint's;
+   * training options (lr, seed, ...) may change and are recorded from the resumed step on.
+   */
   resume?: boolean;
+  /** Called with each warning (a stale lock taken over, a broken checkpoint skipped); also in the result. */
+  onWarning?: (message: string) => void;
   /** Steps between progress reports and log lines (default 10). */
   logEvery?: number;
   onProgress?: (progress: TrainProgress) => void;
@@ -84,6 +93,10 @@ export interface TrainResult {
   /** The data ran out before the step budget. */
   exhausted: boolean;
   out: string;
+  /** With `resume`: the checkpoint continued from, broken newer ones skipped, options changed. */
+  resumed?: { from: string; step: number; skipped: { dir: string; step: number; reason: string }[]; changes: NonNullable<CheckpointState['changes']> };
+  /** Warnings of the run (also given to `onWarning`). */
+  warnings: string[];
 }
 
 const BIAS_SAMPLE_ROWS = 8192;
@@ -131,8 +144,12 @@ async function sampleActivations(opts: TrainRunOptions, hooks: { input: string; 
 export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResult> {
   const out = resolve(opts.out);
   const batchSize = opts.batchSize ?? 4096;
-  const totalSteps = opts.steps ?? (opts.tokens !== undefined ? Math.floor(opts.tokens / batchSize) : undefined);
-  if (!totalSteps || !Number.isInteger(totalSteps) || totalSteps < 1) throw new InvalidArgumentError('give the run length as steps or tokens (at least one batch)');
+  if (opts.steps === undefined && opts.tokens === undefined) throw new InvalidArgumentError('give the run length as steps or tokens');
+  if (opts.tokens !== undefined && opts.steps === undefined && opts.tokens < batchSize) {
+    throw new InvalidArgumentError(`the run of ${opts.tokens} tokens is shorter than one batch of ${batchSize} activation rows: give more tokens or a smaller batch size`);
+  }
+  const totalSteps = opts.steps ?? Math.floor(opts.tokens! / batchSize);
+  if (!Number.isInteger(totalSteps) || totalSteps < 1) throw new InvalidArgumentError(`the run length must be a positive whole number of steps, got ${totalSteps}`);
   if (opts.layers.length === 0) throw new InvalidArgumentError('train at least one layer');
   const fromCache = 'activations' in opts.data;
   if (fromCache && opts.layers.length !== 1) throw new InvalidArgumentError('an activation cache holds one layer: train one layer per run from it');
@@ -145,10 +162,64 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   const cacheMeta = fromCache ? readCacheShards((opts.data as TrainDataCache).activations) : null;
   const dIn = width ?? cacheMeta![0]!.dIn;
   const dOut = width ?? cacheMeta![0]!.dOut;
-  mkdirSync(out, { recursive: true });
+  try {
+    mkdirSync(out, { recursive: true });
+  } catch (err) {
+    throw toIoError(err, out, 'cannot create the output folder');
+  }
+  // One run per output folder: a second one would interleave its checkpoints with ours.
+  const lock = lockFolder(out, 'transcoders train');
+  const warnings: string[] = [];
+  const warn = (message: string) => {
+    warnings.push(message);
+    opts.onWarning?.(message);
+  };
+  if (lock.tookOver) warn(`${lock.path}: took over the stale lock of process ${lock.tookOver.pid} (${lock.tookOver.what}; no longer running)`);
+  try {
+    return await trainLocked(opts, { out, batchSize, totalSteps, fromCache, model, hooks, cacheMeta, dIn, dOut, warnings, warn });
+  } finally {
+    lock.release();
+  }
+}
+
+interface RunContext {
+  out: string;
+  batchSize: number;
+  totalSteps: number;
+  fromCache: boolean;
+  model: Model | null;
+  hooks: { input: string; target: string }[];
+  cacheMeta: ReturnType<typeof readCacheShards> | null;
+  dIn: number;
+  dOut: number;
+  warnings: string[];
+  warn: (message: string) => void;
+}
+
+/** Transcoder options a resumed run cannot change (the weights are the checkpoint's). */
+function checkResumeConflicts(config: TranscoderConfig, opts: TrainRunOptions, dir: string): void {
+  const conflicts: string[] = [];
+  const differs = (option: string, flag: string, have: unknown, given: unknown) => {
+    if (have !== given) conflicts.push(`${option} (${flag}) is ${JSON.stringify(have ?? null)} in the checkpoint, ${JSON.stringify(given ?? null)} was given`);
+  };
+  differs('arch', '--arch', config.arch, opts.arch);
+  differs('dSae', '--d-sae', config.dSae, opts.dSae);
+  differs('skip', '--skip', config.skip, opts.skip ?? false);
+  if (opts.k !== undefined || config.arch === 'topk') differs('k', '--k', config.k, opts.k);
+  if (opts.bandwidth !== undefined) differs('bandwidth', '--bandwidth', config.bandwidth, opts.bandwidth);
+  if (conflicts.length > 0) throw new InvalidArgumentError(`resume from ${dir}: ${conflicts.join('; ')}; resume with the checkpoint's values or start a new run in another folder`);
+}
+
+async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<TrainResult> {
+  const { out, batchSize, totalSteps, fromCache, model, hooks, cacheMeta, dIn, dOut, warnings, warn } = ctx;
   const checkpointsDir = join(out, 'checkpoints');
-  const latest = opts.resume ? listCheckpoints(checkpointsDir).at(-1) : undefined;
-  if (opts.resume && !latest) throw new InvalidArgumentError(`--resume: no checkpoint in ${checkpointsDir}`);
+  // The newest complete checkpoint, past broken ones; then leftovers of killed writes are cleaned
+  // (which also moves a complete copy left under a temporary name back into place).
+  const point = opts.resume ? findResumePoint(checkpointsDir) : { skipped: [] };
+  for (const s of point.skipped) warn(`--resume: the checkpoint ${s.dir} is broken (${s.reason}); falling back to an older one`);
+  cleanCheckpoints(checkpointsDir);
+  const latest = point.latest ? listCheckpoints(checkpointsDir).find((c) => c.state.step === point.latest!.state.step) : undefined;
+  if (opts.resume && !latest) throw new InvalidArgumentError(`--resume: no complete checkpoint in ${checkpointsDir}${point.skipped.length ? ` (${point.skipped.length} broken)` : ''}`);
   if (latest && latest.state.layers.join(',') !== opts.layers.join(',')) {
     throw new InvalidArgumentError(`--resume: the checkpoint trains layers ${latest.state.layers}, not ${opts.layers}`);
   }
@@ -162,7 +233,10 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
     };
     validateTranscoderConfig(config, `layer ${layer}`);
     let tc: Transcoder;
-    if (latest) tc = await loadNativeTranscoder(join(latest.dir, `layer_${layer}`), opts);
+    if (latest) {
+      tc = await loadNativeTranscoder(join(latest.dir, `layer_${layer}`), opts);
+      checkResumeConflicts(tc.config, opts, latest.dir);
+    }
     else if (opts.init?.[layer]) tc = await Transcoder.fromParameters({ ...opts.init[layer]!.config, layer, ...mlpHooks(layer) }, opts.init[layer]!.parameters(), opts);
     else tc = await Transcoder.create(config, { ...opts, seed: (opts.seed ?? 0) + i });
     transcoders.push(tc);
@@ -181,6 +255,18 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
     ...tc.config,
     training: { ...trainer.options, batchSize, totalSteps, seed: opts.seed ?? 0, shuffle: !opts.noShuffle, data: fromCache ? (opts.data as TrainDataCache).activations : (opts.data as TrainDataTokens).tokenFile },
   });
+  // Training options changed on this resume (lr, seed, ...): allowed, recorded from this step on.
+  const changes: NonNullable<CheckpointState['changes']> = [...(latest?.state.changes ?? [])];
+  const newChanges: typeof changes = [];
+  if (latest) {
+    const before = transcoders[0]!.config.training ?? {};
+    const now = recordTraining(transcoders[0]!, trainers[0]!).training!;
+    for (const option of Object.keys(now)) {
+      if (option === 'data' || JSON.stringify(before[option]) === JSON.stringify(now[option])) continue;
+      newChanges.push({ step: latest.state.step, option, from: before[option] ?? null, to: now[option] });
+    }
+    changes.push(...newChanges);
+  }
 
   // The activation source.
   let source: object;
@@ -193,14 +279,13 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
       model: model!.handle,
       tokenFile: { path: header.path, dataOffset: header.dataStart, rows: header.rows, context: header.contextSize },
       startRow: latest?.state.position ?? 0,
-      hooks,
       sequencesPerForward: opts.sequencesPerForward ?? 8,
     };
   }
   const checkpointEverySteps = Math.max(1, Math.floor((opts.checkpointEveryTokens ?? Math.ceil((totalSteps * batchSize) / 10)) / batchSize));
+  // Each slot's transcoder knows its placement: the model source reads the hooks it names.
   const run = new (native().TrainingRun)({
     slots: trainers.map((t) => t.handle),
-    layers: opts.layers,
     source,
     options: {
       batchSize,
@@ -215,37 +300,59 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   const abort = () => run.stop();
   opts.signal?.addEventListener('abort', abort);
   const log = join(out, 'train.jsonl');
-  const onProgress = (p: NativeRunProgress) => {
-    const progress: TrainProgress = { step: p.step, totalSteps, tokens: p.step * batchSize, metrics: p.metrics.map((m, i) => ({ ...m, layer: opts.layers[i]! })) };
-    appendFileSync(log, progress.metrics.map((m) => JSON.stringify({ time: new Date().toISOString(), tokens: progress.tokens, ...m })).join('\n') + '\n');
-    opts.onProgress?.(progress);
+  if (latest) {
+    appendFileChecked(log, JSON.stringify({ time: new Date().toISOString(), event: 'resume', step: latest.state.step, from: latest.dir, skipped: point.skipped.map((s) => s.dir), changes: newChanges }) + '\n');
+  }
+  // An error in a callback reaches the native loop as a plain exception: keep ours (an IoError
+  // naming the file) to rethrow once the loop has stopped.
+  let callbackError: unknown;
+  const guarded = <T,>(fn: (arg: T) => void) => (arg: T) => {
+    try {
+      fn(arg);
+    } catch (err) {
+      callbackError ??= err;
+      throw err;
+    }
   };
-  const onCheckpoint = (s: NativeRunSnapshot) => {
-    const state: CheckpointState = { step: s.step, position: s.position, tokens: s.step * batchSize, layers: opts.layers };
+  const onProgress = guarded((p: NativeRunProgress) => {
+    const progress: TrainProgress = { step: p.step, totalSteps, tokens: p.step * batchSize, metrics: p.metrics.map((m, i) => ({ ...m, layer: opts.layers[i]! })) };
+    appendFileChecked(log, progress.metrics.map((m) => JSON.stringify({ time: new Date().toISOString(), tokens: progress.tokens, ...m })).join('\n') + '\n');
+    opts.onProgress?.(progress);
+  });
+  const onCheckpoint = guarded((s: NativeRunSnapshot) => {
+    const state: CheckpointState = { step: s.step, position: s.position, tokens: s.step * batchSize, layers: opts.layers, ...(changes.length && { changes }) };
     writeCheckpoint(checkpointsDir, state, s.slots.map((slot, i) => ({
       layer: opts.layers[i]!,
       config: recordTraining(transcoders[i]!, trainers[i]!),
       tensors: Object.fromEntries(Object.entries(slot).map(([k, v]) => [k, new Tensor(v)])),
     })));
-  };
+  });
   let result;
   try {
     // The whole run is one job of the transcoders' device queue; its callbacks lend the turn.
     result = await runOnDevice(transcoders[0]!.device, (job) => run.run(job.callback(onProgress), job.callback(onCheckpoint)), { callbacks: true });
+  } catch (err) {
+    throw callbackError ?? err;
   } finally {
     opts.signal?.removeEventListener('abort', abort);
   }
   // The final state is a checkpoint too (so that a stopped run can be resumed) and the result.
-  const finalState: CheckpointState = { step: result.steps, position: result.position, tokens: result.steps * batchSize, layers: opts.layers };
+  const finalState: CheckpointState = { step: result.steps, position: result.position, tokens: result.steps * batchSize, layers: opts.layers, ...(changes.length && { changes }) };
   writeCheckpoint(checkpointsDir, finalState, trainers.map((t, i) => {
     const s = t.state();
     return { layer: opts.layers[i]!, config: recordTraining(transcoders[i]!, t), tensors: { ...transcoders[i]!.parameters(), ...s.tensors } };
   }));
   const finals = await Promise.all(transcoders.map(async (tc, i) => {
     const final = await Transcoder.fromParameters(recordTraining(tc, trainers[i]!), tc.parameters(), opts);
-    saveTranscoder(final, join(out, `layer_${opts.layers[i]}`));
+    const dir = join(out, `layer_${opts.layers[i]}`);
+    try {
+      saveTranscoder(final, dir);
+    } catch (err) {
+      throw toIoError(err, dir, 'cannot write the transcoder');
+    }
     return final;
   }));
-  return { transcoders: finals, steps: result.steps, tokens: result.steps * batchSize, stopped: result.stopped, exhausted: result.exhausted, out };
+  const resumed = latest ? { from: latest.dir, step: latest.state.step, skipped: point.skipped, changes: newChanges } : undefined;
+  return { transcoders: finals, steps: result.steps, tokens: result.steps * batchSize, stopped: result.stopped, exhausted: result.exhausted, out, ...(resumed && { resumed }), warnings };
 }
 

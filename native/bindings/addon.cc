@@ -14,6 +14,7 @@
 #include "bindings/safetensors_js.h"
 #include "bindings/model_wrap.h"
 #include "bindings/tensor_wrap.h"
+#include "bindings/replacement_model_wrap.h"
 #include "bindings/run_wrap.h"
 #include "bindings/transcoder_wrap.h"
 
@@ -76,6 +77,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("Transcoder", JsTranscoder::define(env));
   exports.Set("StepTrainer", JsTrainer::define(env));
   exports.Set("TrainingRun", JsTrainingRun::define(env));
+  exports.Set("ReplacementModel", JsReplacementModel::define(env));
   exports.Set("Attribution", JsAttribution::define(env));
   exports.Set("Connections", connectionsExports(env));
   exports.Set("shuffleBatches", Napi::Function::New(env, shuffleBatchesJs));

@@ -10,6 +10,7 @@
 #include "bindings/state.h"
 #include "bindings/task.h"
 #include "bindings/model_wrap.h"
+#include "bindings/replacement_model_wrap.h"
 #include "bindings/tensor_wrap.h"
 #include "bindings/transcoder_wrap.h"
 
@@ -38,6 +39,7 @@ const char* kindName(NodeKind k) {
     case NodeKind::Feature: return "feature";
     case NodeKind::Attention: return "attention";
     case NodeKind::Embedding: return "embedding";
+    case NodeKind::Logit: return "logit";
   }
   return "";
 }
@@ -49,7 +51,10 @@ Napi::Object nodeToJs(Napi::Env env, const AttributionNode& n) {
   o.Set("position", static_cast<double>(n.position));
   if (n.feature >= 0) o.Set("feature", static_cast<double>(n.feature));
   if (n.head >= 0) o.Set("head", static_cast<double>(n.head));
+  if (n.token >= 0) o.Set("token", static_cast<double>(n.token));
+  if (n.minus >= 0) o.Set("minus", static_cast<double>(n.minus));
   o.Set("contrib", n.contrib);
+  o.Set("bias", n.bias);
   o.Set("capped", n.capped);
   o.Set("sublayer", sublayerName(n.sublayer));
   o.Set("vector", JsTensor::wrap(env, n.vector));
@@ -88,36 +93,33 @@ Napi::Function JsAttribution::define(Napi::Env env) {
                          InstanceMethod<&JsAttribution::embeddingContribution>("embeddingContribution"),
                          InstanceMethod<&JsAttribution::transcoderError>("transcoderError"),
                          InstanceMethod<&JsAttribution::featureRoot>("featureRoot"),
+                         InstanceMethod<&JsAttribution::logitRoot>("logitRoot"),
+                         InstanceMethod<&JsAttribution::featureBias>("featureBias"),
+                         InstanceMethod<&JsAttribution::activation>("activation"),
                          InstanceMethod<&JsAttribution::children>("children"),
                      });
 }
 
 JsAttribution::JsAttribution(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsAttribution>(info) {
   if (info.Length() != 1 || !info[0].IsExternal())
-    throw Napi::TypeError::New(info.Env(), "attribution contexts are created by Attribution.create(model, transcoders, tokens)");
+    throw Napi::TypeError::New(info.Env(), "attribution contexts are created by Attribution.create(replacementModel, tokens)");
   ctx_ = *info[0].As<Napi::External<std::shared_ptr<const AttributionContext>>>().Data();
 }
 
 Napi::Value JsAttribution::create(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    std::shared_ptr<const Transformer> model = JsModel::modelOf(info[0], "model");
-    std::map<int64_t, std::shared_ptr<Transcoder>> tcs;
-    Napi::Object given = objectOr(info[1]);
-    for (const auto& key : given.GetPropertyNames().As<Napi::Array>()) {
-      std::string name = Napi::Value(key.second).As<Napi::String>();
-      tcs[std::stoll(name)] = JsTranscoder::transcoderOf(given.Get(name), "transcoder");
-    }
-    at::Tensor tokens = JsTensor::tensorOf(info[2], "tokens");
+    std::shared_ptr<const ReplacementModel> rm = JsReplacementModel::replacementOf(info[0], "the replacement model");
+    at::Tensor tokens = JsTensor::tensorOf(info[1], "tokens");
     using Handle = std::shared_ptr<const AttributionContext>;
     Napi::Function cls = info.This().As<Napi::Function>();
     auto ctor = std::make_shared<Napi::FunctionReference>(Napi::Persistent(cls));
     return Task<Handle>::start(
         env, "transcoders:attribution",
-        [model, tcs, tokens]() -> Handle {
+        [rm, tokens]() -> Handle {
           std::vector<std::shared_lock<std::shared_mutex>> locks;
-          for (auto& [l, tc] : tcs) locks.emplace_back(tc->mutex());
-          return std::make_shared<const AttributionContext>(model, tcs, model->prepareTokens(tokens)[0]);
+          for (int64_t l : rm->layers()) locks.emplace_back(rm->transcoder(l).mutex());
+          return std::make_shared<const AttributionContext>(rm, rm->model().prepareTokens(tokens)[0]);
         },
         [ctor](Napi::Env env, Handle& ctx) -> Napi::Value {
           auto external = Napi::External<Handle>::New(env, new Handle(ctx), [](Napi::Env, Handle* h) { delete h; });
@@ -186,6 +188,26 @@ Napi::Value JsAttribution::transcoderError(const Napi::CallbackInfo& info) {
 Napi::Value JsAttribution::featureRoot(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     return nodeToJs(info.Env(), ctx_->featureRoot(intArg(info, 0, "layer"), intArg(info, 1, "feature"), intArg(info, 2, "position")));
+  });
+}
+
+Napi::Value JsAttribution::logitRoot(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    int64_t minus = info[2].IsUndefined() || info[2].IsNull() ? -1 : intArg(info, 2, "minus");
+    if (!(info[2].IsUndefined() || info[2].IsNull()) && minus < 0) throw InvalidArgument("token id " + std::to_string(minus) + " is out of range");
+    return nodeToJs(info.Env(), ctx_->logitRoot(intArg(info, 0, "position"), intArg(info, 1, "token"), minus));
+  });
+}
+
+Napi::Value JsAttribution::featureBias(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    return Napi::Number::New(info.Env(), ctx_->featureBias(intArg(info, 0, "layer"), intArg(info, 1, "feature")));
+  });
+}
+
+Napi::Value JsAttribution::activation(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    return Napi::Number::New(info.Env(), ctx_->activation(intArg(info, 0, "layer"), intArg(info, 1, "position"), intArg(info, 2, "feature")));
   });
 }
 

@@ -14,7 +14,7 @@ class JsAttribution : public Napi::ObjectWrap<JsAttribution> {
   explicit JsAttribution(const Napi::CallbackInfo& info);
 
  private:
-  // create(model, { [layer]: transcoder }, tokens) -> Promise<NativeAttribution>
+  // create(replacementModel, tokens) -> Promise<NativeAttribution>
   static Napi::Value create(const Napi::CallbackInfo& info);
   Napi::Value lnConstant(const Napi::CallbackInfo& info);
   Napi::Value residual(const Napi::CallbackInfo& info);
@@ -25,6 +25,12 @@ class JsAttribution : public Napi::ObjectWrap<JsAttribution> {
   Napi::Value embeddingContribution(const Napi::CallbackInfo& info);
   Napi::Value transcoderError(const Napi::CallbackInfo& info);
   Napi::Value featureRoot(const Napi::CallbackInfo& info);
+  // logitRoot(position, token, minus?) -> node
+  Napi::Value logitRoot(const Napi::CallbackInfo& info);
+  // featureBias(layer, feature) -> number
+  Napi::Value featureBias(const Napi::CallbackInfo& info);
+  // activation(layer, position, feature) -> number
+  Napi::Value activation(const Napi::CallbackInfo& info);
   Napi::Value children(const Napi::CallbackInfo& info);
 
   std::shared_ptr<const AttributionContext> ctx_;

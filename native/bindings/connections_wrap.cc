@@ -12,7 +12,7 @@
 #include "core/errors.h"
 #include "bindings/js_args.h"
 #include "bindings/task.h"
-#include "bindings/model_wrap.h"
+#include "bindings/replacement_model_wrap.h"
 #include "bindings/tensor_wrap.h"
 #include "bindings/transcoder_wrap.h"
 
@@ -83,32 +83,28 @@ ConnectionDirection directionFrom(const std::string& name) {
   throw InvalidArgument("direction must be 'downstream' or 'upstream', got '" + name + "'");
 }
 
-// featureConnections(model, { [layer]: transcoder }, layer, feature, { k, throughAttention })
+// Shared locks on every transcoder of a replacement model (taken on the worker).
+std::vector<std::shared_lock<std::shared_mutex>> lockAll(const ReplacementModel& rm) {
+  std::vector<std::shared_lock<std::shared_mutex>> locks;
+  for (int64_t l : rm.layers()) locks.emplace_back(rm.transcoder(l).mutex());
+  return locks;
+}
+
+// featureConnections(replacementModel, layer, feature, { k, throughAttention })
 //   -> Promise<{ upstream: List[], downstream: List[] }>, List = { layer, attnLayer?, head?, indices, values }
 Napi::Value featureConnectionsJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    std::shared_ptr<const Transformer> model = JsModel::modelOf(info[0], "model");
-    TranscodersByLayer tcs;
-    std::vector<std::shared_ptr<Transcoder>> all;
-    Napi::Object given = objectOr(info[1]);
-    for (const auto& key : given.GetPropertyNames().As<Napi::Array>()) {
-      std::string name = Napi::Value(key.second).As<Napi::String>();
-      char* end = nullptr;
-      long long l = std::strtoll(name.c_str(), &end, 10);
-      if (name.empty() || *end != '\0') throw InvalidArgument("transcoders must be keyed by layer index, got '" + name + "'");
-      tcs[l] = JsTranscoder::transcoderOf(given.Get(name), "transcoder");
-      all.push_back(tcs[l]);
-    }
-    int64_t layer = intArg(info[2], "layer"), feature = intArg(info[3], "feature");
-    Napi::Object o = objectOr(info[4]);
+    std::shared_ptr<const ReplacementModel> rm = JsReplacementModel::replacementOf(info[0], "the replacement model");
+    int64_t layer = intArg(info[1], "layer"), feature = intArg(info[2], "feature");
+    Napi::Object o = objectOr(info[3]);
     int64_t k = intOr(o, "k", 10);
     bool through = boolOr(o, "throughAttention", false);
     return Task<FeatureConnections>::start(
         env, "transcoders:featureConnections",
-        [model, tcs, all, layer, feature, k, through]() {
-          auto locks = lockAll(all);
-          return featureConnections(*model, tcs, layer, feature, k, through);
+        [rm, layer, feature, k, through]() {
+          auto locks = lockAll(*rm);
+          return featureConnections(*rm, layer, feature, k, through);
         },
         [](Napi::Env env, FeatureConnections& r) -> Napi::Value {
           Napi::Object out = Napi::Object::New(env);
@@ -122,40 +118,57 @@ Napi::Value featureConnectionsJs(const Napi::CallbackInfo& info) {
   });
 }
 
-// deEmbedding(model, transcoder, feature, { k, layer, attnLayer, head }) -> Promise<{ top, bottom }>
+// deEmbedding(replacementModel, layer, feature, { k, attnLayer, head }) -> Promise<{ top, bottom }>
 Napi::Value deEmbeddingJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    std::shared_ptr<const Transformer> model = JsModel::modelOf(info[0], "model");
-    std::shared_ptr<Transcoder> tc = JsTranscoder::transcoderOf(info[1], "transcoder");
-    int64_t feature = intArg(info[2], "feature");
+    std::shared_ptr<const ReplacementModel> rm = JsReplacementModel::replacementOf(info[0], "the replacement model");
+    int64_t layer = intArg(info[1], "layer"), feature = intArg(info[2], "feature");
     Napi::Object o = objectOr(info[3]);
-    int64_t k = intOr(o, "k", 10), layer = intOr(o, "layer", -1), attnLayer = intOr(o, "attnLayer", -1), head = intOr(o, "head", -1);
+    int64_t k = intOr(o, "k", 10), attnLayer = intOr(o, "attnLayer", -1), head = intOr(o, "head", -1);
     return Task<TokenEffects>::start(
         env, "transcoders:deEmbedding",
-        [model, tc, feature, k, layer, attnLayer, head]() {
-          std::shared_lock lock(tc->mutex());
-          return deEmbedding(*model, *tc, layer, feature, k, attnLayer, head);
+        [rm, layer, feature, k, attnLayer, head]() {
+          std::shared_lock lock(rm->transcoder(layer).mutex());
+          return deEmbedding(*rm, layer, feature, k, attnLayer, head);
         },
         [](Napi::Env env, TokenEffects& e) -> Napi::Value { return effectsToJs(env, e); });
   });
 }
 
-// logitEffects(model, transcoder, feature, { k }) -> Promise<{ top, bottom }>
+// logitEffects(replacementModel, layer, feature, { k }) -> Promise<{ top, bottom }>
 Napi::Value logitEffectsJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    std::shared_ptr<const Transformer> model = JsModel::modelOf(info[0], "model");
-    std::shared_ptr<Transcoder> tc = JsTranscoder::transcoderOf(info[1], "transcoder");
-    int64_t feature = intArg(info[2], "feature");
+    std::shared_ptr<const ReplacementModel> rm = JsReplacementModel::replacementOf(info[0], "the replacement model");
+    int64_t layer = intArg(info[1], "layer"), feature = intArg(info[2], "feature");
     int64_t k = intOr(objectOr(info[3]), "k", 10);
     return Task<TokenEffects>::start(
         env, "transcoders:logitEffects",
-        [model, tc, feature, k]() {
-          std::shared_lock lock(tc->mutex());
-          return logitEffects(*model, *tc, feature, k);
+        [rm, layer, feature, k]() {
+          std::shared_lock lock(rm->transcoder(layer).mutex());
+          return logitEffects(*rm, layer, feature, k);
         },
         [](Napi::Env env, TokenEffects& e) -> Napi::Value { return effectsToJs(env, e); });
+  });
+}
+
+// logitEffectsOn(replacementModel, layer, feature, tokens (int tensor), { attnLayer, head }) -> Promise<NativeTensor [n]>
+Napi::Value logitEffectsOnJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    std::shared_ptr<const ReplacementModel> rm = JsReplacementModel::replacementOf(info[0], "the replacement model");
+    int64_t layer = intArg(info[1], "layer"), feature = intArg(info[2], "feature");
+    at::Tensor tokens = JsTensor::tensorOf(info[3], "tokens");
+    Napi::Object o = objectOr(info[4]);
+    int64_t attnLayer = intOr(o, "attnLayer", -1), head = intOr(o, "head", -1);
+    return Task<at::Tensor>::start(
+        env, "transcoders:logitEffectsOn",
+        [rm, layer, feature, tokens, attnLayer, head]() {
+          std::shared_lock lock(rm->transcoder(layer).mutex());
+          return logitEffectsOn(*rm, layer, feature, tokens, attnLayer, head);
+        },
+        [](Napi::Env env, at::Tensor& t) -> Napi::Value { return JsTensor::wrap(env, t); });
   });
 }
 
@@ -217,6 +230,7 @@ Napi::Object connectionsExports(Napi::Env env) {
   o.Set("featureConnections", Napi::Function::New(env, featureConnectionsJs, "featureConnections"));
   o.Set("deEmbedding", Napi::Function::New(env, deEmbeddingJs, "deEmbedding"));
   o.Set("logitEffects", Napi::Function::New(env, logitEffectsJs, "logitEffects"));
+  o.Set("logitEffectsOn", Napi::Function::New(env, logitEffectsOnJs, "logitEffectsOn"));
   o.Set("topkConnections", Napi::Function::New(env, topkConnectionsJs, "topkConnections"));
   o.Set("gemmGflops", Napi::Function::New(env, gemmGflopsJs, "gemmGflops"));
   return o;

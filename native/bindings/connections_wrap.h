@@ -5,7 +5,7 @@
 
 namespace tc {
 
-// { featureConnections, deEmbedding, logitEffects, topkConnections, gemmGflops }: each returns a Promise.
+// { featureConnections, deEmbedding, logitEffects, logitEffectsOn, topkConnections, gemmGflops }: each returns a Promise.
 Napi::Object connectionsExports(Napi::Env env);
 
 }  // namespace tc

@@ -14,6 +14,7 @@
 #include "bindings/task.h"
 #include "io/safetensors.h"
 #include "bindings/safetensors_js.h"
+#include "circuits/replacement_model.h"
 #include "model/processing.h"
 #include "tensor/dtype.h"
 #include "bindings/tensor_wrap.h"
@@ -136,6 +137,7 @@ Napi::Function JsModel::define(Napi::Env env) {
                                        InstanceMethod<&JsModel::dispose>("dispose"),
                                        InstanceMethod<&JsModel::train>("train"),
                                        InstanceMethod<&JsModel::huggingFaceWeights>("huggingFaceWeights"),
+                                       InstanceMethod<&JsModel::nonFiniteWeights>("nonFiniteWeights"),
                                    });
   AddonState::of(env).modelClass = Napi::Persistent(cls);
   return cls;
@@ -259,14 +261,10 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
           callbacks.emplace_back(env, spec.Get("fn").As<Napi::Function>(), "transcoders:mlp-callback");
           r.module = callbackModule(callbacks.back(), layer);
         } else if (kind == "transcoder") {
-          // A native transcoder runs inside the forward on the worker: no round trip to JS.
           std::shared_ptr<Transcoder> tc = JsTranscoder::transcoderOf(spec.Get("transcoder"), "replacement transcoder");
-          r.kind = MlpReplacement::Kind::Module;
-          r.moduleNeedsOriginal = false;
-          r.module = [tc](const at::Tensor& input, const at::Tensor&) {
-            std::shared_lock lock(tc->mutex());
-            return tc->forward(input.to(tc->params().W_enc.options())).to(input.options());
-          };
+          // It reads what its hookIn names (the MLP input, or the residual before the MLP's LayerNorm).
+          at::Tensor keep = JsTensor::isTensor(spec.Get("keep")) ? JsTensor::tensorOf(spec.Get("keep"), "feature mask") : at::Tensor();
+          r = transcoderReplacement(tc, inputOfHook(tc->spec().hookIn), keep);
         } else {
           throw InvalidArgument("unknown MLP replacement kind '" + kind + "' (expected zero, mean, value, callback or transcoder)");
         }
@@ -313,6 +311,18 @@ Napi::Value JsModel::hookNames(const Napi::CallbackInfo& info) {
 
 Napi::Value JsModel::weightNames(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value { return toJsStrings(info.Env(), tc::weightNames(live()->weights())); });
+}
+
+// nonFiniteWeights() -> names of the weights holding a NaN or an infinity (checked once, after loading).
+Napi::Value JsModel::nonFiniteWeights(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    at::NoGradGuard noGrad;
+    const Weights& w = live()->weights();
+    std::vector<std::string> bad;
+    for (const std::string& name : tc::weightNames(w))
+      if (!weightByName(w, name).isfinite().all().item<bool>()) bad.push_back(name);
+    return toJsStrings(info.Env(), bad);
+  });
 }
 
 Napi::Value JsModel::weight(const Napi::CallbackInfo& info) {

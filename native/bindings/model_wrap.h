@@ -24,6 +24,7 @@ class JsModel : public Napi::ObjectWrap<JsModel> {
   Napi::Value dispose(const Napi::CallbackInfo& info);
   Napi::Value train(const Napi::CallbackInfo& info);
   Napi::Value huggingFaceWeights(const Napi::CallbackInfo& info);
+  Napi::Value nonFiniteWeights(const Napi::CallbackInfo& info);
   std::shared_ptr<const Transformer> live() const;
 
   std::shared_ptr<const Transformer> model_;

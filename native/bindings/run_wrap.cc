@@ -8,6 +8,7 @@
 #include "bindings/task.h"
 #include "bindings/safetensors_js.h"
 #include "bindings/model_wrap.h"
+#include "circuits/replacement_model.h"
 #include "bindings/tensor_wrap.h"
 #include "bindings/transcoder_wrap.h"
 
@@ -15,25 +16,25 @@ namespace tc {
 
 namespace {
 
-std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, size_t layers) {
+// The activation source; a model source reads, for each slot, the hooks its transcoder is placed at.
+std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, const std::vector<RunSlot>& slots) {
   std::string kind = stringOr(s, "kind", "");
   int64_t startRow = intOr(s, "startRow", 0);
   if (kind == "model") {
     Napi::Object file = objectOr(s.Get("tokenFile"));
+    std::shared_ptr<const Transformer> model = JsModel::modelOf(s.Get("model"), "the training model");
     std::vector<HookPair> hooks;
-    auto list = s.Get("hooks").As<Napi::Array>();
-    for (uint32_t i = 0; i < list.Length(); ++i) {
-      Napi::Object h = list.Get(i).As<Napi::Object>();
-      hooks.push_back({stringOr(h, "input", ""), stringOr(h, "target", "")});
+    for (const RunSlot& slot : slots) {
+      const Placement p = resolvePlacement(model->config(), slot.transcoder->spec());
+      hooks.push_back({p.hookIn, p.hookOut});
     }
-    if (hooks.size() != layers) throw InvalidArgument("one pair of hooks is needed per trained transcoder");
     return std::make_unique<ModelActivationSource>(
-        JsModel::modelOf(s.Get("model"), "the training model"), stringOr(file, "path", ""),
+        model, stringOr(file, "path", ""),
         static_cast<uint64_t>(intOr(file, "dataOffset", 0)), intOr(file, "rows", 0), intOr(file, "context", 0), std::move(hooks),
         intOr(s, "sequencesPerForward", 8), startRow);
   }
   if (kind == "cache") {
-    if (layers != 1) throw InvalidArgument("an activation cache trains one transcoder (it holds one layer)");
+    if (slots.size() != 1) throw InvalidArgument("an activation cache trains one transcoder (it holds one layer)");
     std::vector<CacheShard> shards;
     auto list = s.Get("shards").As<Napi::Array>();
     for (uint32_t i = 0; i < list.Length(); ++i) {
@@ -57,12 +58,11 @@ JsTrainingRun::JsTrainingRun(const Napi::CallbackInfo& info) : Napi::ObjectWrap<
   guard(info.Env(), [&]() {
     Napi::Object spec = objectOr(info[0]);
     std::vector<RunSlot> slots;
+    if (!spec.Get("slots").IsArray()) throw InvalidArgument("a training run needs its slots (an array of step trainers)");
     auto list = spec.Get("slots").As<Napi::Array>();
-    Napi::Array layers = spec.Get("layers").IsArray() ? spec.Get("layers").As<Napi::Array>() : Napi::Array::New(info.Env());
     for (uint32_t i = 0; i < list.Length(); ++i) {
       auto [trainer, transcoder] = JsTrainer::trainerOf(list.Get(i), "a training slot");
-      int64_t layer = i < layers.Length() ? layers.Get(i).As<Napi::Number>().Int64Value() : -1;
-      slots.push_back({transcoder, trainer, layer});
+      slots.push_back({transcoder, trainer});
     }
     Napi::Object o = objectOr(spec.Get("options"));
     RunOptions options;
@@ -73,7 +73,8 @@ JsTrainingRun::JsTrainingRun(const Napi::CallbackInfo& info) : Napi::ObjectWrap<
     options.seed = static_cast<uint64_t>(intOr(o, "seed", 0));
     options.logEvery = std::max<int64_t>(1, intOr(o, "logEvery", options.logEvery));
     options.checkpointEvery = intOr(o, "checkpointEvery", 0);
-    run_ = std::make_shared<TrainingRun>(std::move(slots), sourceFrom(objectOr(spec.Get("source")), list.Length()), options);
+    std::unique_ptr<ActivationSource> source = sourceFrom(objectOr(spec.Get("source")), slots);
+    run_ = std::make_shared<TrainingRun>(std::move(slots), std::move(source), options);
     return 0;
   });
 }

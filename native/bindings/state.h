@@ -18,10 +18,12 @@ struct AddonState {
   Napi::FunctionReference torchError;
   Napi::FunctionReference invalidArgumentError;
   Napi::FunctionReference formatError;
+  Napi::FunctionReference numericalError;
   Napi::FunctionReference tensorClass;
   Napi::FunctionReference modelClass;
   Napi::FunctionReference transcoderClass;
   Napi::FunctionReference trainerClass;
+  Napi::FunctionReference replacementModelClass;
 
   static AddonState& of(Napi::Env env) { return *env.GetInstanceData<AddonState>(); }
 };

@@ -29,6 +29,9 @@ TranscoderSpec specFrom(const Napi::Object& o) {
   s.skip = boolOr(o, "skip", false);
   s.k = intOr(o, "k", 0);
   s.bandwidth = numberOr(o, "bandwidth", 1e-3);
+  s.layer = intOr(o, "layer", -1);
+  s.hookIn = stringOr(o, "hookIn", "");
+  s.hookOut = stringOr(o, "hookOut", "");
   return s;
 }
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "core/errors.h"
 
@@ -16,27 +17,28 @@ std::string layerName(int64_t l) { return "blocks." + std::to_string(l) + "."; }
 
 }  // namespace
 
-AttributionContext::AttributionContext(std::shared_ptr<const Transformer> model,
-                                       std::map<int64_t, std::shared_ptr<Transcoder>> transcoders, const at::Tensor& tokens)
-    : model_(std::move(model)), transcoders_(std::move(transcoders)) {
+AttributionContext::AttributionContext(std::shared_ptr<const ReplacementModel> replacement, const at::Tensor& tokens)
+    : replacement_(std::move(replacement)) {
   at::NoGradGuard noGrad;
-  const ModelConfig& cfg = model_->config();
-  // The decompositions are exact only with LayerNormPre and folded value biases.
-  if (model_->weights().layers.front().ln1W.defined())
-    throw InvalidArgument("attribution needs the model loaded with processing 'transformerlens' (folded LayerNorms, centred residual stream)");
+  const Transformer& model = replacement_->model();
+  const ModelConfig& cfg = model.config();
   parallel_ = cfg.parallelResidual;
+  // LayerNorm weights are present exactly when the model was loaded raw (processing 'none').
+  centre_ = model.weights().layers.front().ln1W.defined();
   ForwardOptions o;
   o.logits = false;
   o.hooks.push_back("ln_final.hook_scale");
   for (int64_t l = 0; l < cfg.nLayers; ++l) {
-    for (const char* h : {"hook_resid_pre", "hook_resid_post", "ln1.hook_scale", "ln2.hook_scale", "attn.hook_pattern", "attn.hook_v",
-                          "hook_mlp_out", "ln2.hook_normalized"})
+    for (const char* h : {"hook_resid_pre", "hook_resid_post", "ln1.hook_scale", "ln2.hook_scale", "attn.hook_pattern", "attn.hook_v", "hook_mlp_out"})
       o.hooks.push_back(layerName(l) + h);
     if (!parallel_) o.hooks.push_back(layerName(l) + "hook_resid_mid");
   }
+  for (int64_t l : replacement_->layers()) o.hooks.push_back(replacement_->placement(l).hookIn);
+  std::sort(o.hooks.begin(), o.hooks.end());
+  o.hooks.erase(std::unique(o.hooks.begin(), o.hooks.end()), o.hooks.end());
   at::Tensor ids = tokens.dim() == 2 ? tokens : tokens.unsqueeze(0);
   if (ids.size(0) != 1) throw InvalidArgument("attribution works on one prompt at a time ([T] tokens)");
-  ForwardResult r = model_->forward(ids, o);
+  ForwardResult r = model.forward(ids, o);
   T_ = ids.size(1);
   auto get = [&](const std::string& name) { return r.cache.at(name)[0]; };
   lnFinalScale_ = get("ln_final.hook_scale").squeeze(-1);
@@ -50,35 +52,47 @@ AttributionContext::AttributionContext(std::shared_ptr<const Transformer> model,
     pattern_.push_back(get(p + "attn.hook_pattern"));
     values_.push_back(get(p + "attn.hook_v"));
     mlpOut_.push_back(get(p + "hook_mlp_out"));
-    mlpIn_.push_back(get(p + "ln2.hook_normalized"));
   }
-  for (auto& [layer, tc] : transcoders_) {
-    if (layer < 0 || layer >= cfg.nLayers) throw InvalidArgument("transcoder layer " + std::to_string(layer) + " is not a layer of the model");
-    if (tc->spec().dIn != cfg.dModel || tc->spec().dOut != cfg.dModel)
-      throw InvalidArgument("the layer-" + std::to_string(layer) + " transcoder's width does not match the model's");
-    acts_[layer] = tc->encode(mlpIn_[layer].to(tc->params().W_enc.options()));
+  for (int64_t l : replacement_->layers()) {
+    const Transcoder& tc = replacement_->transcoder(l);
+    tcIn_[l] = get(replacement_->placement(l).hookIn);
+    acts_[l] = tc.encode(tcIn_[l].to(tc.params().W_enc.options()));
   }
+}
+
+at::Tensor AttributionContext::throughNorm(const at::Tensor& u, const at::Tensor& w, double c) const {
+  at::Tensor v = w.defined() ? u * w.to(u.options()) : u;
+  if (centre_) v = v - v.mean();
+  return v * c;
+}
+
+double AttributionContext::alongBias(const at::Tensor& u, const at::Tensor& b) {
+  return b.defined() ? at::dot(u, b.to(u.options())).item<double>() : 0.0;
+}
+
+std::pair<at::Tensor, double> AttributionContext::featureInput(int64_t layer, int64_t feature, int64_t position, double factor) const {
+  const TranscoderParams& p = transcoder(layer).params();
+  at::Tensor column = p.W_enc.select(1, feature);
+  double bias = factor * featureBias(layer, feature);
+  if (replacement_->placement(layer).input == MlpReplacement::Input::Residual) return {(column * factor).to(residPre_[0].options()), bias};
+  return {throughNorm(column, model().weights().layers[layer].ln2W, factor * lnConstant(layer, position, true)).to(residPre_[0].options()), bias};
 }
 
 double AttributionContext::lnConstant(int64_t layer, int64_t position, bool ln2) const {
   if (position < 0 || position >= T_) throw InvalidArgument("position " + std::to_string(position) + " is outside the prompt");
-  const int64_t n = model_->config().nLayers;
+  const int64_t n = model().config().nLayers;
   if (layer == n) return 1.0 / lnFinalScale_[position].item<double>();
   if (layer < 0 || layer > n) throw InvalidArgument("layer " + std::to_string(layer) + " is not a layer of the model");
   return 1.0 / (ln2 ? ln2Scale_ : ln1Scale_)[layer][position].item<double>();
 }
 
 const at::Tensor& AttributionContext::residual(int64_t layer, Sublayer s) const {
-  if (layer < 0 || layer >= model_->config().nLayers) throw InvalidArgument("layer " + std::to_string(layer) + " is not a layer of the model");
+  if (layer < 0 || layer >= model().config().nLayers) throw InvalidArgument("layer " + std::to_string(layer) + " is not a layer of the model");
   if (s == Sublayer::ResidMid && parallel_) throw InvalidArgument("a parallel block has no resid_mid");
   return s == Sublayer::ResidPre ? residPre_[layer] : s == Sublayer::ResidMid ? residMid_[layer] : residPost_[layer];
 }
 
-const Transcoder& AttributionContext::transcoder(int64_t layer) const {
-  auto it = transcoders_.find(layer);
-  if (it == transcoders_.end()) throw InvalidArgument("no transcoder for layer " + std::to_string(layer));
-  return *it->second;
-}
+const Transcoder& AttributionContext::transcoder(int64_t layer) const { return replacement_->transcoder(layer); }
 
 const at::Tensor& AttributionContext::activations(int64_t layer) const {
   transcoder(layer);
@@ -91,7 +105,7 @@ const at::Tensor& AttributionContext::transcoderOutput(int64_t layer) const {
   auto it = tcOut_.find(layer);
   if (it == tcOut_.end()) {
     at::NoGradGuard noGrad;
-    at::Tensor x = mlpIn_[layer].to(tc.params().W_enc.options());
+    at::Tensor x = tcIn_.at(layer).to(tc.params().W_enc.options());
     it = tcOut_.emplace(layer, tc.decode(acts_.at(layer), x).to(mlpOut_[layer].options())).first;  // reuses the activations
   }
   return it->second;
@@ -132,18 +146,23 @@ std::vector<AttributionNode> AttributionContext::featureChildren(const at::Tenso
 void AttributionContext::materialize(AttributionNode& n, const at::Tensor& v, int64_t parentPosition) const {
   switch (n.kind) {
     case NodeKind::Feature: {
-      // Feature i's pre-activation reads W_enc[:, i] . (resid / scale), scaled by the parent gradient.
-      const Transcoder& tc = transcoder(n.layer);
-      n.vector = (tc.params().W_enc.select(1, n.feature) * (n.gradient * lnConstant(n.layer, n.position, true))).to(residPre_[0].options());
+      // Feature i's pre-activation reads its encoder column off the residual, scaled by the parent gradient.
+      std::tie(n.vector, n.bias) = featureInput(n.layer, n.feature, n.position, n.gradient);
       break;
     }
-    case NodeKind::Attention: n.vector = attentionChild(v, n.layer, parentPosition, n.head, n.source, n.contrib).vector; break;
+    case NodeKind::Attention: {
+      AttributionNode child = attentionChild(v, n.layer, parentPosition, n.head, n.source, n.contrib);
+      n.vector = child.vector;
+      n.bias = child.bias;
+      break;
+    }
     case NodeKind::Embedding: n.vector = v; break;
+    case NodeKind::Logit: throw InvalidArgument("a logit is never a child");
   }
 }
 
 at::Tensor AttributionContext::attentionContributions(const at::Tensor& v, int64_t layer, int64_t position) const {
-  const at::Tensor W_O = weightByName(model_->weights(), "blocks." + std::to_string(layer) + ".attn.W_O");  // [H, dh, d]
+  const at::Tensor W_O = weightByName(model().weights(), "blocks." + std::to_string(layer) + ".attn.W_O");  // [H, dh, d]
   at::Tensor ov = at::matmul(W_O, v.to(W_O.options()));                                                       // [H, dh]
   at::Tensor perSource = (values_[layer] * ov.unsqueeze(0)).sum(-1).t();                                       // [H, T]
   return pattern_[layer].select(1, position) * perSource;
@@ -152,7 +171,8 @@ at::Tensor AttributionContext::attentionContributions(const at::Tensor& v, int64
 AttributionNode AttributionContext::attentionChild(const at::Tensor& v, int64_t layer, int64_t position, int64_t head,
                                                    int64_t source, double contrib) const {
   const std::string p = "blocks." + std::to_string(layer) + ".attn.";
-  at::Tensor W_O = weightByName(model_->weights(), p + "W_O")[head], W_V = weightByName(model_->weights(), p + "W_V")[head];
+  const Weights& w = model().weights();
+  at::Tensor W_O = weightByName(w, p + "W_O")[head], W_V = weightByName(w, p + "W_V")[head], b_V = weightByName(w, p + "b_V")[head];
   AttributionNode n;
   n.kind = NodeKind::Attention;
   n.layer = layer;
@@ -161,9 +181,13 @@ AttributionNode AttributionContext::attentionChild(const at::Tensor& v, int64_t 
   n.head = head;
   n.contrib = contrib;
   n.sublayer = Sublayer::ResidPre;
-  // OV circuit, the attention weight, and the ln1 constant at the source: n.vector . resid_pre[s] = contrib.
-  double weight = pattern_[layer][head][position][source].item<double>() * lnConstant(layer, source, false);
-  n.vector = at::mv(W_V, at::mv(W_O, v.to(W_O.options()))) * weight;
+  // OV circuit, the attention weight, and ln1 frozen at the source: n.vector . resid_pre[s] + n.bias = contrib,
+  // the bias being what ln1's bias and the value bias carry along the head's output.
+  double weight = pattern_[layer][head][position][source].item<double>();
+  at::Tensor out = at::mv(W_O, v.to(W_O.options()));  // [dh]
+  at::Tensor u = at::mv(W_V, out);                     // [d]
+  n.vector = throughNorm(u, w.layers[layer].ln1W, weight * lnConstant(layer, source, false)).to(residPre_[0].options());
+  n.bias = weight * (alongBias(u, w.layers[layer].ln1B) + at::dot(b_V.to(out.options()), out).item<double>());
   return n;
 }
 
@@ -177,7 +201,8 @@ double AttributionContext::transcoderError(const at::Tensor& v, int64_t layer, i
 
 AttributionNode AttributionContext::featureRoot(int64_t layer, int64_t feature, int64_t position) const {
   const Transcoder& tc = transcoder(layer);
-  if (feature < 0 || feature >= tc.spec().dSae) throw InvalidArgument("feature " + std::to_string(feature) + " is out of range");
+  if (feature < 0 || feature >= tc.spec().dSae)
+    throw InvalidArgument("feature " + std::to_string(feature) + " is out of range [0, " + std::to_string(tc.spec().dSae) + ")");
   if (position < 0 || position >= T_) throw InvalidArgument("position " + std::to_string(position) + " is outside the prompt");
   AttributionNode n;
   n.kind = NodeKind::Feature;
@@ -186,8 +211,56 @@ AttributionNode AttributionContext::featureRoot(int64_t layer, int64_t feature, 
   n.feature = feature;
   n.sublayer = mlpInput();
   n.contrib = acts_.at(layer)[position][feature].item<double>();
-  n.vector = (tc.params().W_enc.select(1, feature) * lnConstant(layer, position, true)).to(residPre_[0].options());
+  std::tie(n.vector, n.bias) = featureInput(layer, feature, position, 1.0);
   return n;
+}
+
+AttributionNode AttributionContext::logitRoot(int64_t position, int64_t token, int64_t minus) const {
+  const ModelConfig& cfg = model().config();
+  if (position < 0 || position >= T_) throw InvalidArgument("position " + std::to_string(position) + " is outside the prompt");
+  auto checkToken = [&](int64_t id) {
+    if (id < 0 || id >= cfg.vocabSize)
+      throw InvalidArgument("token id " + std::to_string(id) + " is out of range [0, " + std::to_string(cfg.vocabSize) + ")");
+  };
+  checkToken(token);
+  if (minus >= 0) checkToken(minus);
+  const Weights& w = model().weights();
+  const at::Tensor& resid = residPost_[cfg.nLayers - 1][position];
+  at::Tensor u = w.W_U.select(1, token).to(resid.options());
+  double bU = w.b_U[token].item<double>();
+  if (minus >= 0) {
+    u = u - w.W_U.select(1, minus).to(resid.options());
+    bU -= w.b_U[minus].item<double>();
+  }
+  AttributionNode n;
+  n.kind = NodeKind::Logit;
+  n.layer = cfg.nLayers - 1;
+  n.position = position;
+  n.token = token;
+  n.minus = minus;
+  n.sublayer = Sublayer::ResidPost;
+  n.vector = throughNorm(u, w.lnFinalW, lnConstant(cfg.nLayers, position, false));
+  n.bias = alongBias(u, w.lnFinalB) + bU;
+  n.contrib = at::dot(n.vector, resid).item<double>() + n.bias;
+  return n;
+}
+
+double AttributionContext::featureBias(int64_t layer, int64_t feature) const {
+  const Transcoder& tc = transcoder(layer);
+  if (feature < 0 || feature >= tc.spec().dSae)
+    throw InvalidArgument("feature " + std::to_string(feature) + " is out of range [0, " + std::to_string(tc.spec().dSae) + ")");
+  const TranscoderParams& p = tc.params();
+  at::Tensor column = p.W_enc.select(1, feature).to(c10::kFloat);
+  double bias = p.b_enc[feature].item<double>() - at::dot(column, p.b_dec.to(column.options())).item<double>();
+  if (replacement_->placement(layer).input == MlpReplacement::Input::MlpIn) bias += alongBias(column, model().weights().layers[layer].ln2B);
+  return bias;
+}
+
+double AttributionContext::activation(int64_t layer, int64_t position, int64_t feature) const {
+  const at::Tensor& a = activations(layer);
+  if (position < 0 || position >= T_) throw InvalidArgument("position " + std::to_string(position) + " is outside the prompt");
+  if (feature < 0 || feature >= a.size(1)) throw InvalidArgument("feature " + std::to_string(feature) + " is out of range [0, " + std::to_string(a.size(1)) + ")");
+  return a[position][feature].item<double>();
 }
 
 int64_t AttributionContext::mlpLayersBefore(int64_t layer, Sublayer s) const { return s == Sublayer::ResidPost ? layer + 1 : layer; }
@@ -202,7 +275,7 @@ std::vector<AttributionNode> AttributionContext::children(const AttributionNode&
   // Candidates first (scores only); vectors are built for the ones returned.
   std::vector<AttributionNode> all;
   for (int64_t l = 0; l < mlpLayersBefore(parent.layer, parent.sublayer); ++l) {
-    if (!transcoders_.count(l)) continue;
+    if (!replacement_->has(l)) continue;
     auto kids = featureChildren(v, l, t, k, /*withVectors=*/false);
     all.insert(all.end(), kids.begin(), kids.end());
   }

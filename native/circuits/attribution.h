@@ -1,8 +1,12 @@
 // Attribution primitives of the transcoder-circuits method (paper-method.md §3) on one prompt:
 // with transcoders in place of MLPs, the contribution of an upstream component to a direction read
 // at a later point of the residual stream is linear, once each LayerNorm is frozen to its
-// input-dependent constant 1/scale. Everything here works on a TransformerLens-processed model
-// (mean-zero residual stream, folded value biases), where these decompositions are exact.
+// input-dependent constant 1/scale. A direction u read through a frozen LayerNorm with weight w and
+// bias b reads the residual r as  u . (w * (r - mean r) / scale + b)  =  P(w * u) / scale . r + u . b
+// (P removes the mean): the first term is a node's `vector`, the constant its `bias`. On a
+// TransformerLens-processed model (w and b folded away, every write to the residual centred) this
+// is the paper's u / scale with no bias, and the vectors are the paper's (no explicit centring);
+// on a raw model the centring, the weights and the biases are applied exactly.
 #pragma once
 #include <ATen/Tensor.h>
 
@@ -13,8 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "model/transformer.h"
-#include "transcoder/transcoder.h"
+#include "circuits/replacement_model.h"
 
 namespace tc {
 
@@ -22,11 +25,13 @@ namespace tc {
 // (sequential blocks), after the block.
 enum class Sublayer { ResidPre, ResidMid, ResidPost };
 
-enum class NodeKind { Feature, Attention, Embedding };
+enum class NodeKind { Feature, Attention, Embedding, Logit };
 
 // One term of a decomposition: a component at (layer, position) whose contribution to the parent
 // direction is `contrib`, and the direction `vector` (on the residual stream at `sublayer` of
-// `layer`, position `position`) whose dot product with that residual equals `contrib`.
+// `layer`, position `position`) with  vector . residual + bias == contrib  (for features: while the
+// feature is active). `bias` is what no upstream component explains: LayerNorm and value biases
+// read along the node, a feature's encoder bias.
 struct AttributionNode {
   NodeKind kind = NodeKind::Feature;
   int64_t layer = 0;
@@ -34,7 +39,9 @@ struct AttributionNode {
   int64_t feature = -1;  // Feature
   int64_t head = -1;     // Attention
   int64_t source = -1;   // Attention: the source position (== position)
+  int64_t token = -1, minus = -1;  // Logit: the token (minus the other token, for a difference)
   double contrib = 0;
+  double bias = 0;
   bool capped = false;   // contrib was clipped to the path's cap ("zero-ablation" mode)
   double gradient = 0;   // Feature: W_dec[i] . parent vector (the parent's gradient through this feature)
   Sublayer sublayer = Sublayer::ResidPre;
@@ -43,12 +50,11 @@ struct AttributionNode {
 
 class AttributionContext {
  public:
-  // Runs the model once on `tokens` ([T]) and every transcoder on its layer's MLP input.
-  AttributionContext(std::shared_ptr<const Transformer> model, std::map<int64_t, std::shared_ptr<Transcoder>> transcoders,
-                     const at::Tensor& tokens);
+  // Runs the model once on `tokens` ([T]) and every transcoder on its input.
+  AttributionContext(std::shared_ptr<const ReplacementModel> replacement, const at::Tensor& tokens);
 
   int64_t length() const { return T_; }
-  const Transformer& model() const { return *model_; }
+  const Transformer& model() const { return replacement_->model(); }
 
   // 1 / scale of the LayerNorm reading the residual at (layer, position): ln1 reads resid_pre,
   // ln2 the MLP input; layer == nLayers means ln_final.
@@ -83,8 +89,17 @@ class AttributionContext {
   // v . (MLP output - transcoder output) at (layer, position).
   double transcoderError(const at::Tensor& v, int64_t layer, int64_t position) const;
 
-  // A transcoder feature as a root: vector W_enc[:, F] / scale on its MLP input, contrib = its activation.
+  // A transcoder feature as a root: the vector of its encoder column on the residual the MLP reads
+  // (W_enc[:, F] / scale on a processed model), contrib = its activation.
   AttributionNode featureRoot(int64_t layer, int64_t feature, int64_t position) const;
+  // The logit of `token` (minus that of `minus`, when >= 0) at `position` as a root, read on the last
+  // residual through ln_final; contrib = its value.
+  AttributionNode logitRoot(int64_t position, int64_t token, int64_t minus) const;
+  // A feature's own bias (not scaled by any gradient): b_enc - W_enc[:, F] . b_dec, plus its encoder
+  // column read along the MLP LayerNorm's bias on a raw model (paper-method E5).
+  double featureBias(int64_t layer, int64_t feature) const;
+  // The activation of one feature at one position.
+  double activation(int64_t layer, int64_t position, int64_t feature) const;
   // Every candidate child of a node (§3.4): the top k transcoder features of each earlier layer, the top
   // k (head, source) pairs of each earlier attention layer, and the embedding; then the top k of all by
   // contribution. `ignoreBos` drops attention from source 0; contributions above `cap` (when finite)
@@ -97,14 +112,23 @@ class AttributionContext {
   int64_t attentionLayersBefore(int64_t layer, Sublayer s) const;
 
  private:
-  std::shared_ptr<const Transformer> model_;
-  std::map<int64_t, std::shared_ptr<Transcoder>> transcoders_;
+  // The residual-side vector of a direction u read through the LayerNorm (weight w, maybe undefined)
+  // whose 1/scale is c, and the constant that the LayerNorm's bias b adds along u.
+  at::Tensor throughNorm(const at::Tensor& u, const at::Tensor& w, double c) const;
+  static double alongBias(const at::Tensor& u, const at::Tensor& b);
+  // A feature's encoder column as read off the residual the MLP reads, at `position`, and its bias,
+  // both scaled by `factor` (a parent's gradient through the feature).
+  std::pair<at::Tensor, double> featureInput(int64_t layer, int64_t feature, int64_t position, double factor) const;
+
+  std::shared_ptr<const ReplacementModel> replacement_;
   bool parallel_;
+  bool centre_;  // raw model: LayerNorms centre their input explicitly (see the header comment)
   int64_t T_;
   std::vector<at::Tensor> residPre_, residMid_, residPost_;  // [T, d] per layer
   std::vector<at::Tensor> ln1Scale_, ln2Scale_;              // [T] per layer
   at::Tensor lnFinalScale_;                                   // [T]
-  std::vector<at::Tensor> pattern_, values_, mlpOut_, mlpIn_;  // [H, T, T], [T, H, dh], [T, d], [T, d]
+  std::vector<at::Tensor> pattern_, values_, mlpOut_;  // [H, T, T], [T, H, dh], [T, d]
+  std::map<int64_t, at::Tensor> tcIn_;                  // each transcoder's input [T, d]
   std::map<int64_t, at::Tensor> acts_;                        // [T, m]
   // Transcoder outputs [T, d], decoded on first use (only error terms need them).
   mutable std::map<int64_t, at::Tensor> tcOut_;

@@ -109,14 +109,6 @@ at::Tensor modelWeight(const Transformer& model, const std::string& name, c10::D
 
 std::string attnName(int64_t layer, const char* w) { return "blocks." + str(layer) + ".attn." + w; }
 
-void checkWidth(const Transformer& model, const Transcoder& tc, int64_t layer) {
-  const int64_t d = model.config().dModel;
-  if (tc.spec().dIn != d || tc.spec().dOut != d) {
-    throw InvalidArgument("the " + (layer >= 0 ? "layer-" + str(layer) + " " : std::string()) + "transcoder's width (d_in " + str(tc.spec().dIn) +
-                          ", d_out " + str(tc.spec().dOut) + ") does not match the model's d_model " + str(d));
-  }
-}
-
 void checkFeature(const Transcoder& tc, int64_t feature, int64_t layer) {
   const int64_t m = tc.spec().dSae;
   if (feature < 0 || feature >= m) {
@@ -234,20 +226,13 @@ TopK topkConnections(const at::Tensor& W_dec_src, const at::Tensor& W_enc_dst, c
 
 // ---- one feature ------------------------------------------------------------------------------------
 
-FeatureConnections featureConnections(const Transformer& model, const TranscodersByLayer& transcoders, int64_t layer,
-                                      int64_t feature, int64_t k, bool throughAttention) {
+FeatureConnections featureConnections(const ReplacementModel& rm, int64_t layer, int64_t feature, int64_t k, bool throughAttention) {
   at::NoGradGuard noGrad;
+  const Transformer& model = rm.model();
   const ModelConfig& cfg = model.config();
-  if (layer < 0 || layer >= cfg.nLayers) {
-    throw InvalidArgument("layer " + str(layer) + " is not a layer of the model (0.." + str(cfg.nLayers - 1) + ")");
-  }
-  for (const auto& [l, tc] : transcoders) {
-    if (l < 0 || l >= cfg.nLayers) throw InvalidArgument("transcoder layer " + str(l) + " is not a layer of the model");
-    checkWidth(model, *tc, l);
-  }
-  auto it = transcoders.find(layer);
-  if (it == transcoders.end()) throw InvalidArgument("no transcoder for layer " + str(layer));
-  const Transcoder& self = *it->second;
+  std::map<int64_t, const Transcoder*> transcoders;
+  for (int64_t l : rm.layers()) transcoders[l] = &rm.transcoder(l);
+  const Transcoder& self = rm.transcoder(layer);
   checkFeature(self, feature, layer);
   if (k < 1) throw InvalidArgument("k must be at least 1, got " + str(k));
   for (const auto& [l, tc] : transcoders) {
@@ -312,20 +297,32 @@ TokenEffects tokenEffects(const at::Tensor& scores, int64_t k) {
 
 }  // namespace
 
-TokenEffects deEmbedding(const Transformer& model, const Transcoder& tc, int64_t layer, int64_t feature, int64_t k,
-                         int64_t attnLayer, int64_t head) {
-  at::NoGradGuard noGrad;
-  const ModelConfig& cfg = model.config();
-  checkWidth(model, tc, layer);
-  checkFeature(tc, feature, layer);
+namespace {
+
+void checkHead(const ModelConfig& cfg, int64_t attnLayer, int64_t head) {
   if ((attnLayer < 0) != (head < 0)) throw InvalidArgument("attnLayer and head go together: give both or neither");
-  if (attnLayer >= 0) {
-    if (attnLayer >= cfg.nLayers) throw InvalidArgument("attnLayer " + str(attnLayer) + " is not a layer of the model (0.." + str(cfg.nLayers - 1) + ")");
-    if (head >= cfg.nHeads) throw InvalidArgument("head " + str(head) + " is out of range (the model has " + str(cfg.nHeads) + " heads)");
-    if (layer >= 0 && attnLayer > layer) {
-      throw InvalidArgument("attnLayer " + str(attnLayer) + " comes after the transcoder's layer " + str(layer) + ": its output cannot reach the feature");
-    }
-  }
+  if (attnLayer < 0) return;
+  if (attnLayer >= cfg.nLayers) throw InvalidArgument("attnLayer " + str(attnLayer) + " is not a layer of the model (0.." + str(cfg.nLayers - 1) + ")");
+  if (head >= cfg.nHeads) throw InvalidArgument("head " + str(head) + " is out of range (the model has " + str(cfg.nHeads) + " heads)");
+}
+
+// v W_V[h] W_O[h] ([d]; TransformerLens shapes W_V [H, d, dh], W_O [H, dh, d]).
+at::Tensor throughHead(const Transformer& model, const at::Tensor& v, int64_t attnLayer, int64_t head) {
+  const at::Tensor WV = modelWeight(model, attnName(attnLayer, "W_V"), v.device())[head];  // [d, dh]
+  const at::Tensor WO = modelWeight(model, attnName(attnLayer, "W_O"), v.device())[head];  // [dh, d]
+  return at::mv(WO.t(), at::mv(WV.t(), v));
+}
+
+}  // namespace
+
+TokenEffects deEmbedding(const ReplacementModel& rm, int64_t layer, int64_t feature, int64_t k, int64_t attnLayer, int64_t head) {
+  at::NoGradGuard noGrad;
+  const Transformer& model = rm.model();
+  const Transcoder& tc = rm.transcoder(layer);
+  checkFeature(tc, feature, layer);
+  checkHead(model.config(), attnLayer, head);
+  if (attnLayer > layer)
+    throw InvalidArgument("attnLayer " + str(attnLayer) + " comes after the transcoder's layer " + str(layer) + ": its output cannot reach the feature");
   const c10::Device device = model.device();
   at::Tensor n = tc.params().W_enc.select(1, feature).to(device, c10::kFloat);
   if (attnLayer >= 0) {
@@ -336,13 +333,34 @@ TokenEffects deEmbedding(const Transformer& model, const Transcoder& tc, int64_t
   return tokenEffects(at::mv(modelWeight(model, "embed.W_E", device), n), k);
 }
 
-TokenEffects logitEffects(const Transformer& model, const Transcoder& tc, int64_t feature, int64_t k) {
+TokenEffects logitEffects(const ReplacementModel& rm, int64_t layer, int64_t feature, int64_t k) {
   at::NoGradGuard noGrad;
-  checkWidth(model, tc, -1);
-  checkFeature(tc, feature, -1);
+  const Transformer& model = rm.model();
+  const Transcoder& tc = rm.transcoder(layer);
+  checkFeature(tc, feature, layer);
   const c10::Device device = model.device();
   const at::Tensor w = tc.params().W_dec.select(0, feature).to(device, c10::kFloat);
   return tokenEffects(at::matmul(w, modelWeight(model, "unembed.W_U", device)), k);
+}
+
+at::Tensor logitEffectsOn(const ReplacementModel& rm, int64_t layer, int64_t feature, const at::Tensor& tokens, int64_t attnLayer,
+                          int64_t head) {
+  at::NoGradGuard noGrad;
+  const Transformer& model = rm.model();
+  const Transcoder& tc = rm.transcoder(layer);
+  checkFeature(tc, feature, layer);
+  checkHead(model.config(), attnLayer, head);
+  if (attnLayer >= 0 && attnLayer <= layer)
+    throw InvalidArgument("attnLayer " + str(attnLayer) + " does not come after the transcoder's layer " + str(layer) + ": it cannot carry the feature's output");
+  if (tokens.dim() != 1 || at::isFloatingType(tokens.scalar_type())) throw InvalidArgument("tokens must be a list of token ids");
+  const int64_t V = model.config().vocabSize;
+  if (tokens.numel() > 0 && (tokens.min().item<int64_t>() < 0 || tokens.max().item<int64_t>() >= V))
+    throw InvalidArgument("a token id is out of range [0, " + str(V) + ")");
+  const c10::Device device = model.device();
+  at::Tensor w = tc.params().W_dec.select(0, feature).to(device, c10::kFloat);
+  if (attnLayer >= 0) w = throughHead(model, w, attnLayer, head);
+  const at::Tensor WU = modelWeight(model, "unembed.W_U", device).index_select(1, tokens.to(device, c10::kLong));  // [d, n]
+  return at::mv(WU.t(), w).cpu();
 }
 
 double gemmGflops(int64_t m, int64_t kk, int64_t n, int64_t iters) {

@@ -18,7 +18,7 @@
 #include <memory>
 #include <vector>
 
-#include "model/transformer.h"
+#include "circuits/replacement_model.h"
 #include "transcoder/transcoder.h"
 
 namespace tc {
@@ -74,14 +74,11 @@ struct FeatureConnections {
   std::vector<LayerConnections> downstream;  // targets in layers > layer (top-k of W_dec[layer][F] @ W_enc[l])
 };
 
-using TranscodersByLayer = std::map<int64_t, std::shared_ptr<Transcoder>>;
-
 // Upstream and downstream connections of feature `feature` of the transcoder at `layer` with every
-// other transcoder of `transcoders`; with `throughAttention`, also through every head of every
+// other transcoder of the replacement model; with `throughAttention`, also through every head of every
 // attention layer between them (one list per (layer, attention layer, head)). Callers hold the
 // transcoders' locks.
-FeatureConnections featureConnections(const Transformer& model, const TranscodersByLayer& transcoders, int64_t layer,
-                                      int64_t feature, int64_t k, bool throughAttention);
+FeatureConnections featureConnections(const ReplacementModel& rm, int64_t layer, int64_t feature, int64_t k, bool throughAttention);
 
 // Top-k (largest) and bottom-k (most negative) entries of a [V] vector over tokens.
 struct TokenEffects {
@@ -89,14 +86,19 @@ struct TokenEffects {
   TopK bottom;
 };
 
-// De-embedding of `feature` of `tc`: W_E @ W_enc[:, feature], or through head `head` of attention
-// layer `attnLayer` (both -1 for the direct one). `layer` is the transcoder's layer (-1 when unknown):
-// the head's layer must not come after it.
-TokenEffects deEmbedding(const Transformer& model, const Transcoder& tc, int64_t layer, int64_t feature, int64_t k,
-                         int64_t attnLayer = -1, int64_t head = -1);
+// De-embedding of `feature` of the layer's transcoder: W_E @ W_enc[:, feature], or through head `head`
+// of attention layer `attnLayer` (both -1 for the direct one), which must not come after `layer`.
+TokenEffects deEmbedding(const ReplacementModel& rm, int64_t layer, int64_t feature, int64_t k, int64_t attnLayer = -1,
+                         int64_t head = -1);
 
-// Direct logit effects of `feature` of `tc`: W_dec[feature] @ W_U (no LayerNorm).
-TokenEffects logitEffects(const Transformer& model, const Transcoder& tc, int64_t feature, int64_t k);
+// Direct logit effects of `feature` of the layer's transcoder: W_dec[feature] @ W_U (no LayerNorm).
+TokenEffects logitEffects(const ReplacementModel& rm, int64_t layer, int64_t feature, int64_t k);
+
+// The logit effects of `feature` on the given token ids ([n] int), directly (W_dec[feature] . W_U[:, t])
+// or carried by head `head` of a later attention layer `attnLayer` (W_dec[feature] W_V W_O . W_U[:, t]);
+// float32 [n] on the CPU.
+at::Tensor logitEffectsOn(const ReplacementModel& rm, int64_t layer, int64_t feature, const at::Tensor& tokens, int64_t attnLayer = -1,
+                          int64_t head = -1);
 
 // Throughput probe: GFLOP/s of a float32 [m, kk] x [kk, n] at::mm on the CPU (random operands), the
 // best of `iters` timed runs after one warm-up.

@@ -14,6 +14,7 @@ void registerErrorClasses(const Napi::CallbackInfo& info) {
   state.torchError = Napi::Persistent(classes.Get("TorchError").As<Napi::Function>());
   state.invalidArgumentError = Napi::Persistent(classes.Get("InvalidArgumentError").As<Napi::Function>());
   state.formatError = Napi::Persistent(classes.Get("FormatError").As<Napi::Function>());
+  state.numericalError = Napi::Persistent(classes.Get("NumericalError").As<Napi::Function>());
 }
 
 namespace {
@@ -33,6 +34,8 @@ Napi::Error toJsError(Napi::Env env, std::exception_ptr error) {
     return e;
   } catch (const InvalidArgument& e) {
     return make(env, state.invalidArgumentError, e.what());
+  } catch (const NonFinite& e) {
+    return make(env, state.numericalError, e.what());
   } catch (const FormatError& e) {
     Napi::Error js = make(env, state.formatError, e.what());
     js.Value().Set("file", Napi::String::New(env, e.file));

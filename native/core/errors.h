@@ -22,6 +22,11 @@ struct FormatError : std::runtime_error {
   std::string file;
 };
 
+// A loss, gradient or weight became NaN or infinite -> JS NumericalError.
+struct NonFinite : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 // Stores the JS classes that errors are created with (called once from lib/native.ts).
 void registerErrorClasses(const Napi::CallbackInfo& info);
 

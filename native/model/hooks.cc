@@ -33,8 +33,10 @@ const char* blockHookSuffix(BlockHook h) {
     case BlockHook::ResidMid: return "hook_resid_mid";
     case BlockHook::Ln2Scale: return "ln2.hook_scale";
     case BlockHook::Ln2Normalized: return "ln2.hook_normalized";
+    case BlockHook::MlpIn: return "mlp.hook_in";  // exactly the tensor the MLP receives
     case BlockHook::MlpPre: return "mlp.hook_pre";
     case BlockHook::MlpPost: return "mlp.hook_post";
+    case BlockHook::MlpHookOut: return "mlp.hook_out";  // exactly what the MLP adds to the residual
     case BlockHook::MlpOut: return "hook_mlp_out";
     case BlockHook::ResidPost: return "hook_resid_post";
     default: return "";

@@ -16,7 +16,7 @@ enum class ModelHook { Embed, PosEmbed, LnFinalScale, LnFinalNormalized, Count }
 
 enum class BlockHook {
   ResidPre, Ln1Scale, Ln1Normalized, AttnQ, AttnK, AttnV, AttnRotQ, AttnRotK, AttnScores, AttnPattern, AttnZ,
-  AttnOut, ResidMid, Ln2Scale, Ln2Normalized, MlpPre, MlpPost, MlpOut, ResidPost, Count
+  AttnOut, ResidMid, Ln2Scale, Ln2Normalized, MlpIn, MlpPre, MlpPost, MlpHookOut, MlpOut, ResidPost, Count
 };
 
 // Every hook name a model of this configuration has, in forward order.

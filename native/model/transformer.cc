@@ -166,8 +166,8 @@ at::Tensor Transformer::mlp(int64_t layer, const at::Tensor& x, HookCapture& hoo
   return at::addmm(L.b_out, post, L.W_out).view({B, T, cfg_.dModel});
 }
 
-at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, const ForwardOptions& options,
-                                         HookCapture& hooks) const {
+at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, const at::Tensor& residual,
+                                         const ForwardOptions& options, HookCapture& hooks) const {
   auto it = options.mlpReplacements.find(layer);
   if (it == options.mlpReplacements.end()) return mlp(layer, x, hooks);
   const MlpReplacement& r = it->second;
@@ -191,7 +191,7 @@ at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, con
                               : positionMean(original, realPositions(options, x.size(0), x.size(1), x.device())).expand(shape);
       break;
     case MlpReplacement::Kind::Value: out = broadcast(r.value); break;
-    case MlpReplacement::Kind::Module: out = r.module(x, original); break;
+    case MlpReplacement::Kind::Module: out = r.module(r.input == MlpReplacement::Input::Residual ? residual : x, original); break;
   }
   if (out.sizes() != at::IntArrayRef(shape))
     throw InvalidArgument("the replacement of layer " + std::to_string(layer) + "'s MLP output has shape " +
@@ -225,7 +225,9 @@ at::Tensor Transformer::block(int64_t layer, const at::Tensor& residPre, const P
     hooks.record(layer, BlockHook::ResidMid, mlpIn);
   }
   at::Tensor x2 = observedLayerNorm(mlpIn, L.ln2W, L.ln2B, hooks, layer, BlockHook::Ln2Scale, BlockHook::Ln2Normalized);
-  at::Tensor mlpOut = mlpOrReplacement(layer, x2, options, hooks);
+  hooks.record(layer, BlockHook::MlpIn, x2);
+  at::Tensor mlpOut = mlpOrReplacement(layer, x2, mlpIn, options, hooks);
+  hooks.record(layer, BlockHook::MlpHookOut, mlpOut);
   hooks.record(layer, BlockHook::MlpOut, mlpOut);
 
   at::Tensor residPost = cfg_.parallelResidual ? residPre + attnOut + mlpOut : mlpIn + mlpOut;

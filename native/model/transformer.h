@@ -17,9 +17,13 @@ namespace tc {
 // What replaces one layer's MLP output (hook_mlp_out) in a forward pass.
 struct MlpReplacement {
   enum class Kind { Zero, Mean, Value, Module };
+  // What a Module reads: the MLP's input (its LayerNorm's output, mlp.hook_in) or the residual
+  // stream the MLP block reads before that LayerNorm (resid_mid; resid_pre in parallel blocks).
+  enum class Input { MlpIn, Residual };
   Kind kind = Kind::Zero;
+  Input input = Input::MlpIn;
   at::Tensor value;  // Mean: [d] (undefined: the mean over this batch's positions); Value: broadcastable to [B, T, d]
-  // Module: called with (ln2.hook_normalized, original MLP output) and returns [B, T, d].
+  // Module: called with (its input, original MLP output) and returns [B, T, d].
   // Transcoders and JS callbacks plug in here.
   std::function<at::Tensor(const at::Tensor& mlpIn, const at::Tensor& mlpOut)> module;
   bool moduleNeedsOriginal = true;
@@ -82,7 +86,9 @@ class Transformer {
   Positions positions(int64_t T, const at::Tensor& real) const;
   at::Tensor attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks) const;
   at::Tensor mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks) const;
-  at::Tensor mlpOrReplacement(int64_t layer, const at::Tensor& x, const ForwardOptions& options, HookCapture& hooks) const;
+  // `x` is the MLP's input, `residual` the residual stream its LayerNorm read.
+  at::Tensor mlpOrReplacement(int64_t layer, const at::Tensor& x, const at::Tensor& residual, const ForwardOptions& options,
+                              HookCapture& hooks) const;
   at::Tensor block(int64_t layer, const at::Tensor& residPre, const Positions& pos, const ForwardOptions& options,
                    HookCapture& hooks) const;
 

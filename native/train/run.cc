@@ -20,7 +20,7 @@ TrainingRun::TrainingRun(std::vector<RunSlot> slots, std::unique_ptr<ActivationS
                           " rows) must hold at least two batches (" + std::to_string(2 * options_.batchSize) + " rows)");
   for (size_t i = 0; i < slots_.size(); ++i) {
     buffers_.emplace_back(options_.bufferRows, options_.shuffle, options_.seed + 7919 * i);
-    if (slots_[i].trainer->options().resampleEvery > 0 && (!source_->model() || !source_->hooks(i)))
+    if (slots_[i].trainer->options().resampleEvery > 0 && !source_->model())
       throw InvalidArgument("dead-feature resampling runs the model: it needs a model and token data, not an activation cache");
   }
   startPosition_ = source_->position();
@@ -50,9 +50,8 @@ int64_t TrainingRun::maybeResample(size_t slot) {
   StepTrainer& trainer = *slots_[slot].trainer;
   const TrainOptions& o = trainer.options();
   if (o.resampleEvery <= 0 || trainer.steps() % o.resampleEvery != 0) return 0;
-  const HookPair* hooks = source_->hooks(slot);
-  const int64_t layer = slots_[slot].layer;
-  return resampleDeadFeatures(trainer, *source_->model(), layer, hooks->input, hooks->target,
+  const TranscoderSpec& spec = slots_[slot].transcoder->spec();
+  return resampleDeadFeatures(trainer, *source_->model(), spec.layer, spec.hookIn, spec.hookOut,
                               source_->resampleTokens(o.resampleSequences), o.resampleScale,
                               options_.seed + 104729 * static_cast<uint64_t>(trainer.steps() + slot));
 }

@@ -16,10 +16,11 @@
 
 namespace tc {
 
+// One transcoder being trained. Its spec names its placement (layer, input and target hooks): the
+// model source reads those hooks, and dead-feature resampling splices the transcoder in there.
 struct RunSlot {
   std::shared_ptr<Transcoder> transcoder;
   std::shared_ptr<StepTrainer> trainer;
-  int64_t layer = -1;  // for dead-feature resampling, which splices the transcoder into the model
 };
 
 struct RunOptions {

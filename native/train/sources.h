@@ -45,7 +45,6 @@ class ActivationSource {
   // has no model (an activation cache).
   virtual const Transformer* model() const { return nullptr; }
   virtual at::Tensor resampleTokens(int64_t count) { return at::Tensor(); }
-  virtual const HookPair* hooks(size_t slot) const { return nullptr; }
 };
 
 // Runs the model on `sequencesPerForward` token rows at a time and collects every layer's pair of
@@ -60,7 +59,6 @@ class ModelActivationSource : public ActivationSource {
   const Transformer* model() const override { return model_.get(); }
   // Rows from a second reader that cycles through the file from the start.
   at::Tensor resampleTokens(int64_t count) override;
-  const HookPair* hooks(size_t slot) const override { return slot < hooks_.size() ? &hooks_[slot] : nullptr; }
 
  private:
   std::shared_ptr<const Transformer> model_;

@@ -62,9 +62,12 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
     m.deadFraction = loss.dead.to(c10::kDouble).mean().item<double>();
   }
 
+  if (!std::isfinite(m.total)) throw NonFinite(where(step) + "the loss is " + std::to_string(m.total) + lastGood());
   for (at::Tensor* param : parameters()) param->mutable_grad() = at::Tensor();
   t.total.backward();
   at::NoGradGuard noGrad;
+  // A non-finite gradient would poison every parameter through Adam: stop before the update.
+  if (std::string bad = firstNonFinite(true); !bad.empty()) throw NonFinite(where(step) + "the gradient of " + bad + " is not finite" + lastGood());
   if (options_.normalizeDecoder && p.W_dec.grad().defined()) {
     at::Tensor& g = p.W_dec.mutable_grad();
     g.sub_((g * p.W_dec).sum(-1, /*keepdim=*/true) * p.W_dec);
@@ -80,8 +83,33 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
         if (param->grad().defined()) param->mutable_grad().mul_(factor);
   }
   adam_.step(lr);
+  if (std::string bad = firstNonFinite(false); !bad.empty())
+    throw NonFinite(where(step) + "the update left " + bad + " not finite (the learning rate " + std::to_string(lr) + " is too large?)" + lastGood());
   return m;
 }
+
+std::string StepTrainer::firstNonFinite(bool gradients) {
+  // One device synchronisation in the common case: every check folded into one flag.
+  auto named = tc_->params().named();
+  auto of = [&](at::Tensor* t) { return gradients ? t->grad() : *t; };
+  at::Tensor ok;
+  for (const auto& [name, t] : named) {
+    if (!of(t).defined()) continue;
+    at::Tensor finite = of(t).isfinite().all();
+    ok = ok.defined() ? ok.logical_and(finite) : finite;
+  }
+  if (!ok.defined() || ok.item<bool>()) return "";
+  for (const auto& [name, t] : named)
+    if (of(t).defined() && !of(t).isfinite().all().item<bool>()) return name;
+  return "";
+}
+
+std::string StepTrainer::where(int64_t step) const {
+  const int64_t layer = tc_->spec().layer;
+  return "training stopped at step " + std::to_string(step) + (layer >= 0 ? " of the layer-" + std::to_string(layer) + " transcoder" : "") + ": ";
+}
+
+std::string StepTrainer::lastGood() { return "; the last checkpoint written before this step is intact"; }
 
 void StepTrainer::reinitializeFeatures(const at::Tensor& idx, const at::Tensor& encoder, const at::Tensor& decoder, double encoderNorm) {
   at::NoGradGuard noGrad;

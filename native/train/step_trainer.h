@@ -6,6 +6,7 @@
 #include <ATen/Tensor.h>
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "train/adam.h"
@@ -64,6 +65,11 @@ class StepTrainer {
  private:
   StepMetrics trainStep(const at::Tensor& x, const at::Tensor& y);
   std::vector<at::Tensor*> parameters();
+  // The name of the first parameter (or gradient) holding a NaN or an infinity; "" when none does.
+  std::string firstNonFinite(bool gradients);
+  // "training stopped at step N of the layer-L transcoder: " and the note on the last checkpoint.
+  std::string where(int64_t step) const;
+  static std::string lastGood();
 
   std::shared_ptr<Transcoder> tc_;
   TrainOptions options_;

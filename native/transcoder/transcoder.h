@@ -25,6 +25,9 @@ struct TranscoderSpec {
   bool skip = false;        // W_skip: a dense linear path added to the output ("skip transcoder")
   int64_t k = 0;            // TopK: active features per row
   double bandwidth = 1e-3;  // JumpReLU: width of the straight-through kernel around the threshold
+  // Where it sits in a model (TransformerLens hook names; resolved by circuits/replacement_model.h).
+  int64_t layer = -1;
+  std::string hookIn, hookOut;
 };
 
 TranscoderArch transcoderArchFromName(const std::string& name);

@@ -6,140 +6,109 @@
  *   W_dec [F, d_out]                                                b_dec [d_out]  (OUTPUT bias)
  *   W_skip [d_out, d_in] optional, applied as x W_skipᵀ (ours is its transpose)
  *   activation_function.threshold [F] optional (JumpReLU: pre * (pre > threshold), as ours)
- *   k optional 0-d / 1-element integer (TopK)
+ *   k optional 0-d / 1-element integer (TopK; read, never written: circuit-tracer's strict
+ *     load_state_dict refuses it, "Unexpected key(s): k", so exports give k in config.yaml)
  *
  *   y = act(x W_encᵀ + b_enc) W_dec + b_dec (+ x W_skipᵀ);  no input centring, so our b_dec = 0.
  *
- * A transcoder set's `config.yaml` may sit beside the files (model_kind, model_name,
- * feature_input_hook / feature_output_hook relative to `blocks.L`, transcoders, activation, k); a
- * tiny parser reads the subset needed. Models are loaded unprocessed by circuit-tracer, so the
- * processing is 'none'.
+ * A transcoder set's `config.yaml` sits beside the files (model_kind, model_name,
+ * feature_input_hook / feature_output_hook relative to `blocks.L`, transcoders, activation, k),
+ * read and written with the `yaml` package. circuit-tracer runs the model unprocessed
+ * (fold_ln, center_writing_weights and center_unembed off), so loaded transcoders get processing
+ * 'none', and exports of transcoders trained on a processed model fold the LayerNorm into the
+ * encoder (raw-model.ts).
+ *
+ * Our exports also put `transcoders.activation` (and `transcoders.k`) into the safetensors
+ * `__metadata__`, which circuit-tracer ignores, so that a lone layer file still says what it is.
  *
  * One semantic difference: circuit-tracer's TopK keeps the k largest pre-activations as they are,
  * ours applies a ReLU to them. They agree whenever the k-th largest pre-activation of a row is
  * >= 0 (always the case in practice for a wide trained TopK transcoder; check before relying on
  * negative activations).
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { Document, isMap, isScalar, LineCounter, parseDocument, type Node } from 'yaml';
 import { FormatError, InvalidArgumentError } from '../../errors.js';
+import { describe } from '../../io/json.js';
 import { writeFileAtomic } from '../../io/atomic.js';
 import { writeSafetensors, type RawTensor } from '../../io/safetensors.js';
 import type { Tensor } from '../../tensor.js';
-import { mlpHooks, type TranscoderArch, type TranscoderConfig } from '../config.js';
+import { mlpHooks, TRANSCODER_ARCHS, type TranscoderArch, type TranscoderConfig } from '../config.js';
 import type { ParameterName, Transcoder } from '../transcoder.js';
-import { buildTranscoder, exportArrays, rawF32, rawI64Scalar, TensorFile, transposeData, transposed, zeros, type ForeignLoadOptions } from './common.js';
+import {
+  buildTranscoder,
+  exportArrays,
+  exportedModelName,
+  prepareOutputFile,
+  prepareOutputFolder,
+  rawF32,
+  TensorFile,
+  transposeData,
+  transposed,
+  zeros,
+  type ForeignLoadOptions,
+} from './common.js';
+import { describeFold, rawModelInputFold, type InputFold, type RawModelExportOptions } from './raw-model.js';
 
 export const CIRCUIT_TRACER_CONFIG_FILE = 'config.yaml';
 export const THRESHOLD_KEY = 'activation_function.threshold';
 const LAYER_FILE = /^layer_(\d+)\.safetensors$/;
+/** Safetensors `__metadata__` keys of our layer files (circuit-tracer does not read the metadata). */
+export const METADATA_ACTIVATION = 'transcoders.activation';
+export const METADATA_K = 'transcoders.k';
+const METADATA_PROCESSING = 'transcoders.trained_on_processing';
+const METADATA_FOLD = 'transcoders.input_fold';
+/** The config.yaml key of our export record (circuit-tracer only reads the keys it knows). */
+export const EXPORT_RECORD_KEY = 'transcoders_export';
 
 // ---------------------------------------------------------------------------------------------
-// A tiny YAML subset: top-level `key: value` lines, and under a `key:` line a list of `- value`
-// items (or `- k: v` items continued by deeper-indented `k: v` lines). Enough for circuit-tracer's
-// config.yaml; anything else is a FormatError naming the line.
+// YAML
 
-export type YamlScalar = string | number | boolean | null;
-export type YamlValue = YamlScalar | YamlValue[] | { [key: string]: YamlValue };
-
-function stripComment(line: string): string {
-  let quote: string | null = null;
-  for (let i = 0; i < line.length; i++) {
-    const ch = line[i]!;
-    if (quote) {
-      if (ch === '\\' && quote === '"') i++;
-      else if (ch === quote) quote = null;
-    } else if (ch === '"' || ch === "'") {
-      quote = ch;
-    } else if (ch === '#' && (i === 0 || /\s/.test(line[i - 1]!))) {
-      return line.slice(0, i);
-    }
-  }
-  return line;
+/** A parsed YAML document: its value as plain data, and the line of a top-level key (for errors). */
+export interface ParsedYaml {
+  value: unknown;
+  /** 1-based line of the value (or key) of top-level `key`, when the document is a mapping that has it. */
+  lineOf(key: string): number | undefined;
 }
 
-function parseScalar(text: string, where: string, file: string): YamlValue {
-  const s = text.trim();
-  if (s === '' || s === '~' || s === 'null' || s === 'Null' || s === 'NULL') return null;
-  if (s.startsWith('"')) {
-    try {
-      return JSON.parse(s) as string;
-    } catch {
-      throw new FormatError(`${where}: cannot parse the quoted string ${s}`, file);
-    }
+/**
+ * Parses YAML with the `yaml` package as YAML 1.1, the version PyYAML (circuit-tracer's reader)
+ * implements (`yes` / `no` / `on` / `off` are booleans). Syntax errors, duplicate keys, several
+ * documents and unresolvable aliases are FormatErrors naming `file` and, where known, the line.
+ */
+export function parseYaml(text: string, file: string): ParsedYaml {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { version: '1.1', lineCounter, uniqueKeys: true, prettyErrors: false });
+  const error = doc.errors[0];
+  if (error) {
+    const line = error.linePos?.[0]?.line ?? (error.pos ? lineCounter.linePos(error.pos[0]).line : undefined);
+    throw new FormatError(`${file}${line ? `:${line}` : ''}: invalid YAML (${error.message.split('\n')[0]})`, file);
   }
-  if (s.startsWith("'")) {
-    if (!s.endsWith("'") || s.length < 2) throw new FormatError(`${where}: unterminated quoted string ${s}`, file);
-    return s.slice(1, -1).replaceAll("''", "'");
+  let value: unknown;
+  try {
+    value = doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    throw new FormatError(`${file}: invalid YAML (${(err as Error).message})`, file);
   }
-  if (s.startsWith('[') && s.endsWith(']')) {
-    const inner = s.slice(1, -1).trim();
-    return inner === '' ? [] : inner.split(',').map((part) => parseScalar(part, where, file));
-  }
-  if (/^(true|True|TRUE)$/.test(s)) return true;
-  if (/^(false|False|FALSE)$/.test(s)) return false;
-  if (/^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$/.test(s)) return Number(s);
-  return s;
+  return {
+    value,
+    lineOf(key: string): number | undefined {
+      const contents = doc.contents;
+      if (!isMap(contents)) return undefined;
+      const pair = contents.items.find((p) => (isScalar(p.key) ? p.key.value : p.key) === key);
+      const node = (pair?.value ?? pair?.key) as Node | null | undefined;
+      const offset = node?.range?.[0];
+      return offset === undefined ? undefined : lineCounter.linePos(offset).line;
+    },
+  };
 }
 
-const KEY_VALUE = /^([A-Za-z_][\w.\-]*)\s*:(?:\s+(.*)|\s*)$/;
-
-/** Parses the YAML subset described above; `file` names the source in errors. */
-export function parseSimpleYaml(text: string, file: string): Record<string, YamlValue> {
-  const out: Record<string, YamlValue> = {};
-  let blockKey: string | null = null;
-  let currentItem: Record<string, YamlValue> | null = null;
-  let itemIndent = -1;
-  const lines = text.split(/\r?\n/);
-  for (let n = 0; n < lines.length; n++) {
-    const where = `${file}:${n + 1}`;
-    const line = stripComment(lines[n]!).replace(/\s+$/, '');
-    if (line.trim() === '' || line === '---' || line === '...') continue;
-    const indent = line.length - line.trimStart().length;
-    const body = line.trimStart();
-    const fail = (): never => {
-      throw new FormatError(`${where}: cannot parse ${JSON.stringify(lines[n])} (only 'key: value' lines and '- item' lists are understood)`, file);
-    };
-    if (indent === 0 && !body.startsWith('- ') && body !== '-') {
-      const m = KEY_VALUE.exec(body) ?? fail();
-      const [, key, value] = m;
-      currentItem = null;
-      if (value === undefined || value.trim() === '') {
-        blockKey = key!;
-        out[key!] = null;
-      } else {
-        blockKey = null;
-        out[key!] = parseScalar(value, where, file);
-      }
-      continue;
-    }
-    if (blockKey === null) fail();
-    if (body === '-' || body.startsWith('- ')) {
-      const rest = body.slice(1).trim();
-      if (!Array.isArray(out[blockKey!])) out[blockKey!] = [];
-      const list = out[blockKey!] as YamlValue[];
-      const kv = KEY_VALUE.exec(rest);
-      if (kv && !rest.startsWith('"') && !rest.startsWith("'") && !/^[a-z]+:\/\//i.test(rest)) {
-        currentItem = { [kv[1]!]: parseScalar(kv[2] ?? '', where, file) };
-        itemIndent = indent;
-        list.push(currentItem);
-      } else {
-        currentItem = null;
-        list.push(parseScalar(rest, where, file));
-      }
-      continue;
-    }
-    const kv = KEY_VALUE.exec(body) ?? fail();
-    if (currentItem && indent > itemIndent) {
-      currentItem[kv[1]!] = parseScalar(kv[2] ?? '', where, file);
-    } else {
-      // A nested map under the block key.
-      const cur = out[blockKey!];
-      const map = cur !== null && typeof cur === 'object' && !Array.isArray(cur) ? cur : (out[blockKey!] = {});
-      (map as Record<string, YamlValue>)[kv[1]!] = parseScalar(kv[2] ?? '', where, file);
-    }
-  }
-  return out;
+/** YAML text of `value` (YAML 1.1, so that PyYAML reads back exactly these values), with a leading comment. */
+export function stringifyYaml(value: unknown, comment?: string): string {
+  const doc = new Document(value, { version: '1.1' });
+  if (comment) doc.commentBefore = comment;
+  return doc.toString({ lineWidth: 0 });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -158,43 +127,51 @@ export interface CircuitTracerSetConfig {
   k?: number;
 }
 
-/** Reads a circuit-tracer `config.yaml`. */
+/** Reads a circuit-tracer `config.yaml`; malformed YAML and fields of the wrong type are FormatErrors naming the file, line and field. */
 export function readCircuitTracerConfig(file: string): CircuitTracerSetConfig {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new FormatError(`${file}: cannot read (${(err as Error).message})`, file);
+    throw new FormatError(`${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, file);
   }
-  const y = parseSimpleYaml(text, file);
+  const { value, lineOf } = parseYaml(text, file);
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new FormatError(`${file}: expected a mapping (model_kind, feature_input_hook, transcoders, ...), got ${Array.isArray(value) ? 'a list' : describe(value)}`, file);
+  }
+  const y = value as Record<string, unknown>;
+  const fail = (key: string, why: string): never => {
+    const line = lineOf(key);
+    throw new FormatError(`${file}${line ? `:${line}` : ''}: '${key}' ${why}`, file);
+  };
   const str = (key: string): string | undefined => {
     const v = y[key];
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== 'string') throw new FormatError(`${file}: '${key}' must be a string, got ${JSON.stringify(v)}`, file);
-    return v;
+    if (typeof v !== 'string') fail(key, `must be a string, got ${describe(v)}`);
+    return v as string;
   };
   const layerFiles = new Map<number, string>();
   const list = y.transcoders;
   if (list !== undefined && list !== null) {
-    if (!Array.isArray(list)) throw new FormatError(`${file}: 'transcoders' must be a list`, file);
-    list.forEach((entry, i) => {
+    if (!Array.isArray(list)) fail('transcoders', `must be a list of paths (or of {layer, filepath} items), got ${describe(list)}`);
+    (list as unknown[]).forEach((entry, i) => {
       // v0.2: a list of paths / hf:// URIs, index = layer; v0.1: {id, layer, filepath}.
-      let path: YamlValue | undefined = entry;
-      let layer: YamlValue | undefined = i;
+      let path: unknown = entry;
+      let layer: unknown = i;
       if (entry !== null && typeof entry === 'object' && !Array.isArray(entry)) {
-        path = entry.filepath ?? entry.path;
-        layer = entry.layer ?? i;
+        const item = entry as Record<string, unknown>;
+        path = item.filepath ?? item.path;
+        layer = item.layer ?? i;
       }
-      if (typeof path !== 'string' || typeof layer !== 'number' || !Number.isInteger(layer) || layer < 0) {
-        throw new FormatError(`${file}: 'transcoders' entry ${i} is not a path (or {layer, filepath}): ${JSON.stringify(entry)}`, file);
+      if (typeof path !== 'string' || path === '' || typeof layer !== 'number' || !Number.isInteger(layer) || layer < 0) {
+        fail('transcoders', `entry ${i} is not a path (or {layer, filepath}): ${describe(entry)}`);
       }
-      layerFiles.set(layer, basename(path.split('?')[0]!));
+      if (layerFiles.has(layer as number)) fail('transcoders', `lists layer ${layer} twice`);
+      layerFiles.set(layer as number, basename((path as string).split('?')[0]!));
     });
   }
   const k = y.k;
-  if (k !== undefined && k !== null && (typeof k !== 'number' || !Number.isInteger(k) || k <= 0)) {
-    throw new FormatError(`${file}: 'k' must be a positive integer, got ${JSON.stringify(k)}`, file);
-  }
+  if (k !== undefined && k !== null && (typeof k !== 'number' || !Number.isInteger(k) || k <= 0)) fail('k', `must be a positive integer, got ${describe(k)}`);
   return {
     file,
     modelKind: str('model_kind'),
@@ -223,32 +200,63 @@ export function isCircuitTracerFolder(dir: string): boolean {
   return files.some((f) => LAYER_FILE.test(f)) || (existsSync(join(dir, CIRCUIT_TRACER_CONFIG_FILE)) && files.length > 0);
 }
 
+/** What our exports record in a layer file's `__metadata__` (absent in circuit-tracer's own files). */
+function activationMetadata(tf: TensorFile): { activation?: TranscoderArch; k?: number } {
+  const meta = tf.header.metadata;
+  const out: { activation?: TranscoderArch; k?: number } = {};
+  const activation = meta[METADATA_ACTIVATION];
+  if (activation !== undefined) {
+    if (!(TRANSCODER_ARCHS as readonly string[]).includes(activation)) tf.fail(`metadata '${METADATA_ACTIVATION}' is ${describe(activation)}, expected ${TRANSCODER_ARCHS.join(', ')}`);
+    out.activation = activation as TranscoderArch;
+  }
+  const k = meta[METADATA_K];
+  if (k !== undefined) {
+    if (!/^[1-9]\d*$/.test(k)) tf.fail(`metadata '${METADATA_K}' is ${describe(k)}, expected a positive integer`);
+    out.k = Number(k);
+  }
+  return out;
+}
+
 /**
- * The activation: the config's `activation` when it gives one (as circuit-tracer does), else what
- * the file's keys imply (a threshold: JumpReLU, `k`: TopK, neither: ReLU). Contradictions fail.
+ * The activation: the config's `activation` when it gives one (as circuit-tracer does), else the
+ * file's metadata (our exports), else what the file's keys imply (a threshold: JumpReLU, `k`: TopK,
+ * neither: ReLU). Contradictions fail.
  */
-function resolveActivation(file: string, ct: CircuitTracerSetConfig | null, hasThreshold: boolean, fileK: number | undefined): { arch: TranscoderArch; k?: number } {
+function resolveActivation(
+  file: string,
+  ct: CircuitTracerSetConfig | null,
+  hasThreshold: boolean,
+  tensorK: number | undefined,
+  meta: { activation?: TranscoderArch; k?: number },
+): { arch: TranscoderArch; k?: number } {
   const fail = (why: string, where = file): never => {
     throw new FormatError(`${where}: ${why}`, where);
   };
-  const activation = ct?.activation;
-  if (ct && activation !== undefined) {
+  if (tensorK !== undefined && meta.k !== undefined && tensorK !== meta.k) fail(`tensor 'k' = ${tensorK} disagrees with its metadata '${METADATA_K}' = ${meta.k}`);
+  const fileK = tensorK ?? meta.k;
+  const configActivation = ct?.activation;
+  if (configActivation !== undefined && meta.activation !== undefined && configActivation !== meta.activation) {
+    fail(`its metadata says activation ${meta.activation} but ${ct!.file} sets activation: ${configActivation}`);
+  }
+  const activation = configActivation ?? meta.activation;
+  const from = configActivation !== undefined ? ct!.file : `its metadata '${METADATA_ACTIVATION}'`;
+  if (activation !== undefined) {
     if (activation === 'topk') {
-      if (hasThreshold) fail(`has '${THRESHOLD_KEY}' but ${ct.file} sets activation: topk`);
-      if (fileK !== undefined && ct.k !== undefined && fileK !== ct.k) fail(`tensor 'k' = ${fileK} disagrees with k = ${ct.k} in ${ct.file}`);
-      const k = ct.k ?? fileK;
-      if (k === undefined) fail(`activation is topk but neither it nor ${file} gives 'k'`, ct.file);
+      if (hasThreshold) fail(`has '${THRESHOLD_KEY}' but ${from} sets activation: topk`);
+      if (fileK !== undefined && ct?.k !== undefined && fileK !== ct.k) fail(`${tensorK !== undefined ? "tensor 'k'" : `metadata '${METADATA_K}'`} = ${fileK} disagrees with k = ${ct.k} in ${ct.file}`);
+      const k = ct?.k ?? fileK;
+      if (k === undefined) fail(`activation is topk but neither ${ct ? ct.file : 'a config.yaml'} nor ${file} gives 'k'`, ct?.file ?? file);
       return { arch: 'topk', k };
     }
     if (activation === 'relu') {
-      if (hasThreshold || fileK !== undefined) fail(`has '${hasThreshold ? THRESHOLD_KEY : 'k'}' but ${ct.file} sets activation: relu`);
+      if (hasThreshold || fileK !== undefined) fail(`has '${hasThreshold ? THRESHOLD_KEY : 'k'}' but ${from} sets activation: relu`);
       return { arch: 'relu' };
     }
     if (activation === 'jumprelu') {
-      if (!hasThreshold) fail(`missing tensor '${THRESHOLD_KEY}' (${ct.file} sets activation: jumprelu)`);
+      if (!hasThreshold) fail(`missing tensor '${THRESHOLD_KEY}' (${from} sets activation: jumprelu)`);
       return { arch: 'jumprelu' };
     }
-    fail(`activation ${JSON.stringify(activation)} is not supported (relu, topk, jumprelu)`, ct.file);
+    fail(`activation ${describe(activation)} is not supported (relu, topk, jumprelu)`, ct!.file);
   }
   if (hasThreshold && fileK !== undefined) fail(`has both '${THRESHOLD_KEY}' (JumpReLU) and 'k' (TopK)`);
   if (hasThreshold) return { arch: 'jumprelu' };
@@ -276,7 +284,7 @@ export async function loadCircuitTracerTranscoder(path: string, options: Circuit
   const cfgPath = options.config === undefined ? join(dir, CIRCUIT_TRACER_CONFIG_FILE) : options.config;
   const ct = cfgPath && (options.config !== undefined || existsSync(cfgPath)) ? readCircuitTracerConfig(cfgPath) : null;
   if (ct?.modelKind !== undefined && ct.modelKind !== 'transcoder_set') {
-    throw new FormatError(`${ct.file}: model_kind ${JSON.stringify(ct.modelKind)} is not supported (only per-layer transcoders, "transcoder_set")`, ct.file);
+    throw new FormatError(`${ct.file}: model_kind ${describe(ct.modelKind)} is not supported (only per-layer transcoders, "transcoder_set")`, ct.file);
   }
 
   let file: string;
@@ -313,10 +321,10 @@ export async function loadCircuitTracerTranscoder(path: string, options: Circuit
   if (skip) tf.expect('W_skip', [dOut, dIn], 'd x d, applied as x W_skipᵀ');
   const hasThreshold = tf.has(THRESHOLD_KEY);
   if (hasThreshold) tf.expect(THRESHOLD_KEY, [dSae], `F from 'b_enc'`);
-  const fileK = tf.has('k') ? await tf.intScalar('k') : undefined;
+  const tensorK = tf.has('k') ? await tf.intScalar('k') : undefined;
   tf.rejectUnused();
 
-  const { arch, k } = resolveActivation(file, ct, hasThreshold, fileK);
+  const { arch, k } = resolveActivation(file, ct, hasThreshold, tensorK, activationMetadata(tf));
   if (k !== undefined && k > dSae) {
     const src = ct?.k !== undefined && ct.activation === 'topk' ? ct.file : file;
     throw new FormatError(`${src}: k = ${k} exceeds the number of features F = ${dSae}`, src);
@@ -354,10 +362,21 @@ export async function loadCircuitTracerTranscoder(path: string, options: Circuit
   return buildTranscoder(file, config, options, params, extra);
 }
 
-function circuitTracerTensors(tc: Transcoder, who: string): Record<string, RawTensor> {
-  const a = exportArrays(tc);
-  const c = a.config;
+// ---------------------------------------------------------------------------------------------
+// Exports
+
+/** One layer file, computed (and validated) before anything is written. */
+interface LayerFile {
+  tensors: Record<string, RawTensor>;
+  metadata: Record<string, string>;
+  fold: InputFold;
+}
+
+function circuitTracerLayer(tc: Transcoder, who: string, options: RawModelExportOptions): LayerFile {
+  const c = tc.config;
+  const fold = rawModelInputFold(tc, who, 'circuit-tracer', options);
   if (c.dIn !== c.dOut) throw new InvalidArgumentError(`${who}: circuit-tracer transcoders map d_model to d_model, this one has d_in = ${c.dIn} and d_out = ${c.dOut}`);
+  const a = exportArrays(tc, fold);
   const tensors: Record<string, RawTensor> = {
     W_enc: rawF32(transposeData(a.W_enc, c.dIn, c.dSae), [c.dSae, c.dIn]),
     b_enc: rawF32(a.b_enc, [c.dSae]),
@@ -366,19 +385,28 @@ function circuitTracerTensors(tc: Transcoder, who: string): Record<string, RawTe
   };
   if (a.W_skip) tensors.W_skip = rawF32(transposeData(a.W_skip, c.dIn, c.dOut), [c.dOut, c.dIn]);
   if (a.threshold) tensors[THRESHOLD_KEY] = rawF32(a.threshold, [c.dSae]);
-  if (c.arch === 'topk') tensors.k = rawI64Scalar(c.k!);
-  return tensors;
+  const metadata: Record<string, string> = {
+    [METADATA_ACTIVATION]: c.arch,
+    ...(c.arch === 'topk' ? { [METADATA_K]: String(c.k) } : {}),
+    [METADATA_PROCESSING]: c.processing ?? 'not recorded',
+    [METADATA_FOLD]: describeFold(fold),
+  };
+  return { tensors, metadata, fold };
 }
 
 /**
- * Writes `tc` as one circuit-tracer layer file (float32; what `SingleLayerTranscoder.to_safetensors`
- * writes). Our input pre-bias is folded into b_enc, our output bias becomes b_dec. TopK: see the
- * module comment (circuit-tracer's TopK has no ReLU).
+ * Writes `tc` as one circuit-tracer layer file (float32; the tensors `SingleLayerTranscoder.to_safetensors`
+ * writes, without `k`, see the module comment). Our input pre-bias is folded into b_enc, our output
+ * bias becomes b_dec. A transcoder trained on a TransformerLens-processed model needs
+ * `options.model` (the raw model) and is re-expressed on the raw model circuit-tracer runs (raw-model.ts).
+ * circuit-tracer reads the activation of a TopK file only from a set's config.yaml: use
+ * {@link exportCircuitTracerSet} for sets. TopK: see the module comment (circuit-tracer's TopK has no ReLU).
  */
-export function exportCircuitTracer(tc: Transcoder, file: string): void {
-  const tensors = circuitTracerTensors(tc, 'exportCircuitTracer');
-  mkdirSync(dirname(file), { recursive: true });
-  writeSafetensors(file, tensors);
+export function exportCircuitTracer(tc: Transcoder, file: string, options: RawModelExportOptions = {}): void {
+  const who = 'exportCircuitTracer';
+  const layer = circuitTracerLayer(tc, who, options);
+  prepareOutputFile(file, who);
+  writeSafetensors(file, layer.tensors, layer.metadata);
 }
 
 function relativeHook(hook: string, layer: number, who: string): string {
@@ -387,12 +415,27 @@ function relativeHook(hook: string, layer: number, who: string): string {
   return hook.slice(prefix.length);
 }
 
+export interface CircuitTracerSetExportOptions extends RawModelExportOptions {
+  /**
+   * Where the `transcoders:` list of config.yaml points: by default the absolute paths of the
+   * written files (what circuit-tracer's `load_transcoders(config)` opens on this machine); with a
+   * prefix such as `hf://user/repo` the entries are `{prefix}/layer_{i}.safetensors`, for a set
+   * uploaded there.
+   */
+  uriPrefix?: string;
+  /** `model_name` to write (default: the transcoders' model, a local folder named as in exportedModelName). */
+  modelName?: string;
+}
+
 /**
- * Writes a circuit-tracer transcoder set: `layer_{i}.safetensors` for each transcoder and a
- * `config.yaml` (model_kind transcoder_set, model_name, hooks relative to the layer, activation, k).
- * circuit-tracer needs one transcoder per layer 0..n-1, all with the same hooks, width and activation.
+ * Writes a circuit-tracer transcoder set: `layer_{i}.safetensors` for each transcoder, then
+ * `config.yaml` (model_kind transcoder_set, model_name, hooks relative to the layer, activation, k,
+ * the `transcoders:` list, and our export record under `transcoders_export`, which circuit-tracer
+ * ignores). circuit-tracer needs one transcoder per layer 0..n-1, all with the same hooks, width
+ * and activation. Everything is validated and computed before the first file is written; the
+ * folder must not hold other `layer_*.safetensors` files (circuit-tracer would load them too).
  */
-export function exportCircuitTracerSet(transcoders: readonly Transcoder[], dir: string): void {
+export function exportCircuitTracerSet(transcoders: readonly Transcoder[], dir: string, options: CircuitTracerSetExportOptions = {}): void {
   const who = 'exportCircuitTracerSet';
   if (transcoders.length === 0) throw new InvalidArgumentError(`${who}: no transcoders given`);
   const sorted = [...transcoders].sort((a, b) => a.config.layer - b.config.layer);
@@ -407,16 +450,41 @@ export function exportCircuitTracerSet(transcoders: readonly Transcoder[], dir: 
     if (relativeHook(c.hookIn, c.layer, who) !== hookIn || relativeHook(c.hookOut, c.layer, who) !== hookOut) throw new InvalidArgumentError(`${who}: layer ${c.layer} uses other hooks than layer 0`);
     if (c.arch !== first.arch || c.k !== first.k || c.dSae !== first.dSae || c.skip !== first.skip) throw new InvalidArgumentError(`${who}: layer ${c.layer} differs from layer 0 in architecture, k, width or skip connection`);
   }
-  const files = sorted.map((tc) => circuitTracerTensors(tc, who));
-  mkdirSync(dir, { recursive: true });
-  files.forEach((tensors, i) => writeSafetensors(join(dir, `layer_${i}.safetensors`), tensors));
-  const lines = [
-    'model_kind: transcoder_set',
-    ...(first.modelName ? [`model_name: ${JSON.stringify(first.modelName)}`] : []),
-    `feature_input_hook: ${JSON.stringify(hookIn)}`,
-    `feature_output_hook: ${JSON.stringify(hookOut)}`,
-    `activation: ${first.arch}`,
-    ...(first.arch === 'topk' ? [`k: ${first.k}`] : []),
-  ];
-  writeFileAtomic(join(dir, CIRCUIT_TRACER_CONFIG_FILE), [lines.join('\n') + '\n']);
+  if (options.uriPrefix !== undefined && (typeof options.uriPrefix !== 'string' || options.uriPrefix.trim() === '')) {
+    throw new InvalidArgumentError(`${who}: uriPrefix must be a non-empty string such as 'hf://user/repo', got ${JSON.stringify(options.uriPrefix)}`);
+  }
+  const files = sorted.map((tc) => circuitTracerLayer(tc, who, options));
+  let stale: string[] = [];
+  try {
+    stale = readdirSync(dir).filter((f) => {
+      const m = LAYER_FILE.exec(f);
+      return m !== null && Number(m[1]) >= files.length;
+    });
+  } catch {
+    // no folder yet
+  }
+  if (stale.length > 0) throw new InvalidArgumentError(`${who}: ${dir} already holds ${stale.join(', ')}, which circuit-tracer would load as part of this ${files.length}-layer set; use an empty folder`);
+  prepareOutputFolder(dir, who);
+
+  const names = files.map((_, i) => `layer_${i}.safetensors`);
+  const prefix = options.uriPrefix?.replace(/\/+$/, '');
+  const modelName = options.modelName ?? exportedModelName(first.modelName ?? options.model?.dir);
+  const folds = files.map((f) => f.fold);
+  const config = {
+    model_kind: 'transcoder_set',
+    ...(modelName ? { model_name: modelName } : {}),
+    feature_input_hook: hookIn,
+    feature_output_hook: hookOut,
+    activation: first.arch,
+    ...(first.arch === 'topk' ? { k: first.k } : {}),
+    transcoders: names.map((n) => (prefix ? `${prefix}/${n}` : resolve(dir, n))),
+    [EXPORT_RECORD_KEY]: {
+      trained_on_processing: [...new Set(sorted.map((tc) => tc.config.processing ?? 'not recorded'))].join(', '),
+      input_fold: [...new Set(folds.map((f) => f.kind))].join(', '),
+      ...(folds.some((f) => f.kind !== 'none') ? { folded: folds.map(describeFold) } : {}),
+    },
+  };
+  files.forEach((f, i) => writeSafetensors(join(dir, names[i]!), f.tensors, f.metadata));
+  // config.yaml last: a folder with it is complete (circuit-tracer's own cache relies on the same order).
+  writeFileAtomic(join(dir, CIRCUIT_TRACER_CONFIG_FILE), [stringifyYaml(config, ' circuit-tracer transcoder set, written by the transcoders library')]);
 }

@@ -4,14 +4,17 @@
  * key), the layout conversions they need (transposes, folding our input pre-bias into the encoder
  * bias), and the options common to their loaders.
  */
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { FormatError, InvalidArgumentError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
+import { capReason, describe, readJsonObjectFile } from '../../io/json.js';
 import { loadSafetensorsTensors, readSafetensorsHeader, type RawTensor, type SafetensorsEntry, type SafetensorsHeader } from '../../io/safetensors.js';
 import type { Processing } from '../../models/model.js';
 import { Tensor } from '../../tensor.js';
 import { validateTranscoderConfig, type TranscoderConfig } from '../config.js';
 import { Transcoder, type ParameterName, type PlacementOptions } from '../transcoder.js';
+import type { InputFold } from './raw-model.js';
 
 /**
  * Options of the foreign-format loaders: where the parameters go, and overrides for what the
@@ -33,16 +36,9 @@ export const INT_CODES = ['I64', 'I32', 'I16', 'I8', 'U8'] as const;
 
 type JsonObject = Record<string, unknown>;
 
-/** Reads a JSON object from `file` (FormatError when missing, malformed, or not an object). */
+/** Reads a JSON object from `file` (FormatError when missing, malformed, too deeply nested, or not an object). */
 export function readJsonObject(file: string): JsonObject {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new FormatError(`${file}: ${(err as NodeJS.ErrnoException).code ? 'cannot read' : 'invalid JSON'} (${(err as Error).message})`, file);
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new FormatError(`${file}: expected a JSON object`, file);
-  return raw as JsonObject;
+  return readJsonObjectFile(file);
 }
 
 /** Typed access to the fields of a config object, failing with FormatErrors that name the file and key. */
@@ -55,7 +51,7 @@ export class ConfigReader {
   ) {}
 
   fail(why: string): never {
-    throw new FormatError(`${this.file}: ${why}`, this.file);
+    throw new FormatError(`${this.file}: ${capReason(why)}`, this.file);
   }
 
   has(key: string): boolean {
@@ -75,7 +71,7 @@ export class ConfigReader {
   optionalPositiveInt(key: string, { zeroIsAbsent = false } = {}): number | undefined {
     const v = this.get(key);
     if (v === undefined || v === null || (zeroIsAbsent && v === 0)) return undefined;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) this.fail(`'${key}' must be a positive integer, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) this.fail(`'${key}' must be a positive integer, got ${describe(v)}`);
     return v as number;
   }
 
@@ -88,14 +84,14 @@ export class ConfigReader {
   optionalString(...keys: string[]): string | undefined {
     const v = this.get(...keys);
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== 'string') this.fail(`'${keys[0]}' must be a string, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'string') this.fail(`'${keys[0]}' must be a string, got ${describe(v)}`);
     return v as string;
   }
 
   optionalBool(key: string): boolean | undefined {
     const v = this.get(key);
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== 'boolean') this.fail(`'${key}' must be true or false, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'boolean') this.fail(`'${key}' must be true or false, got ${describe(v)}`);
     return v as boolean;
   }
 }
@@ -112,7 +108,7 @@ export class TensorFile {
   }
 
   fail(why: string): never {
-    throw new FormatError(`${this.file}: ${why}`, this.file);
+    throw new FormatError(`${this.file}: ${capReason(why)}`, this.file);
   }
 
   has(key: string): boolean {
@@ -241,58 +237,154 @@ export async function buildTranscoder(
 /** Our parameters as float32 arrays in the layout the exporters need. */
 export interface ExportArrays {
   config: TranscoderConfig;
+  /** W_enc with the input fold applied (see raw-model.ts); ours when there is none. */
   W_enc: Float32Array;
-  /** b_enc with our input pre-bias folded in: b_enc - b_dec W_enc (so the pre-activations are unchanged). */
+  /** b_enc with our input pre-bias (and the fold's input shift) folded in, so the pre-activations are unchanged. */
   b_enc: Float32Array;
   W_dec: Float32Array;
+  /** Our output bias, plus the skip path's share of the fold's input shift. */
   b_dec_out: Float32Array;
   W_skip?: Float32Array;
   threshold?: Float32Array;
 }
 
 /**
- * Reads a transcoder's parameters (copied to the CPU, as float32) and folds the input pre-bias
- * b_dec into the encoder bias: (x - b_dec) W_enc + b_enc = x W_enc + (b_enc - b_dec W_enc). The skip
- * path reads the raw x, so it is unaffected.
+ * Reads a transcoder's parameters (copied to the CPU, as float32; arithmetic in float64) for a
+ * format without an input pre-bias, optionally re-expressed on another input (`fold`, see
+ * raw-model.ts): with the input the transcoder was trained on x = x' M + m (M = I, m = 0 without
+ * a fold; M = diag(1/w), m = −b/w to undo a LayerNorm; M = I − 11ᵀ/d, m = 0 to undo centring),
+ *
+ *   (x − b_dec) W_enc + b_enc = x' (M W_enc) + (b_enc + (m − b_dec) W_enc)
+ *   x W_skip + b_dec_out       = x' (M W_skip) + (b_dec_out + m W_skip).
  */
-export function exportArrays(tc: Transcoder): ExportArrays {
+export function exportArrays(tc: Transcoder, fold: InputFold = { kind: 'none' }): ExportArrays {
   if (!(tc instanceof Transcoder)) throw new InvalidArgumentError('expected a Transcoder');
   const c = tc.config;
   const p = tc.parameters();
   const W_enc = p.W_enc.toFloat32Array();
   const b_dec = p.b_dec.toFloat32Array();
   const b_enc = p.b_enc.toFloat32Array();
-  if (b_dec.some((v) => v !== 0)) {
-    const acc = Float64Array.from(b_enc);
-    for (let i = 0; i < c.dIn; i++) {
-      const bi = b_dec[i]!;
-      if (bi === 0) continue;
-      const row = i * c.dSae;
-      for (let j = 0; j < c.dSae; j++) acc[j]! -= bi * W_enc[row + j]!;
-    }
-    b_enc.set(acc);
+  const b_dec_out = p.b_dec_out.toFloat32Array();
+  const W_skip = c.skip ? p.W_skip.toFloat32Array() : undefined;
+  const shift = new Float64Array(c.dIn);
+  if (fold.kind === 'layernorm') for (let i = 0; i < c.dIn; i++) shift[i] = -fold.b[i]! / fold.w[i]!;
+
+  const encBias = Float64Array.from(b_enc);
+  addRowCombination(encBias, W_enc, c.dIn, c.dSae, (i) => shift[i]! - b_dec[i]!);
+  b_enc.set(encBias);
+  let outBias = b_dec_out;
+  if (W_skip && fold.kind === 'layernorm') {
+    const acc = Float64Array.from(b_dec_out);
+    addRowCombination(acc, W_skip, c.dIn, c.dOut, (i) => shift[i]!);
+    outBias = Float32Array.from(acc);
   }
   return {
     config: c,
-    W_enc,
+    W_enc: applyInputMap(W_enc, c.dIn, c.dSae, fold),
     b_enc,
     W_dec: p.W_dec.toFloat32Array(),
-    b_dec_out: p.b_dec_out.toFloat32Array(),
-    ...(c.skip ? { W_skip: p.W_skip.toFloat32Array() } : {}),
+    b_dec_out: outBias,
+    ...(W_skip ? { W_skip: applyInputMap(W_skip, c.dIn, c.dOut, fold) } : {}),
     ...(c.arch === 'jumprelu' ? { threshold: p.threshold.toFloat32Array() } : {}),
   };
+}
+
+/** acc += Σ_i coef(i) · W[i, :] for W [rows, cols] row-major (zero coefficients skipped). */
+function addRowCombination(acc: Float64Array, W: Float32Array, rows: number, cols: number, coef: (i: number) => number): void {
+  for (let i = 0; i < rows; i++) {
+    const a = coef(i);
+    if (a === 0) continue;
+    const row = i * cols;
+    for (let j = 0; j < cols; j++) acc[j]! += a * W[row + j]!;
+  }
+}
+
+/** M W for W [rows = d_in, cols], M the fold's linear part (see exportArrays). */
+function applyInputMap(W: Float32Array, rows: number, cols: number, fold: InputFold): Float32Array {
+  if (fold.kind === 'none') return W;
+  const out = new Float32Array(W.length);
+  if (fold.kind === 'layernorm') {
+    for (let i = 0; i < rows; i++) {
+      const inv = 1 / fold.w[i]!;
+      const row = i * cols;
+      for (let j = 0; j < cols; j++) out[row + j] = W[row + j]! * inv;
+    }
+    return out;
+  }
+  const mean = new Float64Array(cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) mean[j]! += W[i * cols + j]!;
+  for (let j = 0; j < cols; j++) mean[j]! /= rows;
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[i * cols + j] = W[i * cols + j]! - mean[j]!;
+  return out;
+}
+
+/**
+ * The model name to write into a foreign config: Hugging Face ids are kept; a local folder
+ * (ours record the folder a transcoder was trained from) becomes the `_name_or_path` of its
+ * config.json when that is an id, else the folder's name; other paths their last component.
+ */
+export function exportedModelName(modelName: string | null | undefined): string | null {
+  if (!modelName) return null;
+  const looksLikePath = (s: string) => isAbsolute(s) || s.startsWith('./') || s.startsWith('../') || s.includes('\\');
+  let isDir = false;
+  try {
+    isDir = statSync(modelName).isDirectory();
+  } catch {
+    // not a local path
+  }
+  if (isDir) {
+    try {
+      const cfg = JSON.parse(readFileSync(join(modelName, 'config.json'), 'utf8')) as Record<string, unknown>;
+      const id = cfg._name_or_path;
+      if (typeof id === 'string' && id !== '' && !looksLikePath(id) && !existsSync(id)) return id;
+    } catch {
+      // no readable config.json: fall back to the folder's name
+    }
+    return basename(resolve(modelName));
+  }
+  return looksLikePath(modelName) ? basename(modelName) : modelName;
+}
+
+/** An export whose inputs are validated and whose arrays are computed; `write` only writes. */
+export interface PreparedExport {
+  write(dir: string): void;
+}
+
+/**
+ * Checks, before anything is written, that `dir` can be an output folder (absent, or a folder) and
+ * creates it; InvalidArgumentError naming the path otherwise.
+ */
+export function prepareOutputFolder(dir: string, who: string): void {
+  let stat;
+  try {
+    stat = statSync(dir);
+  } catch {
+    stat = null;
+  }
+  if (stat && !stat.isDirectory()) throw new InvalidArgumentError(`${who}: ${dir} exists and is not a folder`);
+  try {
+    mkdirSync(dir, { recursive: true });
+    accessSync(dir, constants.W_OK);
+  } catch (err) {
+    throw new InvalidArgumentError(`${who}: cannot write to the folder ${dir} (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  }
+}
+
+/** Checks that `file` can be written (not a folder; its folder usable, see prepareOutputFolder). */
+export function prepareOutputFile(file: string, who: string): void {
+  let isDir = false;
+  try {
+    isDir = statSync(file).isDirectory();
+  } catch {
+    // absent: fine
+  }
+  if (isDir) throw new InvalidArgumentError(`${who}: ${file} is a folder; expected the path of a file to write`);
+  prepareOutputFolder(dirname(file), who);
 }
 
 /** A float32 array as a safetensors tensor. */
 export function rawF32(data: Float32Array, shape: number[]): RawTensor {
   return { dtype: 'F32', shape, bytes: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
-}
-
-/** A 0-d int64 tensor (what `torch.tensor(k)` saves). */
-export function rawI64Scalar(v: number): RawTensor {
-  const bytes = new Uint8Array(8);
-  new DataView(bytes.buffer).setBigInt64(0, BigInt(v), true);
-  return { dtype: 'I64', shape: [], bytes };
 }
 
 /** Writes `obj` as pretty JSON, atomically. */

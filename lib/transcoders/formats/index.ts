@@ -7,6 +7,9 @@
  * | `saelens` | folder: `cfg.json` + `sae_weights.safetensors` (saelens.ts) |
  * | `sparsify` | folder: `cfg.json` + `sae.safetensors` (sparsify.ts) |
  * | `circuit-tracer` | `layer_{i}.safetensors` (or any safetensors with W_enc, b_enc, W_dec, b_dec), optionally in a folder with `config.yaml` (circuit-tracer.ts) |
+ *
+ * Exports to circuit-tracer and sparsify, whose tools run the model with raw weights, re-express
+ * transcoders of TransformerLens-processed models on the raw model (raw-model.ts).
  * | `paper-pt` | a `.pt` / `.pth` file (the transcoder paper's pickled checkpoints) |
  */
 import { existsSync, statSync } from 'node:fs';
@@ -24,18 +27,23 @@ import { isSparsifyFolder, loadSparsifyTranscoder, SPARSIFY_WEIGHTS_FILE } from 
 export type TranscoderFormat = 'native' | 'saelens' | 'circuit-tracer' | 'sparsify' | 'paper-pt';
 
 export { type ForeignLoadOptions } from './common.js';
-export { loadSaeLensTranscoder, exportSaeLens, SAELENS_ARCHITECTURES, type SaeLensArchitecture } from './saelens.js';
+export { exportedModelName } from './common.js';
+export { type RawModelExportOptions } from './raw-model.js';
+export { loadSaeLensTranscoder, exportSaeLens, SAELENS_ARCHITECTURES, SAELENS_LAYOUT_VERSION, type SaeLensArchitecture, type SaeLensExportOptions } from './saelens.js';
 export {
   loadCircuitTracerTranscoder,
   exportCircuitTracer,
   exportCircuitTracerSet,
   readCircuitTracerConfig,
-  parseSimpleYaml,
+  parseYaml,
+  stringifyYaml,
   type CircuitTracerLoadOptions,
   type CircuitTracerSetConfig,
+  type CircuitTracerSetExportOptions,
+  type ParsedYaml,
 } from './circuit-tracer.js';
 export { loadPaperTranscoder } from './paper.js';
-export { loadSparsifyTranscoder, exportSparsify, layerOfHookpoint } from './sparsify.js';
+export { loadSparsifyTranscoder, exportSparsify, layerOfHookpoint, sparsifyHookpoint } from './sparsify.js';
 
 const CIRCUIT_TRACER_KEYS = ['W_enc', 'b_enc', 'W_dec', 'b_dec'];
 

@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FormatError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
+import { describe, readJsonObjectFile } from '../../io/json.js';
 import { loadSafetensorsTensors, readSafetensorsHeader, writeSafetensors } from '../../io/safetensors.js';
 import { validateTranscoderConfig, type TranscoderConfig } from '../config.js';
 import { parameterNames, PARAMETER_SHAPES, Transcoder, type PlacementOptions } from '../transcoder.js';
@@ -38,15 +39,11 @@ export function isNativeTranscoder(dir: string): boolean {
 /** Reads a native-format transcoder folder. */
 export async function loadNativeTranscoder(dir: string, options: PlacementOptions = {}): Promise<Transcoder> {
   const cfgFile = join(dir, CONFIG_FILE);
-  let raw: Partial<TranscoderConfig> & { format?: unknown; version?: unknown };
-  try {
-    raw = JSON.parse(readFileSync(cfgFile, 'utf8'));
-  } catch (err) {
-    throw new FormatError(`${cfgFile}: ${(err as NodeJS.ErrnoException).code ? 'cannot read' : 'invalid JSON'} (${(err as Error).message})`, cfgFile);
-  }
-  if (raw.format !== NATIVE_FORMAT) throw new FormatError(`${cfgFile}: 'format' is ${JSON.stringify(raw.format)}, expected "${NATIVE_FORMAT}"`, cfgFile);
+  // Depth-checked and object-checked; values are quoted cut short (see io/json.ts).
+  const raw = readJsonObjectFile(cfgFile) as Partial<TranscoderConfig> & { format?: unknown; version?: unknown };
+  if (raw.format !== NATIVE_FORMAT) throw new FormatError(`${cfgFile}: 'format' is ${describe(raw.format)}, expected "${NATIVE_FORMAT}"`, cfgFile);
   if (typeof raw.version !== 'number' || raw.version > NATIVE_VERSION) {
-    throw new FormatError(`${cfgFile}: unsupported version ${JSON.stringify(raw.version)} (this library reads up to ${NATIVE_VERSION})`, cfgFile);
+    throw new FormatError(`${cfgFile}: unsupported version ${describe(raw.version)} (this library reads up to ${NATIVE_VERSION})`, cfgFile);
   }
   const { format: _format, version: _version, ...fields } = raw;
   let config: TranscoderConfig;

@@ -14,14 +14,18 @@
  *   without it b_dec is only the output bias. An extra `b_dec_out` tensor (an unfolded Dunefsky
  *   conversion) makes b_dec the input pre-bias and b_dec_out the output bias.
  *
+ * Both cfg.json layouts are read: SAELens 6 (model fields such as model_name, hook_name,
+ * hook_name_out, model_from_pretrained_kwargs inside `metadata`) and the older flat one.
+ *
  * Formats without an input pre-bias load with our b_dec = 0 (exactly equivalent).
  * `normalize_activations` must be "none"; `model_from_pretrained_kwargs.fold_ln === false` means
  * processing 'none', anything else TransformerLens' default processing.
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError } from '../../errors.js';
 import { writeSafetensors, type RawTensor } from '../../io/safetensors.js';
+import { readModelConfig, type ModelConfig } from '../../models/config.js';
 import type { Processing } from '../../models/model.js';
 import type { Tensor } from '../../tensor.js';
 import type { TranscoderArch, TranscoderConfig } from '../config.js';
@@ -30,9 +34,11 @@ import {
   buildTranscoder,
   ConfigReader,
   exportArrays,
+  exportedModelName,
   floatData,
   layerOfHook,
   mapped,
+  prepareOutputFolder,
   rawF32,
   readJsonObject,
   TensorFile,
@@ -41,6 +47,7 @@ import {
   writeJsonAtomic,
   zeros,
   type ForeignLoadOptions,
+  type PreparedExport,
 } from './common.js';
 
 export const SAELENS_CONFIG_FILE = 'cfg.json';
@@ -172,26 +179,58 @@ export async function loadSaeLensTranscoder(dir: string, options: ForeignLoadOpt
   return buildTranscoder(cfgFile, config, options, params, extra);
 }
 
-/** SAELens' `model_from_pretrained_kwargs` for our processing. */
+/**
+ * SAELens' `model_from_pretrained_kwargs` for our processing, always explicit: SAELens' own runner
+ * loads models with `HookedTransformer.from_pretrained_no_processing(**kwargs)` (processing off
+ * unless the kwargs turn it on), while `HookedTransformer.from_pretrained` in an analysis notebook
+ * processes by default. Spelling every flag out makes both load the model the transcoder reads.
+ * Processing not recorded counts as raw ('none'), as in the other exports.
+ */
 function pretrainedKwargs(processing: Processing | null | undefined): Record<string, boolean> {
-  return processing === 'none' ? { fold_ln: false, center_writing_weights: false, center_unembed: false, fold_value_biases: false } : {};
+  const on = processing === 'transformerlens';
+  return { fold_ln: on, center_writing_weights: on, center_unembed: on, fold_value_biases: on };
+}
+
+/** The SAELens release whose cfg.json layout exportSaeLens writes (6.0 moved the model fields into `metadata`). */
+export const SAELENS_LAYOUT_VERSION = '6.0.0';
+
+export interface SaeLensExportOptions {
+  /** `metadata.model_name` to write (default: the transcoder's model, a local folder named as in exportedModelName). */
+  modelName?: string;
 }
 
 /**
- * Writes `tc` as a SAELens folder (`cfg.json` + `sae_weights.safetensors`, float32): architecture
- * transcoder / skip_transcoder / jumprelu_transcoder / jumprelu_skip_transcoder. Our input pre-bias
- * is folded into b_enc and our output bias becomes SAELens' b_dec. TopK has no SAELens transcoder
- * class, and SAELens' JumpReLU applies a ReLU first, so negative thresholds cannot be represented:
- * both are refused with an InvalidArgumentError.
+ * Writes `tc` as a SAELens 6 folder (`sae_weights.safetensors` then `cfg.json`, float32):
+ * architecture transcoder / skip_transcoder / jumprelu_transcoder / jumprelu_skip_transcoder (the
+ * names SAELens registers; the last needs a recent SAELens 6 release), top-level d_in, d_out, d_sae,
+ * dtype, device, apply_b_dec_to_input (false), normalize_activations, reshape_activations, and
+ * `metadata` with model_name, hook_name, hook_name_out, hook_head_index, prepend_bos (when the model
+ * folder is at hand), model_from_pretrained_kwargs, sae_lens_version.
+ *
+ * The weights keep their function unchanged: SAELens runs models through TransformerLens, and
+ * `model_from_pretrained_kwargs` says which processing to load with (explicitly, see
+ * pretrainedKwargs), so a transcoder of a processed model reads the processed hook there too.
+ * Our input pre-bias is folded into b_enc and our output bias becomes SAELens' b_dec. TopK has no
+ * SAELens transcoder class, and SAELens' JumpReLU applies a ReLU first, so negative thresholds
+ * cannot be represented: both are refused with an InvalidArgumentError before anything is written.
  */
-export function exportSaeLens(tc: Transcoder, dir: string): void {
+export function exportSaeLens(tc: Transcoder, dir: string, options: SaeLensExportOptions = {}): void {
+  prepareSaeLensExport(tc, options).write(dir);
+}
+
+/**
+ * @internal The validation and arithmetic of {@link exportSaeLens}, so that a caller writing
+ * several transcoders can check all of them before writing any; `write(dir)` writes the folder.
+ */
+export function prepareSaeLensExport(tc: Transcoder, options: SaeLensExportOptions = {}): PreparedExport {
+  const who = 'exportSaeLens';
   const a = exportArrays(tc);
   const c = a.config;
-  if (c.arch === 'topk') throw new InvalidArgumentError('exportSaeLens: SAELens has no TopK transcoder class; export topk transcoders with exportSparsify or exportCircuitTracer');
+  if (c.arch === 'topk') throw new InvalidArgumentError(`${who}: SAELens has no TopK transcoder class; export topk transcoders with exportSparsify or exportCircuitTracer`);
   if (a.threshold) {
     const i = a.threshold.findIndex((v) => v < 0);
     if (i >= 0) {
-      throw new InvalidArgumentError(`exportSaeLens: threshold[${i}] = ${a.threshold[i]} is negative; SAELens' JumpReLU applies a ReLU before the threshold, so it cannot represent negative thresholds`);
+      throw new InvalidArgumentError(`${who}: threshold[${i}] = ${a.threshold[i]} is negative; SAELens' JumpReLU applies a ReLU before the threshold, so it cannot represent negative thresholds`);
     }
   }
   const architecture = `${c.arch === 'jumprelu' ? 'jumprelu_' : ''}${c.skip ? 'skip_' : ''}transcoder`;
@@ -203,25 +242,45 @@ export function exportSaeLens(tc: Transcoder, dir: string): void {
   };
   if (a.W_skip) tensors.W_skip = rawF32(transposeData(a.W_skip, c.dIn, c.dOut), [c.dOut, c.dIn]);
   if (a.threshold) tensors.threshold = rawF32(a.threshold, [c.dSae]);
-  mkdirSync(dir, { recursive: true });
-  writeSafetensors(join(dir, SAELENS_WEIGHTS_FILE), tensors);
-  writeJsonAtomic(join(dir, SAELENS_CONFIG_FILE), {
+  const prependBos = localModelConfig(c.modelName)?.defaultPrependBos;
+  const cfg = {
     architecture,
     d_in: c.dIn,
     d_out: c.dOut,
     d_sae: c.dSae,
     dtype: 'float32',
     device: 'cpu',
-    model_name: c.modelName ?? null,
-    hook_name: c.hookIn,
-    hook_name_out: c.hookOut,
-    hook_layer: c.layer,
-    hook_head_index: null,
-    activation_fn: 'relu',
     apply_b_dec_to_input: false,
-    finetuning_scaling_factor: false,
     normalize_activations: 'none',
-    model_from_pretrained_kwargs: pretrainedKwargs(c.processing),
-  });
+    reshape_activations: 'none',
+    metadata: {
+      model_name: options.modelName ?? exportedModelName(c.modelName),
+      model_class_name: 'HookedTransformer',
+      hook_name: c.hookIn,
+      hook_name_out: c.hookOut,
+      hook_head_index: null,
+      ...(prependBos !== undefined ? { prepend_bos: prependBos } : {}),
+      model_from_pretrained_kwargs: pretrainedKwargs(c.processing),
+      sae_lens_version: SAELENS_LAYOUT_VERSION,
+      sae_lens_training_version: null,
+      transcoders_export: { trained_on_processing: c.processing ?? 'not recorded' },
+    },
+  };
+  return {
+    write(dir: string): void {
+      prepareOutputFolder(dir, who);
+      writeSafetensors(join(dir, SAELENS_WEIGHTS_FILE), tensors);
+      writeJsonAtomic(join(dir, SAELENS_CONFIG_FILE), cfg);
+    },
+  };
 }
 
+/** The config of the model folder `modelName` names, when it is a readable local Hugging Face folder. */
+function localModelConfig(modelName: string | null | undefined): ModelConfig | null {
+  if (!modelName) return null;
+  try {
+    return statSync(modelName).isDirectory() ? readModelConfig(modelName) : null;
+  } catch {
+    return null;
+  }
+}

@@ -11,16 +11,34 @@
  * cfg.json: activation ("topk"; "groupmax" is not supported), k, num_latents / expansion_factor,
  * transcode, skip_connection, normalize_decoder, d_in. Hooks come from the options, else
  * `mlpHooks(layer)` when the folder name holds a layer index, else layer -1 with empty hooks.
- * sparsify runs on Hugging Face models (unprocessed weights): processing 'none'.
+ * sparsify runs on Hugging Face models (unprocessed weights): processing 'none'. Exports of
+ * transcoders trained on a TransformerLens-processed model fold the LayerNorm into the encoder
+ * (raw-model.ts).
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { InvalidArgumentError } from '../../errors.js';
 import { writeSafetensors, type RawTensor } from '../../io/safetensors.js';
 import type { Tensor } from '../../tensor.js';
 import { mlpHooks, type TranscoderConfig } from '../config.js';
 import type { ParameterName, Transcoder } from '../transcoder.js';
-import { buildTranscoder, ConfigReader, exportArrays, rawF32, readJsonObject, TensorFile, transposeData, transposed, writeJsonAtomic, zeros, type ForeignLoadOptions } from './common.js';
+import type { Architecture } from '../../models/config.js';
+import {
+  buildTranscoder,
+  ConfigReader,
+  exportArrays,
+  prepareOutputFolder,
+  rawF32,
+  readJsonObject,
+  TensorFile,
+  transposeData,
+  transposed,
+  writeJsonAtomic,
+  zeros,
+  type ForeignLoadOptions,
+  type PreparedExport,
+} from './common.js';
+import { describeFold, rawModelInputFold, type RawModelExportOptions } from './raw-model.js';
 
 export const SPARSIFY_CONFIG_FILE = 'cfg.json';
 export const SPARSIFY_WEIGHTS_FILE = 'sae.safetensors';
@@ -89,16 +107,48 @@ export async function loadSparsifyTranscoder(dir: string, options: ForeignLoadOp
 }
 
 /**
- * Writes a TopK transcoder as a sparsify folder (`cfg.json` + `sae.safetensors`, float32, transcode
- * true). Our input pre-bias is folded into the encoder bias, our output bias becomes b_dec. sparsify
- * has only TopK (and groupmax) coders and sizes b_dec / W_skip by d_in, so other architectures and
- * d_out != d_in are refused (InvalidArgumentError).
+ * The sparsify hookpoint of a layer's MLP, which sparsify transcoders hook (input and output of one
+ * module): `h.L.mlp` in GPT-2, `layers.L.mlp` in GPT-NeoX (module names of the Hugging Face base
+ * model, as sparsify's trainer names its output folders). Unknown architectures get `layers.L.mlp`.
  */
-export function exportSparsify(tc: Transcoder, dir: string): void {
-  const a = exportArrays(tc);
-  const c = a.config;
-  if (c.arch !== 'topk') throw new InvalidArgumentError(`exportSparsify: sparsify only has TopK coders, this transcoder is ${c.arch}`);
-  if (c.dIn !== c.dOut) throw new InvalidArgumentError(`exportSparsify: sparsify transcoders have d_out = d_in, this one has d_in = ${c.dIn} and d_out = ${c.dOut}`);
+export function sparsifyHookpoint(layer: number, arch?: Architecture | null): string {
+  return arch === 'gpt2' ? `h.${layer}.mlp` : `layers.${layer}.mlp`;
+}
+
+/** The key of our export record in cfg.json (sparsify drops unknown keys when it loads). */
+export const SPARSIFY_EXPORT_RECORD_KEY = 'transcoders_export';
+
+/**
+ * Writes a TopK transcoder as a sparsify folder (`sae.safetensors` then `cfg.json`, float32,
+ * transcode true). Our input pre-bias is folded into the encoder bias, our output bias becomes
+ * b_dec. sparsify hooks the Hugging Face modules (raw weights): a transcoder trained on a
+ * TransformerLens-processed model needs `options.model` (the raw model) and is re-expressed on the
+ * raw MLP input (raw-model.ts); cfg.json records that under `transcoders_export`. sparsify has only
+ * TopK (and groupmax) coders, sizes b_dec / W_skip by d_in, and a transcoder reads and writes one
+ * module (the MLP), so other architectures, d_out != d_in and other hooks are refused
+ * (InvalidArgumentError), before anything is written.
+ */
+export function exportSparsify(tc: Transcoder, dir: string, options: RawModelExportOptions = {}): void {
+  prepareSparsifyExport(tc, options).write(dir);
+}
+
+/**
+ * @internal The validation and arithmetic of {@link exportSparsify}, so that a caller writing
+ * several transcoders can check all of them before writing any; `write(dir)` writes the folder.
+ */
+export function prepareSparsifyExport(tc: Transcoder, options: RawModelExportOptions = {}): PreparedExport {
+  const who = 'exportSparsify';
+  const c = tc.config;
+  if (c.arch !== 'topk') throw new InvalidArgumentError(`${who}: sparsify only has TopK coders, this transcoder is ${c.arch}`);
+  if (c.dIn !== c.dOut) throw new InvalidArgumentError(`${who}: sparsify transcoders have d_out = d_in, this one has d_in = ${c.dIn} and d_out = ${c.dOut}`);
+  if ((c.hookIn !== '' || c.hookOut !== '') && c.layer >= 0) {
+    const mlp = mlpHooks(c.layer);
+    if (c.hookIn !== mlp.hookIn || c.hookOut !== mlp.hookOut) {
+      throw new InvalidArgumentError(`${who}: a sparsify transcoder reads and writes the MLP module (${mlp.hookIn} -> ${mlp.hookOut}); this one maps ${c.hookIn} -> ${c.hookOut}`);
+    }
+  }
+  const fold = rawModelInputFold(tc, who, 'sparsify', options);
+  const a = exportArrays(tc, fold);
   const tensors: Record<string, RawTensor> = {
     'encoder.weight': rawF32(transposeData(a.W_enc, c.dIn, c.dSae), [c.dSae, c.dIn]),
     'encoder.bias': rawF32(a.b_enc, [c.dSae]),
@@ -106,9 +156,7 @@ export function exportSparsify(tc: Transcoder, dir: string): void {
     b_dec: rawF32(a.b_dec_out, [c.dOut]),
   };
   if (a.W_skip) tensors.W_skip = rawF32(transposeData(a.W_skip, c.dIn, c.dOut), [c.dOut, c.dIn]);
-  mkdirSync(dir, { recursive: true });
-  writeSafetensors(join(dir, SPARSIFY_WEIGHTS_FILE), tensors);
-  writeJsonAtomic(join(dir, SPARSIFY_CONFIG_FILE), {
+  const cfg = {
     activation: 'topk',
     expansion_factor: Math.max(1, Math.round(c.dSae / c.dIn)),
     normalize_decoder: false,
@@ -118,5 +166,13 @@ export function exportSparsify(tc: Transcoder, dir: string): void {
     skip_connection: c.skip,
     transcode: true,
     d_in: c.dIn,
-  });
+    [SPARSIFY_EXPORT_RECORD_KEY]: { trained_on_processing: c.processing ?? 'not recorded', input_fold: describeFold(fold), hook_in: c.hookIn, hook_out: c.hookOut },
+  };
+  return {
+    write(dir: string): void {
+      prepareOutputFolder(dir, who);
+      writeSafetensors(join(dir, SPARSIFY_WEIGHTS_FILE), tensors);
+      writeJsonAtomic(join(dir, SPARSIFY_CONFIG_FILE), cfg);
+    },
+  };
 }

@@ -1,0 +1,46 @@
+/**
+ * Sets of transcoders from one path: a training output folder (`layer_L/` inside, as `transcoders
+ * train` writes), a circuit-tracer set folder (every layer its config.yaml lists, or every
+ * `layer_L.safetensors`), or a single transcoder in any format.
+ */
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { CIRCUIT_TRACER_CONFIG_FILE, readCircuitTracerConfig } from './formats/circuit-tracer.js';
+import { detectTranscoderFormat, loadTranscoder } from './formats/index.js';
+import type { PlacementOptions, Transcoder } from './transcoder.js';
+
+const LAYER_DIR = /^layer_(\d+)$/;
+const LAYER_FILE = /^layer_(\d+)\.safetensors$/;
+
+function isFolder(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** Layer indices of the entries of `dir` whose names match `pattern`, ascending. */
+function layersIn(dir: string, pattern: RegExp): number[] {
+  return readdirSync(dir).flatMap((n) => {
+    const m = pattern.exec(n);
+    return m ? [Number(m[1])] : [];
+  }).sort((a, b) => a - b);
+}
+
+/** Every transcoder `path` holds, each knowing its layer. */
+export async function loadTranscoderSet(path: string, placement: PlacementOptions = {}): Promise<Transcoder[]> {
+  if (isFolder(path)) {
+    const format = detectTranscoderFormat(path);
+    if (format === null) {
+      const layers = layersIn(path, LAYER_DIR);
+      if (layers.length > 0) return Promise.all(layers.map((layer) => loadTranscoder(join(path, `layer_${layer}`), { ...placement, layer })));
+    }
+    if (format === 'circuit-tracer') {
+      const config = join(path, CIRCUIT_TRACER_CONFIG_FILE);
+      const layers = existsSync(config) ? [...readCircuitTracerConfig(config).layerFiles.keys()].sort((a, b) => a - b) : layersIn(path, LAYER_FILE);
+      return Promise.all(layers.map((layer) => loadTranscoder(path, { ...placement, layer })));
+    }
+  }
+  return [await loadTranscoder(path, placement)];
+}

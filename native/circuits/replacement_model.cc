@@ -1,0 +1,113 @@
+#include "circuits/replacement_model.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <shared_mutex>
+
+#include "core/errors.h"
+#include "model/hooks.h"
+
+namespace tc {
+
+namespace {
+
+std::string block(int64_t layer) { return "blocks." + std::to_string(layer) + "."; }
+
+}  // namespace
+
+MlpReplacement::Input inputOfHook(const std::string& hookIn) {
+  auto endsWith = [&](const std::string& suffix) {
+    return hookIn.size() >= suffix.size() && hookIn.compare(hookIn.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return endsWith(".hook_resid_mid") || endsWith(".hook_resid_pre") ? MlpReplacement::Input::Residual : MlpReplacement::Input::MlpIn;
+}
+
+Placement resolvePlacement(const ModelConfig& cfg, const TranscoderSpec& spec) {
+  const int64_t L = spec.layer;
+  if (L < 0 || L >= cfg.nLayers)
+    throw InvalidArgument("a transcoder for layer " + std::to_string(L) + ", but the model has layers 0.." + std::to_string(cfg.nLayers - 1) +
+                          (L < 0 ? " (the transcoder records no layer: set its config.layer)" : ""));
+  Placement p;
+  p.layer = L;
+  p.hookIn = spec.hookIn.empty() ? block(L) + "ln2.hook_normalized" : spec.hookIn;
+  p.hookOut = spec.hookOut.empty() ? block(L) + "hook_mlp_out" : spec.hookOut;
+  const std::string what = "the layer-" + std::to_string(L) + " transcoder (" + p.hookIn + " -> " + p.hookOut + ")";
+  const std::vector<std::string> names = hookNames(cfg);
+  for (const std::string* hook : {&p.hookIn, &p.hookOut})
+    if (std::find(names.begin(), names.end(), *hook) == names.end())
+      throw InvalidArgument(what + ": the model has no hook " + *hook +
+                            (cfg.parallelResidual && hook->find("hook_resid_mid") != std::string::npos
+                                 ? " (its attention and MLP run in parallel: the MLP reads hook_resid_pre)"
+                                 : ""));
+  // The residual the MLP's LayerNorm reads: resid_mid in sequential blocks, resid_pre in parallel ones.
+  const std::string residual = block(L) + (cfg.parallelResidual ? "hook_resid_pre" : "hook_resid_mid");
+  p.input = inputOfHook(p.hookIn);
+  if (p.hookIn != block(L) + "ln2.hook_normalized" && p.hookIn != block(L) + "mlp.hook_in" && p.hookIn != residual)
+    throw InvalidArgument(what + " does not replace layer " + std::to_string(L) + "'s MLP: a transcoder reads " + block(L) +
+                          "ln2.hook_normalized, " + block(L) + "mlp.hook_in or " + residual);
+  if (p.hookOut != block(L) + "hook_mlp_out" && p.hookOut != block(L) + "mlp.hook_out")
+    throw InvalidArgument(what + " does not replace layer " + std::to_string(L) + "'s MLP: a transcoder writes " + block(L) +
+                          "hook_mlp_out or " + block(L) + "mlp.hook_out");
+  if (spec.dIn != cfg.dModel || spec.dOut != cfg.dModel)
+    throw InvalidArgument(what + " has dIn " + std::to_string(spec.dIn) + " and dOut " + std::to_string(spec.dOut) +
+                          "; the model's width is " + std::to_string(cfg.dModel));
+  return p;
+}
+
+MlpReplacement transcoderReplacement(std::shared_ptr<Transcoder> tc, MlpReplacement::Input input, const at::Tensor& keep) {
+  if (keep.defined() && (keep.dim() != 1 || keep.size(0) != tc->spec().dSae))
+    throw InvalidArgument("a feature mask must have shape [" + std::to_string(tc->spec().dSae) + "], got " + c10::str(keep.sizes()));
+  MlpReplacement r;
+  r.kind = MlpReplacement::Kind::Module;
+  r.input = input;
+  r.moduleNeedsOriginal = false;
+  at::Tensor mask = keep.defined() ? keep.to(tc->params().W_enc.options()) : at::Tensor();
+  // A native transcoder runs inside the forward on the worker: no round trip to JS.
+  r.module = [tc, mask](const at::Tensor& in, const at::Tensor&) {
+    std::shared_lock lock(tc->mutex());
+    at::Tensor x = in.to(tc->params().W_enc.options());
+    if (!mask.defined()) return tc->forward(x).to(in.options());
+    std::vector<int64_t> shape(in.sizes().begin(), in.sizes().end());
+    shape.back() = tc->spec().dOut;
+    return tc->decode(tc->encode(x) * mask, x).view(shape).to(in.options());
+  };
+  return r;
+}
+
+ReplacementModel::ReplacementModel(std::shared_ptr<const Transformer> model, const std::vector<std::shared_ptr<Transcoder>>& transcoders)
+    : model_(std::move(model)) {
+  if (transcoders.empty()) throw InvalidArgument("a replacement model needs at least one transcoder");
+  for (const auto& tc : transcoders) {
+    if (!tc) throw InvalidArgument("a replacement model's transcoders must be Transcoders");
+    Placement p = resolvePlacement(model_->config(), tc->spec());
+    if (slots_.count(p.layer)) throw InvalidArgument("two transcoders for layer " + std::to_string(p.layer));
+    if (tc->params().W_enc.device() != model_->device())
+      throw InvalidArgument("the layer-" + std::to_string(p.layer) + " transcoder is on " + tc->params().W_enc.device().str() +
+                            ", the model on " + model_->device().str() + ": load both on one device");
+    slots_.emplace(p.layer, Slot{tc, std::move(p)});
+  }
+}
+
+std::vector<int64_t> ReplacementModel::layers() const {
+  std::vector<int64_t> out;
+  for (const auto& [layer, slot] : slots_) out.push_back(layer);
+  return out;
+}
+
+const ReplacementModel::Slot& ReplacementModel::slot(int64_t layer) const {
+  auto it = slots_.find(layer);
+  if (it == slots_.end()) throw InvalidArgument("no transcoder for layer " + std::to_string(layer));
+  return it->second;
+}
+
+const Transcoder& ReplacementModel::transcoder(int64_t layer) const { return *slot(layer).transcoder; }
+const std::shared_ptr<Transcoder>& ReplacementModel::transcoderPtr(int64_t layer) const { return slot(layer).transcoder; }
+const Placement& ReplacementModel::placement(int64_t layer) const { return slot(layer).placement; }
+
+MlpReplacement ReplacementModel::replacement(int64_t layer, const at::Tensor& keep) const {
+  const Slot& s = slot(layer);
+  return transcoderReplacement(s.transcoder, s.placement.input, keep);
+}
+
+}  // namespace tc

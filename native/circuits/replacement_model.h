@@ -1,0 +1,70 @@
+// The replacement model: one language model and its transcoders keyed by layer, each with its
+// placement (which tensor of the block it reads, which it reconstructs), validated once here.
+// Everything that runs "the model with transcoders" (evaluation, attribution, connections, the
+// greedy search, feature cards) takes one of these instead of re-pairing models and transcoders.
+#pragma once
+#include <ATen/Tensor.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/transformer.h"
+#include "transcoder/transcoder.h"
+
+namespace tc {
+
+// Where a transcoder sits in block `layer`. The input is what the MLP receives (its LayerNorm's
+// output: `ln2.hook_normalized` / `mlp.hook_in`) or the residual the MLP block reads before that
+// LayerNorm (`hook_resid_mid`; `hook_resid_pre` in parallel blocks). The output is always what the
+// MLP adds to the residual (`hook_mlp_out` / `mlp.hook_out`).
+struct Placement {
+  int64_t layer = -1;
+  std::string hookIn, hookOut;
+  MlpReplacement::Input input = MlpReplacement::Input::MlpIn;
+};
+
+// What a transcoder reading `hookIn` receives in the forward: the residual for `hook_resid_mid` /
+// `hook_resid_pre`, else the MLP's input.
+MlpReplacement::Input inputOfHook(const std::string& hookIn);
+
+// Checks a transcoder's declared hooks against a model and resolves its placement; throws
+// InvalidArgument naming the hooks when the pair is not an MLP replacement the model has.
+Placement resolvePlacement(const ModelConfig& cfg, const TranscoderSpec& spec);
+
+class ReplacementModel {
+ public:
+  // Validates every transcoder against the model: layer range, hooks, widths, device, duplicates.
+  ReplacementModel(std::shared_ptr<const Transformer> model, const std::vector<std::shared_ptr<Transcoder>>& transcoders);
+
+  const Transformer& model() const { return *model_; }
+  const std::shared_ptr<const Transformer>& modelPtr() const { return model_; }
+  // Layers with a transcoder, ascending.
+  std::vector<int64_t> layers() const;
+  bool has(int64_t layer) const { return slots_.count(layer) > 0; }
+  // Throws InvalidArgument naming the layer when it has no transcoder.
+  const Transcoder& transcoder(int64_t layer) const;
+  const std::shared_ptr<Transcoder>& transcoderPtr(int64_t layer) const;
+  const Placement& placement(int64_t layer) const;
+
+  // The layer's transcoder as an MLP replacement for a forward pass. `keep` ([dSae] bool, optional)
+  // zeroes every feature it does not keep before decoding (feature ablations).
+  MlpReplacement replacement(int64_t layer, const at::Tensor& keep = at::Tensor()) const;
+
+ private:
+  struct Slot {
+    std::shared_ptr<Transcoder> transcoder;
+    Placement placement;
+  };
+  const Slot& slot(int64_t layer) const;
+
+  std::shared_ptr<const Transformer> model_;
+  std::map<int64_t, Slot> slots_;
+};
+
+// A transcoder as an MLP replacement reading `input`, with an optional feature mask.
+MlpReplacement transcoderReplacement(std::shared_ptr<Transcoder> transcoder, MlpReplacement::Input input,
+                                     const at::Tensor& keep = at::Tensor());
+
+}  // namespace tc
