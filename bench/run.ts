@@ -2,14 +2,16 @@
  * `npm run bench`: runs every benchmark against its PyTorch baseline in the same run and writes
  * bench/results/latest.json. Options: --iters N (timed forwards per round), --rounds N (alternations
  * of ours and PyTorch), --threads N, --cache DIR (where generated
- * benchmark models are kept; default .cache/bench), --only forward|connections|search,
+ * benchmark models are kept; default .cache/bench), --only forward|concurrency|connections|search,
  * --connections-rows N (source rows timed by the connections benchmark; default all 24576),
  * --connections-iters N (timed passes per round; default 2), --search-repeats N (timed setups and
- * searches per round of the greedy search benchmark; default 5).
+ * searches per round of the greedy search benchmark; default 5), --concurrency-calls N (calls fired at once
+ * by the concurrency benchmark; default 20).
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { benchConcurrency } from './concurrency.js';
 import { benchConnections } from './connections.js';
 import { benchForward } from './forward.js';
 import { benchSearch } from './search.js';
@@ -24,19 +26,21 @@ const { values } = parseArgs({
     'connections-rows': { type: 'string' },
     'connections-iters': { type: 'string' },
     'search-repeats': { type: 'string' },
+    'concurrency-calls': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|connections|search] [--connections-rows N] [--connections-iters N] [--search-repeats N]');
+  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N]');
   process.exit(0);
 }
 const root = new URL('..', import.meta.url).pathname;
 const cacheDir = values.cache ?? join(root, '.cache', 'bench');
 mkdirSync(cacheDir, { recursive: true });
 
-if (values.only !== undefined && values.only !== 'forward' && values.only !== 'connections' && values.only !== 'search') {
-  console.error(`--only must be forward, connections or search, got '${values.only}'`);
+const BENCHES = ['forward', 'concurrency', 'connections', 'search'];
+if (values.only !== undefined && !BENCHES.includes(values.only)) {
+  console.error(`--only must be one of ${BENCHES.join(', ')}, got '${values.only}'`);
   process.exit(2);
 }
 const wants = (name: string) => values.only === undefined || values.only === name;
@@ -56,6 +60,23 @@ if (forward) {
     console.log(`  ${b.tokensPerS.toFixed(0).padStart(8)} tokens/s   ${b.msMedian.toFixed(1)} ms/forward   ${b.label} (ours: ${(forward.oursTokensPerS / b.tokensPerS).toFixed(2)}x)`);
   }
   console.log(`  ratio    ${forward.ratio.toFixed(2)}x (ours / the fastest PyTorch eager)`);
+}
+
+const concurrency = wants('concurrency')
+  ? await benchConcurrency({
+      cacheDir,
+      ...(values['concurrency-calls'] ? { calls: Number(values['concurrency-calls']) } : {}),
+      ...(values.threads ? { threads: Number(values.threads) } : {}),
+      ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
+    })
+  : undefined;
+if (concurrency) {
+  const c = concurrency;
+  console.log(`${c.name} (${c.threads} threads; medians of ${c.rounds} rounds; libtorch ${c.torch}; load average ${c.loadAverage.map((l) => l.toFixed(1)).join(' -> ')})`);
+  console.log(`  ${c.sequentialMs.toFixed(0).padStart(8)} ms   ${c.cpuMs.sequential.toFixed(0).padStart(8)} ms CPU   one by one`);
+  console.log(`  ${c.queuedMs.toFixed(0).padStart(8)} ms   ${c.cpuMs.queued.toFixed(0).padStart(8)} ms CPU   concurrent, per-device queue (${c.ratio.toFixed(2)}x; goal <= 1.05x)`);
+  console.log(`  ${c.bypassedMs.toFixed(0).padStart(8)} ms   ${c.cpuMs.bypassed.toFixed(0).padStart(8)} ms CPU   concurrent, queue bypassed (${c.bypassedRatio.toFixed(2)}x)`);
+  console.log(`  rounds (ms): one by one ${c.raw.sequential.map((x) => x.toFixed(0)).join(' ')}; queued ${c.raw.queued.map((x) => x.toFixed(0)).join(' ')}; bypassed ${c.raw.bypassed.map((x) => x.toFixed(0)).join(' ')}`);
 }
 
 const connections = wants('connections')
@@ -104,4 +125,4 @@ mkdirSync(resultsDir, { recursive: true });
 // With --only, the other benchmark's last result is kept.
 const latest = join(resultsDir, 'latest.json');
 const previous = values.only !== undefined && existsSync(latest) ? (JSON.parse(readFileSync(latest, 'utf8')) as Record<string, unknown>) : {};
-writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}) }, null, 2));
+writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}) }, null, 2));
