@@ -5,7 +5,8 @@
  */
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { InvalidArgumentError, loadModel, ReplacementModel, Tensor, Transcoder, type Model, type TranscoderConfig } from '../lib/index.js';
+import { existsSync, readFileSync } from 'node:fs';
+import { findCircuit, InvalidArgumentError, loadModel, ReplacementModel, Tensor, Transcoder, writeGraph, type Model, type TranscoderConfig } from '../lib/index.js';
 import { saveTranscoder } from '../lib/transcoders/formats/native.js';
 import { Rng } from '../lib/util/random.js';
 import { makeTempModel, tempDir } from './helpers/fixtures.js';
@@ -125,5 +126,29 @@ describe('ReplacementModel runs', () => {
     expect(diff(all, direct)).toBe(0);
     expect(() => rm.replacements({ remove: { 0: [12] } })).toThrow(/feature 12 of layer 0 is out of range \[0, 12\)/);
     expect(() => rm.replacements({ layers: [1] })).toThrow(/no transcoder for layer 1/);
+  });
+});
+
+describe('the circuit pipeline on a raw model', () => {
+  it('findCircuit + writeGraph with residual-reading transcoders: paths, bias nodes of raw attention, files', async () => {
+    const rm = ReplacementModel.create(gpt2, [
+      await transcoder({ layer: 0, hookIn: 'blocks.0.hook_resid_mid', hookOut: 'blocks.0.hook_mlp_out' }, 3),
+      await transcoder({ layer: 1, hookIn: 'blocks.1.ln2.hook_normalized', hookOut: 'blocks.1.hook_mlp_out' }, 4),
+    ]);
+    const circuit = await findCircuit({ replacement: rm, prompt: [1, 17, 42, 250, 9, 33] }, { kind: 'logit', token: 5, minus: 7 }, { iters: 2, branches: 4, filter: { kinds: ['attention'] } });
+    expect(circuit.levels).toHaveLength(2);
+    // The root is the real logit difference at the last position (the model's own logits).
+    const logits = (await rm.model.run([[1, 17, 42, 250, 9, 33]])).logits!.toFloat32Array();
+    expect(Math.abs(circuit.root.contrib - (logits[5 * 300 + 5]! - logits[5 * 300 + 7]!))).toBeLessThan(1e-4);
+    const graph = circuit.graph!;
+    expect(graph.metadata.transcoders.map((t) => t.hookIn)).toEqual(['blocks.0.hook_resid_mid', 'blocks.1.ln2.hook_normalized']);
+    // Raw attention reads ln1's bias and the value bias: its parents get a bias node when they have children.
+    const attentionParents = graph.edges.filter((e) => e.target.startsWith('attn')).map((e) => e.target);
+    expect(attentionParents.length).toBeGreaterThan(0);
+    for (const id of new Set(attentionParents)) expect(graph.nodes.some((n) => n.id === `err.bias.${id}`), id).toBe(true);
+    const dir = tempDir('rm-graph-');
+    writeGraph(graph, { json: join(dir, 'g.json'), dot: join(dir, 'g.dot'), html: join(dir, 'g.html') });
+    expect(JSON.parse(readFileSync(join(dir, 'g.json'), 'utf8')).metadata.root).toBe(graph.metadata.root);
+    expect(existsSync(join(dir, 'g.dot')) && existsSync(join(dir, 'g.html'))).toBe(true);
   });
 });
