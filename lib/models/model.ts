@@ -68,6 +68,23 @@ export type MlpReplacement =
   | { module: NativeMlpModule; keep?: Tensor }
   | ((input: Tensor, original: Tensor, layer: number) => Tensor | Promise<Tensor>);
 
+/** The default of {@link RunOptions.callbackTimeoutMs}. */
+export const DEFAULT_CALLBACK_TIMEOUT_MS = 60_000;
+
+/** `value` (a Promise or not), or an InvalidArgumentError naming `what` once `ms` pass without it settling. */
+async function settleWithin<T>(value: T | Promise<T>, ms: number, what: string): Promise<T> {
+  if (!(value instanceof Promise)) return value;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new InvalidArgumentError(`${what} did not settle within ${ms} ms (RunOptions.callbackTimeoutMs)`)), ms);
+  });
+  try {
+    return await Promise.race([value, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function isNativeModule(spec: unknown): spec is NativeMlpModule {
   return typeof spec === 'object' && spec !== null && 'handle' in spec && 'config' in spec && typeof (spec as NativeMlpModule).handle?.forward === 'function';
 }
@@ -97,6 +114,12 @@ export interface RunOptions {
    * positions are real.
    */
   padding?: Padding;
+  /**
+   * How long a `replaceMlp` callback may take to settle, in milliseconds (default 60000): past that
+   * the run rejects with an InvalidArgumentError naming the layer, and the device's queue moves on
+   * (a callback whose Promise never settles no longer holds the run, its worker or the process).
+   */
+  callbackTimeoutMs?: number;
 }
 
 export type Padding = 'right' | 'left';
@@ -327,6 +350,8 @@ export class Model {
 
   private nativeOptions(options: RunOptions): { hooks: string[]; mlp: NativeMlpReplacement[]; grad: boolean; logits: boolean } {
     const mlp: NativeMlpReplacement[] = [];
+    const timeout = options.callbackTimeoutMs ?? DEFAULT_CALLBACK_TIMEOUT_MS;
+    if (!(timeout > 0) || !Number.isFinite(timeout)) throw new InvalidArgumentError(`callbackTimeoutMs must be a positive number of milliseconds, got ${String(options.callbackTimeoutMs)}`);
     for (const [key, spec] of Object.entries(options.replaceMlp ?? {})) {
       const layer = Number(key);
       if (!Number.isInteger(layer) || layer < 0 || layer >= this.config.nLayers) {
@@ -342,7 +367,7 @@ export class Model {
           layer,
           kind: 'callback',
           fn: async (input, original, l) => {
-            const out = await spec(new Tensor(input), new Tensor(original!), l);
+            const out = await settleWithin(spec(new Tensor(input), new Tensor(original!), l), timeout, `the replaceMlp callback of layer ${l}`);
             if (!(out instanceof Tensor)) throw new InvalidArgumentError(`the replaceMlp callback of layer ${l} must return a Tensor`);
             return out.handle;
           },

@@ -6,6 +6,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
+import { checkMemory } from '../util/memory.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { writeSafetensors, type RawTensor, type SafetensorsDtype } from '../io/safetensors.js';
 import { trainByteLevelBpe } from '../tokenizer/train-bpe.js';
@@ -112,10 +113,28 @@ function hfConfig(spec: Required<Pick<RandomModelSpec, 'arch'>> & RandomModelSpe
   };
 }
 
+/**
+ * Refuses a shape whose weights cannot be made here: a tensor beyond what one JS typed array holds, or
+ * weights (generated in float32, then written) beyond the machine's memory.
+ */
+function checkRandomModelSize(spec: RandomModelSpec): void {
+  const dMlp = spec.dMlp ?? 4 * spec.dModel;
+  const largest = Math.max(spec.vocabSize * spec.dModel, spec.dModel * dMlp, 3 * spec.dModel * spec.dModel, spec.nCtx * spec.dModel);
+  if (largest > 2 ** 31 - 1) {
+    throw new InvalidArgumentError(`the model's largest weight would have ${largest.toExponential(2)} entries (d_model ${spec.dModel}, d_mlp ${dMlp}, vocab ${spec.vocabSize}); make-model writes tensors of at most 2^31 - 1 entries`);
+  }
+  const params = spec.nLayers * (4 * spec.dModel * spec.dModel + 2 * spec.dModel * dMlp) + 2 * spec.vocabSize * spec.dModel + spec.nCtx * spec.dModel;
+  checkMemory(`a random model of ${params.toExponential(2)} parameters`, [
+    { what: 'float32 weights', bytes: 4 * params },
+    { what: 'the file being written', bytes: 4 * params },
+  ]);
+}
+
 /** Writes a random-weight model folder; returns its path. */
 export function createRandomModel(dir: string, spec: RandomModelSpec): string {
   if (spec.dModel % spec.nHeads !== 0) throw new InvalidArgumentError(`dModel ${spec.dModel} must be divisible by nHeads ${spec.nHeads}`);
   if (spec.vocabSize < 258) throw new InvalidArgumentError(`vocabSize must be at least 258 (256 bytes + special tokens), got ${spec.vocabSize}`);
+  checkRandomModelSize(spec);
   mkdirSync(dir, { recursive: true });
   const rng = new Rng(spec.seed ?? 0);
   const std = spec.std ?? 0.02;

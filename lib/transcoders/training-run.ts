@@ -12,6 +12,7 @@ import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { appendFileChecked, toIoError } from '../io/atomic.js';
 import { lockFolder } from '../io/lock.js';
+import { checkMemory, type MemoryPart } from '../util/memory.js';
 import { loadSafetensorsTensors, readSafetensorsHeader } from '../io/safetensors.js';
 import { native, type NativeRunProgress, type NativeRunSnapshot } from '../native.js';
 import type { Model } from '../models/model.js';
@@ -140,6 +141,22 @@ async function sampleActivations(opts: TrainRunOptions, hooks: { input: string; 
   return hooks.map((h) => ({ x: cache[h.input]!, y: cache[h.target]! }));
 }
 
+/**
+ * What a run holds in float32, per trained layer: parameters with their gradients and Adam's two
+ * moments (4 copies), its shuffle buffer of (input, target) rows, and one batch's activations
+ * (pre-activations, activations and their gradients: ~4 x batch x dSae).
+ */
+function trainingMemory(opts: TrainRunOptions, dIn: number, dOut: number, batchSize: number): MemoryPart[] {
+  const layers = opts.layers.length;
+  const parameters = opts.dSae * (dIn + dOut + 2) + dIn + dOut + (opts.skip ? dIn * dOut : 0);
+  const bufferRows = opts.bufferRows ?? Math.min(262144, 64 * batchSize);
+  return [
+    { what: 'parameters, gradients and Adam state', bytes: layers * 4 * 4 * parameters },
+    { what: 'shuffle buffers', bytes: layers * 4 * bufferRows * (dIn + dOut) },
+    { what: 'batch activations', bytes: 4 * 4 * batchSize * opts.dSae },
+  ];
+}
+
 /** Trains transcoders for `opts.layers`; resolves when the step budget is reached, the data ends, or the run is stopped. */
 export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResult> {
   const out = resolve(opts.out);
@@ -162,6 +179,7 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   const cacheMeta = fromCache ? readCacheShards((opts.data as TrainDataCache).activations) : null;
   const dIn = width ?? cacheMeta![0]!.dIn;
   const dOut = width ?? cacheMeta![0]!.dOut;
+  if ((opts.device ?? 'cpu').startsWith('cpu')) checkMemory(`training ${opts.layers.length} transcoder(s) of ${opts.dSae} features`, trainingMemory(opts, dIn, dOut, batchSize));
   try {
     mkdirSync(out, { recursive: true });
   } catch (err) {
