@@ -29,9 +29,13 @@ export interface FromOptions {
   /** Element type of the tensor; defaults to the array's own (Float64Array -> float64, Uint8Array -> uint8). */
   dtype?: DType;
   /**
-   * Share the array's memory instead of copying it (default true). Only possible when the
+   * Share the array's memory instead of copying it (default false: copy). Only possible when the
    * element types match and the data is aligned; otherwise the data is copied. A shared tensor
-   * sees later writes to the array, like torch.from_numpy.
+   * sees later writes to the array, like torch.from_numpy, and keeps the ArrayBuffer alive; the rule
+   * is that its buffer must not be detached (transferred to a worker, `structuredClone` with
+   * `transfer`) while the tensor is in use: using it afterwards throws an InvalidArgumentError
+   * (checked whenever the tensor is read or passed to the library), and detaching it while an
+   * operation on it is still running is undefined behaviour. The copy (default) has no such rule.
    */
   share?: boolean;
 }
@@ -100,7 +104,7 @@ export class Tensor {
       throw new InvalidArgumentError(`Tensor.from: shape must be an array of numbers, got ${JSON.stringify(shape)}`);
     }
     checkIntegerRange(data, dtype);
-    return new Tensor(native().Tensor.fromTypedArray(data, [...shape], dtype, options.share ?? true));
+    return new Tensor(native().Tensor.fromTypedArray(data, [...shape], dtype, options.share ?? false));
   }
 
   /** Dimensions, e.g. `[1, 12, 768]`. */

@@ -5,10 +5,10 @@ import { InvalidArgumentError, Tensor } from '../lib/index.js';
 import { values } from './helpers/fixtures.js';
 
 describe('Tensor', () => {
-  it('shares a Float32Array by default and copies on request', () => {
+  it('copies a Float32Array by default and shares it on request', () => {
     const data = new Float32Array([1, 2, 3, 4, 5, 6]);
-    const shared = Tensor.from(data, [2, 3]);
-    const copied = Tensor.from(data, [2, 3], { share: false });
+    const shared = Tensor.from(data, [2, 3], { share: true });
+    const copied = Tensor.from(data, [2, 3]);
     data[0] = 42;
     expect(shared.toTypedArray()[0]).toBe(42);
     expect(copied.toTypedArray()[0]).toBe(1);

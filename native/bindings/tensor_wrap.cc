@@ -96,7 +96,18 @@ at::Tensor JsTensor::tensorOf(const Napi::Value& value, const char* what) {
   if (!isTensor(value)) throw InvalidArgument(std::string(what) + " must be a Tensor");
   JsTensor* self = JsTensor::Unwrap(value.As<Napi::Object>());
   if (!self->tensor_.defined()) throw InvalidArgument(std::string(what) + " is a disposed Tensor");
+  self->checkSharedBuffer(what);
   return self->tensor_;
+}
+
+void JsTensor::checkSharedBuffer(const std::string& what) const {
+  // A shared tensor points into its ArrayBuffer's memory: once the buffer is detached (transferred
+  // to a worker, structuredClone with transfer) that memory belongs to someone else, or to nobody.
+  if (sharedBuffer_.IsEmpty()) return;
+  Napi::Value buffer = sharedBuffer_.Value();
+  if (buffer.IsArrayBuffer() && buffer.As<Napi::ArrayBuffer>().IsDetached())
+    throw InvalidArgument(what + " shares the memory of an ArrayBuffer that has been detached (transferred): "
+                          "its data is gone. Create shared tensors only from buffers you keep (or copy: the default)");
 }
 
 JsTensor::JsTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsTensor>(info) {
@@ -117,10 +128,12 @@ void JsTensor::release() {
     chargedBytes_ = 0;
   }
   tensor_ = at::Tensor();
+  sharedBuffer_.Reset();
 }
 
 const at::Tensor& JsTensor::live() const {
   if (!tensor_.defined()) throw InvalidArgument("this Tensor was disposed");
+  checkSharedBuffer("this Tensor");
   return tensor_;
 }
 
@@ -240,7 +253,9 @@ Napi::Value JsTensor::fromTypedArray(const Napi::CallbackInfo& info) {
       auto* keeper = new BufferKeeper{Napi::Persistent(array.ArrayBuffer().As<Napi::Value>()), state.jsThread,
                                       state.bufferReleaser};
       view = at::from_blob(src.data, shape, [keeper](void*) { dropKeeper(keeper); }, at::TensorOptions().dtype(viewType));
-      return wrap(env, view);
+      Napi::Object handle = wrap(env, view);
+      JsTensor::Unwrap(handle)->sharedBuffer_ = Napi::Persistent(array.ArrayBuffer().As<Napi::Value>());
+      return handle;
     }
     at::Tensor owned = at::empty(shape, at::TensorOptions().dtype(viewType));
     if (count > 0) std::memcpy(owned.data_ptr(), src.data, count * itemSize);

@@ -5,6 +5,8 @@
 #include <ATen/Tensor.h>
 #include <napi.h>
 
+#include <string>
+
 namespace tc {
 
 class JsTensor : public Napi::ObjectWrap<JsTensor> {
@@ -32,8 +34,12 @@ class JsTensor : public Napi::ObjectWrap<JsTensor> {
 
   void release();
   const at::Tensor& live() const;
+  // Throws InvalidArgument naming `what` when this tensor shares a JS ArrayBuffer that was detached.
+  void checkSharedBuffer(const std::string& what) const;
 
   at::Tensor tensor_;
+  // The ArrayBuffer a zero-copy tensor shares (empty otherwise), to notice that it was detached.
+  Napi::Reference<Napi::Value> sharedBuffer_;
   int64_t chargedBytes_ = 0;
 };
 
