@@ -11,7 +11,6 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Attribution } from '../lib/circuits/attribution.js';
 import { nodeId } from '../lib/circuits/graph.js';
 import { attribute, findCircuit } from '../lib/circuits/find-circuit.js';
 import { ReplacementModel } from '../lib/circuits/replacement-model.js';

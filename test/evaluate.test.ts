@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ReplacementModel } from '../lib/circuits/replacement-model.js';
-import { InvalidArgumentError, loadModel, readSafetensors, Tensor, writeSafetensors, type Model } from '../lib/index.js';
+import { loadModel, readSafetensors, Tensor, writeSafetensors, type Model } from '../lib/index.js';
 import { mlpHooks } from '../lib/transcoders/config.js';
 import { evaluate } from '../lib/transcoders/evaluate.js';
 import { Transcoder } from '../lib/transcoders/transcoder.js';

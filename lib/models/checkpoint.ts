@@ -3,7 +3,7 @@
  * model.safetensors.index.json): every expected tensor present with the shape the config
  * implies, floating-point dtypes, no unknown tensors. Produces the file list the native loader reads.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { FormatError } from '../errors.js';
 import { readJsonObjectFile } from '../io/json.js';
