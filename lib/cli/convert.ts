@@ -2,36 +2,24 @@
  * `transcoders convert`: any supported transcoder format, or a `transcoders train` output folder
  * (`OUT/layer_L/`), to the native, SAELens, circuit-tracer or sparsify layout.
  */
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { readModelConfig, type Architecture } from '../models/config.js';
 import { loadModel, type Model } from '../models/model.js';
-import { detectTranscoderFormat, exportCircuitTracer, exportCircuitTracerSet, exportedModelName, loadTranscoder, sparsifyHookpoint } from '../transcoders/formats/index.js';
+import { exportCircuitTracer, exportCircuitTracerSet, exportedModelName, loadTranscoder, sparsifyHookpoint } from '../transcoders/formats/index.js';
 import { saveTranscoder } from '../transcoders/formats/native.js';
 import { prepareOutputFolder, type PreparedExport } from '../transcoders/formats/common.js';
 import { prepareSaeLensExport } from '../transcoders/formats/saelens.js';
 import { prepareSparsifyExport } from '../transcoders/formats/sparsify.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
+import { loadTranscoderSet, trainingLayerDirs } from '../transcoders/transcoder-set.js';
 import { checkInputArgument, checkOutputPath, choiceOption, intOption, type Command } from './command.js';
-import { loadTranscoderArgs } from './transcoder-paths.js';
 
 const TARGETS = ['native', 'saelens', 'circuit-tracer', 'sparsify'] as const;
 type Target = (typeof TARGETS)[number];
 /** Targets whose tools run the model with raw weights: processed transcoders need the raw model there. */
 const RAW_MODEL_TARGETS: readonly Target[] = ['circuit-tracer', 'sparsify'];
-const LAYER_DIR = /^layer_(\d+)$/;
-
-/** The `layer_L` subfolders of a training output folder, by layer (empty when `path` is not one). */
-function trainingLayerDirs(path: string): Map<number, string> {
-  const out = new Map<number, string>();
-  if (!existsSync(path) || !statSync(path).isDirectory() || detectTranscoderFormat(path) !== null) return out;
-  for (const name of readdirSync(path)) {
-    const m = LAYER_DIR.exec(name);
-    if (m && statSync(join(path, name)).isDirectory()) out.set(Number(m[1]), join(path, name));
-  }
-  return out;
-}
 
 /** The architecture of the model folder `dir`, or null when it is not a readable model folder. */
 function architectureOf(dir: string | undefined): Architecture | null {
@@ -92,7 +80,7 @@ export const convertCommand: Command = {
       if (!dir) throw new InvalidArgumentError(`${input} has no layer_${layer}/ (it has layers ${[...layerDirs.keys()].sort((a, b) => a - b).join(', ')})`);
       transcoders = [await loadTranscoder(dir, { layer })];
     } else if (many) {
-      transcoders = await loadTranscoderArgs([input]);
+      transcoders = await loadTranscoderSet(input);
     } else {
       transcoders = [await loadTranscoder(input, layer !== undefined ? { layer } : {})];
     }

@@ -3,13 +3,7 @@ import { ReplacementModel } from '../circuits/replacement-model.js';
 import { InvalidArgumentError } from '../errors.js';
 import { PROCESSINGS, type Model } from '../models/model.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
-import { loadTranscoderSet } from '../transcoders/transcoder-set.js';
 import { choiceOption, listOption } from './command.js';
-
-/** Loads every transcoder named by `paths` (a `train` output folder expands to its layer_L subfolders). */
-export async function loadTranscoderArgs(paths: string[], placement: { device?: string } = {}): Promise<Transcoder[]> {
-  return (await Promise.all(paths.map((p) => loadTranscoderSet(p, placement)))).flat();
-}
 
 /**
  * The `--transcoders` (required), `--device` and `--processing` options of the commands that analyse

@@ -28,14 +28,21 @@ function layersIn(dir: string, pattern: RegExp): number[] {
   }).sort((a, b) => a - b);
 }
 
+/**
+ * The `layer_L/` folders of a training output folder (`transcoders train` writes one per layer), by
+ * layer; empty when `path` is not such a folder (a file, or a folder in a transcoder format).
+ */
+export function trainingLayerDirs(path: string): Map<number, string> {
+  if (!isFolder(path) || detectTranscoderFormat(path) !== null) return new Map();
+  return new Map(layersIn(path, LAYER_DIR).filter((l) => isFolder(join(path, `layer_${l}`))).map((l) => [l, join(path, `layer_${l}`)]));
+}
+
 /** Every transcoder `path` holds, each knowing its layer. */
 export async function loadTranscoderSet(path: string, placement: PlacementOptions = {}): Promise<Transcoder[]> {
+  const trained = trainingLayerDirs(path);
+  if (trained.size > 0) return Promise.all([...trained].map(([layer, dir]) => loadTranscoder(dir, { ...placement, layer })));
   if (isFolder(path)) {
     const format = detectTranscoderFormat(path);
-    if (format === null) {
-      const layers = layersIn(path, LAYER_DIR);
-      if (layers.length > 0) return Promise.all(layers.map((layer) => loadTranscoder(join(path, `layer_${layer}`), { ...placement, layer })));
-    }
     if (format === 'circuit-tracer') {
       const config = join(path, CIRCUIT_TRACER_CONFIG_FILE);
       const layers = existsSync(config) ? [...readCircuitTracerConfig(config).layerFiles.keys()].sort((a, b) => a - b) : layersIn(path, LAYER_FILE);
