@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { FormatError } from '../errors.js';
 import { readJsonObjectFile } from '../io/json.js';
 import { readSafetensorsHeader, type SafetensorsEntry } from '../io/safetensors.js';
-import type { ModelConfig } from './config.js';
+import { hasLlamaLayout, type ModelConfig } from './config.js';
 
 /** Checkpoint keys (Hugging Face names, GPT-2 without "transformer.") and their shapes. */
 export function expectedTensors(c: ModelConfig): { required: Map<string, number[]>; optional: Map<string, number[]> } {
@@ -29,6 +29,24 @@ export function expectedTensors(c: ModelConfig): { required: Map<string, number[
     }
     required.set('ln_f.weight', [d]).set('ln_f.bias', [d]);
     optional.set('lm_head.weight', [c.vocabSize, d]);
+  } else if (hasLlamaLayout(c.arch)) {
+    const q = c.nHeads * c.dHead;
+    const kv = c.nKvHeads * c.dHead;
+    required.set('model.embed_tokens.weight', [c.vocabSize, d]);
+    for (let l = 0; l < c.nLayers; l++) {
+      const p = `model.layers.${l}.`;
+      required.set(`${p}input_layernorm.weight`, [d]).set(`${p}post_attention_layernorm.weight`, [d]);
+      if (c.sandwichNorms) required.set(`${p}pre_feedforward_layernorm.weight`, [d]).set(`${p}post_feedforward_layernorm.weight`, [d]);
+      required.set(`${p}self_attn.q_proj.weight`, [q, d]).set(`${p}self_attn.k_proj.weight`, [kv, d]).set(`${p}self_attn.v_proj.weight`, [kv, d]);
+      required.set(`${p}self_attn.o_proj.weight`, [d, q]);
+      if (c.qkvBias) required.set(`${p}self_attn.q_proj.bias`, [q]).set(`${p}self_attn.k_proj.bias`, [kv]).set(`${p}self_attn.v_proj.bias`, [kv]);
+      if (c.attentionBias) required.set(`${p}self_attn.o_proj.bias`, [d]);
+      if (c.qkNorm) required.set(`${p}self_attn.q_norm.weight`, [c.dHead]).set(`${p}self_attn.k_norm.weight`, [c.dHead]);
+      required.set(`${p}mlp.gate_proj.weight`, [c.dMlp, d]).set(`${p}mlp.up_proj.weight`, [c.dMlp, d]).set(`${p}mlp.down_proj.weight`, [d, c.dMlp]);
+      if (c.mlpBias) required.set(`${p}mlp.gate_proj.bias`, [c.dMlp]).set(`${p}mlp.up_proj.bias`, [c.dMlp]).set(`${p}mlp.down_proj.bias`, [d]);
+    }
+    required.set('model.norm.weight', [d]);
+    if (!c.tiedEmbeddings) required.set('lm_head.weight', [c.vocabSize, d]);
   } else {
     required.set('gpt_neox.embed_in.weight', [c.vocabSize, d]);
     for (let l = 0; l < c.nLayers; l++) {
@@ -51,6 +69,23 @@ export function expectedTensors(c: ModelConfig): { required: Map<string, number[
 
 /** Buffers some checkpoints carry that the forward pass recomputes. */
 const IGNORED = [/\.attn\.(masked_)?bias$/, /\.attention\.(masked_)?bias$/, /\.rotary_emb\.inv_freq$/];
+
+/** Multimodal Gemma-3 checkpoints: the parts that are not the language model. */
+const NOT_LANGUAGE_MODEL = [/^(model\.)?vision_tower\./, /^(model\.)?multi_modal_projector\./];
+
+/**
+ * The canonical (Hugging Face causal-LM) name of a checkpoint key: GPT-2 keys lose the
+ * "transformer." prefix, multimodal Gemma-3 keys their language_model prefix.
+ */
+function canonicalName(key: string, config: ModelConfig): string {
+  if (config.arch === 'gpt2') return key.startsWith('transformer.') ? key.slice('transformer.'.length) : key;
+  if (config.arch === 'gemma3') {
+    if (key.startsWith('language_model.model.')) return `model.${key.slice('language_model.model.'.length)}`;
+    if (key.startsWith('model.language_model.')) return `model.${key.slice('model.language_model.'.length)}`;
+    if (key.startsWith('language_model.lm_head.')) return key.slice('language_model.'.length);
+  }
+  return key;
+}
 
 /** One checkpoint tensor to load: its key in the file and the canonical name it maps to. */
 export interface CheckpointTensor extends SafetensorsEntry {
@@ -95,8 +130,10 @@ export function resolveCheckpoint(dir: string, config: ModelConfig): CheckpointF
     const path = header.path;
     const entries: CheckpointTensor[] = [];
     for (const entry of header.entries.values()) {
-      const name = config.arch === 'gpt2' && entry.key.startsWith('transformer.') ? entry.key.slice('transformer.'.length) : entry.key;
-      if (IGNORED.some((re) => re.test(name))) continue;
+      const name = canonicalName(entry.key, config);
+      if (IGNORED.some((re) => re.test(name)) || NOT_LANGUAGE_MODEL.some((re) => re.test(name))) continue;
+      // A tied model ignores a stored lm_head, as Hugging Face ties it to the embedding.
+      if (hasLlamaLayout(config.arch) && config.tiedEmbeddings && name === 'lm_head.weight') continue;
       const shape = required.get(name) ?? optional.get(name);
       if (!shape) throw new FormatError(`${path}: unexpected tensor '${entry.key}' for a ${config.arch} model`, path);
       if (seen.has(name)) throw new FormatError(`${path}: tensor '${entry.key}' appears twice in the checkpoint`, path);

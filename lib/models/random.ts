@@ -13,7 +13,7 @@ import { trainByteLevelBpe } from '../tokenizer/train-bpe.js';
 import { encodeHalf } from '../util/half.js';
 import { Rng } from '../util/random.js';
 import { expectedTensors } from './checkpoint.js';
-import { parseModelConfig, type Architecture } from './config.js';
+import { hasLlamaLayout, parseModelConfig, type Architecture } from './config.js';
 
 export interface RandomModelSpec {
   arch: Architecture;
@@ -47,6 +47,11 @@ export interface RandomModelSpec {
   init?: 'fixture' | 'gpt2';
   /** A tokenizer.json object to ship instead of the built-in fixture tokenizer (vocabSize must cover it). */
   tokenizer?: object;
+  /** Llama-layout families: key/value heads (default nHeads) and head size (default dModel / nHeads). */
+  nKvHeads?: number;
+  dHead?: number;
+  /** Extra or overriding config.json fields (rope_scaling, sliding_window, soft-caps, biases, ...). */
+  configFields?: Record<string, unknown>;
 }
 
 /** Named specs: tiny models for tests and the sizes of GPT-2 small and Pythia-70m for benchmarks. */
@@ -55,6 +60,42 @@ export const PRESETS: Record<string, RandomModelSpec> = {
   'tiny-neox': { arch: 'gpt_neox', nLayers: 2, dModel: 64, nHeads: 4, vocabSize: 512, nCtx: 128 },
   'gpt2-small': { arch: 'gpt2', nLayers: 12, dModel: 768, nHeads: 12, vocabSize: 50257, nCtx: 1024 },
   'pythia-70m': { arch: 'gpt_neox', nLayers: 6, dModel: 512, nHeads: 8, dMlp: 2048, vocabSize: 50304, nCtx: 2048 },
+  // Tiny models of the modern families, each exercising its family's peculiarities at test prompt lengths:
+  // GQA everywhere, Llama-3 RoPE scaling with a short original context, head sizes other than
+  // dModel / nHeads, sliding windows shorter than the prompts, Gemma-3's local/global layers.
+  'tiny-llama': {
+    arch: 'llama', nLayers: 2, dModel: 64, nHeads: 4, nKvHeads: 2, dMlp: 128, vocabSize: 512, nCtx: 128,
+    configFields: { rope_theta: 10000, rope_scaling: { rope_type: 'llama3', factor: 4, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 16 }, tie_word_embeddings: false },
+  },
+  'tiny-mistral': { arch: 'mistral', nLayers: 2, dModel: 64, nHeads: 4, nKvHeads: 2, dMlp: 128, vocabSize: 512, nCtx: 128, configFields: { sliding_window: 8 } },
+  'tiny-qwen2': { arch: 'qwen2', nLayers: 2, dModel: 64, nHeads: 4, nKvHeads: 2, dMlp: 128, vocabSize: 512, nCtx: 128, configFields: { tie_word_embeddings: true } },
+  'tiny-qwen3': { arch: 'qwen3', nLayers: 2, dModel: 64, nHeads: 4, nKvHeads: 2, dHead: 32, dMlp: 128, vocabSize: 512, nCtx: 128, configFields: { tie_word_embeddings: true } },
+  'tiny-gemma2': {
+    arch: 'gemma2', nLayers: 2, dModel: 64, nHeads: 4, nKvHeads: 2, dHead: 32, dMlp: 128, vocabSize: 512, nCtx: 128,
+    configFields: { sliding_window: 8, query_pre_attn_scalar: 32, attn_logit_softcapping: 50, final_logit_softcapping: 30 },
+  },
+  'tiny-gemma3': {
+    arch: 'gemma3', nLayers: 2, dModel: 64, nHeads: 4, nKvHeads: 2, dHead: 32, dMlp: 128, vocabSize: 512, nCtx: 128,
+    configFields: { sliding_window: 8, sliding_window_pattern: 2, query_pre_attn_scalar: 32, rope_theta: 1_000_000, rope_local_base_freq: 10000, rope_scaling: { rope_type: 'linear', factor: 8 } },
+  },
+  // Benchmark shapes (random weights).
+  'llama-3.2-1b': {
+    arch: 'llama', nLayers: 16, dModel: 2048, nHeads: 32, nKvHeads: 8, dHead: 64, dMlp: 8192, vocabSize: 128256, nCtx: 131072,
+    configFields: { rope_theta: 500000, rope_scaling: { rope_type: 'llama3', factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 }, tie_word_embeddings: true, rms_norm_eps: 1e-5 },
+  },
+  'gemma-2-2b': {
+    arch: 'gemma2', nLayers: 26, dModel: 2304, nHeads: 8, nKvHeads: 4, dHead: 256, dMlp: 9216, vocabSize: 256000, nCtx: 8192,
+    configFields: { sliding_window: 4096, query_pre_attn_scalar: 256, attn_logit_softcapping: 50, final_logit_softcapping: 30 },
+  },
+};
+
+/** config.json model_type of each architecture. */
+const MODEL_TYPES: Record<Architecture, string> = {
+  gpt2: 'gpt2', gpt_neox: 'gpt_neox', llama: 'llama', mistral: 'mistral', qwen2: 'qwen2', qwen3: 'qwen3', gemma2: 'gemma2', gemma3: 'gemma3_text',
+};
+const HF_CLASSES: Record<Architecture, string> = {
+  gpt2: 'GPT2LMHeadModel', gpt_neox: 'GPTNeoXForCausalLM', llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM',
+  qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM', gemma2: 'Gemma2ForCausalLM', gemma3: 'Gemma3ForCausalLM',
 };
 
 /** Text the fixture tokenizers are trained on. */
@@ -72,6 +113,29 @@ const TOKENIZER_CORPUS = [
 
 function hfConfig(spec: Required<Pick<RandomModelSpec, 'arch'>> & RandomModelSpec, bos: number, eos: number): Record<string, unknown> {
   const dMlp = spec.dMlp ?? 4 * spec.dModel;
+  const torchDtype = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[spec.dtype ?? 'F32'];
+  if (hasLlamaLayout(spec.arch)) {
+    const gemma = spec.arch === 'gemma2' || spec.arch === 'gemma3';
+    return {
+      architectures: [HF_CLASSES[spec.arch]],
+      model_type: MODEL_TYPES[spec.arch],
+      [gemma ? 'hidden_activation' : 'hidden_act']: spec.activation ?? (gemma ? 'gelu_pytorch_tanh' : 'silu'),
+      hidden_size: spec.dModel,
+      num_attention_heads: spec.nHeads,
+      num_key_value_heads: spec.nKvHeads ?? spec.nHeads,
+      head_dim: spec.dHead ?? spec.dModel / spec.nHeads,
+      num_hidden_layers: spec.nLayers,
+      intermediate_size: dMlp,
+      max_position_embeddings: spec.nCtx,
+      vocab_size: spec.vocabSize,
+      rms_norm_eps: 1e-6,
+      bos_token_id: bos,
+      eos_token_id: eos,
+      tie_word_embeddings: gemma,
+      torch_dtype: torchDtype,
+      ...spec.configFields,
+    };
+  }
   if (spec.arch === 'gpt2') {
     return {
       architectures: ['GPT2LMHeadModel'],
@@ -89,7 +153,8 @@ function hfConfig(spec: Required<Pick<RandomModelSpec, 'arch'>> & RandomModelSpe
       bos_token_id: bos,
       eos_token_id: eos,
       tie_word_embeddings: true,
-      torch_dtype: { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[spec.dtype ?? 'F32'],
+      torch_dtype: torchDtype,
+      ...spec.configFields,
     };
   }
   return {
@@ -109,7 +174,8 @@ function hfConfig(spec: Required<Pick<RandomModelSpec, 'arch'>> & RandomModelSpe
     bos_token_id: bos,
     eos_token_id: eos,
     tie_word_embeddings: false,
-    torch_dtype: { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[spec.dtype ?? 'F32'],
+    torch_dtype: torchDtype,
+    ...spec.configFields,
   };
 }
 
@@ -119,11 +185,12 @@ function hfConfig(spec: Required<Pick<RandomModelSpec, 'arch'>> & RandomModelSpe
  */
 function checkRandomModelSize(spec: RandomModelSpec): void {
   const dMlp = spec.dMlp ?? 4 * spec.dModel;
-  const largest = Math.max(spec.vocabSize * spec.dModel, spec.dModel * dMlp, 3 * spec.dModel * spec.dModel, spec.nCtx * spec.dModel);
+  const dHead = spec.dHead ?? spec.dModel / spec.nHeads;
+  const largest = Math.max(spec.vocabSize * spec.dModel, spec.dModel * dMlp, 3 * spec.dModel * spec.nHeads * dHead, spec.nCtx * spec.dModel);
   if (largest > 2 ** 31 - 1) {
     throw new InvalidArgumentError(`the model's largest weight would have ${largest.toExponential(2)} entries (d_model ${spec.dModel}, d_mlp ${dMlp}, vocab ${spec.vocabSize}); make-model writes tensors of at most 2^31 - 1 entries`);
   }
-  const params = spec.nLayers * (4 * spec.dModel * spec.dModel + 2 * spec.dModel * dMlp) + 2 * spec.vocabSize * spec.dModel + spec.nCtx * spec.dModel;
+  const params = spec.nLayers * (4 * spec.dModel * spec.nHeads * dHead + 3 * spec.dModel * dMlp) + 2 * spec.vocabSize * spec.dModel + (spec.arch === 'gpt2' ? spec.nCtx * spec.dModel : 0);
   checkMemory(`a random model of ${params.toExponential(2)} parameters`, [
     { what: 'float32 weights', bytes: 4 * params },
     { what: 'the file being written', bytes: 4 * params },
@@ -132,7 +199,8 @@ function checkRandomModelSize(spec: RandomModelSpec): void {
 
 /** Writes a random-weight model folder; returns its path. */
 export function createRandomModel(dir: string, spec: RandomModelSpec): string {
-  if (spec.dModel % spec.nHeads !== 0) throw new InvalidArgumentError(`dModel ${spec.dModel} must be divisible by nHeads ${spec.nHeads}`);
+  if (spec.dHead === undefined && spec.dModel % spec.nHeads !== 0) throw new InvalidArgumentError(`dModel ${spec.dModel} must be divisible by nHeads ${spec.nHeads}`);
+  if (!hasLlamaLayout(spec.arch) && (spec.dHead !== undefined || spec.nKvHeads !== undefined)) throw new InvalidArgumentError(`nKvHeads and dHead are options of the Llama-layout families, not ${spec.arch}`);
   if (spec.vocabSize < 258) throw new InvalidArgumentError(`vocabSize must be at least 258 (256 bytes + special tokens), got ${spec.vocabSize}`);
   checkRandomModelSize(spec);
   mkdirSync(dir, { recursive: true });
@@ -163,13 +231,15 @@ export function createRandomModel(dir: string, spec: RandomModelSpec): string {
   for (const [name, shape] of expectedTensors(config).required) {
     const n = shape.reduce((a, b) => a * b, 1);
     const values = new Float32Array(n);
-    const isNorm = /(ln_\d|ln_f|layernorm|layer_norm)\.weight$/.test(name);
+    const isNorm = /(ln_\d|ln_f|layernorm|layer_norm|norm)\.weight$/.test(name);
+    // Gemma stores its norm gains as offsets from 1.
+    const normCentre = spec.arch === 'gemma2' || spec.arch === 'gemma3' ? 0 : 1;
     const isBias = name.endsWith('.bias');
-    const isOutput = /(c_proj|attention\.dense|dense_4h_to_h)\.weight$/.test(name);
+    const isOutput = /(c_proj|attention\.dense|dense_4h_to_h|o_proj|down_proj)\.weight$/.test(name);
     const matrixStd = forTraining && isOutput ? std / Math.sqrt(2 * spec.nLayers) : std;
     for (let i = 0; i < n; i++) {
-      if (forTraining) values[i] = isNorm ? 1 : isBias ? 0 : matrixStd * rng.normal();
-      else values[i] = isNorm ? 1 + 0.1 * rng.normal() : isBias ? 0.5 * std * rng.normal() : std * rng.normal();
+      if (forTraining) values[i] = isNorm ? normCentre : isBias ? 0 : matrixStd * rng.normal();
+      else values[i] = isNorm ? normCentre + 0.1 * rng.normal() : isBias ? 0.5 * std * rng.normal() : std * rng.normal();
     }
     const bytes = dtype === 'F32' ? new Uint8Array(values.buffer) : encodeHalf(values, dtype);
     const key = spec.arch === 'gpt2' && spec.prefixed ? `transformer.${name}` : name;

@@ -51,29 +51,105 @@ Napi::Array toJsStrings(Napi::Env env, const std::vector<std::string>& strings) 
   return out;
 }
 
+double numberField(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw InvalidArgument(std::string("config field '") + key + "' must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+std::string stringField(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsString()) throw InvalidArgument(std::string("config field '") + key + "' must be a string");
+  return v.As<Napi::String>();
+}
+
+std::vector<int64_t> intList(const Napi::Object& o, const char* key) {
+  std::vector<int64_t> out;
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return out;
+  if (!v.IsArray()) throw InvalidArgument(std::string("config field '") + key + "' must be an array of numbers");
+  auto arr = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    Napi::Value item = arr.Get(i);
+    if (!item.IsNumber()) throw InvalidArgument(std::string("config field '") + key + "' must be an array of numbers");
+    out.push_back(item.As<Napi::Number>().Int64Value());
+  }
+  return out;
+}
+
+// The normalised config of lib/models/config.ts (ModelConfig), validated there.
 ModelConfig configFrom(const Napi::Object& c) {
   ModelConfig cfg;
-  std::string arch = c.Get("arch").As<Napi::String>();
+  std::string arch = stringField(c, "arch");
   if (arch == "gpt2") cfg.arch = Arch::GPT2;
   else if (arch == "gpt_neox") cfg.arch = Arch::NeoX;
+  else if (arch == "llama" || arch == "mistral" || arch == "qwen2" || arch == "qwen3") cfg.arch = Arch::Llama;
+  else if (arch == "gemma2" || arch == "gemma3") cfg.arch = Arch::Gemma;
   else throw InvalidArgument("unknown architecture '" + arch + "'");
   cfg.nLayers = intField(c, "nLayers");
   cfg.dModel = intField(c, "dModel");
   cfg.nHeads = intField(c, "nHeads");
+  cfg.nKvHeads = intField(c, "nKvHeads");
   cfg.dHead = intField(c, "dHead");
   cfg.dMlp = intField(c, "dMlp");
   cfg.nCtx = intField(c, "nCtx");
   cfg.vocabSize = intField(c, "vocabSize");
-  cfg.lnEps = c.Get("lnEps").As<Napi::Number>().DoubleValue();
-  std::string act = c.Get("activation").As<Napi::String>();
+  cfg.lnEps = numberField(c, "lnEps");
+  std::string norm = stringField(c, "norm");
+  if (norm == "layernorm") cfg.norm = Norm::LayerNorm;
+  else if (norm == "rmsnorm") cfg.norm = Norm::RMSNorm;
+  else throw InvalidArgument("unknown norm '" + norm + "'");
+  cfg.normPlusOne = c.Get("normPlusOne").ToBoolean();
+  std::string act = stringField(c, "activation");
   if (act == "gelu_tanh") cfg.act = Activation::GeluTanh;
   else if (act == "gelu") cfg.act = Activation::GeluExact;
   else if (act == "relu") cfg.act = Activation::Relu;
+  else if (act == "silu") cfg.act = Activation::Silu;
   else throw InvalidArgument("unknown activation '" + act + "'");
+  cfg.gatedMlp = c.Get("gatedMlp").ToBoolean();
+  cfg.sandwichNorms = c.Get("sandwichNorms").ToBoolean();
+  cfg.qkNorm = c.Get("qkNorm").ToBoolean();
   cfg.parallelResidual = c.Get("parallelResidual").ToBoolean();
   cfg.rotaryDim = intField(c, "rotaryDim");
-  cfg.rotaryBase = c.Get("rotaryBase").As<Napi::Number>().DoubleValue();
+  Napi::Value ropes = c.Get("ropes");
+  if (ropes.IsArray()) {
+    auto arr = ropes.As<Napi::Array>();
+    for (uint32_t i = 0; i < arr.Length(); ++i) {
+      auto r = arr.Get(i).As<Napi::Object>();
+      Rope rope;
+      std::string type = stringField(r, "type");
+      if (type == "default") rope.type = Rope::Type::Default;
+      else if (type == "linear") rope.type = Rope::Type::Linear;
+      else if (type == "llama3") rope.type = Rope::Type::Llama3;
+      else throw InvalidArgument("unknown rope type '" + type + "'");
+      rope.base = numberField(r, "base");
+      rope.factor = numberField(r, "factor");
+      rope.lowFreqFactor = numberField(r, "lowFreqFactor");
+      rope.highFreqFactor = numberField(r, "highFreqFactor");
+      rope.originalMaxPositions = numberField(r, "originalMaxPositions");
+      cfg.ropes.push_back(rope);
+    }
+  }
+  cfg.layerRope = intList(c, "layerRopes");
+  cfg.slidingWindow = intList(c, "slidingWindows");
+  if (cfg.rotaryDim > 0 && cfg.ropes.empty()) throw InvalidArgument("a rotary model needs config field 'ropes'");
+  for (int64_t r : cfg.layerRope)
+    if (r < 0 || r >= static_cast<int64_t>(cfg.ropes.size())) throw InvalidArgument("config field 'layerRopes' indexes no rope");
+  if (!cfg.layerRope.empty() && static_cast<int64_t>(cfg.layerRope.size()) != cfg.nLayers)
+    throw InvalidArgument("config field 'layerRopes' must have one entry per layer");
+  if (!cfg.slidingWindow.empty() && static_cast<int64_t>(cfg.slidingWindow.size()) != cfg.nLayers)
+    throw InvalidArgument("config field 'slidingWindows' must have one entry per layer");
   cfg.scaleAttnByInverseLayerIdx = c.Get("scaleAttnByInverseLayerIdx").ToBoolean();
+  cfg.attnScale = numberField(c, "attnScale");
+  cfg.attnSoftcap = numberField(c, "attnSoftcap");
+  cfg.finalSoftcap = numberField(c, "finalSoftcap");
+  cfg.embedScale = numberField(c, "embedScale");
+  cfg.attentionBias = c.Get("attentionBias").ToBoolean();
+  cfg.qkvBias = c.Get("qkvBias").ToBoolean();
+  cfg.mlpBias = c.Get("mlpBias").ToBoolean();
+  cfg.tiedEmbeddings = c.Get("tiedEmbeddings").ToBoolean();
+  if (cfg.kvHeads() <= 0 || cfg.nHeads % cfg.kvHeads() != 0)
+    throw InvalidArgument("the number of attention heads must be a multiple of the number of key/value heads");
   return cfg;
 }
 
@@ -99,6 +175,30 @@ std::vector<CheckpointFile> filesFrom(const Napi::Array& files) {
   }
   return out;
 }
+
+// The checkpoint's tensors, read one at a time from their files when the weights ask for them.
+class CheckpointSource : public TensorSource {
+ public:
+  CheckpointSource(const std::vector<CheckpointFile>& files, std::string name) : name_(std::move(name)) {
+    for (const auto& f : files)
+      for (size_t i = 0; i < f.entries.size(); ++i) where_[f.canonicalNames[i]] = {&f, i};
+  }
+  bool has(const std::string& key) const override { return where_.count(key) > 0; }
+  at::Tensor read(const std::string& key) override {
+    auto it = where_.find(key);
+    if (it == where_.end()) throw FormatError(name_, "missing tensor '" + key + "'");
+    const CheckpointFile& f = *it->second.first;
+    const SafetensorsEntry& e = f.entries[it->second.second];
+    at::Tensor t = loadSafetensors(f.path, f.dataStart, {e}).at(e.name);
+    where_.erase(it);
+    return t;
+  }
+  const std::string& name() const override { return name_; }
+
+ private:
+  std::map<std::string, std::pair<const CheckpointFile*, size_t>> where_;
+  std::string name_;
+};
 
 // ---- MLP replacement by a JS callback ---------------------------------------------------------
 // The forward runs on a worker; the callback runs on the JS thread while the worker waits.
@@ -179,18 +279,15 @@ Napi::Value JsModel::load(const Napi::CallbackInfo& info) {
         env, "transcoders:loadModel",
         [=]() -> Handle {
           at::NoGradGuard noGrad;
-          std::map<std::string, at::Tensor> hf;
-          for (const auto& file : files) {
-            auto loaded = loadSafetensors(file.path, file.dataStart, file.entries);
-            for (size_t i = 0; i < file.entries.size(); ++i) hf[file.canonicalNames[i]] = loaded.at(file.entries[i].name);
+          // Each tensor goes from its file straight into the target device and dtype (processing
+          // needs float32 first), so the peak is about the weights plus one tensor.
+          CheckpointSource hf(files, source);
+          const bool process = processing == "transformerlens";
+          Weights w = weightsFromHuggingFace(cfg, hf, device, process ? c10::kFloat : dtype);
+          if (process) {
+            processLikeTransformerLens(cfg, w);
+            castWeights(w, device, dtype);
           }
-          Weights w = weightsFromHuggingFace(cfg, hf, source);
-          hf.clear();
-          if (processing == "transformerlens") {
-            castWeights(w, device, c10::kFloat);  // process in float32 on the target device
-            processLikeTransformerLens(w);
-          }
-          castWeights(w, device, dtype);
           return std::make_shared<const Transformer>(cfg, std::move(w));
         },
         [](Napi::Env env, Handle& model) -> Napi::Value {

@@ -29,13 +29,18 @@ const char* blockHookSuffix(BlockHook h) {
     case BlockHook::AttnScores: return "attn.hook_attn_scores";
     case BlockHook::AttnPattern: return "attn.hook_pattern";
     case BlockHook::AttnZ: return "attn.hook_z";
+    case BlockHook::Ln1PostScale: return "ln1_post.hook_scale";  // Gemma's post-attention norm
+    case BlockHook::Ln1PostNormalized: return "ln1_post.hook_normalized";
     case BlockHook::AttnOut: return "hook_attn_out";
     case BlockHook::ResidMid: return "hook_resid_mid";
     case BlockHook::Ln2Scale: return "ln2.hook_scale";
     case BlockHook::Ln2Normalized: return "ln2.hook_normalized";
     case BlockHook::MlpIn: return "mlp.hook_in";  // exactly the tensor the MLP receives
-    case BlockHook::MlpPre: return "mlp.hook_pre";
+    case BlockHook::MlpPre: return "mlp.hook_pre";  // gated MLPs: the gate projection
+    case BlockHook::MlpPreLinear: return "mlp.hook_pre_linear";  // gated MLPs: the up projection
     case BlockHook::MlpPost: return "mlp.hook_post";
+    case BlockHook::Ln2PostScale: return "ln2_post.hook_scale";  // Gemma's post-feedforward norm
+    case BlockHook::Ln2PostNormalized: return "ln2_post.hook_normalized";
     case BlockHook::MlpHookOut: return "mlp.hook_out";  // exactly what the MLP adds to the residual
     case BlockHook::MlpOut: return "hook_mlp_out";
     case BlockHook::ResidPost: return "hook_resid_post";
@@ -48,6 +53,10 @@ bool exists(const ModelConfig& cfg, ModelHook h) { return h != ModelHook::PosEmb
 bool exists(const ModelConfig& cfg, BlockHook h) {
   if (h == BlockHook::ResidMid) return !cfg.parallelResidual;  // a parallel block has no resid_mid
   if (h == BlockHook::AttnRotQ || h == BlockHook::AttnRotK) return cfg.rotaryDim > 0;
+  if (h == BlockHook::MlpPreLinear) return cfg.gatedMlp;
+  if (h == BlockHook::Ln1PostScale || h == BlockHook::Ln1PostNormalized || h == BlockHook::Ln2PostScale ||
+      h == BlockHook::Ln2PostNormalized)
+    return cfg.sandwichNorms;
   return true;
 }
 

@@ -16,7 +16,8 @@ enum class ModelHook { Embed, PosEmbed, LnFinalScale, LnFinalNormalized, Count }
 
 enum class BlockHook {
   ResidPre, Ln1Scale, Ln1Normalized, AttnQ, AttnK, AttnV, AttnRotQ, AttnRotK, AttnScores, AttnPattern, AttnZ,
-  AttnOut, ResidMid, Ln2Scale, Ln2Normalized, MlpIn, MlpPre, MlpPost, MlpHookOut, MlpOut, ResidPost, Count
+  Ln1PostScale, Ln1PostNormalized, AttnOut, ResidMid, Ln2Scale, Ln2Normalized, MlpIn, MlpPre, MlpPreLinear, MlpPost,
+  Ln2PostScale, Ln2PostNormalized, MlpHookOut, MlpOut, ResidPost, Count
 };
 
 // Every hook name a model of this configuration has, in forward order.

@@ -30,8 +30,19 @@ at::Tensor Transformer::prepareTokens(const at::Tensor& tokens) const {
   return t.to(device(), c10::kLong);
 }
 
-at::Tensor Transformer::layerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale) const {
-  if (scale == nullptr) return at::layer_norm(x, {cfg_.dModel}, w, b, cfg_.lnEps);
+at::Tensor Transformer::norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale) const {
+  if (cfg_.norm == Norm::RMSNorm) {
+    // As Hugging Face computes it: in float32, back to the model dtype before the gain (Llama) or
+    // after it (Gemma's (1 + w)). hook_scale = sqrt(mean(x^2) + eps), as TransformerLens's RMSNorm.
+    at::Tensor xf = x.to(c10::kFloat);
+    at::Tensor ms = xf.pow(2).mean(-1, /*keepdim=*/true).add_(cfg_.lnEps);
+    if (scale != nullptr) *scale = ms.sqrt().to(x.scalar_type());
+    at::Tensor n = xf * ms.rsqrt();
+    if (!w.defined()) return n.to(x.scalar_type());
+    if (cfg_.normPlusOne) return (n * (w.to(c10::kFloat) + 1.0)).to(x.scalar_type());
+    return w * n.to(x.scalar_type());
+  }
+  if (scale == nullptr) return at::layer_norm(x, {x.size(-1)}, w, b, cfg_.lnEps);
   // Spelled out when the scale is observed: TransformerLens's hook_scale = sqrt(mean(xc^2) + eps).
   at::Tensor xc = x - x.mean(-1, /*keepdim=*/true);
   *scale = (xc.pow(2).mean(-1, /*keepdim=*/true) + cfg_.lnEps).sqrt();
@@ -60,6 +71,30 @@ at::Tensor Transformer::realPositions(const ForwardOptions& options, int64_t B, 
   return options.padLeft ? t.ge(T - l) : t.lt(l);
 }
 
+namespace {
+
+// Hugging Face's rope_type scalings of the inverse frequencies (modeling_rope_utils): linear
+// divides them by the factor; llama3 divides the low frequencies, keeps the high ones and blends
+// between by wavelength.
+at::Tensor scaledFrequencies(const Rope& r, const at::Tensor& invFreq) {
+  switch (r.type) {
+    case Rope::Type::Default: return invFreq;
+    case Rope::Type::Linear: return invFreq / r.factor;
+    case Rope::Type::Llama3: {
+      const double lowWavelen = r.originalMaxPositions / r.lowFreqFactor, highWavelen = r.originalMaxPositions / r.highFreqFactor;
+      at::Tensor wavelen = (2.0 * M_PI) / invFreq;
+      at::Tensor scaled = at::where(wavelen > lowWavelen, invFreq / r.factor, invFreq);
+      at::Tensor smooth = (r.originalMaxPositions / wavelen - r.lowFreqFactor) / (r.highFreqFactor - r.lowFreqFactor);
+      at::Tensor smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled;
+      at::Tensor medium = wavelen.ge(highWavelen).logical_and(wavelen.le(lowWavelen));
+      return at::where(medium, smoothed, scaled);
+    }
+  }
+  return invFreq;
+}
+
+}  // namespace
+
 Transformer::Positions Transformer::positions(int64_t T, const at::Tensor& real) const {
   Positions p;
   p.future = at::ones({T, T}, at::TensorOptions().dtype(c10::kBool).device(device())).triu_(1);
@@ -73,14 +108,25 @@ Transformer::Positions Transformer::positions(int64_t T, const at::Tensor& real)
     at::Tensor notSelf = at::eye(T, p.future.options()).logical_not();
     p.blocked = p.future.view({1, 1, T, T}).logical_or(real.logical_not().view({B, 1, 1, T}).logical_and(notSelf));
   }
+  for (int64_t l = 0; l < cfg_.nLayers; ++l) {
+    const int64_t w = cfg_.window(l);
+    if (w <= 0 || p.windowed.count(w)) continue;
+    // Sliding window (Mistral, Gemma, Qwen2): query i sees keys j with i - j < w, as Hugging Face.
+    at::Tensor i = at::arange(T, at::TensorOptions().dtype(c10::kLong).device(device()));
+    at::Tensor far = (i.view({T, 1}) - i.view({1, T})).ge(w);
+    p.windowed[w] = (p.blocked.defined() ? p.blocked : p.future).logical_or(far);
+  }
   if (cfg_.rotaryDim > 0) {
-    // GPT-NeoX rotate-half rotary embedding, angles computed in float32 as Hugging Face does.
+    // Rotate-half rotary embeddings, angles computed in float32 as Hugging Face does.
     auto f32 = at::TensorOptions().dtype(c10::kFloat).device(device());
-    at::Tensor invFreq = 1.0 / at::pow(cfg_.rotaryBase, at::arange(0, cfg_.rotaryDim, 2, f32) / double(cfg_.rotaryDim));
     at::Tensor position = p.ids.defined() ? p.ids.to(c10::kFloat) : at::arange(T, f32).unsqueeze(0);  // [B or 1, T]
-    at::Tensor angles = position.unsqueeze(-1) * invFreq;
-    angles = at::cat({angles, angles}, -1);
-    p.rotary = at::stack({angles.cos(), angles.sin()}).to(w_.W_E.scalar_type());
+    for (const Rope& rope : cfg_.ropes) {
+      at::Tensor invFreq = 1.0 / at::pow(rope.base, at::arange(0, cfg_.rotaryDim, 2, f32) / double(cfg_.rotaryDim));
+      invFreq = scaledFrequencies(rope, invFreq);
+      at::Tensor angles = position.unsqueeze(-1) * invFreq;
+      angles = at::cat({angles, angles}, -1);
+      p.rotary.push_back(at::stack({angles.cos(), angles.sin()}).to(w_.W_E.scalar_type()));
+    }
   }
   return p;
 }
@@ -103,6 +149,7 @@ at::Tensor activation(Activation act, const at::Tensor& x) {
     case Activation::GeluTanh: return at::gelu(x, "tanh");
     case Activation::GeluExact: return at::gelu(x);
     case Activation::Relu: return at::relu(x);
+    case Activation::Silu: return at::silu(x);
   }
   return x;
 }
@@ -118,25 +165,37 @@ at::Tensor positionMean(const at::Tensor& x, const at::Tensor& real) {
 
 at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks) const {
   const LayerWeights& L = w_.layers[layer];
-  const int64_t B = x.size(0), T = x.size(1), d = cfg_.dModel, H = cfg_.nHeads, dh = cfg_.dHead;
-  at::Tensor qkv = at::addmm(L.b_QKV.reshape({-1}), x.reshape({B * T, d}), L.W_QKV.view({d, 3 * H * dh})).view({B, T, 3, H, dh});
-  at::Tensor q = qkv.select(2, 0), k = qkv.select(2, 1), v = qkv.select(2, 2);  // [B, T, H, dh]
+  const int64_t B = x.size(0), T = x.size(1), d = cfg_.dModel, H = cfg_.nHeads, K = cfg_.kvHeads(), dh = cfg_.dHead;
+  at::Tensor qkv = at::addmm(L.b_QKV, x.reshape({B * T, d}), L.W_QKV);  // [B T, (H + 2K) dh]: Q | K | V
+  at::Tensor q = qkv.narrow(1, 0, H * dh).view({B, T, H, dh});
+  at::Tensor k = qkv.narrow(1, H * dh, K * dh).view({B, T, K, dh});
+  at::Tensor v = qkv.narrow(1, (H + K) * dh, K * dh).view({B, T, K, dh});
   hooks.record(layer, BlockHook::AttnQ, q);
   hooks.record(layer, BlockHook::AttnK, k);
   hooks.record(layer, BlockHook::AttnV, v);
+  if (cfg_.qkNorm) {  // Qwen3 / Gemma-3: each head normalised before RoPE
+    q = norm(q, L.qNormW, {}, nullptr);
+    k = norm(k, L.kNormW, {}, nullptr);
+  }
   if (cfg_.rotaryDim > 0) {
-    q = applyRotary(q, pos.rotary, cfg_.rotaryDim);
-    k = applyRotary(k, pos.rotary, cfg_.rotaryDim);
+    const at::Tensor& tables = pos.rotary[cfg_.layerRope.empty() ? 0 : cfg_.layerRope[layer]];
+    q = applyRotary(q, tables, cfg_.rotaryDim);
+    k = applyRotary(k, tables, cfg_.rotaryDim);
     hooks.record(layer, BlockHook::AttnRotQ, q);
     hooks.record(layer, BlockHook::AttnRotK, k);
   }
-  double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  double scale = cfg_.attnScale > 0 ? cfg_.attnScale : 1.0 / std::sqrt(static_cast<double>(dh));
   if (cfg_.scaleAttnByInverseLayerIdx) scale /= static_cast<double>(layer + 1);
-  at::Tensor qh = q.transpose(1, 2), kh = k.transpose(1, 2), vh = v.transpose(1, 2);  // [B, H, T, dh]
+  at::Tensor qh = q.transpose(1, 2), kh = k.transpose(1, 2), vh = v.transpose(1, 2);  // [B, heads, T, dh]
+  if (K != H) {  // grouped-query attention: query head h reads key/value head h / (H / K)
+    kh = kh.repeat_interleave(H / K, 1);
+    vh = vh.repeat_interleave(H / K, 1);
+  }
+  const int64_t window = cfg_.window(layer);
   at::Tensor z;
   [[maybe_unused]] bool observed = hooks.wants(layer, BlockHook::AttnScores) || hooks.wants(layer, BlockHook::AttnPattern);
 #if TORCH_VERSION_MAJOR >= 2
-  if (!observed && !cfg_.scaleAttnByInverseLayerIdx) {
+  if (!observed && !cfg_.scaleAttnByInverseLayerIdx && cfg_.attnScale == 0 && cfg_.attnSoftcap == 0 && window == 0) {
     // Fused kernel (flash / memory-efficient on CUDA) when nobody looks at the pattern; a padded
     // batch passes its mask (true = attend).
     z = pos.blocked.defined() ? at::scaled_dot_product_attention(qh, kh, vh, pos.blocked.logical_not(), 0.0, /*is_causal=*/false)
@@ -145,25 +204,41 @@ at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Posi
 #endif
   if (!z.defined()) {
     at::Tensor scores = at::matmul(qh, kh.transpose(-1, -2)).mul_(scale);  // [B, H, Tq, Tk]
-    scores = scores.masked_fill(pos.blocked.defined() ? pos.blocked : pos.future, -std::numeric_limits<double>::infinity());
+    if (cfg_.attnSoftcap > 0) scores = at::tanh(scores / cfg_.attnSoftcap) * cfg_.attnSoftcap;  // Gemma-2
+    scores = scores.masked_fill(pos.mask(window), -std::numeric_limits<double>::infinity());
     hooks.record(layer, BlockHook::AttnScores, scores);
-    at::Tensor pattern = at::softmax(scores, -1);
+    // Softmax in float32, as Hugging Face's eager attention (the same op in float32 models).
+    at::Tensor pattern = at::softmax(scores, -1, c10::kFloat).to(scores.scalar_type());
     hooks.record(layer, BlockHook::AttnPattern, pattern);
     z = at::matmul(pattern, vh);
   }
   z = z.transpose(1, 2);  // [B, T, H, dh]
   hooks.record(layer, BlockHook::AttnZ, z);
-  return at::addmm(L.b_O, z.reshape({B * T, H * dh}), L.W_O.view({H * dh, d})).view({B, T, d});
+  at::Tensor out = at::addmm(L.b_O, z.reshape({B * T, H * dh}), L.W_O.view({H * dh, d})).view({B, T, d});
+  if (cfg_.sandwichNorms) out = observedNorm(out, L.ln1PostW, {}, hooks, layer, BlockHook::Ln1PostScale, BlockHook::Ln1PostNormalized);
+  return out;
 }
 
 at::Tensor Transformer::mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks) const {
   const LayerWeights& L = w_.layers[layer];
   const int64_t B = x.size(0), T = x.size(1);
-  at::Tensor pre = at::addmm(L.b_in, x.reshape({B * T, cfg_.dModel}), L.W_in);
-  hooks.record(layer, BlockHook::MlpPre, pre.view({B, T, cfg_.dMlp}));
-  at::Tensor post = activation(cfg_.act, pre);
+  at::Tensor flat = x.reshape({B * T, cfg_.dModel});
+  at::Tensor post;
+  if (cfg_.gatedMlp) {  // SwiGLU / GeGLU: down(act(gate x) * up x)
+    at::Tensor gate = at::addmm(L.b_gate, flat, L.W_gate);
+    hooks.record(layer, BlockHook::MlpPre, gate.view({B, T, cfg_.dMlp}));
+    at::Tensor up = at::addmm(L.b_in, flat, L.W_in);
+    hooks.record(layer, BlockHook::MlpPreLinear, up.view({B, T, cfg_.dMlp}));
+    post = activation(cfg_.act, gate).mul_(up);
+  } else {
+    at::Tensor pre = at::addmm(L.b_in, flat, L.W_in);
+    hooks.record(layer, BlockHook::MlpPre, pre.view({B, T, cfg_.dMlp}));
+    post = activation(cfg_.act, pre);
+  }
   hooks.record(layer, BlockHook::MlpPost, post.view({B, T, cfg_.dMlp}));
-  return at::addmm(L.b_out, post, L.W_out).view({B, T, cfg_.dModel});
+  at::Tensor out = at::addmm(L.b_out, post, L.W_out).view({B, T, cfg_.dModel});
+  if (cfg_.sandwichNorms) out = observedNorm(out, L.ln2PostW, {}, hooks, layer, BlockHook::Ln2PostScale, BlockHook::Ln2PostNormalized);
+  return out;
 }
 
 at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, const at::Tensor& residual,
@@ -199,10 +274,10 @@ at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, con
   return out.to(x.options());
 }
 
-at::Tensor Transformer::observedLayerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCapture& hooks,
-                                          int64_t layer, BlockHook scaleHook, BlockHook normalizedHook) const {
+at::Tensor Transformer::observedNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCapture& hooks,
+                                     int64_t layer, BlockHook scaleHook, BlockHook normalizedHook) const {
   at::Tensor scale;
-  at::Tensor out = layerNorm(x, w, b, hooks.wants(layer, scaleHook) ? &scale : nullptr);
+  at::Tensor out = norm(x, w, b, hooks.wants(layer, scaleHook) ? &scale : nullptr);
   hooks.record(layer, scaleHook, scale);
   hooks.record(layer, normalizedHook, out);
   return out;
@@ -213,7 +288,7 @@ at::Tensor Transformer::block(int64_t layer, const at::Tensor& residPre, const P
   const LayerWeights& L = w_.layers[layer];
   hooks.record(layer, BlockHook::ResidPre, residPre);
 
-  at::Tensor x1 = observedLayerNorm(residPre, L.ln1W, L.ln1B, hooks, layer, BlockHook::Ln1Scale, BlockHook::Ln1Normalized);
+  at::Tensor x1 = observedNorm(residPre, L.ln1W, L.ln1B, hooks, layer, BlockHook::Ln1Scale, BlockHook::Ln1Normalized);
   at::Tensor attnOut = attention(layer, x1, pos, hooks);
   hooks.record(layer, BlockHook::AttnOut, attnOut);
 
@@ -224,7 +299,7 @@ at::Tensor Transformer::block(int64_t layer, const at::Tensor& residPre, const P
     mlpIn = residPre + attnOut;
     hooks.record(layer, BlockHook::ResidMid, mlpIn);
   }
-  at::Tensor x2 = observedLayerNorm(mlpIn, L.ln2W, L.ln2B, hooks, layer, BlockHook::Ln2Scale, BlockHook::Ln2Normalized);
+  at::Tensor x2 = observedNorm(mlpIn, L.ln2W, L.ln2B, hooks, layer, BlockHook::Ln2Scale, BlockHook::Ln2Normalized);
   hooks.record(layer, BlockHook::MlpIn, x2);
   at::Tensor mlpOut = mlpOrReplacement(layer, x2, mlpIn, options, hooks);
   hooks.record(layer, BlockHook::MlpHookOut, mlpOut);
@@ -247,6 +322,8 @@ ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOpt
   const Positions pos = positions(T, realPositions(options, tokens.size(0), T, device()));
 
   at::Tensor x = at::embedding(w_.W_E, tokens);
+  // Gemma: embeddings times sqrt(d_model), the factor rounded to the model dtype as Hugging Face does.
+  if (cfg_.embedScale != 1.0) x = x * at::scalar_tensor(cfg_.embedScale, x.options());
   hooks.record(ModelHook::Embed, x);
   if (w_.W_pos.defined()) {
     at::Tensor posEmbed = pos.ids.defined() ? at::embedding(w_.W_pos, pos.ids) : w_.W_pos.narrow(0, 0, T).unsqueeze(0).expand_as(x);
@@ -264,12 +341,13 @@ ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOpt
   bool needFinal = options.logits || hooks.wants(ModelHook::LnFinalNormalized) || hooks.wants(ModelHook::LnFinalScale);
   if (needFinal) {
     at::Tensor scale;
-    at::Tensor xf = layerNorm(x, w_.lnFinalW, w_.lnFinalB, hooks.wants(ModelHook::LnFinalScale) ? &scale : nullptr);
+    at::Tensor xf = norm(x, w_.lnFinalW, w_.lnFinalB, hooks.wants(ModelHook::LnFinalScale) ? &scale : nullptr);
     hooks.record(ModelHook::LnFinalScale, scale);
     hooks.record(ModelHook::LnFinalNormalized, xf);
     if (options.logits) {
       const int64_t B = xf.size(0);
       result.logits = at::addmm(w_.b_U, xf.reshape({B * T, cfg_.dModel}), w_.W_U).view({B, T, cfg_.vocabSize});
+      if (cfg_.finalSoftcap > 0) result.logits = at::tanh(result.logits / cfg_.finalSoftcap) * cfg_.finalSoftcap;
     }
   }
   result.cache = std::move(hooks.tensors());

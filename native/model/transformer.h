@@ -1,4 +1,5 @@
-// The forward pass of a decoder-only transformer (GPT-2 and GPT-NeoX/Pythia), written with
+// The forward pass of a decoder-only transformer (GPT-2, GPT-NeoX/Pythia, Llama/Mistral/Qwen2/Qwen3,
+// Gemma-2/Gemma-3), written with
 // ATen operations that support autograd, with TransformerLens hook points and MLP splicing.
 #pragma once
 #include <ATen/Tensor.h>
@@ -71,17 +72,20 @@ class Transformer {
   static at::Tensor realPositions(const ForwardOptions& options, int64_t B, int64_t T, c10::Device device);
 
  private:
-  // LayerNorm (LayerNormPre when w/b are undefined); fills *scale when asked (hook_scale).
-  at::Tensor layerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale) const;
-  // A block's LayerNorm, recording its hook_scale / hook_normalized when requested.
-  at::Tensor observedLayerNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCapture& hooks,
-                               int64_t layer, BlockHook scaleHook, BlockHook normalizedHook) const;
+  // The model's norm over the last axis: LayerNorm (LayerNormPre when w/b are undefined) or RMSNorm
+  // (RMSNormPre when w is undefined); fills *scale when asked (hook_scale).
+  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale) const;
+  // A block's norm, recording its hook_scale / hook_normalized when requested.
+  at::Tensor observedNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCapture& hooks, int64_t layer,
+                          BlockHook scaleHook, BlockHook normalizedHook) const;
   // Per-forward tables shared by all layers.
   struct Positions {
     at::Tensor future;   // [T, T] bool, true above the diagonal (masked keys)
     at::Tensor blocked;  // padded batches: [B, 1, T, T] bool, future and pad keys (a pad query keeps itself)
     at::Tensor ids;      // padded batches: [B, T] int64 position of each token (real tokens 0..n-1)
-    at::Tensor rotary;   // [2, B or 1, T, rotaryDim] cos/sin, rotary models only
+    std::vector<at::Tensor> rotary;          // per config rope: [2, B or 1, T, rotaryDim] cos/sin
+    std::map<int64_t, at::Tensor> windowed;  // sliding window -> blocked keys (future, pads, too far back)
+    const at::Tensor& mask(int64_t window) const { return window > 0 ? windowed.at(window) : blocked.defined() ? blocked : future; }
   };
   Positions positions(int64_t T, const at::Tensor& real) const;
   at::Tensor attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks) const;

@@ -3,7 +3,7 @@
  * Debian's python3-torch), and small numeric helpers for comparing tensors.
  */
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readSafetensors } from '../../lib/io/safetensors.js';
 import type { Tensor } from '../../lib/tensor.js';
@@ -20,11 +20,21 @@ export function runPython(script: string, args: string[]): string {
   return r.stdout;
 }
 
-/** logits, loss and every hook of the reference forward of `modelDir` on `tokens` [B][T]. */
-export async function referenceForward(modelDir: string, tokens: number[][]): Promise<Record<string, Tensor>> {
+/**
+ * logits, loss and every hook of the reference forward of `modelDir` on `tokens` [B][T]:
+ * hf_reference.py for GPT-2 and GPT-NeoX, hf_modern_reference.py for the Llama and Gemma families
+ * (`dtype` bfloat16: its bf16 forward, returned as float32).
+ */
+export async function referenceForward(modelDir: string, tokens: number[][], dtype: 'float32' | 'bfloat16' = 'float32'): Promise<Record<string, Tensor>> {
   const dir = tempDir('transcoders-ref-');
   writeFileSync(join(dir, 'tokens.json'), JSON.stringify(tokens));
-  runPython('hf_reference.py', [modelDir, join(dir, 'tokens.json'), join(dir, 'out.safetensors')]);
+  const modelType = (JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')) as { model_type?: string }).model_type;
+  const classic = modelType === 'gpt2' || modelType === 'gpt_neox';
+  if (!classic || dtype !== 'float32') {
+    runPython('hf_modern_reference.py', [modelDir, join(dir, 'tokens.json'), join(dir, 'out.safetensors'), '--dtype', dtype]);
+  } else {
+    runPython('hf_reference.py', [modelDir, join(dir, 'tokens.json'), join(dir, 'out.safetensors')]);
+  }
   return (await readSafetensors(join(dir, 'out.safetensors'))).tensors;
 }
 
