@@ -256,20 +256,28 @@ export function pruneGraph(graph: AttributionGraph, options: PruneOptions = {}):
   const nodeMask = new Uint8Array(n);
   for (let i = 0; i < n; i++) nodeMask[i] = i >= ranges.inputStart || influence[i]! >= nodeCut ? 1 : 0;
 
-  // 2. Edges by score on the graph of the kept nodes. Scores are recomputed from the same float64
-  // expression when the mask is made, so only the positive ones are stored (for the sort).
+  // 2. Edges by score on the graph of the kept nodes. Only the positive scores are stored, for the sort
+  // (counted first: entries of dropped nodes, usually most of them, score 0); the mask recomputes each
+  // score from the same float64 expression, so it compares exactly the values sorted.
   const pruned = normalizeRows(matrix, nodeMask);
   const factors = edgeRowFactors(pruned, weights, nodeName);
-  const positives = new Float64Array(columns.length);
-  let p = 0;
-  for (let t = 0; t < n; t++) {
-    if (factors[t] === 0 || !nodeMask[t]) continue;
-    for (let k = rowStart[t]!; k < rowStart[t + 1]!; k++) {
-      const score = normalizedEntry(pruned, t, k) * factors[t]!;
-      if (score > 0) positives[p++] = score;
+  const forEachPositiveScore = (visit: (score: number) => void) => {
+    for (let t = 0; t < n; t++) {
+      if (factors[t] === 0 || !nodeMask[t]) continue;
+      for (let k = rowStart[t]!; k < rowStart[t + 1]!; k++) {
+        const score = normalizedEntry(pruned, t, k) * factors[t]!;
+        if (score > 0) visit(score);
+      }
     }
-  }
-  const edgeCut = thresholdOfPositives(positives.subarray(0, p), n * n - p, edgeThreshold);
+  };
+  let p = 0;
+  forEachPositiveScore(() => p++);
+  const positives = new Float64Array(p);
+  p = 0;
+  forEachPositiveScore((score) => {
+    positives[p++] = score;
+  });
+  const edgeCut = thresholdOfPositives(positives, n * n - p, edgeThreshold);
   const entryMask = new Uint8Array(columns.length);
   for (let t = 0; t < n; t++) {
     if (!nodeMask[t]) continue;
