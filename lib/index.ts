@@ -100,3 +100,16 @@ export { meanInputTimesGradient, type MeanIxgOptions } from './circuits/mean-ixg
 export { saveModel } from './models/save.js';
 export { runDemo, DEMO_MODEL_DIR, type DemoOptions, type DemoResult, type DemoProgress, type DemoStage, type CircuitResult } from './demo/demo.js';
 export { SHIPPED_MODEL_DIR } from './models/shipped.js';
+export {
+  NODE_KIND_CODES, NODE_KIND_ORDER, INPUT_KINDS, validateAttributionGraph, nodeRanges, describeNode, logitWeights, toSparseAdjacency, toDenseValues, findCycle,
+  type NodeKind, type GraphNode as AttributionGraphNode, type Adjacency, type DenseAdjacency, type SparseAdjacency, type AttributionGraph, type NodeRange, type NodeRanges,
+} from './graphs/graph.js';
+export {
+  normalizeRows, computeInfluence, nodeInfluence, edgeScores, findThreshold, pruneGraph, cumulativeShares, graphScores, PRUNE_DEFAULTS, ROW_SUM_FLOOR, MAX_INFLUENCE_ROUNDS,
+  type NormalizedRows, type InfluenceOptions, type PruneOptions, type PruneResult, type GraphScores,
+} from './graphs/prune.js';
+export {
+  buildGraphJson, writeGraphFiles, validateGraphJson, checkSlug, cantorPairing, escapeToken, FEATURE_TYPES, GRAPH_JSON_SCHEMA_VERSION, GRAPH_METADATA_FILE,
+  type GraphJson, type GraphJsonMetadata, type GraphJsonNode, type GraphJsonLink, type GraphJsonOptions, type WriteGraphFilesOptions, type GraphFilesWritten,
+} from './graphs/graph-json.js';
+export { writeAdjacencyFile, ADJACENCY_FILE_FORMAT, ADJACENCY_FILE_VERSION, DEFAULT_MAX_DENSE_BYTES, type AdjacencyFileOptions } from './graphs/adjacency-file.js';
