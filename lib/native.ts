@@ -241,6 +241,46 @@ export interface NativeAttributionClass {
   create(replacement: NativeReplacementModel, tokens: NativeTensor): Promise<NativeAttribution>;
 }
 
+/** A row target of an attribution graph (native/circuits/graph.h). Position -1: the last token. */
+export type NativeGraphTarget =
+  | { kind: 'feature'; layer: number; position: number; index: number }
+  | { kind: 'logit'; position: number; index: number }
+  | { kind: 'direction'; position: number; direction: NativeTensor };
+
+/** Rows in compressed form (columns ascending within a row). */
+export interface NativeGraphRows {
+  rowStart: NativeTensor;
+  columns: NativeTensor;
+  values: NativeTensor;
+  targetValues: NativeTensor;
+  droppedMass: NativeTensor;
+}
+
+export interface NativeAttributionGraphInfo {
+  length: number;
+  nLayers: number;
+  numSources: number;
+  numFeatures: number;
+  errorOffset: number;
+  tokenOffset: number;
+  /** null without learned positional embeddings. */
+  positionalOffset: number | null;
+  biasOffset: number;
+  features: { layer: NativeTensor; position: NativeTensor; index: NativeTensor; activation: NativeTensor };
+  lastLogits: NativeTensor;
+  errorNorms: NativeTensor;
+}
+
+export interface NativeAttributionGraph {
+  info(): NativeAttributionGraphInfo;
+  rows(targets: NativeGraphTarget[], options: { threshold?: number; topK?: number }): Promise<NativeGraphRows>;
+  dispose(): void;
+}
+
+export interface NativeAttributionGraphClass {
+  create(replacement: NativeReplacementModel, tokens: NativeTensor, options: { batchSize: number }): Promise<NativeAttributionGraph>;
+}
+
 /** A list of connections as the native code returns it. */
 export interface NativeConnectionList {
   layer: number;
@@ -285,6 +325,7 @@ interface Addon {
   TrainingRun: NativeTrainingRunClass;
   ReplacementModel: NativeReplacementModelClass;
   Attribution: NativeAttributionClass;
+  AttributionGraph: NativeAttributionGraphClass;
   Connections: NativeConnections;
   setNumThreads(n: number): void;
   getNumThreads(): number;

@@ -66,6 +66,7 @@ export async function writeActivationCache(model: Model, tokenFile: string, laye
   if (layers.length === 0) throw new InvalidArgumentError('cache at least one layer');
   for (const l of layers) if (!Number.isInteger(l) || l < 0 || l >= model.config.nLayers) throw new InvalidArgumentError(`layer ${l} is not a layer of the model`);
   const d = model.config.dModel;
+  const arch = model.config.arch;
   const state = layers.map((layer) => {
     const dir = join(resolve(out), `layer_${layer}`);
     mkdirSync(dir, { recursive: true });
@@ -90,9 +91,9 @@ export async function writeActivationCache(model: Model, tokenFile: string, laye
     const n = Math.min(perForward, total - start);
     const flat = await readTokenRows(header, start, n);
     const rows = Array.from({ length: n }, (_, i) => Array.from(flat.subarray(i * header.contextSize, (i + 1) * header.contextSize)));
-    const { cache } = await model.run(rows, { cache: layers.flatMap((l) => [mlpHooks(l).hookIn, mlpHooks(l).hookOut]), logits: false });
+    const { cache } = await model.run(rows, { cache: layers.flatMap((l) => [mlpHooks(l, arch).hookIn, mlpHooks(l, arch).hookOut]), logits: false });
     for (const s of state) {
-      const [x, y] = [cache[mlpHooks(s.layer).hookIn]!, cache[mlpHooks(s.layer).hookOut]!];
+      const [x, y] = [cache[mlpHooks(s.layer, arch).hookIn]!, cache[mlpHooks(s.layer, arch).hookOut]!];
       const bytes = async (t: typeof x) => (dtype === 'float32' ? t.handle.rawBytes() : (await t.to({ dtype: 'bfloat16', device: 'cpu' })).handle.rawBytes());
       s.pending.push({ input: await bytes(x), target: await bytes(y), rows: n * header.contextSize });
       s.pendingRows += n * header.contextSize;
@@ -103,7 +104,7 @@ export async function writeActivationCache(model: Model, tokenFile: string, laye
   return state.map((s) => {
     flush(s);
     const meta: CacheMeta = {
-      format: CACHE_FORMAT, version: 1, model: model.dir, processing: model.processing, layer: s.layer, ...mlpHooks(s.layer),
+      format: CACHE_FORMAT, version: 1, model: model.dir, processing: model.processing, layer: s.layer, ...mlpHooks(s.layer, arch),
       dtype, dIn: d, dOut: d, count: s.count, contextSize: header.contextSize, tokenFile: resolve(tokenFile), shards: s.shards,
     };
     writeFileAtomic(join(s.dir, META_FILE), [JSON.stringify(meta, null, 2) + '\n']);
@@ -150,9 +151,8 @@ export function readCacheMeta(dir: string): CacheMeta {
   const layer = int('layer', 0, 1_000_000);
   const hookIn = str('hookIn');
   const hookOut = str('hookOut');
-  const expected = mlpHooks(layer);
-  if (hookIn !== expected.hookIn || hookOut !== expected.hookOut) {
-    fail(`fields 'hookIn'/'hookOut' are ${describe(hookIn)}/${describe(hookOut)}, but layer ${layer}'s are "${expected.hookIn}"/"${expected.hookOut}"`);
+  if (!hookIn.startsWith(`blocks.${layer}.`) || !hookOut.startsWith(`blocks.${layer}.`)) {
+    fail(`fields 'hookIn'/'hookOut' are ${describe(hookIn)}/${describe(hookOut)}, which are not hooks of layer ${layer}`);
   }
   const folderLayer = /^layer_(\d+)$/.exec(basename(resolve(dir)));
   if (folderLayer && Number(folderLayer[1]) !== layer) fail(`field 'layer' is ${layer} but the folder is ${basename(resolve(dir))}`);

@@ -2,6 +2,7 @@
  * Transcoder configuration: architecture, sizes, and where it sits in a model (TransformerLens
  * hook names). Stored as the `cfg.json` of the native format; validated with errors naming the field.
  */
+import type { Architecture } from '../models/config.js';
 import { InvalidArgumentError } from '../errors.js';
 import { describe } from '../io/json.js';
 import type { Processing } from '../models/model.js';
@@ -39,9 +40,17 @@ export interface TranscoderConfig {
   training?: Record<string, unknown>;
 }
 
-/** The conventional hooks of a layer's MLP transcoder. */
-export function mlpHooks(layer: number): { hookIn: string; hookOut: string } {
-  return { hookIn: `blocks.${layer}.ln2.hook_normalized`, hookOut: `blocks.${layer}.hook_mlp_out` };
+/**
+ * The conventional hooks of a layer's MLP transcoder for a model architecture: GPT-2 and Pythia
+ * the paper's `ln2.hook_normalized` -> `hook_mlp_out`; the modern families the hooks of their
+ * released transcoders (circuit-tracer's Llama sets `hook_resid_mid` -> `mlp.hook_out`, Gemma Scope
+ * and the Qwen3 sets `mlp.hook_in` -> `mlp.hook_out`).
+ */
+export function mlpHooks(layer: number, arch: Architecture = 'gpt2'): { hookIn: string; hookOut: string } {
+  const p = `blocks.${layer}.`;
+  if (arch === 'gpt2' || arch === 'gpt_neox') return { hookIn: `${p}ln2.hook_normalized`, hookOut: `${p}hook_mlp_out` };
+  if (arch === 'llama' || arch === 'mistral') return { hookIn: `${p}hook_resid_mid`, hookOut: `${p}mlp.hook_out` };
+  return { hookIn: `${p}mlp.hook_in`, hookOut: `${p}mlp.hook_out` };
 }
 
 /** Validates a configuration (from a file or a caller); `source` names it in errors. */

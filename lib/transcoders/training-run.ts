@@ -175,8 +175,11 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   for (const layer of opts.layers) {
     if (!Number.isInteger(layer) || layer < 0 || (model && layer >= model.config.nLayers)) throw new InvalidArgumentError(`layer ${layer} is not a layer of the model`);
   }
-  const hooks = opts.layers.map((l) => ({ input: mlpHooks(l).hookIn, target: mlpHooks(l).hookOut }));
   const cacheMeta = fromCache ? readCacheShards((opts.data as TrainDataCache).activations) : null;
+  // The family's transcoder hooks, or the ones the activation cache was made from.
+  const cacheHooks = fromCache ? readCacheMeta((opts.data as TrainDataCache).activations) : null;
+  const hooksOf = (l: number) => (cacheHooks ? { hookIn: cacheHooks.hookIn, hookOut: cacheHooks.hookOut } : mlpHooks(l, model!.config.arch));
+  const hooks = opts.layers.map((l) => ({ input: hooksOf(l).hookIn, target: hooksOf(l).hookOut }));
   const dIn = width ?? cacheMeta![0]!.dIn;
   const dOut = width ?? cacheMeta![0]!.dOut;
   if ((opts.device ?? 'cpu').startsWith('cpu')) checkMemory(`training ${opts.layers.length} transcoder(s) of ${opts.dSae} features`, trainingMemory(opts, dIn, dOut, batchSize));
@@ -194,7 +197,7 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   };
   if (lock.tookOver) warn(`${lock.path}: took over the stale lock of process ${lock.tookOver.pid} (${lock.tookOver.what}; no longer running)`);
   try {
-    return await trainLocked(opts, { out, batchSize, totalSteps, fromCache, model, hooks, cacheMeta, dIn, dOut, warnings, warn });
+    return await trainLocked(opts, { out, batchSize, totalSteps, fromCache, model, hooks, hooksOf, cacheMeta, dIn, dOut, warnings, warn });
   } finally {
     lock.release();
   }
@@ -207,6 +210,8 @@ interface RunContext {
   fromCache: boolean;
   model: Model | null;
   hooks: { input: string; target: string }[];
+  /** Each layer's transcoder hooks (the model family's, or the activation cache's). */
+  hooksOf: (layer: number) => { hookIn: string; hookOut: string };
   cacheMeta: ReturnType<typeof readCacheShards> | null;
   dIn: number;
   dOut: number;
@@ -229,7 +234,7 @@ function checkResumeConflicts(config: TranscoderConfig, opts: TrainRunOptions, d
 }
 
 async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<TrainResult> {
-  const { out, batchSize, totalSteps, fromCache, model, hooks, cacheMeta, dIn, dOut, warnings, warn } = ctx;
+  const { out, batchSize, totalSteps, fromCache, model, hooks, hooksOf, cacheMeta, dIn, dOut, warnings, warn } = ctx;
   const checkpointsDir = join(out, 'checkpoints');
   // The newest complete checkpoint, past broken ones; then leftovers of killed writes are cleaned
   // (which also moves a complete copy left under a temporary name back into place).
@@ -246,7 +251,7 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
   const transcoders: Transcoder[] = [];
   for (const [i, layer] of opts.layers.entries()) {
     const config: Partial<TranscoderConfig> = {
-      arch: opts.arch, dIn, dOut, dSae: opts.dSae, skip: opts.skip ?? false, k: opts.k, bandwidth: opts.bandwidth, layer, ...mlpHooks(layer),
+      arch: opts.arch, dIn, dOut, dSae: opts.dSae, skip: opts.skip ?? false, k: opts.k, bandwidth: opts.bandwidth, layer, ...hooksOf(layer),
       modelName: model ? model.dir : null, processing: model ? model.processing : null,
     };
     validateTranscoderConfig(config, `layer ${layer}`);
@@ -255,7 +260,7 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
       tc = await loadNativeTranscoder(join(latest.dir, `layer_${layer}`), opts);
       checkResumeConflicts(tc.config, opts, latest.dir);
     }
-    else if (opts.init?.[layer]) tc = await Transcoder.fromParameters({ ...opts.init[layer]!.config, layer, ...mlpHooks(layer) }, opts.init[layer]!.parameters(), opts);
+    else if (opts.init?.[layer]) tc = await Transcoder.fromParameters({ ...opts.init[layer]!.config, layer, ...hooksOf(layer) }, opts.init[layer]!.parameters(), opts);
     else tc = await Transcoder.create(config, { ...opts, seed: (opts.seed ?? 0) + i });
     transcoders.push(tc);
   }

@@ -6,6 +6,7 @@
 #include <torch/version.h>
 
 #include "bindings/attribution_wrap.h"
+#include "bindings/graph_wrap.h"
 #include "bindings/connections_wrap.h"
 #include "core/errors.h"
 #include "bindings/state.h"
@@ -79,6 +80,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("TrainingRun", JsTrainingRun::define(env));
   exports.Set("ReplacementModel", JsReplacementModel::define(env));
   exports.Set("Attribution", JsAttribution::define(env));
+  exports.Set("AttributionGraph", JsAttributionGraph::define(env));
   exports.Set("Connections", connectionsExports(env));
   exports.Set("shuffleBatches", Napi::Function::New(env, shuffleBatchesJs));
   exports.Set("geometricMedian", Napi::Function::New(env, geometricMedianJs));

@@ -24,7 +24,7 @@ AttributionContext::AttributionContext(std::shared_ptr<const ReplacementModel> r
   const ModelConfig& cfg = model.config();
   parallel_ = cfg.parallelResidual;
   // LayerNorm weights are present exactly when the model was loaded raw (processing 'none').
-  centre_ = model.weights().layers.front().ln1W.defined();
+  centre_ = cfg.norm == Norm::LayerNorm && model.weights().layers.front().ln1W.defined();
   ForwardOptions o;
   o.logits = false;
   o.hooks.push_back("ln_final.hook_scale");
@@ -32,6 +32,7 @@ AttributionContext::AttributionContext(std::shared_ptr<const ReplacementModel> r
     for (const char* h : {"hook_resid_pre", "hook_resid_post", "ln1.hook_scale", "ln2.hook_scale", "attn.hook_pattern", "attn.hook_v", "hook_mlp_out"})
       o.hooks.push_back(layerName(l) + h);
     if (!parallel_) o.hooks.push_back(layerName(l) + "hook_resid_mid");
+    if (cfg.sandwichNorms) o.hooks.push_back(layerName(l) + "ln1_post.hook_scale");
   }
   for (int64_t l : replacement_->layers()) o.hooks.push_back(replacement_->placement(l).hookIn);
   std::sort(o.hooks.begin(), o.hooks.end());
@@ -50,7 +51,9 @@ AttributionContext::AttributionContext(std::shared_ptr<const ReplacementModel> r
     ln1Scale_.push_back(get(p + "ln1.hook_scale").squeeze(-1));
     ln2Scale_.push_back(get(p + "ln2.hook_scale").squeeze(-1));
     pattern_.push_back(get(p + "attn.hook_pattern"));
-    values_.push_back(get(p + "attn.hook_v"));
+    at::Tensor v = get(p + "attn.hook_v");  // [T, K, dh]
+    values_.push_back(cfg.kvHeads() == cfg.nHeads ? v : v.repeat_interleave(cfg.nHeads / cfg.kvHeads(), 1));
+    if (cfg.sandwichNorms) attnPostScale_.push_back(get(p + "ln1_post.hook_scale").squeeze(-1));
     mlpOut_.push_back(get(p + "hook_mlp_out"));
   }
   for (int64_t l : replacement_->layers()) {
@@ -61,7 +64,8 @@ AttributionContext::AttributionContext(std::shared_ptr<const ReplacementModel> r
 }
 
 at::Tensor AttributionContext::throughNorm(const at::Tensor& u, const at::Tensor& w, double c) const {
-  at::Tensor v = w.defined() ? u * w.to(u.options()) : u;
+  at::Tensor gain = normGain(model().config(), w);
+  at::Tensor v = gain.defined() ? u * gain.to(u.options()) : u;
   if (centre_) v = v - v.mean();
   return v * c;
 }
@@ -161,9 +165,15 @@ void AttributionContext::materialize(AttributionNode& n, const at::Tensor& v, in
   }
 }
 
+at::Tensor AttributionContext::beforeAttentionPostNorm(const at::Tensor& v, int64_t layer, int64_t position) const {
+  if (attnPostScale_.empty()) return v;
+  at::Tensor gain = normGain(model().config(), model().weights().layers[layer].ln1PostW);
+  return v * gain.to(v.options()) / attnPostScale_[layer][position].item<double>();
+}
+
 at::Tensor AttributionContext::attentionContributions(const at::Tensor& v, int64_t layer, int64_t position) const {
   const at::Tensor W_O = weightByName(model().weights(), "blocks." + std::to_string(layer) + ".attn.W_O");  // [H, dh, d]
-  at::Tensor ov = at::matmul(W_O, v.to(W_O.options()));                                                       // [H, dh]
+  at::Tensor ov = at::matmul(W_O, beforeAttentionPostNorm(v, layer, position).to(W_O.options()));             // [H, dh]
   at::Tensor perSource = (values_[layer] * ov.unsqueeze(0)).sum(-1).t();                                       // [H, T]
   return pattern_[layer].select(1, position) * perSource;
 }
@@ -172,7 +182,8 @@ AttributionNode AttributionContext::attentionChild(const at::Tensor& v, int64_t 
                                                    int64_t source, double contrib) const {
   const std::string p = "blocks." + std::to_string(layer) + ".attn.";
   const Weights& w = model().weights();
-  at::Tensor W_O = weightByName(w, p + "W_O")[head], W_V = weightByName(w, p + "W_V")[head], b_V = weightByName(w, p + "b_V")[head];
+  const int64_t kvHead = head / (model().config().nHeads / model().config().kvHeads());  // GQA: the value head it reads
+  at::Tensor W_O = weightByName(w, p + "W_O")[head], W_V = weightByName(w, p + "W_V")[kvHead], b_V = weightByName(w, p + "b_V")[kvHead];
   AttributionNode n;
   n.kind = NodeKind::Attention;
   n.layer = layer;
@@ -184,8 +195,8 @@ AttributionNode AttributionContext::attentionChild(const at::Tensor& v, int64_t 
   // OV circuit, the attention weight, and ln1 frozen at the source: n.vector . resid_pre[s] + n.bias = contrib,
   // the bias being what ln1's bias and the value bias carry along the head's output.
   double weight = pattern_[layer][head][position][source].item<double>();
-  at::Tensor out = at::mv(W_O, v.to(W_O.options()));  // [dh]
-  at::Tensor u = at::mv(W_V, out);                     // [d]
+  at::Tensor out = at::mv(W_O, beforeAttentionPostNorm(v, layer, position).to(W_O.options()));  // [dh]
+  at::Tensor u = at::mv(W_V, out);                                                           // [d]
   n.vector = throughNorm(u, w.layers[layer].ln1W, weight * lnConstant(layer, source, false)).to(residPre_[0].options());
   n.bias = weight * (alongBias(u, w.layers[layer].ln1B) + at::dot(b_V.to(out.options()), out).item<double>());
   return n;

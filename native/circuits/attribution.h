@@ -123,11 +123,15 @@ class AttributionContext {
   std::shared_ptr<const ReplacementModel> replacement_;
   bool parallel_;
   bool centre_;  // raw model: LayerNorms centre their input explicitly (see the header comment)
+  // A direction read off the residual at `position`, taken back through Gemma's post-attention norm
+  // (frozen scale): what the attention output must carry. Identity without sandwich norms.
+  at::Tensor beforeAttentionPostNorm(const at::Tensor& v, int64_t layer, int64_t position) const;
   int64_t T_;
   std::vector<at::Tensor> residPre_, residMid_, residPost_;  // [T, d] per layer
   std::vector<at::Tensor> ln1Scale_, ln2Scale_;              // [T] per layer
   at::Tensor lnFinalScale_;                                   // [T]
-  std::vector<at::Tensor> pattern_, values_, mlpOut_;  // [H, T, T], [T, H, dh], [T, d]
+  std::vector<at::Tensor> pattern_, values_, mlpOut_;  // [H, T, T], [T, H, dh] (GQA: repeated per query head), [T, d]
+  std::vector<at::Tensor> attnPostScale_;  // Gemma: [T] frozen scale of the post-attention norm
   std::map<int64_t, at::Tensor> tcIn_;                  // each transcoder's input [T, d]
   std::map<int64_t, at::Tensor> acts_;                        // [T, m]
   // Transcoder outputs [T, d], decoded on first use (only error terms need them).

@@ -30,23 +30,25 @@ at::Tensor Transformer::prepareTokens(const at::Tensor& tokens) const {
   return t.to(device(), c10::kLong);
 }
 
-at::Tensor Transformer::norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale) const {
+at::Tensor Transformer::norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale, bool freeze) const {
   if (cfg_.norm == Norm::RMSNorm) {
     // As Hugging Face computes it: in float32, back to the model dtype before the gain (Llama) or
     // after it (Gemma's (1 + w)). hook_scale = sqrt(mean(x^2) + eps), as TransformerLens's RMSNorm.
     at::Tensor xf = x.to(c10::kFloat);
     at::Tensor ms = xf.pow(2).mean(-1, /*keepdim=*/true).add_(cfg_.lnEps);
     if (scale != nullptr) *scale = ms.sqrt().to(x.scalar_type());
-    at::Tensor n = xf * ms.rsqrt();
+    at::Tensor inv = ms.rsqrt();
+    at::Tensor n = xf * (freeze ? inv.detach() : inv);
     if (!w.defined()) return n.to(x.scalar_type());
     if (cfg_.normPlusOne) return (n * (w.to(c10::kFloat) + 1.0)).to(x.scalar_type());
     return w * n.to(x.scalar_type());
   }
-  if (scale == nullptr) return at::layer_norm(x, {x.size(-1)}, w, b, cfg_.lnEps);
-  // Spelled out when the scale is observed: TransformerLens's hook_scale = sqrt(mean(xc^2) + eps).
+  if (scale == nullptr && !freeze) return at::layer_norm(x, {x.size(-1)}, w, b, cfg_.lnEps);
+  // Spelled out when the scale is observed or frozen: TransformerLens's hook_scale = sqrt(mean(xc^2) + eps).
   at::Tensor xc = x - x.mean(-1, /*keepdim=*/true);
-  *scale = (xc.pow(2).mean(-1, /*keepdim=*/true) + cfg_.lnEps).sqrt();
-  at::Tensor out = xc / *scale;
+  at::Tensor s = (xc.pow(2).mean(-1, /*keepdim=*/true) + cfg_.lnEps).sqrt();
+  if (scale != nullptr) *scale = s;
+  at::Tensor out = xc / (freeze ? s.detach() : s);
   return w.defined() ? at::addcmul(b, out, w) : out;
 }
 
@@ -163,7 +165,7 @@ at::Tensor positionMean(const at::Tensor& x, const at::Tensor& real) {
 
 }  // namespace
 
-at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks) const {
+at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks, bool freeze) const {
   const LayerWeights& L = w_.layers[layer];
   const int64_t B = x.size(0), T = x.size(1), d = cfg_.dModel, H = cfg_.nHeads, K = cfg_.kvHeads(), dh = cfg_.dHead;
   at::Tensor qkv = at::addmm(L.b_QKV, x.reshape({B * T, d}), L.W_QKV);  // [B T, (H + 2K) dh]: Q | K | V
@@ -174,8 +176,8 @@ at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Posi
   hooks.record(layer, BlockHook::AttnK, k);
   hooks.record(layer, BlockHook::AttnV, v);
   if (cfg_.qkNorm) {  // Qwen3 / Gemma-3: each head normalised before RoPE
-    q = norm(q, L.qNormW, {}, nullptr);
-    k = norm(k, L.kNormW, {}, nullptr);
+    q = norm(q, L.qNormW, {}, nullptr, freeze);
+    k = norm(k, L.kNormW, {}, nullptr, freeze);
   }
   if (cfg_.rotaryDim > 0) {
     const at::Tensor& tables = pos.rotary[cfg_.layerRope.empty() ? 0 : cfg_.layerRope[layer]];
@@ -195,7 +197,7 @@ at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Posi
   at::Tensor z;
   [[maybe_unused]] bool observed = hooks.wants(layer, BlockHook::AttnScores) || hooks.wants(layer, BlockHook::AttnPattern);
 #if TORCH_VERSION_MAJOR >= 2
-  if (!observed && !cfg_.scaleAttnByInverseLayerIdx && cfg_.attnScale == 0 && cfg_.attnSoftcap == 0 && window == 0) {
+  if (!observed && !freeze && !cfg_.scaleAttnByInverseLayerIdx && cfg_.attnScale == 0 && cfg_.attnSoftcap == 0 && window == 0) {
     // Fused kernel (flash / memory-efficient on CUDA) when nobody looks at the pattern; a padded
     // batch passes its mask (true = attend).
     z = pos.blocked.defined() ? at::scaled_dot_product_attention(qh, kh, vh, pos.blocked.logical_not(), 0.0, /*is_causal=*/false)
@@ -209,17 +211,18 @@ at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Posi
     hooks.record(layer, BlockHook::AttnScores, scores);
     // Softmax in float32, as Hugging Face's eager attention (the same op in float32 models).
     at::Tensor pattern = at::softmax(scores, -1, c10::kFloat).to(scores.scalar_type());
+    if (freeze) pattern = pattern.detach();  // attention is then linear in the values
     hooks.record(layer, BlockHook::AttnPattern, pattern);
     z = at::matmul(pattern, vh);
   }
   z = z.transpose(1, 2);  // [B, T, H, dh]
   hooks.record(layer, BlockHook::AttnZ, z);
   at::Tensor out = at::addmm(L.b_O, z.reshape({B * T, H * dh}), L.W_O.view({H * dh, d})).view({B, T, d});
-  if (cfg_.sandwichNorms) out = observedNorm(out, L.ln1PostW, {}, hooks, layer, BlockHook::Ln1PostScale, BlockHook::Ln1PostNormalized);
+  if (cfg_.sandwichNorms) out = observedNorm(out, L.ln1PostW, {}, hooks, layer, BlockHook::Ln1PostScale, BlockHook::Ln1PostNormalized, freeze);
   return out;
 }
 
-at::Tensor Transformer::mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks) const {
+at::Tensor Transformer::mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks, bool freeze) const {
   const LayerWeights& L = w_.layers[layer];
   const int64_t B = x.size(0), T = x.size(1);
   at::Tensor flat = x.reshape({B * T, cfg_.dModel});
@@ -237,20 +240,20 @@ at::Tensor Transformer::mlp(int64_t layer, const at::Tensor& x, HookCapture& hoo
   }
   hooks.record(layer, BlockHook::MlpPost, post.view({B, T, cfg_.dMlp}));
   at::Tensor out = at::addmm(L.b_out, post, L.W_out).view({B, T, cfg_.dModel});
-  if (cfg_.sandwichNorms) out = observedNorm(out, L.ln2PostW, {}, hooks, layer, BlockHook::Ln2PostScale, BlockHook::Ln2PostNormalized);
+  if (cfg_.sandwichNorms) out = observedNorm(out, L.ln2PostW, {}, hooks, layer, BlockHook::Ln2PostScale, BlockHook::Ln2PostNormalized, freeze);
   return out;
 }
 
 at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, const at::Tensor& residual,
                                          const ForwardOptions& options, HookCapture& hooks) const {
   auto it = options.mlpReplacements.find(layer);
-  if (it == options.mlpReplacements.end()) return mlp(layer, x, hooks);
+  if (it == options.mlpReplacements.end()) return mlp(layer, x, hooks, options.freeze);
   const MlpReplacement& r = it->second;
   // The original MLP runs only when something needs it: its hooks, a mean over this batch, a module.
   bool needOriginal = hooks.wants(layer, BlockHook::MlpPre) || hooks.wants(layer, BlockHook::MlpPost) ||
                       (r.kind == MlpReplacement::Kind::Mean && !r.value.defined()) ||
                       (r.kind == MlpReplacement::Kind::Module && r.moduleNeedsOriginal);
-  at::Tensor original = needOriginal ? mlp(layer, x, hooks) : at::Tensor();
+  at::Tensor original = needOriginal ? mlp(layer, x, hooks, options.freeze) : at::Tensor();
   const std::vector<int64_t> shape = {x.size(0), x.size(1), cfg_.dModel};
   auto broadcast = [&](const at::Tensor& value) {
     if (!at::is_expandable_to(value.sizes(), shape))
@@ -275,9 +278,9 @@ at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, con
 }
 
 at::Tensor Transformer::observedNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCapture& hooks,
-                                     int64_t layer, BlockHook scaleHook, BlockHook normalizedHook) const {
+                                     int64_t layer, BlockHook scaleHook, BlockHook normalizedHook, bool freeze) const {
   at::Tensor scale;
-  at::Tensor out = norm(x, w, b, hooks.wants(layer, scaleHook) ? &scale : nullptr);
+  at::Tensor out = norm(x, w, b, hooks.wants(layer, scaleHook) ? &scale : nullptr, freeze);
   hooks.record(layer, scaleHook, scale);
   hooks.record(layer, normalizedHook, out);
   return out;
@@ -288,8 +291,8 @@ at::Tensor Transformer::block(int64_t layer, const at::Tensor& residPre, const P
   const LayerWeights& L = w_.layers[layer];
   hooks.record(layer, BlockHook::ResidPre, residPre);
 
-  at::Tensor x1 = observedNorm(residPre, L.ln1W, L.ln1B, hooks, layer, BlockHook::Ln1Scale, BlockHook::Ln1Normalized);
-  at::Tensor attnOut = attention(layer, x1, pos, hooks);
+  at::Tensor x1 = observedNorm(residPre, L.ln1W, L.ln1B, hooks, layer, BlockHook::Ln1Scale, BlockHook::Ln1Normalized, options.freeze);
+  at::Tensor attnOut = attention(layer, x1, pos, hooks, options.freeze);
   hooks.record(layer, BlockHook::AttnOut, attnOut);
 
   // Sequential blocks (GPT-2, NeoX without parallel residual) feed the MLP resid_mid; parallel
@@ -299,7 +302,7 @@ at::Tensor Transformer::block(int64_t layer, const at::Tensor& residPre, const P
     mlpIn = residPre + attnOut;
     hooks.record(layer, BlockHook::ResidMid, mlpIn);
   }
-  at::Tensor x2 = observedNorm(mlpIn, L.ln2W, L.ln2B, hooks, layer, BlockHook::Ln2Scale, BlockHook::Ln2Normalized);
+  at::Tensor x2 = observedNorm(mlpIn, L.ln2W, L.ln2B, hooks, layer, BlockHook::Ln2Scale, BlockHook::Ln2Normalized, options.freeze);
   hooks.record(layer, BlockHook::MlpIn, x2);
   at::Tensor mlpOut = mlpOrReplacement(layer, x2, mlpIn, options, hooks);
   hooks.record(layer, BlockHook::MlpHookOut, mlpOut);
@@ -324,9 +327,11 @@ ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOpt
   at::Tensor x = at::embedding(w_.W_E, tokens);
   // Gemma: embeddings times sqrt(d_model), the factor rounded to the model dtype as Hugging Face does.
   if (cfg_.embedScale != 1.0) x = x * at::scalar_tensor(cfg_.embedScale, x.options());
+  if (options.embeddingLeaves) x = x.detach().requires_grad_(true);
   hooks.record(ModelHook::Embed, x);
   if (w_.W_pos.defined()) {
     at::Tensor posEmbed = pos.ids.defined() ? at::embedding(w_.W_pos, pos.ids) : w_.W_pos.narrow(0, 0, T).unsqueeze(0).expand_as(x);
+    if (options.embeddingLeaves) posEmbed = posEmbed.contiguous().detach().requires_grad_(true);
     hooks.record(ModelHook::PosEmbed, posEmbed);
     x = x + posEmbed;
   }
@@ -341,7 +346,7 @@ ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOpt
   bool needFinal = options.logits || hooks.wants(ModelHook::LnFinalNormalized) || hooks.wants(ModelHook::LnFinalScale);
   if (needFinal) {
     at::Tensor scale;
-    at::Tensor xf = norm(x, w_.lnFinalW, w_.lnFinalB, hooks.wants(ModelHook::LnFinalScale) ? &scale : nullptr);
+    at::Tensor xf = norm(x, w_.lnFinalW, w_.lnFinalB, hooks.wants(ModelHook::LnFinalScale) ? &scale : nullptr, options.freeze);
     hooks.record(ModelHook::LnFinalScale, scale);
     hooks.record(ModelHook::LnFinalNormalized, xf);
     if (options.logits) {

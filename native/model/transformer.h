@@ -41,6 +41,13 @@ struct ForwardOptions {
   // positions 0..n-1, and 'mean' replacements average real positions only.
   at::Tensor lengths;
   bool padLeft = false;
+  // The local replacement model of attribution graphs: attention patterns and every norm's scale
+  // are constants (stop-gradient), so that with MLPs replaced the forward is linear in the residual
+  // writes. Forward values are unchanged.
+  bool freeze = false;
+  // hook_embed (and hook_pos_embed) become leaves that require grad: the roots of backward passes
+  // through a model whose weights do not.
+  bool embeddingLeaves = false;
 };
 
 struct ForwardResult {
@@ -74,10 +81,11 @@ class Transformer {
  private:
   // The model's norm over the last axis: LayerNorm (LayerNormPre when w/b are undefined) or RMSNorm
   // (RMSNormPre when w is undefined); fills *scale when asked (hook_scale).
-  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale) const;
+  // With `freeze` the scale is a constant for autograd.
+  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale, bool freeze = false) const;
   // A block's norm, recording its hook_scale / hook_normalized when requested.
   at::Tensor observedNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCapture& hooks, int64_t layer,
-                          BlockHook scaleHook, BlockHook normalizedHook) const;
+                          BlockHook scaleHook, BlockHook normalizedHook, bool freeze) const;
   // Per-forward tables shared by all layers.
   struct Positions {
     at::Tensor future;   // [T, T] bool, true above the diagonal (masked keys)
@@ -88,8 +96,8 @@ class Transformer {
     const at::Tensor& mask(int64_t window) const { return window > 0 ? windowed.at(window) : blocked.defined() ? blocked : future; }
   };
   Positions positions(int64_t T, const at::Tensor& real) const;
-  at::Tensor attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks) const;
-  at::Tensor mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks) const;
+  at::Tensor attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks, bool freeze) const;
+  at::Tensor mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks, bool freeze) const;
   // `x` is the MLP's input, `residual` the residual stream its LayerNorm read.
   at::Tensor mlpOrReplacement(int64_t layer, const at::Tensor& x, const at::Tensor& residual, const ForwardOptions& options,
                               HookCapture& hooks) const;
