@@ -22,7 +22,10 @@ import { handBuiltGraph, handBuiltGraphWithInputs, randomDag } from './helpers/g
 import { PYTHON } from './helpers/reference.js';
 
 const SCHEMA_FILE = new URL('../lib/graphs/attribution-graph.schema.json', import.meta.url);
-const validateAgainstSchema = new Ajv({ allErrors: true, strict: false }).compile(JSON.parse(readFileSync(SCHEMA_FILE, 'utf8')));
+const schema = JSON.parse(readFileSync(SCHEMA_FILE, 'utf8'));
+const validateAgainstSchema = new Ajv({ allErrors: true, strict: false }).compile(schema);
+/** graph-metadata.json entries are the graphs' metadata objects. */
+const validateMetadata = new Ajv({ allErrors: true, strict: false }).compile(schema.properties.metadata);
 
 function expectSchemaValid(json: unknown): void {
   if (!validateAgainstSchema(json)) throw new Error(`schema errors: ${JSON.stringify(validateAgainstSchema.errors?.slice(0, 5))}`);
@@ -194,6 +197,7 @@ describe('graph folders', () => {
     const index = readJson(GRAPH_METADATA_FILE);
     expect(index.graphs.map((g: { slug: string }) => g.slug)).toEqual(['second', 'first']);
     expect(index.graphs[1]).toEqual(rewritten.metadata);
+    for (const entry of index.graphs) expect(validateMetadata(entry), JSON.stringify(validateMetadata.errors)).toBe(true);
     expect(readJson('first.json').metadata.prompt).toBe('another prompt');
     expect(existsSync(join(dir, LOCK_FILE))).toBe(false);
   });
