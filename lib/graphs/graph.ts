@@ -192,7 +192,11 @@ export function validateAttributionGraph(graph: AttributionGraph): NodeRanges {
   const logitKeys = new Set<string>();
   for (let i = 0; i < nodes.length; i++) {
     const node = nodes[i]!;
-    const bad = (field: string, want: string): never => fail(`nodes[${i}].${field} is ${JSON.stringify(node[field as keyof GraphNode])}; a ${node.kind} node needs ${want}`);
+    const bad = (field: keyof GraphNode, want: string): never => {
+      const value = node[field];
+      // String(), not JSON: JSON.stringify writes NaN and Infinity as null.
+      return fail(`nodes[${i}].${field} is ${typeof value === 'number' ? String(value) : JSON.stringify(value)}; a ${node.kind} node needs ${want}`);
+    };
     if (!isInt(node.layer)) bad('layer', 'an integer');
     if (!isInt(node.position)) bad('position', 'an integer');
     if (!isInt(node.index)) bad('index', 'an integer');
@@ -317,7 +321,7 @@ function validateAdjacency(adjacency: Adjacency, nodes: readonly GraphNode[], ra
       const row = t * n;
       for (let s = 0; s < n; s++) {
         const w = v[row + s]!;
-        if (w !== 0 || Number.isNaN(w)) checkEntry(t, s, w);
+        if (w !== 0) checkEntry(t, s, w); // NaN included: NaN !== 0
       }
     }
     return;
