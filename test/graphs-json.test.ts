@@ -22,7 +22,10 @@ import { handBuiltGraph, handBuiltGraphWithInputs, randomDag } from './helpers/g
 import { PYTHON } from './helpers/reference.js';
 
 const SCHEMA_FILE = new URL('../lib/graphs/attribution-graph.schema.json', import.meta.url);
-const validateAgainstSchema = new Ajv({ allErrors: true, strict: false }).compile(JSON.parse(readFileSync(SCHEMA_FILE, 'utf8')));
+const schema = JSON.parse(readFileSync(SCHEMA_FILE, 'utf8'));
+const validateAgainstSchema = new Ajv({ allErrors: true, strict: false }).compile(schema);
+/** graph-metadata.json entries are the graphs' metadata objects. */
+const validateMetadata = new Ajv({ allErrors: true, strict: false }).compile(schema.properties.metadata);
 
 function expectSchemaValid(json: unknown): void {
   if (!validateAgainstSchema(json)) throw new Error(`schema errors: ${JSON.stringify(validateAgainstSchema.errors?.slice(0, 5))}`);
@@ -127,6 +130,23 @@ describe('graph JSON', () => {
     expect(() => buildGraphJson(graph, pruned, { slug: 'x', positionalNodes: 'bias' as 'omit' })).toThrow(/positionalNodes must be 'embedding' or 'omit'/);
   });
 
+  it('takes the attribution\'s variants: positional index = position, a bias node after the last block, a direction target', () => {
+    const base = handBuiltGraphWithInputs();
+    const nodes = base.nodes.map((node, i) => {
+      if (node.kind === 'positional') return { ...node, index: node.position };
+      if (i === 13) return { ...node, layer: 2 }; // the biases after the last block, read by a logit
+      if (i === 15) return { ...node, index: -1, label: 'direction' };
+      return node;
+    });
+    const graph = { ...base, nodes };
+    const json = buildGraphJson(graph, pruneGraph(graph), { slug: 'variants' });
+    expectSchemaValid(json);
+    expect(json.nodes.map((node) => node.node_id)).toContain('3_-1_1');
+    expect(json.nodes.find((node) => node.node_id === '3_-1_1')).toMatchObject({ feature: -1, jsNodeId: 'L_-1-1', clerp: 'Output "direction" (p=0.300)' });
+    const badBias = { ...graph, nodes: nodes.map((node, i) => (i === 13 ? { ...node, layer: 3 } : node)) };
+    expect(() => pruneGraph(badBias)).toThrow(/nodes\[13\]\.layer is 3; a bias node needs a layer in \[0, 2\]/);
+  });
+
   it('is the same from the sparse and the dense form of a random graph, and valid', () => {
     const { dense, sparse } = randomDag(11);
     const fromDense = buildGraphJson(dense, pruneGraph(dense), { slug: 'r', createTimeMs: 5 });
@@ -194,6 +214,7 @@ describe('graph folders', () => {
     const index = readJson(GRAPH_METADATA_FILE);
     expect(index.graphs.map((g: { slug: string }) => g.slug)).toEqual(['second', 'first']);
     expect(index.graphs[1]).toEqual(rewritten.metadata);
+    for (const entry of index.graphs) expect(validateMetadata(entry), JSON.stringify(validateMetadata.errors)).toBe(true);
     expect(readJson('first.json').metadata.prompt).toBe('another prompt');
     expect(existsSync(join(dir, LOCK_FILE))).toBe(false);
   });

@@ -309,6 +309,8 @@ describe('bad graphs', () => {
     expect(() => pruneGraph(noWeight)).toThrow(/no logit node has a positive probability/);
     const badFeature = { ...graph, nodes: graph.nodes.map((node, i) => (i === 0 ? { ...node, index: 4 } : node)) };
     expect(() => validateAttributionGraph(badFeature)).toThrow(/nodes\[0\]\.index is 4; a feature node needs a feature index in \[0, 4\)/);
+    const nanActivation = { ...graph, nodes: graph.nodes.map((node, i) => (i === 2 ? { ...node, activation: NaN } : node)) };
+    expect(() => validateAttributionGraph(nanActivation)).toThrow(/nodes\[2\]\.activation is NaN; a feature node needs a finite number/);
     const sparse = toSparseAdjacency(graph.adjacency);
     const unsorted = { ...sparse, columns: Int32Array.from(sparse.columns) };
     // Row 1 (f1) holds entries 1 and 2 (from t8 and t9): swap them.

@@ -33,11 +33,17 @@ export const INPUT_KINDS: readonly NodeKind[] = Object.freeze(['token', 'positio
 
 export interface GraphNode {
   kind: NodeKind;
-  /** feature / error / bias: the layer; token / positional: -1; logit: nLayers. */
+  /**
+   * feature / error: the layer; bias: the layer whose biases it stands for (nLayers: those after the last
+   * block, read by the logits only); token / positional: -1; logit: nLayers.
+   */
   layer: number;
   /** Context index; bias nodes: -1 (one bias node per layer stands for all positions). */
   position: number;
-  /** The feature index (feature), token id (token), vocabulary id (logit); -1 for the other kinds. */
+  /**
+   * The feature index (feature), token id (token), vocabulary id (logit; -1 for a target that is no single
+   * token, e.g. a custom direction); positional: -1 or its position; -1 for errors and biases.
+   */
   index: number;
   /** A feature's activation; 0 for the other kinds. */
   activation: number;
@@ -192,7 +198,11 @@ export function validateAttributionGraph(graph: AttributionGraph): NodeRanges {
   const logitKeys = new Set<string>();
   for (let i = 0; i < nodes.length; i++) {
     const node = nodes[i]!;
-    const bad = (field: string, want: string): never => fail(`nodes[${i}].${field} is ${JSON.stringify(node[field as keyof GraphNode])}; a ${node.kind} node needs ${want}`);
+    const bad = (field: keyof GraphNode, want: string): never => {
+      const value = node[field];
+      // String(), not JSON: JSON.stringify writes NaN and Infinity as null.
+      return fail(`nodes[${i}].${field} is ${typeof value === 'number' ? String(value) : JSON.stringify(value)}; a ${node.kind} node needs ${want}`);
+    };
     if (!isInt(node.layer)) bad('layer', 'an integer');
     if (!isInt(node.position)) bad('position', 'an integer');
     if (!isInt(node.index)) bad('index', 'an integer');
@@ -220,11 +230,11 @@ export function validateAttributionGraph(graph: AttributionGraph): NodeRanges {
         if (node.layer !== -1) bad('layer', '-1');
         if (!inPrompt(node.position)) bad('position', `a position in [0, ${T})`);
         if (node.kind === 'token' && node.index !== graph.tokens[node.position]) bad('index', `the token at its position (${graph.tokens[node.position]})`);
-        if (node.kind === 'positional' && node.index !== -1) bad('index', '-1');
+        if (node.kind === 'positional' && node.index !== -1 && node.index !== node.position) bad('index', '-1 or its position');
         if (prev && !(prev.position < node.position)) fail(`${name(i)} is out of order: ${node.kind} nodes must be sorted by position without repeats`);
         break;
       case 'bias':
-        if (node.layer < 0 || node.layer >= nLayers) bad('layer', `a layer in [0, ${nLayers})`);
+        if (node.layer < 0 || node.layer > nLayers) bad('layer', `a layer in [0, ${nLayers}]`);
         if (node.position !== -1) bad('position', '-1 (a bias node stands for all positions)');
         if (node.index !== -1) bad('index', '-1');
         if (prev && !(prev.layer < node.layer)) fail(`${name(i)} is out of order: bias nodes must be sorted by layer without repeats`);
@@ -232,7 +242,7 @@ export function validateAttributionGraph(graph: AttributionGraph): NodeRanges {
       case 'logit': {
         if (node.layer !== nLayers) bad('layer', `nLayers (${nLayers})`);
         if (!inPrompt(node.position)) bad('position', `a position in [0, ${T})`);
-        if (node.index < 0) bad('index', 'a non-negative vocabulary id');
+        if (node.index < -1) bad('index', 'a vocabulary id, or -1 for a target that is no single token');
         const p = node.probability;
         if (typeof p !== 'number' || !Number.isFinite(p) || p < 0) bad('probability', 'a finite, non-negative probability (its weight in the influence)');
         if (p! > 0) anyPositiveWeight = true;
@@ -317,7 +327,7 @@ function validateAdjacency(adjacency: Adjacency, nodes: readonly GraphNode[], ra
       const row = t * n;
       for (let s = 0; s < n; s++) {
         const w = v[row + s]!;
-        if (w !== 0 || Number.isNaN(w)) checkEntry(t, s, w);
+        if (w !== 0) checkEntry(t, s, w); // NaN included: NaN !== 0
       }
     }
     return;
