@@ -11,10 +11,11 @@ import { cacheCommand } from './cache.js';
 import { convertCommand } from './convert.js';
 import { tokenizeCommand } from './tokenize.js';
 import { circuitCommand } from './circuit.js';
+import { graphCommand } from './graph.js';
 import { connectionsCommand } from './connections.js';
 import { demoCommand } from './demo.js';
 
-const COMMANDS: Command[] = [demoCommand, runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, connectionsCommand, infoCommand, makeModelCommand];
+const COMMANDS: Command[] = [demoCommand, runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, graphCommand, connectionsCommand, infoCommand, makeModelCommand];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };

@@ -1,0 +1,80 @@
+/**
+ * Random models of every family with random transcoders of every kind (relu / topk / jumprelu, with
+ * and without a skip connection, reading any of the hooks transcoders declare), for attribution-graph
+ * tests. Also writes the transcoders in the flat safetensors layout test/reference/graph_oracle.py reads.
+ */
+import { join } from 'node:path';
+import { loadModel, ReplacementModel, Tensor, Transcoder, type Model, type Processing } from '../../lib/index.js';
+import { writeSafetensors, type RawTensor } from '../../lib/io/safetensors.js';
+import { PRESETS, type RandomModelSpec } from '../../lib/models/random.js';
+import type { TranscoderArch } from '../../lib/transcoders/config.js';
+import { Rng } from '../../lib/util/random.js';
+import { DEVICE, makeTempModel, tempDir } from './fixtures.js';
+
+export const GRAPH_DSAE = 24;
+
+/** Where a fixture transcoder reads: the MLP input, or the residual stream before the MLP's norm. */
+export type GraphInput = 'ln2' | 'mlp.hook_in' | 'residual';
+
+export interface GraphFixtureSpec {
+  name: string;
+  model: RandomModelSpec;
+  processing: Processing;
+  input: GraphInput;
+  /** Per layer (cycled): the transcoder kind and whether it has a skip connection. */
+  kinds: { arch: TranscoderArch; skip: boolean }[];
+}
+
+export function presetSpec(name: string, extra: Partial<RandomModelSpec> = {}): RandomModelSpec {
+  const base = PRESETS[name]!;
+  return { ...base, std: 0.15, seed: 3, ...extra, configFields: { ...base.configFields, ...extra.configFields } };
+}
+
+export function hooksFor(model: Model, layer: number, input: GraphInput): { hookIn: string; hookOut: string } {
+  const p = `blocks.${layer}.`;
+  if (input === 'ln2') return { hookIn: `${p}ln2.hook_normalized`, hookOut: `${p}hook_mlp_out` };
+  if (input === 'mlp.hook_in') return { hookIn: `${p}mlp.hook_in`, hookOut: `${p}mlp.hook_out` };
+  return { hookIn: `${p}${model.config.parallelResidual ? 'hook_resid_pre' : 'hook_resid_mid'}`, hookOut: `${p}mlp.hook_out` };
+}
+
+export interface GraphFixture {
+  model: Model;
+  dir: string;
+  replacement: ReplacementModel;
+  transcoders: Transcoder[];
+  /** layer -> flat safetensors file for the Python oracle. */
+  oracleFiles: Record<string, string>;
+}
+
+export async function graphFixture(spec: GraphFixtureSpec, seed = 5): Promise<GraphFixture> {
+  const dir = makeTempModel(spec.model);
+  const model = await loadModel(dir, { processing: spec.processing, device: DEVICE });
+  const rng = new Rng(seed);
+  const d = model.config.dModel;
+  const m = GRAPH_DSAE;
+  const vec = (n: number, s: number, shift = 0) => Float32Array.from({ length: n }, () => shift + s * rng.normal());
+  const transcoders: Transcoder[] = [];
+  const oracleFiles: Record<string, string> = {};
+  const files = tempDir('transcoders-graph-tc-');
+  for (let l = 0; l < model.config.nLayers; l++) {
+    const { arch, skip } = spec.kinds[l % spec.kinds.length]!;
+    const hooks = hooksFor(model, l, spec.input);
+    const p: Record<string, Float32Array> = {
+      W_enc: vec(d * m, 0.3), b_enc: vec(m, 0.2, arch === 'jumprelu' ? 0.3 : 0), W_dec: vec(m * d, 0.3), b_dec: vec(d, 0.1), b_dec_out: vec(d, 0.1),
+      ...(skip ? { W_skip: vec(d * d, 0.08) } : {}),
+      ...(arch === 'jumprelu' ? { threshold: Float32Array.from({ length: m }, () => 0.2 + 0.2 * rng.uniform()) } : {}),
+    };
+    const shapes: Record<string, number[]> = { W_enc: [d, m], b_enc: [m], W_dec: [m, d], b_dec: [d], b_dec_out: [d], W_skip: [d, d], threshold: [m] };
+    const k = arch === 'topk' ? 6 : undefined;
+    transcoders.push(await Transcoder.fromParameters(
+      { arch, dIn: d, dOut: d, dSae: m, skip, ...(k ? { k } : {}), layer: l, ...hooks, processing: model.processing },
+      Object.fromEntries(Object.entries(p).map(([name, v]) => [name, Tensor.from(v, shapes[name]!)])),
+      { device: DEVICE },
+    ));
+    const raw: Record<string, RawTensor> = Object.fromEntries(Object.entries(p).map(([name, v]) => [name, { dtype: 'F32', shape: shapes[name]!, bytes: new Uint8Array(v.buffer) }]));
+    const file = join(files, `layer_${l}.safetensors`);
+    writeSafetensors(file, raw, { arch, ...(k ? { k: String(k) } : {}), hook_in: hooks.hookIn, hook_out: hooks.hookOut });
+    oracleFiles[String(l)] = file;
+  }
+  return { model, dir, replacement: ReplacementModel.create(model, transcoders), transcoders, oracleFiles };
+}
