@@ -1,6 +1,9 @@
 #include "bindings/replacement_model_wrap.h"
 
 #include "bindings/js_args.h"
+#include "bindings/task.h"
+#include "bindings/tensor_wrap.h"
+#include "circuits/intervention.h"
 #include "bindings/model_wrap.h"
 #include "bindings/state.h"
 #include "bindings/transcoder_wrap.h"
@@ -11,7 +14,8 @@ namespace tc {
 Napi::Function JsReplacementModel::define(Napi::Env env) {
   Napi::Function cls = DefineClass(env, "NativeReplacementModel",
                                    {StaticMethod<&JsReplacementModel::create>("create"),
-                                    InstanceMethod<&JsReplacementModel::placements>("placements")});
+                                    InstanceMethod<&JsReplacementModel::placements>("placements"),
+                                    InstanceMethod<&JsReplacementModel::intervene>("intervene")});
   AddonState::of(env).replacementModelClass = Napi::Persistent(cls);
   return cls;
 }
@@ -58,6 +62,54 @@ Napi::Value JsReplacementModel::placements(const Napi::CallbackInfo& info) {
       out[static_cast<uint32_t>(i)] = o;
     }
     return out;
+  });
+}
+
+Napi::Value JsReplacementModel::intervene(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    at::Tensor tokens = JsTensor::tensorOf(info[0], "tokens");
+    if (!info[1].IsArray()) throw InvalidArgument("interventions must be an array of { layer, position, feature, value }");
+    auto list = info[1].As<Napi::Array>();
+    std::vector<FeatureIntervention> interventions;
+    for (uint32_t i = 0; i < list.Length(); ++i) {
+      if (!list.Get(i).IsObject()) throw InvalidArgument("interventions[" + std::to_string(i) + "] must be an object");
+      Napi::Object o = list.Get(i).As<Napi::Object>();
+      FeatureIntervention v;
+      v.layer = intOr(o, "layer", -1);
+      v.position = intOr(o, "position", -1);
+      v.feature = intOr(o, "feature", -1);
+      Napi::Value value = o.Get("value");
+      if (!value.IsNumber()) throw InvalidArgument("interventions[" + std::to_string(i) + "].value must be a number");
+      v.value = value.As<Napi::Number>().DoubleValue();
+      interventions.push_back(v);
+    }
+    Napi::Object opts = info[2].IsObject() ? info[2].As<Napi::Object>() : Napi::Object::New(env);
+    InterventionOptions o;
+    o.freezeAttention = !opts.Has("freezeAttention") || opts.Get("freezeAttention").ToBoolean();
+    o.directEffects = opts.Get("directEffects").ToBoolean();
+    if (opts.Get("constrainedLayers").IsArray()) {
+      auto layers = opts.Get("constrainedLayers").As<Napi::Array>();
+      for (uint32_t i = 0; i < layers.Length(); ++i) o.constrainedLayers.push_back(layers.Get(i).As<Napi::Number>().Int64Value());
+    }
+    std::shared_ptr<const ReplacementModel> rm = rm_;
+    return Task<InterventionResult>::start(
+        env, "transcoders:intervene",
+        [rm, tokens, interventions, o]() {
+          std::vector<std::shared_lock<std::shared_mutex>> locks;
+          for (int64_t l : rm->layers()) locks.emplace_back(rm->transcoder(l).mutex());
+          return tc::intervene(*rm, tokens, interventions, o);
+        },
+        [](Napi::Env env, InterventionResult& r) -> Napi::Value {
+          Napi::Object out = Napi::Object::New(env);
+          out.Set("logits", JsTensor::wrap(env, r.logits));
+          Napi::Object acts = Napi::Object::New(env), pre = Napi::Object::New(env);
+          for (auto& [layer, t] : r.activations) acts.Set(std::to_string(layer), JsTensor::wrap(env, t));
+          for (auto& [layer, t] : r.preActivations) pre.Set(std::to_string(layer), JsTensor::wrap(env, t));
+          out.Set("activations", acts);
+          out.Set("preActivations", pre);
+          return out;
+        });
   });
 }
 

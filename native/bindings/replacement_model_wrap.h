@@ -20,6 +20,9 @@ class JsReplacementModel : public Napi::ObjectWrap<JsReplacementModel> {
   static Napi::Value create(const Napi::CallbackInfo& info);
   // placements() -> [{ layer, hookIn, hookOut, input: 'mlp' | 'residual' }], ascending layers
   Napi::Value placements(const Napi::CallbackInfo& info);
+  // intervene(tokens, [{ layer, position, feature, value }], { freezeAttention, directEffects, constrainedLayers })
+  //   -> Promise<{ logits, activations: { [layer]: Tensor }, preActivations: { [layer]: Tensor } }>
+  Napi::Value intervene(const Napi::CallbackInfo& info);
 
   std::shared_ptr<const ReplacementModel> rm_;
 };

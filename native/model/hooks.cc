@@ -66,6 +66,9 @@ std::string blockHookName(int64_t layer, BlockHook h) {
 
 }  // namespace
 
+std::string hookName(int64_t layer, BlockHook h) { return blockHookName(layer, h); }
+std::string hookName(ModelHook h) { return modelHookName(h); }
+
 std::vector<std::string> hookNames(const ModelConfig& cfg) {
   std::vector<std::string> names;
   for (ModelHook h : {ModelHook::Embed, ModelHook::PosEmbed})

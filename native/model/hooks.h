@@ -20,6 +20,10 @@ enum class BlockHook {
   Ln2PostScale, Ln2PostNormalized, MlpHookOut, MlpOut, ResidPost, Count
 };
 
+// The name of a hook ("blocks.3.ln2.hook_scale", "ln_final.hook_scale").
+std::string hookName(int64_t layer, BlockHook h);
+std::string hookName(ModelHook h);
+
 // Every hook name a model of this configuration has, in forward order.
 std::vector<std::string> hookNames(const ModelConfig& cfg);
 

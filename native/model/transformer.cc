@@ -30,12 +30,29 @@ at::Tensor Transformer::prepareTokens(const at::Tensor& tokens) const {
   return t.to(device(), c10::kLong);
 }
 
-at::Tensor Transformer::norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale, bool freeze) const {
+namespace {
+
+// A replayed value from options.replay (undefined when none), checked to broadcast to `shape`.
+at::Tensor replayed(const ForwardOptions& options, const std::string& name, at::IntArrayRef shape, const at::TensorOptions& like) {
+  auto it = options.replay.find(name);
+  if (it == options.replay.end()) return {};
+  const at::Tensor& t = it->second;
+  if (t.dim() != static_cast<int64_t>(shape.size()) || (t.size(0) != 1 && t.size(0) != shape[0]))
+    throw InvalidArgument("replayed " + name + " has shape " + c10::str(t.sizes()) + ", expected " + c10::str(shape));
+  for (size_t i = 1; i < shape.size(); ++i)
+    if (t.size(i) != shape[i]) throw InvalidArgument("replayed " + name + " has shape " + c10::str(t.sizes()) + ", expected " + c10::str(shape));
+  return t.to(like).expand(shape);
+}
+
+}  // namespace
+
+at::Tensor Transformer::norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale, bool freeze,
+                             const at::Tensor& fixedScale) const {
   if (cfg_.norm == Norm::RMSNorm) {
     // As Hugging Face computes it: in float32, back to the model dtype before the gain (Llama) or
     // after it (Gemma's (1 + w)). hook_scale = sqrt(mean(x^2) + eps), as TransformerLens's RMSNorm.
     at::Tensor xf = x.to(c10::kFloat);
-    at::Tensor ms = xf.pow(2).mean(-1, /*keepdim=*/true).add_(cfg_.lnEps);
+    at::Tensor ms = fixedScale.defined() ? fixedScale.to(c10::kFloat).pow(2) : xf.pow(2).mean(-1, /*keepdim=*/true).add_(cfg_.lnEps);
     if (scale != nullptr) *scale = ms.sqrt().to(x.scalar_type());
     at::Tensor inv = ms.rsqrt();
     at::Tensor n = xf * (freeze ? inv.detach() : inv);
@@ -43,10 +60,10 @@ at::Tensor Transformer::norm(const at::Tensor& x, const at::Tensor& w, const at:
     if (cfg_.normPlusOne) return (n * (w.to(c10::kFloat) + 1.0)).to(x.scalar_type());
     return w * n.to(x.scalar_type());
   }
-  if (scale == nullptr && !freeze) return at::layer_norm(x, {x.size(-1)}, w, b, cfg_.lnEps);
+  if (scale == nullptr && !freeze && !fixedScale.defined()) return at::layer_norm(x, {x.size(-1)}, w, b, cfg_.lnEps);
   // Spelled out when the scale is observed or frozen: TransformerLens's hook_scale = sqrt(mean(xc^2) + eps).
   at::Tensor xc = x - x.mean(-1, /*keepdim=*/true);
-  at::Tensor s = (xc.pow(2).mean(-1, /*keepdim=*/true) + cfg_.lnEps).sqrt();
+  at::Tensor s = fixedScale.defined() ? fixedScale.to(xc.scalar_type()) : (xc.pow(2).mean(-1, /*keepdim=*/true) + cfg_.lnEps).sqrt();
   if (scale != nullptr) *scale = s;
   at::Tensor out = xc / (freeze ? s.detach() : s);
   return w.defined() ? at::addcmul(b, out, w) : out;
@@ -165,7 +182,8 @@ at::Tensor positionMean(const at::Tensor& x, const at::Tensor& real) {
 
 }  // namespace
 
-at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks, bool freeze) const {
+at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks, const ForwardOptions& options) const {
+  const bool freeze = options.freeze;
   const LayerWeights& L = w_.layers[layer];
   const int64_t B = x.size(0), T = x.size(1), d = cfg_.dModel, H = cfg_.nHeads, K = cfg_.kvHeads(), dh = cfg_.dHead;
   at::Tensor qkv = at::addmm(L.b_QKV, x.reshape({B * T, d}), L.W_QKV);  // [B T, (H + 2K) dh]: Q | K | V
@@ -195,7 +213,8 @@ at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Posi
   }
   const int64_t window = cfg_.window(layer);
   at::Tensor z;
-  [[maybe_unused]] bool observed = hooks.wants(layer, BlockHook::AttnScores) || hooks.wants(layer, BlockHook::AttnPattern);
+  at::Tensor fixedPattern = replayed(options, hookName(layer, BlockHook::AttnPattern), {B, H, T, T}, qh.options());
+  [[maybe_unused]] bool observed = hooks.wants(layer, BlockHook::AttnScores) || hooks.wants(layer, BlockHook::AttnPattern) || fixedPattern.defined();
 #if TORCH_VERSION_MAJOR >= 2
   if (!observed && !freeze && !cfg_.scaleAttnByInverseLayerIdx && cfg_.attnScale == 0 && cfg_.attnSoftcap == 0 && window == 0) {
     // Fused kernel (flash / memory-efficient on CUDA) when nobody looks at the pattern; a padded
@@ -210,7 +229,7 @@ at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Posi
     scores = scores.masked_fill(pos.mask(window), -std::numeric_limits<double>::infinity());
     hooks.record(layer, BlockHook::AttnScores, scores);
     // Softmax in float32, as Hugging Face's eager attention (the same op in float32 models).
-    at::Tensor pattern = at::softmax(scores, -1, c10::kFloat).to(scores.scalar_type());
+    at::Tensor pattern = fixedPattern.defined() ? fixedPattern : at::softmax(scores, -1, c10::kFloat).to(scores.scalar_type());
     if (freeze) pattern = pattern.detach();  // attention is then linear in the values
     hooks.record(layer, BlockHook::AttnPattern, pattern);
     z = at::matmul(pattern, vh);
@@ -218,11 +237,11 @@ at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Posi
   z = z.transpose(1, 2);  // [B, T, H, dh]
   hooks.record(layer, BlockHook::AttnZ, z);
   at::Tensor out = at::addmm(L.b_O, z.reshape({B * T, H * dh}), L.W_O.view({H * dh, d})).view({B, T, d});
-  if (cfg_.sandwichNorms) out = observedNorm(out, L.ln1PostW, {}, hooks, layer, BlockHook::Ln1PostScale, BlockHook::Ln1PostNormalized, freeze);
+  if (cfg_.sandwichNorms) out = observedNorm(out, L.ln1PostW, {}, hooks, layer, BlockHook::Ln1PostScale, BlockHook::Ln1PostNormalized, options);
   return out;
 }
 
-at::Tensor Transformer::mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks, bool freeze) const {
+at::Tensor Transformer::mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks, const ForwardOptions& options) const {
   const LayerWeights& L = w_.layers[layer];
   const int64_t B = x.size(0), T = x.size(1);
   at::Tensor flat = x.reshape({B * T, cfg_.dModel});
@@ -240,20 +259,20 @@ at::Tensor Transformer::mlp(int64_t layer, const at::Tensor& x, HookCapture& hoo
   }
   hooks.record(layer, BlockHook::MlpPost, post.view({B, T, cfg_.dMlp}));
   at::Tensor out = at::addmm(L.b_out, post, L.W_out).view({B, T, cfg_.dModel});
-  if (cfg_.sandwichNorms) out = observedNorm(out, L.ln2PostW, {}, hooks, layer, BlockHook::Ln2PostScale, BlockHook::Ln2PostNormalized, freeze);
+  if (cfg_.sandwichNorms) out = observedNorm(out, L.ln2PostW, {}, hooks, layer, BlockHook::Ln2PostScale, BlockHook::Ln2PostNormalized, options);
   return out;
 }
 
 at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, const at::Tensor& residual,
                                          const ForwardOptions& options, HookCapture& hooks) const {
   auto it = options.mlpReplacements.find(layer);
-  if (it == options.mlpReplacements.end()) return mlp(layer, x, hooks, options.freeze);
+  if (it == options.mlpReplacements.end()) return mlp(layer, x, hooks, options);
   const MlpReplacement& r = it->second;
   // The original MLP runs only when something needs it: its hooks, a mean over this batch, a module.
   bool needOriginal = hooks.wants(layer, BlockHook::MlpPre) || hooks.wants(layer, BlockHook::MlpPost) ||
                       (r.kind == MlpReplacement::Kind::Mean && !r.value.defined()) ||
                       (r.kind == MlpReplacement::Kind::Module && r.moduleNeedsOriginal);
-  at::Tensor original = needOriginal ? mlp(layer, x, hooks, options.freeze) : at::Tensor();
+  at::Tensor original = needOriginal ? mlp(layer, x, hooks, options) : at::Tensor();
   const std::vector<int64_t> shape = {x.size(0), x.size(1), cfg_.dModel};
   auto broadcast = [&](const at::Tensor& value) {
     if (!at::is_expandable_to(value.sizes(), shape))
@@ -278,9 +297,10 @@ at::Tensor Transformer::mlpOrReplacement(int64_t layer, const at::Tensor& x, con
 }
 
 at::Tensor Transformer::observedNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCapture& hooks,
-                                     int64_t layer, BlockHook scaleHook, BlockHook normalizedHook, bool freeze) const {
+                                     int64_t layer, BlockHook scaleHook, BlockHook normalizedHook, const ForwardOptions& options) const {
   at::Tensor scale;
-  at::Tensor out = norm(x, w, b, hooks.wants(layer, scaleHook) ? &scale : nullptr, freeze);
+  at::Tensor fixed = replayed(options, hookName(layer, scaleHook), {x.size(0), x.size(1), 1}, x.options());
+  at::Tensor out = norm(x, w, b, hooks.wants(layer, scaleHook) ? &scale : nullptr, options.freeze, fixed);
   hooks.record(layer, scaleHook, scale);
   hooks.record(layer, normalizedHook, out);
   return out;
@@ -291,8 +311,8 @@ at::Tensor Transformer::block(int64_t layer, const at::Tensor& residPre, const P
   const LayerWeights& L = w_.layers[layer];
   hooks.record(layer, BlockHook::ResidPre, residPre);
 
-  at::Tensor x1 = observedNorm(residPre, L.ln1W, L.ln1B, hooks, layer, BlockHook::Ln1Scale, BlockHook::Ln1Normalized, options.freeze);
-  at::Tensor attnOut = attention(layer, x1, pos, hooks, options.freeze);
+  at::Tensor x1 = observedNorm(residPre, L.ln1W, L.ln1B, hooks, layer, BlockHook::Ln1Scale, BlockHook::Ln1Normalized, options);
+  at::Tensor attnOut = attention(layer, x1, pos, hooks, options);
   hooks.record(layer, BlockHook::AttnOut, attnOut);
 
   // Sequential blocks (GPT-2, NeoX without parallel residual) feed the MLP resid_mid; parallel
@@ -302,7 +322,7 @@ at::Tensor Transformer::block(int64_t layer, const at::Tensor& residPre, const P
     mlpIn = residPre + attnOut;
     hooks.record(layer, BlockHook::ResidMid, mlpIn);
   }
-  at::Tensor x2 = observedNorm(mlpIn, L.ln2W, L.ln2B, hooks, layer, BlockHook::Ln2Scale, BlockHook::Ln2Normalized, options.freeze);
+  at::Tensor x2 = observedNorm(mlpIn, L.ln2W, L.ln2B, hooks, layer, BlockHook::Ln2Scale, BlockHook::Ln2Normalized, options);
   hooks.record(layer, BlockHook::MlpIn, x2);
   at::Tensor mlpOut = mlpOrReplacement(layer, x2, mlpIn, options, hooks);
   hooks.record(layer, BlockHook::MlpHookOut, mlpOut);
@@ -346,7 +366,8 @@ ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOpt
   bool needFinal = options.logits || hooks.wants(ModelHook::LnFinalNormalized) || hooks.wants(ModelHook::LnFinalScale);
   if (needFinal) {
     at::Tensor scale;
-    at::Tensor xf = norm(x, w_.lnFinalW, w_.lnFinalB, hooks.wants(ModelHook::LnFinalScale) ? &scale : nullptr, options.freeze);
+    at::Tensor fixed = replayed(options, hookName(ModelHook::LnFinalScale), {x.size(0), x.size(1), 1}, x.options());
+    at::Tensor xf = norm(x, w_.lnFinalW, w_.lnFinalB, hooks.wants(ModelHook::LnFinalScale) ? &scale : nullptr, options.freeze, fixed);
     hooks.record(ModelHook::LnFinalScale, scale);
     hooks.record(ModelHook::LnFinalNormalized, xf);
     if (options.logits) {

@@ -48,6 +48,10 @@ struct ForwardOptions {
   // hook_embed (and hook_pos_embed) become leaves that require grad: the roots of backward passes
   // through a model whose weights do not.
   bool embeddingLeaves = false;
+  // Values to use instead of computing them, by hook name: attention patterns
+  // ("blocks.L.attn.hook_pattern", [B or 1, H, T, T]) and norm scales ("*.hook_scale", [B or 1, T, 1]):
+  // interventions with frozen attention / direct effects replay a clean run's.
+  std::map<std::string, at::Tensor> replay;
 };
 
 struct ForwardResult {
@@ -82,10 +86,13 @@ class Transformer {
   // The model's norm over the last axis: LayerNorm (LayerNormPre when w/b are undefined) or RMSNorm
   // (RMSNormPre when w is undefined); fills *scale when asked (hook_scale).
   // With `freeze` the scale is a constant for autograd.
-  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale, bool freeze = false) const;
-  // A block's norm, recording its hook_scale / hook_normalized when requested.
+  // A defined `fixedScale` is used instead of the input's own scale.
+  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale, bool freeze = false,
+                  const at::Tensor& fixedScale = {}) const;
+  // A block's norm, recording its hook_scale / hook_normalized when requested (and replaying a scale
+  // given in options.replay).
   at::Tensor observedNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCapture& hooks, int64_t layer,
-                          BlockHook scaleHook, BlockHook normalizedHook, bool freeze) const;
+                          BlockHook scaleHook, BlockHook normalizedHook, const ForwardOptions& options) const;
   // Per-forward tables shared by all layers.
   struct Positions {
     at::Tensor future;   // [T, T] bool, true above the diagonal (masked keys)
@@ -96,8 +103,8 @@ class Transformer {
     const at::Tensor& mask(int64_t window) const { return window > 0 ? windowed.at(window) : blocked.defined() ? blocked : future; }
   };
   Positions positions(int64_t T, const at::Tensor& real) const;
-  at::Tensor attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks, bool freeze) const;
-  at::Tensor mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks, bool freeze) const;
+  at::Tensor attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks, const ForwardOptions& options) const;
+  at::Tensor mlp(int64_t layer, const at::Tensor& x, HookCapture& hooks, const ForwardOptions& options) const;
   // `x` is the MLP's input, `residual` the residual stream its LayerNorm read.
   at::Tensor mlpOrReplacement(int64_t layer, const at::Tensor& x, const at::Tensor& residual, const ForwardOptions& options,
                               HookCapture& hooks) const;
