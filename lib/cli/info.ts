@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { resolveCheckpoint } from '../models/checkpoint.js';
 import { parameterCount, readModelConfig } from '../models/config.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
-import { checkInputArgument, type Command } from './command.js';
+import { checkModelArgument, type Command } from './command.js';
 import { SHIPPED_MODEL_DIR as DEFAULT_MODEL_DIR } from '../models/shipped.js';
 
 export const infoCommand: Command = {
@@ -15,8 +15,7 @@ export const infoCommand: Command = {
   arguments: [{ name: 'model-dir' }],
   options: { json: { type: 'boolean', description: 'print JSON' } },
   async run(values, positionals) {
-    checkInputArgument(positionals[0], 'model-dir');
-    const dir = positionals[0] ?? DEFAULT_MODEL_DIR;
+    const dir = checkModelArgument(positionals[0], 'model-dir') ?? DEFAULT_MODEL_DIR;
     const config = readModelConfig(dir);
     const files = resolveCheckpoint(dir, config);
     const tokenizerPath = join(dir, 'tokenizer.json');

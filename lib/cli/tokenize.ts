@@ -6,7 +6,7 @@ import { tokenizeToFile } from '../data/tokenize.js';
 import { InvalidArgumentError } from '../errors.js';
 import { readModelConfig } from '../models/config.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
-import { checkInputArgument, checkInputPaths, checkOutputPaths, choiceOption, intOption, listOption, type Command } from './command.js';
+import { checkInputPaths, checkModelArgument, checkOutputPaths, choiceOption, intOption, listOption, type Command } from './command.js';
 import { CONTEXT_SIZE_OPTION, contextSizeFor } from './data.js';
 import { StatusLine } from './progress.js';
 
@@ -24,11 +24,10 @@ export const tokenizeCommand: Command = {
     'max-rows': { type: 'string', value: 'N', description: 'stop after N rows' },
   },
   async run(values, positionals) {
-    const dir = positionals[0]!;
     const data = listOption(values, 'data');
     const maxRows = intOption(values['max-rows'], 'max-rows', 1);
     const bos = choiceOption(values.bos, 'bos', BOS_MODES);
-    checkInputArgument(dir, 'model-dir');
+    const dir = checkModelArgument(positionals[0], 'model-dir')!;
     checkInputPaths(values, ['data']);
     checkOutputPaths(values, { out: 'file' });
     if (!existsSync(join(dir, 'tokenizer.json'))) throw new InvalidArgumentError(`${dir} has no tokenizer.json`);

@@ -4,9 +4,10 @@
  * a fixed value, or a callback such as a transcoder).
  */
 import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError, NumericalError } from '../errors.js';
+import { resolveModelSource } from '../io/hf-cache.js';
 import { native, type NativeMlpReplacement, type NativeModel, type NativeRunResult, type NativeTranscoder } from '../native.js';
 import { Tensor, type DType } from '../tensor.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
@@ -390,11 +391,12 @@ export class Model {
 
 /**
  * Loads a GPT-2 or GPT-NeoX/Pythia model from a local Hugging Face folder (config.json,
- * model.safetensors or sharded safetensors, tokenizer.json). Validation errors name the file and
- * field; the weights are read off the JS thread.
+ * model.safetensors or sharded safetensors, tokenizer.json), or from the local Hugging Face hub cache
+ * when `dir` is a repo id (`org/name[@revision]`) and no such local path exists (offline; see
+ * lib/io/hf-cache.ts). Validation errors name the file and field; the weights are read off the JS thread.
  */
 export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<Model> {
-  const folder = resolve(dir);
+  const folder = resolveModelSource(dir);
   const processing = options.processing ?? 'none';
   const dtype = options.dtype ?? 'float32';
   const device = options.device ?? 'cpu';

@@ -15,6 +15,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, extname } from 'node:path';
 import { FormatError } from '../../errors.js';
+import { resolveTranscoderSource } from '../../io/hf-cache.js';
 import { readSafetensorsHeader } from '../../io/safetensors.js';
 import { isNativeTranscoder, loadNativeTranscoder, WEIGHTS_FILE as NATIVE_WEIGHTS_FILE } from './native.js';
 import type { Transcoder } from '../transcoder.js';
@@ -85,11 +86,14 @@ export function detectTranscoderFormat(path: string): TranscoderFormat | null {
 }
 
 /**
- * Loads a transcoder in any supported format (detected with {@link detectTranscoderFormat}).
+ * Loads a transcoder in any supported format (detected with {@link detectTranscoderFormat}), from a
+ * local path or, when no such path exists, a Hugging Face repo path found in the local hub cache.
  * The overrides of ForeignLoadOptions (layer, hooks, model name, processing) apply to the foreign
  * formats; a native folder is loaded as saved. For a circuit-tracer set folder pass `{ layer }`.
  */
-export async function loadTranscoder(path: string, options: ForeignLoadOptions & Pick<CircuitTracerLoadOptions, 'config'> = {}): Promise<Transcoder> {
+export async function loadTranscoder(spec: string, options: ForeignLoadOptions & Pick<CircuitTracerLoadOptions, 'config'> = {}): Promise<Transcoder> {
+  // A repo id (`org/name/path/in/repo[@revision]`) that is no local path is read from the hub cache.
+  const path = resolveTranscoderSource(spec);
   const found = resolveFormat(path);
   if (!found) {
     if (!existsSync(path)) throw new FormatError(`${path}: no such file or folder`, path);
