@@ -169,7 +169,7 @@ describe('Gemma Scope 2 (params.safetensors + config.json)', () => {
       const tc = await loadTranscoder(fx.dir, { device: DEVICE });
       expect(tc.config).toMatchObject({
         arch: 'jumprelu', dIn: 24, dOut: 24, dSae: 40, skip: flags.length > 0, layer: 4,
-        hookIn: 'blocks.4.ln2.hook_normalized', hookOut: 'blocks.4.hook_mlp_out', modelName: 'google/gemma-3-1b-pt', processing: 'none',
+        hookIn: 'blocks.4.mlp.hook_in', hookOut: 'blocks.4.hook_mlp_out', modelName: 'google/gemma-3-1b-pt', processing: 'none',
       });
       await expectMatches(tc, fx.ref, sub);
       // Through the circuit-tracer export (W_skip transposed there, back here) the function is kept.
@@ -180,7 +180,7 @@ describe('Gemma Scope 2 (params.safetensors + config.json)', () => {
   });
 
   it('maps config.json hook points, and refuses a config that disagrees with the tensors', async () => {
-    expect(hookOfHfHookPoint('model.layers.9.pre_feedforward_layernorm.output')).toEqual({ hook: 'blocks.9.ln2.hook_normalized', layer: 9 });
+    expect(hookOfHfHookPoint('model.layers.9.pre_feedforward_layernorm.output')).toEqual({ hook: 'blocks.9.mlp.hook_in', layer: 9 });
     expect(hookOfHfHookPoint('model.layers.9.post_feedforward_layernorm.output')).toEqual({ hook: 'blocks.9.hook_mlp_out', layer: 9 });
     expect(hookOfHfHookPoint('model.layers.9.self_attn.o_proj.input')).toBeUndefined();
     const fx = await fixture(work, 'gs2-bad/layer_2_width_16k', 'gs2', 22, ['--skip'], 2);

@@ -20,10 +20,13 @@
  * Our JumpReLU is pre · (pre > threshold), without the ReLU; the two agree for thresholds ≥ 0 (every
  * released threshold is positive), and loading clamps thresholds at 0 so that they agree for any file.
  *
- * Hooks: the MLP input (`blocks.L.ln2.hook_normalized`, circuit-tracer's `feature_input_hook` for
- * Gemma Scope) and the MLP output after Gemma's post-MLP norm (`blocks.L.hook_mlp_out`); a Gemma
- * Scope 2 `config.json` names its Hugging Face module points, mapped to these. Transcoders apply to the
- * model unprocessed (processing `none`), as Gemma Scope and circuit-tracer run it.
+ * Hooks: Gemma Scope 1 reads `blocks.L.ln2.hook_normalized` (circuit-tracer's `feature_input_hook` for
+ * it, in `mntss/gemma-scope-transcoders`); Gemma Scope 2's `config.json` names the Hugging Face module
+ * output `pre_feedforward_layernorm.output`, the normed MLP input with its gain, mapped to
+ * `blocks.L.mlp.hook_in` (exactly what the MLP receives). Both write `blocks.L.hook_mlp_out`, the MLP
+ * output after Gemma's post-MLP norm (`post_feedforward_layernorm.output`). A set's config.yaml
+ * overrides these. Transcoders apply to the model unprocessed (processing `none`), as Gemma Scope and
+ * circuit-tracer run it.
  */
 import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -171,7 +174,9 @@ export async function loadGemmaScopeTranscoder(path: string, options: ForeignLoa
 
 /** Gemma 3 module points of a Gemma Scope 2 config.json and our hooks for them. */
 const HF_HOOK_POINTS: readonly [RegExp, (layer: number) => string][] = [
-  [/^model\.layers\.(\d+)\.pre_feedforward_layernorm\.output$/, (l) => `blocks.${l}.ln2.hook_normalized`],
+  // The normed MLP input, gain included: exactly what the MLP receives (TransformerLens's RMSNorm
+  // hook_normalized is taken before the gain, so ln2.hook_normalized would be ambiguous here).
+  [/^model\.layers\.(\d+)\.pre_feedforward_layernorm\.output$/, (l) => `blocks.${l}.mlp.hook_in`],
   [/^model\.layers\.(\d+)\.post_feedforward_layernorm\.output$/, (l) => `blocks.${l}.hook_mlp_out`],
   [/^model\.layers\.(\d+)\.mlp\.input$/, (l) => `blocks.${l}.mlp.hook_in`],
   [/^model\.layers\.(\d+)\.output$/, (l) => `blocks.${l}.hook_resid_post`],
@@ -265,7 +270,7 @@ export async function loadGemmaScope2Transcoder(path: string, options: ForeignLo
     threshold: clampedThreshold(t.threshold!),
     ...(skip ? { W_skip: t.affine_skip_connection! } : {}),
   };
-  const defaults = mlpHooks(layer);
+  const defaults = { hookIn: `blocks.${layer}.mlp.hook_in`, hookOut: `blocks.${layer}.hook_mlp_out` };
   const config: Partial<TranscoderConfig> = {
     arch: 'jumprelu',
     bandwidth: GEMMA_SCOPE_BANDWIDTH,
