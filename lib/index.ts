@@ -16,7 +16,31 @@ export {
   type SafetensorsEntry,
   type RawTensor,
 } from './io/safetensors.js';
-export { Tokenizer, type TokenizerOptions, type EncodeOptions } from './tokenizer/tokenizer.js';
+export {
+  Tokenizer,
+  loadFolderTokenizer,
+  type TokenizerOptions,
+  type EncodeOptions,
+  type BosDecision,
+  type BosSource,
+  type SpecialTokenIds,
+} from './tokenizer/tokenizer.js';
+export {
+  hubCacheLocation,
+  parseHubReference,
+  parseHfUri,
+  resolveModelSource,
+  resolveTranscoderSource,
+  resolveHubSnapshot,
+  resolveHubPath,
+  resolveHfUri,
+  repoIdOfCachePath,
+  type HubCacheLocation,
+  type HubReference,
+  type HubSnapshot,
+  type HubCacheOptions,
+} from './io/hf-cache.js';
+export { parseNpy, readNpz, type NpyArray } from './io/npy.js';
 export { readModelConfig, parseModelConfig, parameterCount, type ModelConfig, type Architecture, type Activation } from './models/config.js';
 export {
   loadModel,
@@ -62,6 +86,7 @@ export { writeActivationCache, readCacheMeta, type CacheMeta, type CacheOptions 
 export { evaluate, type Evaluation, type LayerEvaluation, type EvaluateOptions } from './transcoders/evaluate.js';
 export { saveTranscoder, loadNativeTranscoder, isNativeTranscoder } from './transcoders/formats/native.js';
 export { loadTranscoderSet } from './transcoders/transcoder-set.js';
+export { lazyTranscoder, type LazyTranscoder, type LazyLayout } from './transcoders/lazy.js';
 export {
   loadTranscoder,
   detectTranscoderFormat,
@@ -70,6 +95,8 @@ export {
   exportCircuitTracerSet,
   exportSparsify,
   loadPaperTranscoder,
+  loadGemmaScopeTranscoder,
+  loadGemmaScope2Transcoder,
   type TranscoderFormat,
   type ForeignLoadOptions,
 } from './transcoders/formats/index.js';

@@ -16,7 +16,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const PARSERS = ['safetensors', 'token-file', 'torch-pt', 'saelens', 'sparsify', 'native', 'circuit-tracer', 'model', 'activation-cache', 'tokenizer'];
+const PARSERS = ['safetensors', 'token-file', 'torch-pt', 'saelens', 'sparsify', 'native', 'circuit-tracer', 'model', 'activation-cache', 'tokenizer', 'gemma-scope', 'gemma-scope-2'];
 
 const args = process.argv.slice(2);
 const opt = (name, fallback) => {

@@ -4,7 +4,7 @@ import { resolve } from 'node:path';
 import { loadModel, PROCESSINGS } from '../models/model.js';
 import { writeActivationCache } from '../transcoders/activation-cache.js';
 import {
-  DEVICE_OPTION, applyThreads, THREADS_OPTION, checkInputArgument, checkInputPaths, checkOutputPaths, choiceOption, intOption, listOption, type Command,
+  DEVICE_OPTION, applyThreads, THREADS_OPTION, checkInputPaths, checkModelArgument, checkOutputPaths, choiceOption, intOption, listOption, type Command,
 } from './command.js';
 import { CONTEXT_SIZE_OPTION, parseLayers, withTokenFile } from './data.js';
 import { ProgressBar } from './progress.js';
@@ -37,11 +37,11 @@ export const cacheCommand: Command = {
     const processing = choiceOption(values.processing, 'processing', PROCESSINGS) ?? 'transformerlens';
     const sequences = intOption(values.sequences, 'sequences', 1);
     const shardRows = intOption(values['shard-rows'], 'shard-rows', 1);
-    checkInputArgument(positionals[0], 'model-dir');
+    const modelDir = checkModelArgument(positionals[0], 'model-dir');
     checkInputPaths(values, ['data']);
     checkOutputPaths(values, { out: 'folder' });
     const out = resolve(values.out as string);
-    const model = await loadModel(positionals[0]!, { processing, device: (values.device as string | undefined) ?? 'cpu' });
+    const model = await loadModel(modelDir!, { processing, device: (values.device as string | undefined) ?? 'cpu' });
     const layers = parseLayers(values.layers as string | undefined, model.config.nLayers);
     const createdOut = !existsSync(out);
     mkdirSync(out, { recursive: true });

@@ -5,7 +5,7 @@ import { formatPaths } from '../circuits/render.js';
 import { SEARCH_DEFAULTS } from '../circuits/search.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Model } from '../models/model.js';
-import { DEVICE_OPTION, applyThreads, checkInputArgument, checkInputPaths, checkOutputPaths, intOption, THREADS_OPTION, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, checkModelArgument, checkOutputPaths, checkTranscoderArguments, intOption, THREADS_OPTION, type Command } from './command.js';
 import { loadModelWithTranscoders } from './transcoder-paths.js';
 
 /** A token given as text (one token without BOS) or as `#id`. */
@@ -56,8 +56,8 @@ export const circuitCommand: Command = {
   async run(values, positionals) {
     applyThreads(values);
     const [dir, extra] = positionals as [string, string | undefined];
-    checkInputArgument(dir, 'model-dir');
-    checkInputPaths(values, ['transcoders']);
+    const modelDir = checkModelArgument(dir, 'model-dir')!;
+    checkTranscoderArguments(values, 'transcoders');
     if (values['logit-diff'] !== undefined && extra === undefined) throw new InvalidArgumentError('--logit-diff needs two tokens: --logit-diff TOKEN_A TOKEN_B');
     if (values['logit-diff'] === undefined && extra !== undefined) throw new InvalidArgumentError(`unexpected argument '${extra}'`);
     const prompt = values.prompt as string;
@@ -71,7 +71,7 @@ export const circuitCommand: Command = {
     if (wantGraph && search.cap) throw new InvalidArgumentError('graphs need raw attributions: drop --cap to write --out/--dot/--html/--json');
     // Every output is checked before the model loads.
     checkOutputPaths(values, { out: 'file', dot: 'file', html: 'file' });
-    const { replacement, model } = await loadModelWithTranscoders(values, dir);
+    const { replacement, model } = await loadModelWithTranscoders(values, modelDir);
     const tokens = model.tokenize(prompt);
     let root: CircuitRoot;
     if (typeof values.feature === 'string') root = { kind: 'feature', ...parseFeature(values.feature, tokens.length) };

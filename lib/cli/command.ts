@@ -4,6 +4,7 @@
  * mean" for mistyped flags, and checks of input and output paths before any work starts.
  */
 import { accessSync, constants, existsSync, statSync, type Stats } from 'node:fs';
+import { isWrittenAsPath, resolveModelSource, resolveTranscoderSource } from '../io/hf-cache.js';
 import { dirname, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { InvalidArgumentError } from '../errors.js';
@@ -299,6 +300,31 @@ export function checkInputPaths(values: Record<string, unknown>, flags: string[]
       if (!existsSync(path)) throw new InvalidArgumentError(`--${flag} ${path}: no such file or folder`);
     }
   }
+}
+
+/**
+ * A model argument (`name` as in the usage, e.g. `model-dir`): an existing local folder, or a Hugging
+ * Face repo id (`org/name[@revision]`) found in the local hub cache, returned as the folder to read.
+ * A path written as one that does not exist keeps the plain "no such file or folder" message.
+ */
+export function checkModelArgument(arg: string | undefined, name: string): string | undefined {
+  if (arg === undefined) return undefined;
+  if (isWrittenAsPath(arg) && !existsSync(arg)) throw new InvalidArgumentError(`<${name}> ${arg}: no such file or folder`);
+  return resolveModelSource(arg);
+}
+
+/**
+ * The paths given to a transcoder option (`--transcoders`): each an existing local file or folder, or a
+ * Hugging Face repo id (`org/name[/subfolder][@revision]`) found in the local hub cache.
+ */
+export function checkTranscoderArguments(values: Record<string, unknown>, flag: string): string[] {
+  return listOption(values, flag).map((path) => checkTranscoderArgument(path, `--${flag}`));
+}
+
+/** One transcoder path argument (`label` as in messages, e.g. `<in>`), as {@link checkTranscoderArguments}. */
+export function checkTranscoderArgument(path: string, label: string): string {
+  if (isWrittenAsPath(path) && !existsSync(path)) throw new InvalidArgumentError(`${label} ${path}: no such file or folder`);
+  return resolveTranscoderSource(path);
 }
 
 /** Checks that a positional path argument exists (`name` as in the usage, e.g. `model-dir`). */

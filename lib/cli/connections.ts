@@ -1,7 +1,7 @@
 /** `transcoders connections`: input-invariant (weights-based) connections of one transcoder feature. */
 import { InvalidArgumentError } from '../errors.js';
 import { deEmbedding, featureConnections, logitEffects, type Connection, type TokenScore } from '../circuits/connections.js';
-import { DEVICE_OPTION, applyThreads, checkInputArgument, checkInputPaths, intOption, THREADS_OPTION, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, checkModelArgument, checkTranscoderArguments, intOption, THREADS_OPTION, type Command } from './command.js';
 import { loadModelWithTranscoders } from './transcoder-paths.js';
 
 function parsePair(value: unknown, flag: string, what: string): [number, number] {
@@ -53,14 +53,14 @@ export const connectionsCommand: Command = {
   },
   async run(values, positionals) {
     applyThreads(values);
-    checkInputArgument(positionals[0], 'model-dir');
-    checkInputPaths(values, ['transcoders']);
+    const modelDir = checkModelArgument(positionals[0], 'model-dir')!;
+    checkTranscoderArguments(values, 'transcoders');
     const [layer, feature] = parsePair(values.feature, 'feature', 'L:F (layer and feature index)');
     const head = values['deembed-head'] === undefined ? undefined : parsePair(values['deembed-head'], 'deembed-head', 'LA:H (attention layer and head)');
     const k = intOption(values.k, 'k', 1) ?? 10;
     const throughAttention = values['through-attention'] === true;
 
-    const { replacement, model, paths } = await loadModelWithTranscoders(values, positionals[0]!);
+    const { replacement, model, paths } = await loadModelWithTranscoders(values, modelDir);
     const byLayer = replacement.transcoders;
     const tc = byLayer.get(layer);
     if (!tc) throw new InvalidArgumentError(`no transcoder for layer ${layer} among ${paths.join(', ')} (layers: ${[...byLayer.keys()].join(', ') || 'none'})`);

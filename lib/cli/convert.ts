@@ -6,6 +6,7 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { readModelConfig, type Architecture } from '../models/config.js';
+import { isWrittenAsPath, resolveModelSource } from '../io/hf-cache.js';
 import { loadModel, type Model } from '../models/model.js';
 import { exportCircuitTracer, exportCircuitTracerSet, exportedModelName, loadTranscoder, sparsifyHookpoint } from '../transcoders/formats/index.js';
 import { saveTranscoder } from '../transcoders/formats/native.js';
@@ -14,7 +15,7 @@ import { prepareSaeLensExport } from '../transcoders/formats/saelens.js';
 import { prepareSparsifyExport } from '../transcoders/formats/sparsify.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
 import { loadTranscoderSet, trainingLayerDirs } from '../transcoders/transcoder-set.js';
-import { checkInputArgument, checkOutputPath, choiceOption, intOption, type Command } from './command.js';
+import { checkOutputPath, checkTranscoderArgument, choiceOption, intOption, type Command } from './command.js';
 
 const TARGETS = ['native', 'saelens', 'circuit-tracer', 'sparsify'] as const;
 type Target = (typeof TARGETS)[number];
@@ -61,12 +62,13 @@ export const convertCommand: Command = {
     'uri-prefix': { type: 'string', value: 'URI', description: "circuit-tracer sets: list files in config.yaml as URI/layer_L.safetensors (e.g. hf://user/repo) instead of local paths" },
   },
   async run(values, positionals) {
-    const [input, out] = positionals as [string, string];
-    checkInputArgument(input, 'in');
+    const [inputArg, out] = positionals as [string, string];
+    const input = checkTranscoderArgument(inputArg, '<in>');
     checkOutputPath(out, '<out-dir>', 'folder');
     const to = choiceOption(values.to, 'to', TARGETS)!;
     const layer = intOption(values.layer, 'layer');
-    const modelOption = values.model as string | undefined;
+    // --model may be a folder or a Hugging Face repo id in the local hub cache.
+    const modelOption = values.model === undefined || (isWrittenAsPath(values.model as string) && !isFolder(values.model as string)) ? (values.model as string | undefined) : resolveModelSource(values.model as string);
     const uriPrefix = values['uri-prefix'] as string | undefined;
 
     // The transcoders: one, or every layer of a training output folder.

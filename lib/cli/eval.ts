@@ -1,7 +1,7 @@
 /** `transcoders eval`: reconstruction, sparsity and spliced next-token loss of transcoders on a model. */
 import { PROCESSINGS } from '../models/model.js';
 import { evaluate } from '../transcoders/evaluate.js';
-import { DEVICE_OPTION, applyThreads, THREADS_OPTION, checkInputArgument, checkInputPaths, choiceOption, intOption, listOption, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, THREADS_OPTION, checkInputPaths, checkModelArgument, checkTranscoderArguments, choiceOption, intOption, listOption, type Command } from './command.js';
 import { CONTEXT_SIZE_OPTION, tokenRowsFor } from './data.js';
 import { ProgressBar } from './progress.js';
 import { loadModelWithTranscoders } from './transcoder-paths.js';
@@ -30,9 +30,10 @@ export const evalCommand: Command = {
     const sequences = intOption(values.sequences, 'sequences', 1) ?? 64;
     const batchSize = intOption(values['batch-size'], 'batch-size', 1) ?? 8;
     choiceOption(values.processing, 'processing', PROCESSINGS); // checked before the transcoders load
-    checkInputArgument(positionals[0], 'model-dir');
-    checkInputPaths(values, ['transcoders', 'data']);
-    const { replacement, model } = await loadModelWithTranscoders(values, positionals[0]!);
+    const modelDir = checkModelArgument(positionals[0], 'model-dir')!;
+    checkTranscoderArguments(values, 'transcoders');
+    checkInputPaths(values, ['data']);
+    const { replacement, model } = await loadModelWithTranscoders(values, modelDir);
     const rows = await tokenRowsFor(model, data, values['context-size'], sequences);
     const bar = values.json ? null : new ProgressBar('evaluating', rows.length, ' sequences');
     const result = await evaluate(replacement, rows, {

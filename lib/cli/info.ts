@@ -1,10 +1,9 @@
 /** `transcoders info <model-dir>`: the parsed configuration of a model folder. */
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { resolveCheckpoint } from '../models/checkpoint.js';
 import { parameterCount, readModelConfig } from '../models/config.js';
-import { Tokenizer } from '../tokenizer/tokenizer.js';
-import { checkInputArgument, type Command } from './command.js';
+import { loadFolderTokenizer } from '../tokenizer/tokenizer.js';
+import { checkModelArgument, type Command } from './command.js';
 import { SHIPPED_MODEL_DIR as DEFAULT_MODEL_DIR } from '../models/shipped.js';
 
 export const infoCommand: Command = {
@@ -15,18 +14,17 @@ export const infoCommand: Command = {
   arguments: [{ name: 'model-dir' }],
   options: { json: { type: 'boolean', description: 'print JSON' } },
   async run(values, positionals) {
-    checkInputArgument(positionals[0], 'model-dir');
-    const dir = positionals[0] ?? DEFAULT_MODEL_DIR;
+    const dir = checkModelArgument(positionals[0], 'model-dir') ?? DEFAULT_MODEL_DIR;
     const config = readModelConfig(dir);
     const files = resolveCheckpoint(dir, config);
     const tokenizerPath = join(dir, 'tokenizer.json');
-    const tokenizer = existsSync(tokenizerPath) ? Tokenizer.fromFile(tokenizerPath, { bosTokenId: config.bosTokenId }) : null;
+    const tokenizer = loadFolderTokenizer(dir, config);
     const info = {
       dir,
       config,
       parameters: parameterCount(config),
       checkpoint: files.map((f) => ({ file: f.path, tensors: f.entries.length, dtypes: [...new Set(f.entries.map((e) => e.dtype))] })),
-      tokenizer: tokenizer ? { file: tokenizerPath, vocabSize: tokenizer.vocabSize, bosTokenId: tokenizer.bosTokenId } : null,
+      tokenizer: tokenizer ? { file: tokenizerPath, vocabSize: tokenizer.vocabSize, bosTokenId: tokenizer.bosTokenId, bos: tokenizer.bos } : null,
     };
     if (values.json) {
       console.log(JSON.stringify(info, null, 2));
@@ -40,5 +38,9 @@ export const infoCommand: Command = {
     }
     for (const f of info.checkpoint) console.log(`  checkpoint       ${f.file} (${f.tensors} tensors, ${f.dtypes.join('/')})`);
     console.log(`  tokenizer        ${tokenizer ? `${tokenizerPath} (${tokenizer.vocabSize} tokens)` : 'none (token ids only)'}`);
+    if (tokenizer) {
+      const b = tokenizer.bos;
+      console.log(`  prepend BOS      ${b.prependBos ? `yes, ${b.token ?? `id ${b.tokenId}`}` : 'no'} (${b.source})`);
+    }
   },
 };

@@ -4,7 +4,7 @@ import { mkdirSync } from 'node:fs';
 import { InvalidArgumentError } from '../errors.js';
 import { writeSafetensors, type RawTensor } from '../io/safetensors.js';
 import { loadModel, MODEL_DTYPES, PROCESSINGS, type Model } from '../models/model.js';
-import { DEVICE_OPTION, applyThreads, THREADS_OPTION, checkInputArgument, checkOutputPaths, choiceOption, intOption, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, THREADS_OPTION, checkModelArgument, checkOutputPaths, choiceOption, intOption, type Command } from './command.js';
 import { SHIPPED_MODEL_DIR as DEFAULT_MODEL_DIR } from '../models/shipped.js';
 
 export interface Prediction {
@@ -63,7 +63,6 @@ export const runCommand: Command = {
     threads: THREADS_OPTION,
   },
   async run(values, positionals) {
-    const dir = positionals[0] ?? DEFAULT_MODEL_DIR;
     if (values['prepend-bos'] && values['no-prepend-bos']) throw new InvalidArgumentError('--prepend-bos and --no-prepend-bos contradict each other');
     if (typeof values.tokens === 'string' && (values['prepend-bos'] || values['no-prepend-bos'])) {
       throw new InvalidArgumentError(`--${values['prepend-bos'] ? 'prepend-bos' : 'no-prepend-bos'} does not apply to --tokens (the ids are run as given)`);
@@ -75,7 +74,7 @@ export const runCommand: Command = {
     const processing = choiceOption(values.processing, 'processing', PROCESSINGS) ?? 'none';
     const dtype = choiceOption(values.dtype, 'dtype', MODEL_DTYPES) ?? 'float32';
     const tokenIds = typeof values.tokens === 'string' ? parseTokenList(values.tokens) : null;
-    checkInputArgument(positionals[0], 'model-dir');
+    const dir = checkModelArgument(positionals[0], 'model-dir') ?? DEFAULT_MODEL_DIR;
     checkOutputPaths(values, { out: 'file-mkdir' });
 
     const model = await loadModel(dir, { processing, dtype, device: typeof values.device === 'string' ? values.device : 'cpu' });

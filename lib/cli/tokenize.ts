@@ -5,8 +5,8 @@ import { BOS_MODES } from '../data/packing.js';
 import { tokenizeToFile } from '../data/tokenize.js';
 import { InvalidArgumentError } from '../errors.js';
 import { readModelConfig } from '../models/config.js';
-import { Tokenizer } from '../tokenizer/tokenizer.js';
-import { checkInputArgument, checkInputPaths, checkOutputPaths, choiceOption, intOption, listOption, type Command } from './command.js';
+import { loadFolderTokenizer } from '../tokenizer/tokenizer.js';
+import { checkInputPaths, checkModelArgument, checkOutputPaths, choiceOption, intOption, listOption, type Command } from './command.js';
 import { CONTEXT_SIZE_OPTION, contextSizeFor } from './data.js';
 import { StatusLine } from './progress.js';
 
@@ -24,24 +24,24 @@ export const tokenizeCommand: Command = {
     'max-rows': { type: 'string', value: 'N', description: 'stop after N rows' },
   },
   async run(values, positionals) {
-    const dir = positionals[0]!;
     const data = listOption(values, 'data');
     const maxRows = intOption(values['max-rows'], 'max-rows', 1);
     const bos = choiceOption(values.bos, 'bos', BOS_MODES);
-    checkInputArgument(dir, 'model-dir');
+    const dir = checkModelArgument(positionals[0], 'model-dir')!;
     checkInputPaths(values, ['data']);
     checkOutputPaths(values, { out: 'file' });
     if (!existsSync(join(dir, 'tokenizer.json'))) throw new InvalidArgumentError(`${dir} has no tokenizer.json`);
     const config = readModelConfig(dir);
     const contextSize = contextSizeFor(values['context-size'], config.nCtx);
-    const tokenizer = Tokenizer.fromFile(join(dir, 'tokenizer.json'), { bosTokenId: config.bosTokenId });
+    const tokenizer = loadFolderTokenizer(dir, config)!;
     const out = resolve(values.out as string);
     const status = new StatusLine();
     let result;
     try {
       result = await tokenizeToFile(data, tokenizer, out, {
         contextSize,
-        bos: bos ?? (config.defaultPrependBos ? 'paper' : 'none'),
+        // The same BOS decision as loadModel's (tokenizer_config.json's add_bos_token, else the family's).
+        bos: bos ?? (tokenizer.prependBosByDefault ? 'paper' : 'none'),
         tokenizerName: dir,
         minRows: 1,
         ...(maxRows !== undefined && { maxRows }),

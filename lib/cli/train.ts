@@ -11,7 +11,7 @@ import { CONFIG_FILE } from '../transcoders/formats/native.js';
 import { trainTranscoders, type TrainRunOptions } from '../transcoders/training-run.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
 import {
-  DEVICE_OPTION, applyThreads, THREADS_OPTION, checkInputArgument, checkInputPaths, checkOutputPaths, choiceOption, intOption, listOption,
+  DEVICE_OPTION, applyThreads, THREADS_OPTION, checkInputPaths, checkModelArgument, checkOutputPaths, choiceOption, intOption, listOption,
   numberOption, rejectOptions, type Command, type OptionValues,
 } from './command.js';
 import { CONTEXT_SIZE_OPTION, parseLayers, withTokenFile } from './data.js';
@@ -203,7 +203,7 @@ export const trainCommand: Command = {
     const data = listOption(values, 'data');
     const activations = values.activations as string | undefined;
     if (activations && positionals[0] !== undefined) throw new InvalidArgumentError(`unexpected argument '${positionals[0]}': training from --activations needs no model folder`);
-    checkInputArgument(positionals[0], 'model-dir');
+    const modelDir = checkModelArgument(positionals[0], 'model-dir');
     checkInputPaths(values, ['data', 'activations', 'init']);
     checkOutputPaths(values, { out: 'folder' });
     const out = resolve(values.out as string);
@@ -215,7 +215,7 @@ export const trainCommand: Command = {
     }
     let model: Model | null = null;
     if (!activations) {
-      model = await loadModel(positionals[0]!, { processing: choiceOption(values.processing, 'processing', PROCESSINGS) ?? 'transformerlens', device });
+      model = await loadModel(modelDir!, { processing: choiceOption(values.processing, 'processing', PROCESSINGS) ?? 'transformerlens', device });
     }
     const layers = cacheLayer !== null ? [cacheLayer] : parseLayers(values.layers as string | undefined, model?.config.nLayers);
     if (values.resume === true) checkResumable(out, layers, plan, skip);

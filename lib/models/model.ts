@@ -4,12 +4,13 @@
  * a fixed value, or a callback such as a transcoder).
  */
 import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError, NumericalError } from '../errors.js';
+import { resolveModelSource } from '../io/hf-cache.js';
 import { native, type NativeMlpReplacement, type NativeModel, type NativeRunResult, type NativeTranscoder } from '../native.js';
 import { Tensor, type DType } from '../tensor.js';
-import { Tokenizer } from '../tokenizer/tokenizer.js';
+import { loadFolderTokenizer, type Tokenizer } from '../tokenizer/tokenizer.js';
 import { resolveCheckpoint } from './checkpoint.js';
 import { readModelConfig, type ModelConfig } from './config.js';
 import { selectHooks } from './hooks.js';
@@ -181,7 +182,10 @@ export class Model {
     this.hookNames = Object.freeze(init.handle.hookNames());
   }
 
-  /** Token ids of `text` with this model's BOS convention (GPT-2: BOS first; Pythia: none). */
+  /**
+   * Token ids of `text` with this model's BOS convention: tokenizer_config.json's `add_bos_token` when
+   * present, else the family's (GPT-2: BOS first; Pythia: none); `tokenizer.bos` says which applied.
+   */
   tokenize(text: string, options: { prependBos?: boolean } = {}): number[] {
     if (!this.tokenizer) throw new InvalidArgumentError(`${this.dir} has no tokenizer.json: pass token ids instead of text`);
     return this.tokenizer.encode(text, options);
@@ -390,11 +394,12 @@ export class Model {
 
 /**
  * Loads a GPT-2 or GPT-NeoX/Pythia model from a local Hugging Face folder (config.json,
- * model.safetensors or sharded safetensors, tokenizer.json). Validation errors name the file and
- * field; the weights are read off the JS thread.
+ * model.safetensors or sharded safetensors, tokenizer.json), or from the local Hugging Face hub cache
+ * when `dir` is a repo id (`org/name[@revision]`) and no such local path exists (offline; see
+ * lib/io/hf-cache.ts). Validation errors name the file and field; the weights are read off the JS thread.
  */
 export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<Model> {
-  const folder = resolve(dir);
+  const folder = resolveModelSource(dir);
   const processing = options.processing ?? 'none';
   const dtype = options.dtype ?? 'float32';
   const device = options.device ?? 'cpu';
@@ -404,10 +409,8 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   if (!existsSync(folder)) throw new InvalidArgumentError(`model folder ${folder} does not exist`);
   const config = readModelConfig(folder);
   const files = resolveCheckpoint(folder, config);
-  const tokenizerPath = join(folder, 'tokenizer.json');
-  const tokenizer = existsSync(tokenizerPath)
-    ? Tokenizer.fromFile(tokenizerPath, { bosTokenId: config.bosTokenId, prependBos: config.defaultPrependBos })
-    : null;
+  // BOS: tokenizer_config.json's add_bos_token when it says, else the family's default (see BosDecision).
+  const tokenizer = loadFolderTokenizer(folder, config);
   if (options.nonFinite !== undefined && options.nonFinite !== 'warn' && options.nonFinite !== 'error') {
     throw new InvalidArgumentError(`nonFinite must be 'warn' or 'error', got '${String(options.nonFinite)}'`);
   }

@@ -5,6 +5,7 @@
  */
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { resolveTranscoderSource } from '../io/hf-cache.js';
 import { CIRCUIT_TRACER_CONFIG_FILE, readCircuitTracerConfig } from './formats/circuit-tracer.js';
 import { detectTranscoderFormat, loadTranscoder } from './formats/index.js';
 import type { PlacementOptions, Transcoder } from './transcoder.js';
@@ -37,8 +38,13 @@ export function trainingLayerDirs(path: string): Map<number, string> {
   return new Map(layersIn(path, LAYER_DIR).filter((l) => isFolder(join(path, `layer_${l}`))).map((l) => [l, join(path, `layer_${l}`)]));
 }
 
-/** Every transcoder `path` holds, each knowing its layer. */
-export async function loadTranscoderSet(path: string, placement: PlacementOptions = {}): Promise<Transcoder[]> {
+/**
+ * Every transcoder `path` holds, each knowing its layer. `path` may also be a Hugging Face repo id
+ * (`org/name[/subfolder][@revision]`, e.g. `mntss/gemma-scope-transcoders`), read from the local hub
+ * cache when no such local path exists (lib/io/hf-cache.ts).
+ */
+export async function loadTranscoderSet(spec: string, placement: PlacementOptions = {}): Promise<Transcoder[]> {
+  const path = resolveTranscoderSource(spec);
   const trained = trainingLayerDirs(path);
   if (trained.size > 0) return Promise.all([...trained].map(([layer, dir]) => loadTranscoder(dir, { ...placement, layer })));
   if (isFolder(path)) {

@@ -19,13 +19,14 @@ import { Tokenizer } from '../../lib/tokenizer/tokenizer.js';
 import { CACHE_FORMAT, readCacheShards } from '../../lib/transcoders/activation-cache.js';
 import { exportCircuitTracerSet, loadCircuitTracerTranscoder } from '../../lib/transcoders/formats/circuit-tracer.js';
 import { loadNativeTranscoder, saveTranscoder } from '../../lib/transcoders/formats/native.js';
+import { loadGemmaScope2Transcoder, loadGemmaScopeTranscoder } from '../../lib/transcoders/formats/gemma-scope.js';
 import { loadPaperTranscoder } from '../../lib/transcoders/formats/paper.js';
 import { exportSaeLens, loadSaeLensTranscoder } from '../../lib/transcoders/formats/saelens.js';
 import { exportSparsify, loadSparsifyTranscoder } from '../../lib/transcoders/formats/sparsify.js';
 import { Transcoder } from '../../lib/transcoders/transcoder.js';
 import type { Tensor } from '../../lib/tensor.js';
 import { FuzzRng, mutateBytes, mutateJson, mutateYaml } from './mutators.js';
-import { joinSafetensors, paperPickle, readZipEntries, splitSafetensors, torchZip } from './writers.js';
+import { joinSafetensors, npyBytes, paperPickle, readZipEntries, splitSafetensors, torchZip, writeZip } from './writers.js';
 
 /** Files of one input, by path relative to its folder. */
 export type Case = Map<string, Buffer>;
@@ -38,7 +39,7 @@ export interface FuzzTarget {
   run(path: string): Promise<void>;
 }
 
-export const PARSERS = ['safetensors', 'token-file', 'torch-pt', 'saelens', 'sparsify', 'native', 'circuit-tracer', 'model', 'activation-cache', 'tokenizer'] as const;
+export const PARSERS = ['safetensors', 'token-file', 'torch-pt', 'saelens', 'sparsify', 'native', 'circuit-tracer', 'model', 'activation-cache', 'tokenizer', 'gemma-scope', 'gemma-scope-2'] as const;
 export type ParserName = (typeof PARSERS)[number];
 
 /** Messages longer than this quote far too much of the input (values must be cut short). */
@@ -103,6 +104,16 @@ function mutateFile(name: string, data: Buffer, rng: FuzzRng, donor: Buffer): Bu
     // Structure-aware: mutate the JSON header and re-frame it, so the mutation reaches the header checks.
     const parts = splitSafetensors(data);
     if (parts) return joinSafetensors(mutateJson(parts.header, rng), rng.chance(0.2) ? mutateBytes(parts.data, rng) : parts.data);
+  }
+  if (name.endsWith('.npz') && rng.chance(0.7)) {
+    // Structure-aware: mutate one .npy member (its header most often) inside a valid zip (right CRCs).
+    const entries = readZipEntries(data);
+    if (entries && entries.length > 0) {
+      const i = rng.int(entries.length);
+      const [n, b] = entries[i]!;
+      entries[i] = [n, rng.chance(0.7) && b.length > 128 ? Buffer.concat([mutateBytes(b.subarray(0, 128), rng), b.subarray(128)]) : mutateBytes(b, rng)];
+      return writeZip(entries);
+    }
   }
   if (name.endsWith('.pt') && rng.chance(0.7)) {
     // Structure-aware: mutate the pickle or a storage inside a valid zip (right CRCs), so the
@@ -219,6 +230,32 @@ export async function makeTargets(work: string, only?: readonly string[]): Promi
   if (want('circuit-tracer')) {
     const seeds = await folderSeeds(work, 'ct', async (dir, i) => exportCircuitTracerSet([await tinyTranscoder(0, i ? 'jumprelu' : 'relu', i === 1), await tinyTranscoder(1, i ? 'jumprelu' : 'relu', i === 1)], dir), 2);
     targets.push({ name: 'circuit-tracer', entry: '', seeds, run: async (p) => void (await loadCircuitTracerTranscoder(p, { layer: 1 })) });
+  }
+
+  if (want('gemma-scope')) {
+    const [d, F] = [8, 16];
+    const seeds = await folderSeeds(work, 'gs1', (dir, i) => {
+      mkdirSync(join(dir, 'layer_0'));
+      const arrays: [string, number[]][] = [['W_enc', [d, F]], ['W_dec', [F, d]], ['b_enc', [F]], ['b_dec', [d]], ['threshold', [F]]];
+      writeFileSync(join(dir, 'layer_0', 'params.npz'), writeZip(arrays.map(([n, shape], k) => [`${n}.npy`, npyBytes('<f4', shape, f32(shape.reduce((a, b) => a * b, 1), i * 5 + k))])));
+    }, 2);
+    targets.push({ name: 'gemma-scope', entry: 'layer_0/params.npz', seeds, run: async (p) => void (await loadGemmaScopeTranscoder(p)) });
+  }
+
+  if (want('gemma-scope-2')) {
+    const [d, F] = [8, 16];
+    const seeds = await folderSeeds(work, 'gs2', (dir, i) => {
+      const t = (shape: number[], k: number) => ({ dtype: 'F32' as const, shape, bytes: f32(shape.reduce((a, b) => a * b, 1), i * 7 + k) });
+      writeSafetensors(join(dir, 'params.safetensors'), {
+        w_enc: t([d, F], 0), w_dec: t([F, d], 1), b_enc: t([F], 2), b_dec: t([d], 3), threshold: t([F], 4),
+        ...(i ? { affine_skip_connection: t([d, d], 5) } : {}),
+      });
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({
+        hf_hook_point_in: 'model.layers.2.pre_feedforward_layernorm.output', hf_hook_point_out: 'model.layers.2.post_feedforward_layernorm.output',
+        width: F, model_name: 'google/gemma-3-1b-pt', architecture: 'jump_relu', l0: 3, affine_connection: i === 1, type: 'transcoder',
+      }));
+    }, 2);
+    targets.push({ name: 'gemma-scope-2', entry: '', seeds, run: async (p) => void (await loadGemmaScope2Transcoder(p)) });
   }
 
   if (want('model') || want('tokenizer')) {

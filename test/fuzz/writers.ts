@@ -2,7 +2,7 @@
  * Minimal writers the fuzz suite needs to make well-formed seeds and to re-wrap mutated insides
  * (so that a mutated pickle or safetensors header gets past the outer checks: zip CRCs, header
  * length prefixes, and reaches the inner parser): a STORED zip writer, a protocol-2 pickle of the
- * paper's .pt layout, and safetensors split/join.
+ * paper's .pt layout, safetensors split/join, and a `.npy` writer (numpy/lib/format.py's layout).
  */
 import { crc32 } from 'node:zlib';
 
@@ -167,6 +167,20 @@ export function torchZip(pickle: Buffer, storages: [string, Buffer][]): Buffer {
     ...storages.map(([k, b]): [string, Buffer] => [`archive/data/${k}`, b]),
     ['archive/version', Buffer.from('3\n')],
   ]);
+}
+
+/**
+ * A `.npy` image written from the format's description: magic, version 1.0, u16 header length, the
+ * dict literal padded with spaces to a multiple of 64 bytes and ended by a newline, then the data.
+ */
+export function npyBytes(descr: string, shape: number[], data: Buffer): Buffer {
+  const dict = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${shape.join(', ')}${shape.length === 1 ? ',' : ''}), }`;
+  const pad = 64 - ((10 + dict.length + 1) % 64);
+  const header = Buffer.from(`${dict}${' '.repeat(pad % 64)}\n`, 'latin1');
+  const pre = Buffer.alloc(10);
+  Buffer.from([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 1, 0]).copy(pre);
+  pre.writeUInt16LE(header.length, 8);
+  return Buffer.concat([pre, header, data]);
 }
 
 /** A safetensors file split into its header text and the rest, or null if the prefix is broken. */

@@ -30,6 +30,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { Document, isMap, isScalar, LineCounter, parseDocument, type Node } from 'yaml';
 import { FormatError, InvalidArgumentError } from '../../errors.js';
+import { resolveHfUri } from '../../io/hf-cache.js';
 import { describe } from '../../io/json.js';
 import { writeFileAtomic } from '../../io/atomic.js';
 import { writeSafetensors, type RawTensor } from '../../io/safetensors.js';
@@ -49,6 +50,7 @@ import {
   zeros,
   type ForeignLoadOptions,
 } from './common.js';
+import { isGemmaScope2File, loadGemmaScope2Transcoder, loadGemmaScopeTranscoder } from './gemma-scope.js';
 import { describeFold, rawModelInputFold, type InputFold, type RawModelExportOptions } from './raw-model.js';
 
 export const CIRCUIT_TRACER_CONFIG_FILE = 'config.yaml';
@@ -123,6 +125,8 @@ export interface CircuitTracerSetConfig {
   featureOutputHook?: string;
   /** Layer -> file name (the basename of each listed path or `hf://` URI). */
   layerFiles: Map<number, string>;
+  /** Layer -> the entry as listed (a path, absolute or relative to the config's folder, or an `hf://` URI). */
+  layerSources: Map<number, string>;
   activation?: string;
   k?: number;
 }
@@ -151,6 +155,7 @@ export function readCircuitTracerConfig(file: string): CircuitTracerSetConfig {
     return v as string;
   };
   const layerFiles = new Map<number, string>();
+  const layerSources = new Map<number, string>();
   const list = y.transcoders;
   if (list !== undefined && list !== null) {
     if (!Array.isArray(list)) fail('transcoders', `must be a list of paths (or of {layer, filepath} items), got ${describe(list)}`);
@@ -168,6 +173,7 @@ export function readCircuitTracerConfig(file: string): CircuitTracerSetConfig {
       }
       if (layerFiles.has(layer as number)) fail('transcoders', `lists layer ${layer} twice`);
       layerFiles.set(layer as number, basename((path as string).split('?')[0]!));
+      layerSources.set(layer as number, path as string);
     });
   }
   const k = y.k;
@@ -179,6 +185,7 @@ export function readCircuitTracerConfig(file: string): CircuitTracerSetConfig {
     featureInputHook: str('feature_input_hook'),
     featureOutputHook: str('feature_output_hook'),
     layerFiles,
+    layerSources,
     activation: str('activation'),
     ...(typeof k === 'number' ? { k } : {}),
   };
@@ -194,10 +201,44 @@ function safetensorsFiles(dir: string): string[] {
   return readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort();
 }
 
-/** Whether `dir` looks like a circuit-tracer transcoder set. */
+/**
+ * Whether `dir` looks like a circuit-tracer transcoder set: `layer_L.safetensors` files, or a config.yaml
+ * with safetensors beside it or a transcoder-set config of its own (a downloaded set such as
+ * `mntss/gemma-scope-transcoders` holds only config.yaml, its `transcoders:` entries pointing elsewhere).
+ */
 export function isCircuitTracerFolder(dir: string): boolean {
   const files = safetensorsFiles(dir);
-  return files.some((f) => LAYER_FILE.test(f)) || (existsSync(join(dir, CIRCUIT_TRACER_CONFIG_FILE)) && files.length > 0);
+  if (files.some((f) => LAYER_FILE.test(f))) return true;
+  const config = join(dir, CIRCUIT_TRACER_CONFIG_FILE);
+  if (!existsSync(config)) return false;
+  if (files.length > 0) return true;
+  try {
+    return /^(model_kind|transcoders)\s*:/m.test(readFileSync(config, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The local file of a `transcoders:` entry, offline: an `hf://` URI is looked for beside the config
+ * (same path, then same file name when no other entry shares it), then in the Hugging Face hub cache
+ * (lib/io/hf-cache.ts); a path is looked for beside the config by name (a set folder moved elsewhere),
+ * then as written (relative to the config's folder). Undefined when a path is found nowhere.
+ */
+function resolveLayerEntry(entry: string, dir: string, ct: CircuitTracerSetConfig): string | undefined {
+  if (entry.startsWith('hf://')) {
+    const names = [...ct.layerFiles.values()];
+    const name = basename(entry.split('?')[0]!);
+    return resolveHfUri(entry, dir, { uniqueName: names.filter((n) => n === name).length === 1 });
+  }
+  const candidates = [join(dir, basename(entry)), resolve(dir, entry)];
+  return candidates.find((f) => existsSync(f) && statSync(f).isFile());
+}
+
+/** The options whose value is not undefined (so that spreading them does not erase other fields). */
+function definedOnly(options: CircuitTracerLoadOptions): ForeignLoadOptions {
+  const { config: _config, ...rest } = options;
+  return Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined)) as ForeignLoadOptions;
 }
 
 /** What our exports record in a layer file's `__metadata__` (absent in circuit-tracer's own files). */
@@ -291,10 +332,14 @@ export async function loadCircuitTracerTranscoder(path: string, options: Circuit
   if (!isDir) {
     file = path;
   } else if (options.layer !== undefined) {
-    const listed = ct?.layerFiles.get(options.layer);
-    const candidates = [...(listed ? [listed] : []), `layer_${options.layer}.safetensors`].map((f) => join(dir, f));
-    const found = candidates.find((f) => existsSync(f));
-    if (!found) throw new FormatError(`${dir}: no transcoder for layer ${options.layer} (looked for ${candidates.map((f) => basename(f)).join(', ')})`, dir);
+    const listed = ct?.layerSources.get(options.layer);
+    const fromList = listed !== undefined ? resolveLayerEntry(listed, dir, ct!) : undefined;
+    const fallback = join(dir, `layer_${options.layer}.safetensors`);
+    const found = fromList ?? (existsSync(fallback) ? fallback : undefined);
+    if (!found) {
+      const looked = [...(listed !== undefined ? [listed] : []), `layer_${options.layer}.safetensors`];
+      throw new FormatError(`${dir}: no transcoder for layer ${options.layer} (looked for ${looked.join(', ')})`, dir);
+    }
     file = found;
   } else {
     const files = safetensorsFiles(dir);
@@ -307,8 +352,25 @@ export async function loadCircuitTracerTranscoder(path: string, options: Circuit
   // Layer: the caller's, else the file name's, else the config's entry for this file.
   const fromName = LAYER_FILE.exec(basename(file));
   let layer = options.layer ?? (fromName ? Number(fromName[1]) : undefined);
-  if (layer === undefined && ct) for (const [l, f] of ct.layerFiles) if (f === basename(file)) layer = l;
+  if (layer === undefined && ct) {
+    // By file name only when no other entry shares it (Gemma Scope's files are all params.npz).
+    const matches = [...ct.layerFiles].filter(([, f]) => f === basename(file));
+    if (matches.length === 1) layer = matches[0]![0];
+  }
   layer ??= -1;
+
+  // Sets may list other formats' files (circuit-tracer loads Gemma Scope's params.npz and Gemma Scope 2's
+  // safetensors with their own loaders); the set's hooks and model name apply to them too.
+  if (file.toLowerCase().endsWith('.npz') || isGemmaScope2File(file)) {
+    const setFields: ForeignLoadOptions = {
+      ...(layer >= 0 ? { layer } : {}),
+      ...(ct?.featureInputHook !== undefined && layer >= 0 ? { hookIn: absoluteHook(ct.featureInputHook, layer) } : {}),
+      ...(ct?.featureOutputHook !== undefined && layer >= 0 ? { hookOut: absoluteHook(ct.featureOutputHook, layer) } : {}),
+      ...(ct?.modelName !== undefined ? { modelName: ct.modelName } : {}),
+    };
+    const merged = { ...setFields, ...definedOnly(options) };
+    return file.toLowerCase().endsWith('.npz') ? loadGemmaScopeTranscoder(file, merged) : loadGemmaScope2Transcoder(file, merged);
+  }
 
   const tf = new TensorFile(file);
   const dSae = tf.float('b_enc', 1).shape[0]!;

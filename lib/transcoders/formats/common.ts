@@ -8,6 +8,7 @@ import { accessSync, constants, existsSync, mkdirSync, readFileSync, statSync } 
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { FormatError, InvalidArgumentError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
+import { repoIdOfCachePath } from '../../io/hf-cache.js';
 import { capReason, describe, readJsonObjectFile } from '../../io/json.js';
 import { loadSafetensorsTensors, readSafetensorsHeader, type RawTensor, type SafetensorsEntry, type SafetensorsHeader } from '../../io/safetensors.js';
 import type { Processing } from '../../models/model.js';
@@ -321,10 +322,16 @@ function applyInputMap(W: Float32Array, rows: number, cols: number, fold: InputF
 /**
  * The model name to write into a foreign config: Hugging Face ids are kept; a local folder
  * (ours record the folder a transcoder was trained from) becomes the `_name_or_path` of its
- * config.json when that is an id, else the folder's name; other paths their last component.
+ * config.json when that is an id, else the folder's name (a snapshot of the Hugging Face hub cache:
+ * its repo id); other paths their last component.
  */
 export function exportedModelName(modelName: string | null | undefined): string | null {
   if (!modelName) return null;
+  // A snapshot of the Hugging Face hub cache (what loading `org/name` resolves to) is that repo.
+  if (isAbsolute(modelName)) {
+    const cached = repoIdOfCachePath(modelName);
+    if (cached) return cached;
+  }
   const looksLikePath = (s: string) => isAbsolute(s) || s.startsWith('./') || s.startsWith('../') || s.includes('\\');
   let isDir = false;
   try {
