@@ -86,7 +86,7 @@ describe('Gemma Scope 1 (params.npz)', () => {
       expect(detectTranscoderFormat(join(fx.dir, 'params.npz'))).toBe('gemma-scope');
       expect(detectTranscoderFormat(fx.dir)).toBe('gemma-scope');
       const tc = await loadTranscoder(fx.dir, { device: DEVICE });
-      expect(tc.config).toMatchObject({ arch: 'jumprelu', dIn: 24, dOut: 24, dSae: 40, skip: false, layer: 3, hookIn: 'blocks.3.ln2.hook_normalized', hookOut: 'blocks.3.hook_mlp_out', processing: 'none' });
+      expect(tc.config).toMatchObject({ arch: 'jumprelu', dIn: 24, dOut: 24, dSae: 40, skip: false, layer: 3, hookIn: 'blocks.3.mlp.hook_in', hookOut: 'blocks.3.mlp.hook_out', processing: 'none' });
       await expectMatches(tc, fx.ref, sub);
     }
   });
@@ -105,7 +105,7 @@ describe('Gemma Scope 1 (params.npz)', () => {
     const fx = await fixture(work, 'gs1-nolayer/somewhere', 'gs1', 13);
     await expect(loadGemmaScopeTranscoder(fx.dir)).rejects.toThrow(/cannot tell which layer .* pass \{ layer \}/);
     const tc = await loadGemmaScopeTranscoder(fx.dir, { layer: 7 });
-    expect(tc.config.hookIn).toBe('blocks.7.ln2.hook_normalized');
+    expect(tc.config.hookIn).toBe('blocks.7.mlp.hook_in');
   });
 
   it('reads version 2.0 and 3.0 headers, Fortran order, big-endian, float16 and float64 members, deflated', async () => {

@@ -25,7 +25,7 @@ std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, const std::v
     std::shared_ptr<const Transformer> model = JsModel::modelOf(s.Get("model"), "the training model");
     std::vector<HookPair> hooks;
     for (const RunSlot& slot : slots) {
-      const Placement p = resolvePlacement(model->config(), slot.transcoder->spec());
+      const Placement p = resolvePlacement(*model, slot.transcoder->spec());
       hooks.push_back({p.hookIn, p.hookOut});
     }
     return std::make_unique<ModelActivationSource>(

@@ -40,7 +40,7 @@ AttributionGraph::AttributionGraph(std::shared_ptr<const ReplacementModel> repla
   {
     at::NoGradGuard noGrad;
     ForwardOptions o;
-    o.hooks = {"hook_embed", "ln_final.hook_normalized"};
+    o.hooks = {"hook_embed", "unembed.hook_pre"};
     if (hasPositional_) o.hooks.push_back("hook_pos_embed");
     for (int64_t l = 0; l < L_; ++l) {
       o.hooks.push_back(block(l) + "hook_mlp_out");
@@ -53,7 +53,7 @@ AttributionGraph::AttributionGraph(std::shared_ptr<const ReplacementModel> repla
     auto get = [&](const std::string& name) { return r.cache.at(name)[0]; };
     embed_ = get("hook_embed");
     if (hasPositional_) posEmbed_ = get("hook_pos_embed");
-    finalNormed_ = get("ln_final.hook_normalized");
+    finalNormed_ = get("unembed.hook_pre");
     lastLogits_ = r.logits[0][T_ - 1].to(at::kCPU, c10::kFloat);
 
     std::vector<at::Tensor> layers, positions, indices, acts;
@@ -131,7 +131,7 @@ AttributionGraph::AttributionGraph(std::shared_ptr<const ReplacementModel> repla
   g.freeze = true;
   g.embeddingLeaves = true;
   g.logits = false;
-  g.hooks = {"hook_embed", "ln_final.hook_normalized"};
+  g.hooks = {"hook_embed", "unembed.hook_pre"};
   if (hasPositional_) g.hooks.push_back("hook_pos_embed");
   for (int64_t l = 0; l < L_; ++l) {
     g.hooks.push_back(block(l) + "hook_attn_out");
@@ -163,7 +163,7 @@ AttributionGraph::AttributionGraph(std::shared_ptr<const ReplacementModel> repla
   ForwardResult r = model.forward(ids.expand({B_, T_}).contiguous(), g);
   gEmbed_ = r.cache.at("hook_embed");
   if (hasPositional_) gPos_ = r.cache.at("hook_pos_embed");
-  gFinal_ = r.cache.at("ln_final.hook_normalized");
+  gFinal_ = r.cache.at("unembed.hook_pre");
   gInput_.resize(L_);
   for (int64_t l = 0; l < L_; ++l) {
     gAttnOut_.push_back(r.cache.at(block(l) + "hook_attn_out"));

@@ -23,7 +23,8 @@ MlpReplacement::Input inputOfHook(const std::string& hookIn) {
   return endsWith(".hook_resid_mid") || endsWith(".hook_resid_pre") ? MlpReplacement::Input::Residual : MlpReplacement::Input::MlpIn;
 }
 
-Placement resolvePlacement(const ModelConfig& cfg, const TranscoderSpec& spec) {
+Placement resolvePlacement(const Transformer& model, const TranscoderSpec& spec) {
+  const ModelConfig& cfg = model.config();
   const int64_t L = spec.layer;
   if (L < 0 || L >= cfg.nLayers)
     throw InvalidArgument("a transcoder for layer " + std::to_string(L) + ", but the model has layers 0.." + std::to_string(cfg.nLayers - 1) +
@@ -46,6 +47,12 @@ Placement resolvePlacement(const ModelConfig& cfg, const TranscoderSpec& spec) {
   if (p.hookIn != block(L) + "ln2.hook_normalized" && p.hookIn != block(L) + "mlp.hook_in" && p.hookIn != residual)
     throw InvalidArgument(what + " does not replace layer " + std::to_string(L) + "'s MLP: a transcoder reads " + block(L) +
                           "ln2.hook_normalized, " + block(L) + "mlp.hook_in or " + residual);
+  // TransformerLens's RMSNorm hook_normalized is x / scale, before the gain: on a raw RMSNorm model it
+  // is not what the MLP receives.
+  if (p.hookIn == block(L) + "ln2.hook_normalized" && cfg.norm == Norm::RMSNorm && model.weights().layers[L].ln2W.defined())
+    throw InvalidArgument(what + ": on an RMSNorm model loaded raw, ln2.hook_normalized is the norm's output before its gain "
+                          "(TransformerLens's convention), not the MLP's input; transcoders of the MLP input read " + block(L) +
+                          "mlp.hook_in (or load the model with processing 'transformerlens', which folds the gain)");
   if (p.hookOut != block(L) + "hook_mlp_out" && p.hookOut != block(L) + "mlp.hook_out")
     throw InvalidArgument(what + " does not replace layer " + std::to_string(L) + "'s MLP: a transcoder writes " + block(L) +
                           "hook_mlp_out or " + block(L) + "mlp.hook_out");
@@ -80,7 +87,7 @@ ReplacementModel::ReplacementModel(std::shared_ptr<const Transformer> model, con
   if (transcoders.empty()) throw InvalidArgument("a replacement model needs at least one transcoder");
   for (const auto& tc : transcoders) {
     if (!tc) throw InvalidArgument("a replacement model's transcoders must be Transcoders");
-    Placement p = resolvePlacement(model_->config(), tc->spec());
+    Placement p = resolvePlacement(*model_, tc->spec());
     if (slots_.count(p.layer)) throw InvalidArgument("two transcoders for layer " + std::to_string(p.layer));
     if (tc->params().W_enc.device() != model_->device())
       throw InvalidArgument("the layer-" + std::to_string(p.layer) + " transcoder is on " + tc->params().W_enc.device().str() +

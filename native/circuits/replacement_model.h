@@ -31,7 +31,7 @@ MlpReplacement::Input inputOfHook(const std::string& hookIn);
 
 // Checks a transcoder's declared hooks against a model and resolves its placement; throws
 // InvalidArgument naming the hooks when the pair is not an MLP replacement the model has.
-Placement resolvePlacement(const ModelConfig& cfg, const TranscoderSpec& spec);
+Placement resolvePlacement(const Transformer& model, const TranscoderSpec& spec);
 
 class ReplacementModel {
  public:

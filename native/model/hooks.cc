@@ -12,6 +12,7 @@ const char* modelHookName(ModelHook h) {
     case ModelHook::PosEmbed: return "hook_pos_embed";
     case ModelHook::LnFinalScale: return "ln_final.hook_scale";
     case ModelHook::LnFinalNormalized: return "ln_final.hook_normalized";
+    case ModelHook::UnembedPre: return "unembed.hook_pre";  // what the unembedding reads (the final norm's output)
     default: return "";
   }
 }
@@ -78,6 +79,7 @@ std::vector<std::string> hookNames(const ModelConfig& cfg) {
       if (exists(cfg, BlockHook(i))) names.push_back(blockHookName(l, BlockHook(i)));
   names.push_back(modelHookName(ModelHook::LnFinalScale));
   names.push_back(modelHookName(ModelHook::LnFinalNormalized));
+  names.push_back(modelHookName(ModelHook::UnembedPre));
   return names;
 }
 

@@ -12,7 +12,7 @@
 
 namespace tc {
 
-enum class ModelHook { Embed, PosEmbed, LnFinalScale, LnFinalNormalized, Count };
+enum class ModelHook { Embed, PosEmbed, LnFinalScale, LnFinalNormalized, UnembedPre, Count };
 
 enum class BlockHook {
   ResidPre, Ln1Scale, Ln1Normalized, AttnQ, AttnK, AttnV, AttnRotQ, AttnRotK, AttnScores, AttnPattern, AttnZ,

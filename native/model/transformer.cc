@@ -47,7 +47,7 @@ at::Tensor replayed(const ForwardOptions& options, const std::string& name, at::
 }  // namespace
 
 at::Tensor Transformer::norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale, bool freeze,
-                             const at::Tensor& fixedScale) const {
+                             const at::Tensor& fixedScale, at::Tensor* normalized) const {
   if (cfg_.norm == Norm::RMSNorm) {
     // As Hugging Face computes it: in float32, back to the model dtype before the gain (Llama) or
     // after it (Gemma's (1 + w)). hook_scale = sqrt(mean(x^2) + eps), as TransformerLens's RMSNorm.
@@ -56,17 +56,24 @@ at::Tensor Transformer::norm(const at::Tensor& x, const at::Tensor& w, const at:
     if (scale != nullptr) *scale = ms.sqrt().to(x.scalar_type());
     at::Tensor inv = ms.rsqrt();
     at::Tensor n = xf * (freeze ? inv.detach() : inv);
+    if (normalized != nullptr) *normalized = n.to(x.scalar_type());
     if (!w.defined()) return n.to(x.scalar_type());
     if (cfg_.normPlusOne) return (n * (w.to(c10::kFloat) + 1.0)).to(x.scalar_type());
     return w * n.to(x.scalar_type());
   }
-  if (scale == nullptr && !freeze && !fixedScale.defined()) return at::layer_norm(x, {x.size(-1)}, w, b, cfg_.lnEps);
+  if (scale == nullptr && !freeze && !fixedScale.defined()) {
+    at::Tensor out = at::layer_norm(x, {x.size(-1)}, w, b, cfg_.lnEps);
+    if (normalized != nullptr) *normalized = out;
+    return out;
+  }
   // Spelled out when the scale is observed or frozen: TransformerLens's hook_scale = sqrt(mean(xc^2) + eps).
   at::Tensor xc = x - x.mean(-1, /*keepdim=*/true);
   at::Tensor s = fixedScale.defined() ? fixedScale.to(xc.scalar_type()) : (xc.pow(2).mean(-1, /*keepdim=*/true) + cfg_.lnEps).sqrt();
   if (scale != nullptr) *scale = s;
   at::Tensor out = xc / (freeze ? s.detach() : s);
-  return w.defined() ? at::addcmul(b, out, w) : out;
+  out = w.defined() ? at::addcmul(b, out, w) : out;
+  if (normalized != nullptr) *normalized = out;
+  return out;
 }
 
 at::Tensor Transformer::realPositions(const ForwardOptions& options, int64_t B, int64_t T, c10::Device device) {
@@ -300,9 +307,11 @@ at::Tensor Transformer::observedNorm(const at::Tensor& x, const at::Tensor& w, c
                                      int64_t layer, BlockHook scaleHook, BlockHook normalizedHook, const ForwardOptions& options) const {
   at::Tensor scale;
   at::Tensor fixed = replayed(options, hookName(layer, scaleHook), {x.size(0), x.size(1), 1}, x.options());
-  at::Tensor out = norm(x, w, b, hooks.wants(layer, scaleHook) ? &scale : nullptr, options.freeze, fixed);
+  at::Tensor normalized;
+  at::Tensor out = norm(x, w, b, hooks.wants(layer, scaleHook) ? &scale : nullptr, options.freeze, fixed,
+                        hooks.wants(layer, normalizedHook) ? &normalized : nullptr);
   hooks.record(layer, scaleHook, scale);
-  hooks.record(layer, normalizedHook, out);
+  hooks.record(layer, normalizedHook, normalized);
   return out;
 }
 
@@ -363,13 +372,17 @@ ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOpt
     result.cache = std::move(hooks.tensors());
     return result;
   }
-  bool needFinal = options.logits || hooks.wants(ModelHook::LnFinalNormalized) || hooks.wants(ModelHook::LnFinalScale);
+  bool needFinal = options.logits || hooks.wants(ModelHook::LnFinalNormalized) || hooks.wants(ModelHook::LnFinalScale) ||
+                   hooks.wants(ModelHook::UnembedPre);
   if (needFinal) {
     at::Tensor scale;
     at::Tensor fixed = replayed(options, hookName(ModelHook::LnFinalScale), {x.size(0), x.size(1), 1}, x.options());
-    at::Tensor xf = norm(x, w_.lnFinalW, w_.lnFinalB, hooks.wants(ModelHook::LnFinalScale) ? &scale : nullptr, options.freeze, fixed);
+    at::Tensor normalized;
+    at::Tensor xf = norm(x, w_.lnFinalW, w_.lnFinalB, hooks.wants(ModelHook::LnFinalScale) ? &scale : nullptr, options.freeze, fixed,
+                         hooks.wants(ModelHook::LnFinalNormalized) ? &normalized : nullptr);
     hooks.record(ModelHook::LnFinalScale, scale);
-    hooks.record(ModelHook::LnFinalNormalized, xf);
+    hooks.record(ModelHook::LnFinalNormalized, normalized);
+    hooks.record(ModelHook::UnembedPre, xf);
     if (options.logits) {
       const int64_t B = xf.size(0);
       result.logits = at::addmm(w_.b_U, xf.reshape({B * T, cfg_.dModel}), w_.W_U).view({B, T, cfg_.vocabSize});

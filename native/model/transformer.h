@@ -86,9 +86,11 @@ class Transformer {
   // The model's norm over the last axis: LayerNorm (LayerNormPre when w/b are undefined) or RMSNorm
   // (RMSNormPre when w is undefined); fills *scale when asked (hook_scale).
   // With `freeze` the scale is a constant for autograd.
-  // A defined `fixedScale` is used instead of the input's own scale.
+  // A defined `fixedScale` is used instead of the input's own scale. *normalized gets what
+  // TransformerLens's hook_normalized records: a LayerNorm's output, an RMSNorm's x / scale before
+  // its gain.
   at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale, bool freeze = false,
-                  const at::Tensor& fixedScale = {}) const;
+                  const at::Tensor& fixedScale = {}, at::Tensor* normalized = nullptr) const;
   // A block's norm, recording its hook_scale / hook_normalized when requested (and replaying a scale
   // given in options.replay).
   at::Tensor observedNorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, HookCapture& hooks, int64_t layer,

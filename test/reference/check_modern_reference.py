@@ -66,6 +66,13 @@ CONFIGS = {
 }
 
 
+
+def same_gain(gained, normed):
+    """Whether gained = g * normed for one per-dimension g shared by every token (to 1e-5 relative)."""
+    a, b = gained.double().reshape(-1, gained.shape[-1]), normed.double().reshape(-1, normed.shape[-1])
+    g = (a * b).sum(0) / (b * b).sum(0).clamp_min(1e-30)
+    return bool(((a - b * g).abs().max() <= 1e-5 * a.abs().max().clamp_min(1.0)).item())
+
 def random_state(cfg, gen, scale=1.0):
     """HF state dict (nn.Linear weights [out, in]) for the config."""
     mt = cfg["model_type"]
@@ -300,7 +307,7 @@ def close(a, b, tol, what):
 
 
 def expected_names(spec):
-    names = {"hook_embed", "logits", "loss", "ln_final.hook_scale", "ln_final.hook_normalized"}
+    names = {"hook_embed", "logits", "loss", "ln_final.hook_scale", "ln_final.hook_normalized", "unembed.hook_pre"}
     per = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
            "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_pattern",
            "attn.hook_z", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized",
@@ -344,16 +351,18 @@ def identities(name, cfg, spec, sd, out, tokens):
         if L + 1 < spec["n_layers"]:
             check(torch.equal(out[f"blocks.{L + 1}.hook_resid_pre"], out[p + "hook_resid_post"]),
                   f"{name} L{L}: resid_pre[L+1] != resid_post[L]")
-        check(torch.equal(out[p + "mlp.hook_in"], out[p + "ln2.hook_normalized"]), f"{name} L{L}: mlp.hook_in")
+        # hook_normalized is before the gain (TransformerLens's RMSNorm): the MLP input is it times a
+        # per-dimension gain, the same at every token.
+        check(same_gain(out[p + "mlp.hook_in"], out[p + "ln2.hook_normalized"]), f"{name} L{L}: mlp.hook_in = gain * ln2.hook_normalized")
         check(torch.equal(out[p + "mlp.hook_out"], out[p + "hook_mlp_out"]), f"{name} L{L}: mlp_out names")
         x = out[p + "hook_resid_pre"]
         close(out[p + "ln1.hook_scale"], (x.double() ** 2).mean(-1, keepdim=True).add(spec["eps"]).sqrt(), 1e-6,
               f"{name} L{L}: ln1 scale")
         if spec["gemma"]:
-            check(torch.equal(out[p + "hook_attn_out"], out[p + "ln1_post.hook_normalized"]),
-                  f"{name} L{L}: attn_out = ln1_post")
-            check(torch.equal(out[p + "hook_mlp_out"], out[p + "ln2_post.hook_normalized"]),
-                  f"{name} L{L}: mlp_out = ln2_post")
+            check(same_gain(out[p + "hook_attn_out"], out[p + "ln1_post.hook_normalized"]),
+                  f"{name} L{L}: attn_out = gain * ln1_post")
+            check(same_gain(out[p + "hook_mlp_out"], out[p + "ln2_post.hook_normalized"]),
+                  f"{name} L{L}: mlp_out = gain * ln2_post")
         # pattern: rows sum to 1, zero exactly where masked, positive inside the window.
         pat, sc = out[p + "attn.hook_pattern"], out[p + "attn.hook_attn_scores"]
         close(pat.sum(-1), torch.ones(B, H, T), 1e-6, f"{name} L{L}: pattern rows sum to 1")
@@ -382,7 +391,8 @@ def identities(name, cfg, spec, sd, out, tokens):
         check(torch.allclose(qn[:, 0], pre[:, 0], atol=1e-6), f"{name} L{L}: rope is identity at position 0")
 
     W_U = sd["lm_head.weight"] if "lm_head.weight" in sd and not spec["tie"] else sd["model.embed_tokens.weight"]
-    lg = out["ln_final.hook_normalized"].double() @ W_U.double().T
+    check(same_gain(out["unembed.hook_pre"], out["ln_final.hook_normalized"]), f"{name}: unembed.hook_pre = gain * ln_final.hook_normalized")
+    lg = out["unembed.hook_pre"].double() @ W_U.double().T
     if spec["final_softcap"] is not None:
         c = spec["final_softcap"]
         check(float(lg.abs().max()) > c, f"{name}: final soft-capping did not bite")

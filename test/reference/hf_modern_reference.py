@@ -344,7 +344,8 @@ def rms_norm(x, weight, eps, gemma, hooks=None, name=None):
         out = weight * normed.to(x.dtype)  # w * x.to(dtype)
     if hooks is not None:
         hooks[name + ".hook_scale"] = torch.sqrt(variance + eps)
-        hooks[name + ".hook_normalized"] = out
+        # TransformerLens's RMSNorm: hook_normalized is x / scale, before the gain.
+        hooks[name + ".hook_normalized"] = normed.to(x.dtype)
     return out
 
 
@@ -506,6 +507,8 @@ def run(spec, w, tokens):
         hooks[p + "hook_resid_post"] = x
 
     h = rms_norm(x, w["norm"], eps, gemma, hooks, "ln_final")
+    if hooks is not None:
+        hooks["unembed.hook_pre"] = h  # what the unembedding reads
     logits = F.linear(h, w["lm_head"])
     cap = spec["final_softcap"]
     if cap is not None:

@@ -20,11 +20,12 @@
  * Our JumpReLU is pre · (pre > threshold), without the ReLU; the two agree for thresholds ≥ 0 (every
  * released threshold is positive), and loading clamps thresholds at 0 so that they agree for any file.
  *
- * Hooks: Gemma Scope 1 reads `blocks.L.ln2.hook_normalized` (circuit-tracer's `feature_input_hook` for
- * it, in `mntss/gemma-scope-transcoders`); Gemma Scope 2's `config.json` names the Hugging Face module
+ * Hooks: Gemma Scope 1 reads the MLP's input, `blocks.L.mlp.hook_in` (the pre-feedforward RMSNorm's
+ * output with its gain; TransformerLens's `ln2.hook_normalized` of an RMSNorm is taken before the gain,
+ * so on the raw model that name is not the MLP input); Gemma Scope 2's `config.json` names the Hugging Face module
  * output `pre_feedforward_layernorm.output`, the normed MLP input with its gain, mapped to
  * `blocks.L.mlp.hook_in` (exactly what the MLP receives). Both write `blocks.L.hook_mlp_out`, the MLP
- * output after Gemma's post-MLP norm (`post_feedforward_layernorm.output`). A set's config.yaml
+ * output after Gemma's post-MLP norm (`post_feedforward_layernorm.output`; Gemma Scope 1 as `mlp.hook_out`). A set's config.yaml
  * overrides these. Transcoders apply to the model unprocessed (processing `none`), as Gemma Scope and
  * circuit-tracer run it.
  */
@@ -165,7 +166,7 @@ export async function loadGemmaScopeTranscoder(path: string, options: ForeignLoa
     dSae,
     skip: false,
     layer,
-    ...mlpHooks(layer),
+    ...mlpHooks(layer, 'gemma2'),
     modelName: modelOfGemmaScopeRepo(file),
     processing: 'none',
   };
