@@ -179,6 +179,11 @@ export interface NativePlacement {
 /** The native replacement model handle (see native/bindings/replacement_model_wrap.h). */
 export interface NativeReplacementModel {
   placements(): NativePlacement[];
+  intervene(
+    tokens: NativeTensor,
+    interventions: { layer: number; position: number; feature: number; value: number }[],
+    options: { freezeAttention: boolean; directEffects: boolean; constrainedLayers: number[] },
+  ): Promise<{ logits: NativeTensor; activations: Record<string, NativeTensor>; preActivations: Record<string, NativeTensor> }>;
 }
 
 export interface NativeReplacementModelClass {

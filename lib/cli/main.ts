@@ -12,10 +12,11 @@ import { convertCommand } from './convert.js';
 import { tokenizeCommand } from './tokenize.js';
 import { circuitCommand } from './circuit.js';
 import { graphCommand } from './graph.js';
+import { interveneCommand, steerCommand } from './intervene.js';
 import { connectionsCommand } from './connections.js';
 import { demoCommand } from './demo.js';
 
-const COMMANDS: Command[] = [demoCommand, runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, graphCommand, connectionsCommand, infoCommand, makeModelCommand];
+const COMMANDS: Command[] = [demoCommand, runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, graphCommand, interveneCommand, steerCommand, connectionsCommand, infoCommand, makeModelCommand];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
