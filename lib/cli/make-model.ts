@@ -1,21 +1,23 @@
 /** `transcoders make-model`: writes a random-weight model folder in exact Hugging Face layout. */
 import { InvalidArgumentError } from '../errors.js';
-import { ARCHITECTURES } from '../models/config.js';
+import { ARCHITECTURES, hasLlamaLayout } from '../models/config.js';
 import { createRandomModel, PRESETS, type RandomModelSpec } from '../models/random.js';
 import { checkOutputPath, choiceOption, intOption, numberOption, rejectOptions, type Command } from './command.js';
 
 export const makeModelCommand: Command = {
   name: 'make-model',
-  summary: 'Create a random-weight GPT-2 or GPT-NeoX model folder (config.json, safetensors, tokenizer.json) for tests and benchmarks.',
-  usage: 'make-model <out-dir> [--preset NAME] [--arch gpt2|gpt_neox] [--layers N] [--d-model N] [--heads N] ...',
+  summary: 'Create a random-weight model folder in exact Hugging Face layout (config.json, safetensors, tokenizer.json) for tests and benchmarks.',
+  usage: `make-model <out-dir> [--preset NAME] [--arch ${ARCHITECTURES.join('|')}] [--layers N] [--d-model N] [--heads N] ...`,
   details: `Presets: ${Object.keys(PRESETS).join(', ')}. Flags override the preset's fields. Weights come from a seeded PRNG: the same flags give the same files.`,
   arguments: [{ name: 'out-dir', required: true }],
   options: {
     preset: { type: 'string', value: 'NAME', description: 'start from a named size (default tiny-gpt2)' },
-    arch: { type: 'string', value: 'ARCH', description: 'gpt2 or gpt_neox' },
+    arch: { type: 'string', value: 'ARCH', description: `${ARCHITECTURES.join(', ')} (another family than the preset's drops its family fields)` },
     layers: { type: 'string', value: 'N', description: 'number of blocks' },
     'd-model': { type: 'string', value: 'N', description: 'residual width' },
     heads: { type: 'string', value: 'N', description: 'attention heads' },
+    'kv-heads': { type: 'string', value: 'N', description: 'Llama/Qwen/Gemma families: key/value heads (grouped-query attention)' },
+    'head-dim': { type: 'string', value: 'N', description: 'Llama/Qwen/Gemma families: head size (default d-model / heads)' },
     'd-mlp': { type: 'string', value: 'N', description: 'MLP width (default 4 x d-model)' },
     vocab: { type: 'string', value: 'N', description: 'vocabulary size (>= 258)' },
     ctx: { type: 'string', value: 'N', description: 'context length' },
@@ -33,12 +35,17 @@ export const makeModelCommand: Command = {
     const preset = PRESETS[choiceOption(values.preset, 'preset', Object.keys(PRESETS)) ?? 'tiny-gpt2']!;
     const parallel = values['parallel-residual'];
     if (parallel !== undefined && parallel !== 'true' && parallel !== 'false') throw new InvalidArgumentError(`--parallel-residual must be true or false, got '${parallel}'`);
+    const arch = values.arch !== undefined ? choiceOption(values.arch, 'arch', ARCHITECTURES)! : preset.arch;
+    // Another architecture than the preset's: its family-specific fields do not carry over.
+    const { nLayers, dModel, nHeads, dMlp, vocabSize, nCtx } = preset;
+    const base: RandomModelSpec = arch === preset.arch ? preset : { arch, nLayers, dModel, nHeads, vocabSize, nCtx, ...(dMlp !== undefined && { dMlp }) };
     const spec: RandomModelSpec = {
-      ...preset,
-      ...(values.arch !== undefined && { arch: choiceOption(values.arch, 'arch', ARCHITECTURES)! }),
+      ...base,
       ...(values.layers !== undefined && { nLayers: intOption(values.layers, 'layers', 1)! }),
       ...(values['d-model'] !== undefined && { dModel: intOption(values['d-model'], 'd-model', 1)! }),
       ...(values.heads !== undefined && { nHeads: intOption(values.heads, 'heads', 1)! }),
+      ...(values['kv-heads'] !== undefined && { nKvHeads: intOption(values['kv-heads'], 'kv-heads', 1)! }),
+      ...(values['head-dim'] !== undefined && { dHead: intOption(values['head-dim'], 'head-dim', 1)! }),
       ...(values['d-mlp'] !== undefined && { dMlp: intOption(values['d-mlp'], 'd-mlp', 1)! }),
       ...(values.vocab !== undefined && { vocabSize: intOption(values.vocab, 'vocab', 258)! }),
       ...(values.ctx !== undefined && { nCtx: intOption(values.ctx, 'ctx', 1)! }),
@@ -53,6 +60,7 @@ export const makeModelCommand: Command = {
     };
     if (spec.arch !== 'gpt_neox') rejectOptions(values, ['parallel-residual', 'rotary-pct'], `to ${spec.arch} models (they are GPT-NeoX options)`);
     if (spec.arch !== 'gpt2') rejectOptions(values, ['prefixed'], `to ${spec.arch} models (it is a GPT-2 option)`);
+    if (!hasLlamaLayout(spec.arch)) rejectOptions(values, ['kv-heads', 'head-dim'], `to ${spec.arch} models (they are options of the Llama, Qwen and Gemma families)`);
     checkOutputPath(dir, '<out-dir>', 'folder');
     createRandomModel(dir, spec);
     console.log(`wrote ${dir} (${spec.arch}, ${spec.nLayers} layers, d_model ${spec.dModel}, vocab ${spec.vocabSize})`);
