@@ -96,7 +96,6 @@ export const graphCommand: Command = {
         barFor.update(done);
       },
     });
-    if (graph.activeFeatures === 0) throw new InvalidArgumentError(`no transcoder feature is active on this prompt (${tokens.length} tokens): the graph would have no feature nodes`);
     const pruned = pruneGraph(graph, { nodeThreshold, edgeThreshold });
     const scores = graphScores(graph);
     const json = buildGraphJson(graph, pruned, { slug });

@@ -117,6 +117,7 @@ async function assemble(replacement: ReplacementModel, handle: NativeAttribution
   const V = model.config.vocabSize;
   const last = T - 1;
   const nf = info.numFeatures;
+  if (nf === 0) throw new InvalidArgumentError(`no transcoder feature is active on this prompt (${T} tokens): the graph would have no feature nodes`);
   const decode = (id: number) => model.tokenizer?.decode([id]) ?? String(id);
 
   // Targets (the graph's logit nodes).

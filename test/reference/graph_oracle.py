@@ -332,7 +332,7 @@ def real_forward(M, tokens, tcs):
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     T = tokens.shape[0]
     kind, eps = M["norm"], M["eps"]
-    R = {"T": T, "layers": []}
+    R = {"T": T, "tokens": tokens.tolist(), "layers": []}
     R["embed"] = M["W_E"][tokens] * M["embed_scale"]
     x = R["embed"]
     if M["W_pos"] is not None:
