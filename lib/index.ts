@@ -140,3 +140,16 @@ export {
   type GraphJson, type GraphJsonMetadata, type GraphJsonNode, type GraphJsonLink, type GraphJsonOptions, type WriteGraphFilesOptions, type GraphFilesWritten,
 } from './graphs/graph-json.js';
 export { writeAdjacencyFile, ADJACENCY_FILE_FORMAT, ADJACENCY_FILE_VERSION, DEFAULT_MAX_DENSE_BYTES, type AdjacencyFileOptions } from './graphs/adjacency-file.js';
+export { attributionGraph, topLogitTargets, ATTRIBUTE_DEFAULTS, type AttributeOptions, type AttributedGraph, type GraphTargets } from './graphs/attribute.js';
+export {
+  intervene,
+  steer,
+  stepInterventions,
+  type FeatureIntervention,
+  type InterventionOptions,
+  type InterventionResult,
+  type SteeringIntervention,
+  type SteerOptions,
+  type SteerResult,
+  type SteerStep,
+} from './circuits/interventions.js';

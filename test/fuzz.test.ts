@@ -278,7 +278,7 @@ describe('activation cache meta.json is validated, and against its shards', () =
     dir = makeCache((m) => ((m.shards as { rows: number }[])[1]!.rows = 8), [8, 4]);
     await formatError(() => readCacheShards(dir), join(dir, 'meta.json'), /field 'count' is 12 but the shards hold 16 rows/);
     dir = makeCache((m) => (m.layer = 3));
-    await formatError(() => readCacheShards(dir), join(dir, 'meta.json'), /but layer 3's are "blocks\.3\.ln2\.hook_normalized"/);
+    await formatError(() => readCacheShards(dir), join(dir, 'meta.json'), /"blocks\.2\.ln2\.hook_normalized"\/"blocks\.2\.hook_mlp_out", which are not hooks of layer 3/);
     dir = makeCache((m) => (m.dtype = 'bfloat16'));
     await formatError(() => readCacheShards(dir), join(dir, 'shard_00000.safetensors'), /'input' has dtype F32, but meta\.json says bfloat16 \(BF16\)/);
   });

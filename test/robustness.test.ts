@@ -333,10 +333,10 @@ describe('missing or mismatched tensors', () => {
 });
 
 describe('config.json', () => {
-  it('unknown architecture: model_type "llama"', async () => {
+  it('unknown architecture: model_type "mamba"', async () => {
     const dir = copyModel();
-    const file = editConfig(dir, (c) => (c.model_type = 'llama'));
-    const err = await expectError(() => loadModel(dir), FormatError, /unknown architecture: model_type "llama" \(supported: gpt2, gpt_neox\)/);
+    const file = editConfig(dir, (c) => (c.model_type = 'mamba'));
+    const err = await expectError(() => loadModel(dir), FormatError, /unknown architecture: model_type "mamba" \(supported: gpt2, gpt_neox, llama, mistral, qwen2, qwen3, gemma2, gemma3_text\)/);
     expect(err.file).toBe(file);
     expect(err.message.startsWith(`${file}: `)).toBe(true);
   });
@@ -363,8 +363,8 @@ describe('config.json', () => {
 
   it('other invalid fields', async () => {
     const dir = copyModel();
-    editConfig(dir, (c) => (c.activation_function = 'swish'));
-    await expectError(() => loadModel(dir), FormatError, /field 'activation_function': unsupported activation "swish"/);
+    editConfig(dir, (c) => (c.activation_function = 'gelu_fancy'));
+    await expectError(() => loadModel(dir), FormatError, /field 'activation_function': unsupported activation "gelu_fancy"/);
     editConfig(dir, (c) => {
       c.activation_function = 'gelu_new';
       c.bos_token_id = V + 5;

@@ -62,7 +62,9 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
     m.deadFraction = loss.dead.to(c10::kDouble).mean().item<double>();
   }
 
-  if (!std::isfinite(m.total)) throw NonFinite(where(step) + "the loss is " + std::to_string(m.total) + lastGood());
+  // Named, not printed: std::to_string writes "-nan" for a NaN with its sign bit set.
+  if (!std::isfinite(m.total))
+    throw NonFinite(where(step) + "the loss is " + (std::isnan(m.total) ? "nan" : m.total > 0 ? "inf" : "-inf") + lastGood());
   for (at::Tensor* param : parameters()) param->mutable_grad() = at::Tensor();
   t.total.backward();
   at::NoGradGuard noGrad;

@@ -78,3 +78,17 @@ export async function graphFixture(spec: GraphFixtureSpec, seed = 5): Promise<Gr
   }
   return { model, dir, replacement: ReplacementModel.create(model, transcoders), transcoders, oracleFiles };
 }
+
+/** The family x transcoder-kind x input-hook matrix the graph tests run on. */
+const RELU_SKIP = { arch: 'relu' as const, skip: true };
+
+export const GRAPH_SPECS: GraphFixtureSpec[] = [
+  { name: 'gpt2 raw, ln2.hook_normalized, relu+skip / topk', model: presetSpec('tiny-gpt2'), processing: 'none', input: 'ln2', kinds: [RELU_SKIP, { arch: 'topk', skip: false }] },
+  { name: 'gpt2 processed, hook_resid_mid, jumprelu / relu+skip', model: presetSpec('tiny-gpt2', { seed: 4 }), processing: 'transformerlens', input: 'residual', kinds: [{ arch: 'jumprelu', skip: false }, RELU_SKIP] },
+  { name: 'neox parallel raw, hook_resid_pre, relu / topk+skip', model: presetSpec('tiny-neox'), processing: 'none', input: 'residual', kinds: [{ arch: 'relu', skip: false }, { arch: 'topk', skip: true }] },
+  { name: 'llama raw, hook_resid_mid, relu+skip (GQA, llama3 RoPE)', model: presetSpec('tiny-llama'), processing: 'none', input: 'residual', kinds: [RELU_SKIP] },
+  { name: 'mistral raw, mlp.hook_in, topk (sliding window)', model: presetSpec('tiny-mistral'), processing: 'none', input: 'mlp.hook_in', kinds: [{ arch: 'topk', skip: false }] },
+  { name: 'qwen3 raw, mlp.hook_in, jumprelu+skip (q/k norms)', model: presetSpec('tiny-qwen3'), processing: 'none', input: 'mlp.hook_in', kinds: [{ arch: 'jumprelu', skip: true }] },
+  { name: 'gemma2 raw, mlp.hook_in, jumprelu / relu+skip (sandwich norms, soft-caps)', model: presetSpec('tiny-gemma2'), processing: 'none', input: 'mlp.hook_in', kinds: [{ arch: 'jumprelu', skip: false }, RELU_SKIP] },
+  { name: 'gemma3 raw, mlp.hook_in, relu+skip', model: presetSpec('tiny-gemma3'), processing: 'none', input: 'mlp.hook_in', kinds: [RELU_SKIP] },
+];

@@ -3,7 +3,8 @@
 Builds tiny random checkpoints (GPT-2 Conv1D layout, GPT-NeoX parallel and sequential, and every
 family of check_modern_reference.py: Llama with GQA + biases + llama3 RoPE, Mistral sliding window,
 Qwen2 per-layer windows, Qwen3 q/k norms, Gemma-2 sandwich norms + soft-caps, Gemma-3) with random
-relu / topk / jumprelu transcoders (with and without skip) reading every supported input hook, one
+relu / topk / jumprelu transcoders (with and without skip) reading every supported input hook
+(ln2.hook_normalized: TL semantics, before the gain on RMSNorm models), one
 layer left without a transcoder on the 3-layer models, and checks:
   * the oracle's own float64 real forward against hf_reference / hf_modern_reference (float32):
     logits, MLP outputs, the transcoder inputs at their hooks, attention patterns;
@@ -145,6 +146,7 @@ CASES = [
     ("neox-sequential", lambda p, g: neox_checkpoint(p, g, False),
      {0: ("topk", True, "mid"), 1: ("relu", True, "ln2")}),
     ("llama", lambda p, g: modern_checkpoint(p, g, "llama"), {0: ("relu", True, "ln2"), 1: ("topk", False, "mid")}),
+    ("llama-b", lambda p, g: modern_checkpoint(p, g, "llama"), {0: ("topk", True, "mlp_in"), 1: ("relu", True, "ln2")}),
     ("mistral", lambda p, g: modern_checkpoint(p, g, "mistral"),
      {0: ("jumprelu", False, "mlp_in"), 1: ("relu", True, "mid")}),
     ("qwen2", lambda p, g: modern_checkpoint(p, g, "qwen2"), {0: ("topk", True, "mlp_in"), 2: ("jumprelu", True, "pre")}),
@@ -178,9 +180,6 @@ def compare_real(name, M, R, tcs, hooks):
         if tc is None:
             continue
         hook = tc["hook_in"]
-        if hook.endswith("ln2.hook_normalized") and M["norm"] == "rms":
-            # The reference records TL's RMSNorm hook_normalized (before the gain): compare with mlp.hook_in.
-            hook = p + "mlp.hook_in"
         if hook.endswith("mlp.hook_in") and M["norm"] == "layer":
             hook = p + "ln2.hook_normalized"  # classic reference: LayerNorm output incl. w, b
         close(rl["x_in"], hooks[hook][0], 1e-4, f"{name}: x_in[{l}] ({tc['hook_in']}) vs reference {hook}")
@@ -260,7 +259,7 @@ def explicit_effects(M, R, tcs, targets, sources, base):
                 extra[("attn", l)] = -attn_c[None].clone()
                 tc = tcs.get(l)
                 ln2_b = lay["ln2"][1]
-                reads_norm_bias = tc is not None and tc["reads"] == "mlp_in" and ln2_b is not None
+                reads_norm_bias = tc is not None and tc["reads"] in ("mlp_in", "ln2_normalized") and ln2_b is not None
                 if tc is not None:
                     mc = tc["b_dec_out"].clone()
                     if reads_norm_bias and "W_skip" in tc:
@@ -380,6 +379,9 @@ def test_case(tmp, gen, name, build, plan):
     close(eff, grads, 1e-10, f"{name}: effects vs autograd")
     expl = explicit_effects(M, R, tcs, targets, sources, base)
     close(eff, expl, 1e-10, f"{name}: effects vs explicit vectors")
+    with torch.no_grad():
+        direct = go.effects_of(M, R, tcs, targets, sources, base, alone=True)
+    close(eff, direct, 1e-10, f"{name}: effects vs effects_direct")
     kinds = {}
     for s, row in zip(sources, eff):
         kinds.setdefault(s["kind"], []).append(float(row.abs().max()))
@@ -405,16 +407,18 @@ def test_case(tmp, gen, name, build, plan):
             check(float(ei.abs().max()) == 0.0, f"{name}: inactive feature has an effect")
         # Causality: a logit target at position p ignores sources at later positions.
         for j, t in enumerate(targets):
-            for s, row in zip(sources, eff):
-                if "position" in s and s["position"] > t["position"] and abs(float(row[j])) > 1e-12 * scale:
+            for s, row, drow in zip(sources, eff, direct):
+                if "position" in s and s["position"] > t["position"] and (abs(float(row[j])) > 1e-12 * scale
+                                                                          or float(drow[j]) != 0.0):
                     check(False, f"{name}: source {s} moves earlier target {t}")
                     break
         # Direct effects only: no feature or error of layer l reaches targets of layers <= l.
         for j, t in enumerate(targets):
             if t["kind"] != "feature":
                 continue
-            for s, row in zip(sources, eff):
-                if s["kind"] in ("feature", "error") and s["layer"] >= t["layer"] and abs(float(row[j])) > 1e-13 * scale:
+            for s, row, drow in zip(sources, eff, direct):
+                if s["kind"] in ("feature", "error") and s["layer"] >= t["layer"] and (
+                        abs(float(row[j])) > 1e-13 * scale or float(drow[j]) != 0.0):
                     check(False, f"{name}: {s} reaches target {t}")
                     break
 
@@ -437,6 +441,7 @@ def test_case(tmp, gen, name, build, plan):
         check(tuple(got["logits"].shape) == (T, M["W_U"].shape[1]), f"{name}: logits shape")
         want = go.effects_of(M, R, tcs, targets, perts, base)
         close(got["effects"], want, 1e-12, f"{name}: CLI effects")
+        close(got["effects_direct"], want, 1e-10, f"{name}: CLI effects_direct")
         close(got["target_values"], base, 1e-12, f"{name}: CLI target_values")
         check(float(got["sum_check"].abs().max()) / scale < 1e-9, f"{name}: CLI sum_check")
         check(int(got["n_sources"][0]) == len(sources), f"{name}: n_sources")

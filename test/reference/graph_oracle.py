@@ -24,15 +24,19 @@ Transcoder files: safetensors with W_enc [d, m], b_enc [m], W_dec [m, d], b_dec 
 default 0), b_dec_out [d] (default 0), optional W_skip [d, d], threshold [m], k (tensor); string fields
 in __metadata__: arch (relu | topk | jumprelu; default inferred: threshold -> jumprelu, k -> topk, else
 relu), k, hook_in, hook_out (defaults blocks.L.ln2.hook_normalized, blocks.L.hook_mlp_out).
-    hook_in: blocks.L.ln2.hook_normalized or blocks.L.mlp.hook_in = the MLP's input (the norm output
-             including its gain and bias; NB for RMSNorm this differs from TransformerLens'/
-             hf_modern_reference's ln2.hook_normalized, which is before the gain);
+    hook_in: blocks.L.mlp.hook_in = the MLP's input (the norm output including its gain and bias);
+             blocks.L.ln2.hook_normalized = TransformerLens' hook: for LayerNorm models the same as
+             mlp.hook_in (TL's LayerNorm hook is after w and b); for RMSNorm models x / scale, before
+             the gain (TL's RMSNorm hook, as hf_modern_reference records it);
              blocks.L.hook_resid_mid (sequential blocks only); blocks.L.hook_resid_pre (block input).
     hook_out: blocks.L.hook_mlp_out or blocks.L.mlp.hook_out = what the MLP adds to the residual
              (Gemma: after the post-feedforward norm).
 
 OUT.safetensors (float64 unless noted):
     effects [n_perturbations, n_targets]   target(unperturbed) - target(perturbed)
+    effects_direct [n_perturbations, n_targets]  the same by linearity: the target with only the
+                                            source's coefficient = scale (all others 0); no
+                                            cancellation, exactly 0 where there is no path
     target_values [n_targets]               frozen unperturbed values (= real values)
     logits [T, V]                           frozen unperturbed forward (after final soft-capping)
     real_logits [T, V]                      the real forward
@@ -242,7 +246,7 @@ def real_mlp(h, mlp):
 
 TC_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "b_dec_out", "W_skip", "threshold", "k")
 HOOK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
-IN_HOOKS = {"ln2.hook_normalized": "mlp_in", "mlp.hook_in": "mlp_in", "hook_resid_mid": "resid_mid",
+IN_HOOKS = {"ln2.hook_normalized": "ln2_normalized", "mlp.hook_in": "mlp_in", "hook_resid_mid": "resid_mid",
             "hook_resid_pre": "resid_pre"}
 OUT_HOOKS = ("hook_mlp_out", "mlp.hook_out")
 
@@ -355,6 +359,7 @@ def real_forward(M, tokens, tcs):
             rl["resid_mid"] = mlp_src
         rl["ln2_scale"] = norm_scale(kind, mlp_src, eps)
         rl["mlp_in"] = norm_apply(kind, mlp_src, rl["ln2_scale"], *lay["ln2"])
+        rl["ln2_normalized"] = rl["mlp_in"] if kind == "layer" else mlp_src / rl["ln2_scale"]
         out = real_mlp(rl["mlp_in"], lay["mlp"])
         if lay["post_mlp"] is not None:
             rl["post_mlp_scale"] = norm_scale("rms", out, eps)
@@ -428,8 +433,10 @@ def frozen_forward(M, R, tcs, c, extra=None):
         out = c["err"][:, l, :, None] * rl["err"]
         tc = tcs.get(l)
         if tc is not None:
-            if tc["reads"] == "mlp_in":
+            if tc["reads"] == "mlp_in" or (tc["reads"] == "ln2_normalized" and kind == "layer"):
                 x_in = norm_apply(kind, mlp_src, rl["ln2_scale"], *lay["ln2"], cb=cb)
+            elif tc["reads"] == "ln2_normalized":  # RMSNorm: x / scale, before the gain
+                x_in = mlp_src / rl["ln2_scale"]
             elif tc["reads"] == "resid_mid":
                 x_in = mlp_src
             else:
@@ -499,10 +506,9 @@ def feature_index(R, l, p, f):
     return int(hit[0, 0]) if hit.numel() else None
 
 
-def set_source(c, b, M, R, s):
-    """Set batch row b's coefficient of source s to 1 - scale."""
+def set_source(c, b, M, R, s, val):
+    """Set batch row b's coefficient of source s to val."""
     k = s["kind"]
-    val = 1.0 - float(s.get("scale", 1.0))
     if k == "token":
         c["tok"][b, s["position"]] = val
     elif k == "positional":
@@ -519,16 +525,25 @@ def set_source(c, b, M, R, s):
         raise ValueError(f"unknown perturbation kind {k!r}")
 
 
-def effects_of(M, R, tcs, targets, sources, base):
-    """[n_sources, n_targets] of base - target(perturbed), batched CHUNK at a time."""
+def effects_of(M, R, tcs, targets, sources, base, alone=False):
+    """[n_sources, n_targets], batched CHUNK at a time.
+
+    alone=False (the definition): base - target(all coefficients 1, the source's 1 - scale).
+    alone=True: target(the source's coefficient scale, every other 0) -- the same numbers in a linear
+    model, without cancellation, and exactly 0 where the source has no path to the target.
+    """
     rows = []
     for start in range(0, len(sources), CHUNK):
         chunk = sources[start:start + CHUNK]
         c = ones_coefficients(M, R, len(chunk))
+        if alone:
+            for t in [c["tok"], c["pos"], c["bias"], c["err"]] + c["feat"]:
+                t.zero_()
         for b, s in enumerate(chunk):
-            set_source(c, b, M, R, s)
+            scale = float(s.get("scale", 1.0))
+            set_source(c, b, M, R, s, scale if alone else 1.0 - scale)
         vals, _ = run_frozen(M, R, tcs, targets, c)
-        rows.append(base[None, :] - vals)
+        rows.append(vals if alone else base[None, :] - vals)
     return torch.cat(rows, 0) if rows else torch.zeros(0, len(targets), dtype=DT)
 
 
@@ -605,6 +620,7 @@ def compute(M, tcs, tokens, perturbations, targets, with_sum_check=True):
             "logits": softcap(final[0] @ M["W_U"] + M["b_U"], M["final_softcap"]),
             "real_logits": R["logits"],
             "effects": effects_of(M, R, tcs, targets, perturbations, base),
+            "effects_direct": effects_of(M, R, tcs, targets, perturbations, base, alone=True),
             "mlp_out": torch.stack([rl["mlp_out"] for rl in R["layers"]]),
             "errors": torch.stack([rl["err"] for rl in R["layers"]]),
         }
