@@ -13,7 +13,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Attribution, type Sublayer } from '../lib/circuits/attribution.js';
 import { Tensor, type Model, type Processing } from '../lib/index.js';
-import type { RandomModelSpec } from '../lib/models/random.js';
+import { PRESETS, type RandomModelSpec } from '../lib/models/random.js';
 import { Rng } from '../lib/util/random.js';
 import { CIRCUIT_DSAE, circuitFixture, type FixtureInput } from './helpers/circuits.js';
 
@@ -265,5 +265,45 @@ describe.each([
     expect(() => s.attribution.logitRoot(99, 1)).toThrow(/position 99 is outside the prompt/);
     expect(() => s.attribution.featureRoot(2, CIRCUIT_DSAE, t)).toThrow(/feature 48 is out of range/);
     expect(() => s.attribution.featureBias(5, 0)).toThrow(/no transcoder for layer 5/);
+  });
+});
+
+/**
+ * The paper's attribution on the modern families (RMSNorm without centring, grouped-query attention with
+ * repeated value heads, Gemma's post-attention norm taken back through its frozen scale and gain): the
+ * complete decomposition of a feature activation and of a logit difference (Gemma: before its final
+ * soft-cap, undone here with atanh), 1e-4 relative.
+ */
+describe.each([
+  { name: 'llama raw, mlp.hook_in', preset: 'tiny-llama', input: 'mlp.hook_in' as FixtureInput },
+  { name: 'llama raw, hook_resid_mid', preset: 'tiny-llama', input: 'residual' as FixtureInput },
+  { name: 'qwen3 raw, mlp.hook_in', preset: 'tiny-qwen3', input: 'mlp.hook_in' as FixtureInput },
+  { name: 'gemma2 raw, mlp.hook_in', preset: 'tiny-gemma2', input: 'mlp.hook_in' as FixtureInput },
+  { name: 'gemma3 raw, hook_resid_mid', preset: 'tiny-gemma3', input: 'residual' as FixtureInput },
+])('attribution on $name', ({ preset, input }) => {
+  let s: Setup;
+  const t = 7;
+  beforeAll(async () => {
+    s = await setup({ ...PRESETS[preset]!, nLayers: 3, std: 0.2 }, 'none', input);
+  });
+
+  it('D6: the complete decomposition reproduces a feature activation and a logit difference', async () => {
+    const L = 2;
+    const acts = row(s.attribution.activations(L), t);
+    let checked = 0;
+    for (let F = 0; F < acts.length && checked < 4; F++) {
+      if (acts[F]! <= 0.05) continue;
+      const root = s.attribution.featureRoot(L, F, t);
+      expectRel((await decompose(s, root.vector, L, root.sublayer, t)) + expectedFeatureBias(s, L, F), acts[F]!, `feature ${F}`);
+      checked++;
+    }
+    expect(checked).toBeGreaterThan(0);
+    const V = s.model.config.vocabSize;
+    const cap = s.model.config.finalSoftcap;
+    const pre = (x: number) => (cap > 0 ? cap * Math.atanh(x / cap) : x);
+    const logits = row(Tensor.from(s.logits.toFloat32Array(), [s.tokens.length, V]), t);
+    const root = s.attribution.logitRoot(t, 5, 77);
+    expectRel(root.contrib, pre(logits[5]!) - pre(logits[77]!), 'logit root value');
+    expectRel((await decompose(s, root.vector, s.model.config.nLayers - 1, 'resid_post', t)) + root.bias, pre(logits[5]!) - pre(logits[77]!), 'logit difference');
   });
 });

@@ -160,7 +160,7 @@ describe('graph options on a real graph', () => {
     expect(share).toBeGreaterThan((3 * budget) / features.length);
   });
 
-  it('bfloat16 compute: rows still sum to their targets within 5% of the row's absolute mass', async () => {
+  it('bfloat16 compute: rows still sum to their targets within 5% of their absolute mass', async () => {
     const fx = await graphFixture({ ...spec, model: presetSpec('tiny-llama'), input: 'residual' });
     const model16 = await loadModel(fx.dir, { dtype: 'bfloat16', device: DEVICE });
     const rm = ReplacementModel.create(model16, fx.transcoders);
