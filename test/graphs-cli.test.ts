@@ -109,7 +109,7 @@ describe('transcoders intervene and steer', () => {
     expect(report.before).toHaveLength(3);
     expect(report.after).toHaveLength(3);
     expect(report.interventions).toEqual([{ layer: 1, feature: 494, value: 0, position: -1 }, { layer: 0, feature: 248, value: 0, position: 8 }]);
-    expect(report.after[0].probability).not.toBe(report.before[0].probability);
+    expect(report.after[0].prob).not.toBe(report.before[0].prob);
     const s = runCli(['steer', MODEL, '--transcoders', TRANSCODERS, '--prompt', 'The war lasted from the year 1732 to the year', '--set', '1:494=10', '--max-new-tokens', '2', '--json']);
     expect(s.status, s.stderr).toBe(0);
     const steered = JSON.parse(s.stdout);

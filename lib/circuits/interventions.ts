@@ -11,6 +11,7 @@ import { InvalidArgumentError } from '../errors.js';
 import type { NativeTensor } from '../native.js';
 import { Tensor } from '../tensor.js';
 import { Rng } from '../util/random.js';
+import { softmax } from '../util/softmax.js';
 import type { ReplacementModel } from './replacement-model.js';
 
 /** Set feature `feature` of layer `layer`'s transcoder to `value` at `position` (negative: from the end). */
@@ -164,15 +165,11 @@ function argmax(values: Float32Array): number {
 }
 
 function sample(logits: Float32Array, temperature: number, rng: Rng): number {
-  let peak = -Infinity;
-  for (const v of logits) peak = Math.max(peak, v);
-  const weights = Float64Array.from(logits, (v) => Math.exp((v - peak) / temperature));
-  let total = 0;
-  for (const w of weights) total += w;
-  let u = rng.uniform() * total;
-  for (let i = 0; i < weights.length; i++) {
-    u -= weights[i]!;
+  const p = softmax(logits, temperature);
+  let u = rng.uniform();
+  for (let i = 0; i < p.length; i++) {
+    u -= p[i]!;
     if (u <= 0) return i;
   }
-  return weights.length - 1;
+  return p.length - 1;
 }

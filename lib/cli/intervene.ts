@@ -4,8 +4,8 @@
  */
 import { InvalidArgumentError } from '../errors.js';
 import { intervene, steer, type FeatureIntervention, type SteeringIntervention } from '../circuits/interventions.js';
-import type { Model } from '../models/model.js';
 import { applyThreads, checkInputArgument, checkInputPaths, DEVICE_OPTION, intOption, listOption, numberOption, THREADS_OPTION, type Command, type OptionSpec } from './command.js';
+import { topPredictions } from './run.js';
 import { loadModelWithTranscoders } from './transcoder-paths.js';
 
 /** Parses `L:F@POS=VALUE` (POS may be negative; with `allowNew`, POS may be omitted: every new token). */
@@ -15,18 +15,6 @@ export function parseSetting(text: string, allowNew: boolean): SteeringIntervent
     throw new InvalidArgumentError(`--set must look like L:F@POS=VALUE${allowNew ? ' or L:F=VALUE (every new token)' : ''} (e.g. 1:42@-1=5), got '${text}'`);
   }
   return { layer: Number(m[1]), feature: Number(m[2]), position: m[3] === undefined ? 'new' : Number(m[3]), value: Number(m[4]) };
-}
-
-function topTokens(model: Model, logits: Float32Array, n: number): { token: number; text: string; probability: number }[] {
-  let peak = -Infinity;
-  for (const v of logits) peak = Math.max(peak, v);
-  let total = 0;
-  const p = Float64Array.from(logits, (v) => {
-    const e = Math.exp(v - peak);
-    total += e;
-    return e;
-  });
-  return [...p.keys()].sort((a, b) => p[b]! - p[a]!).slice(0, n).map((token) => ({ token, text: model.tokenizer?.decode([token]) ?? `#${token}`, probability: p[token]! / total }));
 }
 
 const COMMON: Record<string, OptionSpec> = {
@@ -68,12 +56,12 @@ export const interveneCommand: Command = {
     const [before, after] = [await intervene(replacement, tokens, [], options), await intervene(replacement, tokens, interventions, options)];
     const V = model.config.vocabSize;
     const last = (t: typeof before) => t.logits.toFloat32Array().slice((tokens.length - 1) * V, tokens.length * V);
-    const report = { tokens: tokens.length, interventions, options, before: topTokens(model, last(before), top), after: topTokens(model, last(after), top) };
+    const report = { tokens: tokens.length, interventions, options, before: topPredictions(last(before), top, model), after: topPredictions(last(after), top, model) };
     if (values.json) {
       console.log(JSON.stringify(report, null, 2));
       return;
     }
-    const line = (r: { text: string; probability: number }) => `${JSON.stringify(r.text).padEnd(16)} ${r.probability.toFixed(4)}`;
+    const line = (r: { id: number; token: string | null; prob: number }) => `${JSON.stringify(r.token ?? `#${r.id}`).padEnd(16)} ${r.prob.toFixed(4)}`;
     console.log('before'.padEnd(24) + ' | after');
     for (let i = 0; i < top; i++) console.log(`${report.before[i] ? line(report.before[i]!) : ''}`.padEnd(24) + ` | ${report.after[i] ? line(report.after[i]!) : ''}`);
   },

@@ -10,6 +10,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { runOnDevice } from '../device-queue.js';
 import { native, type NativeAttributionGraph, type NativeAttributionGraphInfo, type NativeGraphRows, type NativeGraphTarget } from '../native.js';
 import { Tensor } from '../tensor.js';
+import { softmax } from '../util/softmax.js';
 import type { ReplacementModel } from '../circuits/replacement-model.js';
 import type { AttributionGraph, GraphNode, SparseAdjacency } from './graph.js';
 import { computeInfluence, normalizeRows } from './prune.js';
@@ -60,21 +61,14 @@ export interface AttributedGraph extends AttributionGraph {
 
 /** The logit targets: the fewest top tokens reaching `probability`, at most `max`. */
 export function topLogitTargets(logits: Float32Array, max: number, probability: number): { token: number; probability: number }[] {
-  let peak = -Infinity;
-  for (const v of logits) peak = Math.max(peak, v);
-  let total = 0;
-  const p = Float64Array.from(logits, (v) => {
-    const e = Math.exp(v - peak);
-    total += e;
-    return e;
-  });
+  const p = softmax(logits);
   const order = [...p.keys()].sort((a, b) => p[b]! - p[a]!);
   const out: { token: number; probability: number }[] = [];
   let mass = 0;
   for (const token of order) {
     if (out.length >= max || mass >= probability) break;
-    out.push({ token, probability: p[token]! / total });
-    mass += p[token]! / total;
+    out.push({ token, probability: p[token]! });
+    mass += p[token]!;
   }
   return out;
 }
