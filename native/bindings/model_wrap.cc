@@ -5,6 +5,9 @@
 
 #include <future>
 #include <shared_mutex>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "core/errors.h"
 #include "bindings/js_args.h"
@@ -176,6 +179,18 @@ std::vector<CheckpointFile> filesFrom(const Napi::Array& files) {
   return out;
 }
 
+// Whether every element is finite, in slices of at most 4M elements so that the check's temporaries
+// stay small next to a multi-gigabyte model: a float64 sum is finite exactly when every element is
+// (no float32, float16 or bfloat16 magnitude can overflow it).
+bool allFinite(const at::Tensor& t) {
+  if (t.dim() == 0) return std::isfinite(t.item<double>());
+  const int64_t rows = t.size(0), perRow = std::max<int64_t>(1, t.numel() / std::max<int64_t>(1, rows));
+  const int64_t step = std::max<int64_t>(1, (int64_t{1} << 22) / perRow);
+  for (int64_t r = 0; r < rows; r += step)
+    if (!std::isfinite(t.narrow(0, r, std::min(step, rows - r)).sum(c10::kDouble).item<double>())) return false;
+  return true;
+}
+
 // The checkpoint's tensors, read one at a time from their files when the weights ask for them.
 class CheckpointSource : public TensorSource {
  public:
@@ -275,9 +290,13 @@ Napi::Value JsModel::load(const Napi::CallbackInfo& info) {
       throw InvalidArgument("unknown processing '" + processing + "' (expected 'none' or 'transformerlens')");
 
     using Handle = std::shared_ptr<const Transformer>;
-    return Task<Handle>::start(
+    struct Loaded {
+      Handle model;
+      std::vector<std::string> nonFinite;  // weights holding a NaN or an infinity
+    };
+    return Task<Loaded>::start(
         env, "transcoders:loadModel",
-        [=]() -> Handle {
+        [=]() -> Loaded {
           at::NoGradGuard noGrad;
           // Each tensor goes from its file straight into the target device and dtype (processing
           // needs float32 first), so the peak is about the weights plus one tensor.
@@ -288,11 +307,21 @@ Napi::Value JsModel::load(const Napi::CallbackInfo& info) {
             processLikeTransformerLens(cfg, w);
             castWeights(w, device, dtype);
           }
-          return std::make_shared<const Transformer>(cfg, std::move(w));
+          Loaded out;
+          for (const std::string& name : tc::weightNames(w))
+            if (!allFinite(weightByName(w, name))) out.nonFinite.push_back(name);
+          out.model = std::make_shared<const Transformer>(cfg, std::move(w));
+#if defined(__GLIBC__)
+          // The per-tensor reads leave freed blocks in malloc's arenas: hand them back to the system.
+          malloc_trim(0);
+#endif
+          return out;
         },
-        [](Napi::Env env, Handle& model) -> Napi::Value {
-          auto external = Napi::External<Handle>::New(env, new Handle(model), [](Napi::Env, Handle* h) { delete h; });
-          return AddonState::of(env).modelClass.New({external});
+        [](Napi::Env env, Loaded& loaded) -> Napi::Value {
+          auto external = Napi::External<Handle>::New(env, new Handle(loaded.model), [](Napi::Env, Handle* h) { delete h; });
+          Napi::Object obj = AddonState::of(env).modelClass.New({external});
+          JsModel::Unwrap(obj)->nonFinite_ = std::move(loaded.nonFinite);
+          return obj;
         });
   });
 }
@@ -410,16 +439,9 @@ Napi::Value JsModel::weightNames(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value { return toJsStrings(info.Env(), tc::weightNames(live()->weights())); });
 }
 
-// nonFiniteWeights() -> names of the weights holding a NaN or an infinity (checked once, after loading).
+// nonFiniteWeights() -> names of the weights holding a NaN or an infinity (checked in the load task).
 Napi::Value JsModel::nonFiniteWeights(const Napi::CallbackInfo& info) {
-  return guard(info.Env(), [&]() -> Napi::Value {
-    at::NoGradGuard noGrad;
-    const Weights& w = live()->weights();
-    std::vector<std::string> bad;
-    for (const std::string& name : tc::weightNames(w))
-      if (!weightByName(w, name).isfinite().all().item<bool>()) bad.push_back(name);
-    return toJsStrings(info.Env(), bad);
-  });
+  return guard(info.Env(), [&]() -> Napi::Value { return toJsStrings(info.Env(), nonFinite_); });
 }
 
 Napi::Value JsModel::weight(const Napi::CallbackInfo& info) {

@@ -3,6 +3,8 @@
 #include <napi.h>
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "model/transformer.h"
 
@@ -29,6 +31,7 @@ class JsModel : public Napi::ObjectWrap<JsModel> {
 
   std::shared_ptr<const Transformer> model_;
   std::shared_ptr<class LanguageModelTrainer> trainer_;  // created by the first train() call
+  std::vector<std::string> nonFinite_;                    // weights found non-finite when loaded
 };
 
 }  // namespace tc

@@ -107,10 +107,11 @@ Weights fromLlamaFamily(const ModelConfig& c, Reader& r) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights L;
     L.ln1W = r.take(p + "input_layernorm.weight");
-    // nn.Linear [out, in]: transposed into one [d, (H + 2K) dh] matrix, columns Q | K | V.
+    // nn.Linear [out, in]: stacked into one [(H + 2K) dh, d] matrix (rows Q | K | V), used as its
+    // transposed view [d, (H + 2K) dh]. The layer's three projections are the only copy made.
     at::Tensor q = r.take(p + "self_attn.q_proj.weight"), k = r.take(p + "self_attn.k_proj.weight"),
                v = r.take(p + "self_attn.v_proj.weight");
-    L.W_QKV = at::cat({q.t(), k.t(), v.t()}, 1);
+    L.W_QKV = at::cat({q, k, v}, 0).t();
     q.reset(), k.reset(), v.reset();
     L.b_QKV = at::cat({r.takeOr(p + "self_attn.q_proj.bias", {H * dh}), r.takeOr(p + "self_attn.k_proj.bias", {K * dh}),
                        r.takeOr(p + "self_attn.v_proj.bias", {K * dh})});
@@ -118,7 +119,9 @@ Weights fromLlamaFamily(const ModelConfig& c, Reader& r) {
       L.qNormW = r.take(p + "self_attn.q_norm.weight");
       L.kNormW = r.take(p + "self_attn.k_norm.weight");
     }
-    L.W_O = r.take(p + "self_attn.o_proj.weight").t().reshape({H, dh, d}).contiguous();
+    // Linear weights stay in the file's [out, in] memory as transposed views: GEMMs read them as they
+    // are (no copy at load, so loading holds the weights and not a second layout of them).
+    L.W_O = r.take(p + "self_attn.o_proj.weight").t().view({H, dh, d});
     L.b_O = r.takeOr(p + "self_attn.o_proj.bias", {d});
     if (c.sandwichNorms) {
       L.ln1PostW = r.take(p + "post_attention_layernorm.weight");
@@ -127,11 +130,11 @@ Weights fromLlamaFamily(const ModelConfig& c, Reader& r) {
     } else {
       L.ln2W = r.take(p + "post_attention_layernorm.weight");
     }
-    L.W_gate = r.take(p + "mlp.gate_proj.weight").t().contiguous();
+    L.W_gate = r.take(p + "mlp.gate_proj.weight").t();
     L.b_gate = r.takeOr(p + "mlp.gate_proj.bias", {dm});
-    L.W_in = r.take(p + "mlp.up_proj.weight").t().contiguous();
+    L.W_in = r.take(p + "mlp.up_proj.weight").t();
     L.b_in = r.takeOr(p + "mlp.up_proj.bias", {dm});
-    L.W_out = r.take(p + "mlp.down_proj.weight").t().contiguous();
+    L.W_out = r.take(p + "mlp.down_proj.weight").t();
     L.b_out = r.takeOr(p + "mlp.down_proj.bias", {d});
     w.layers.push_back(std::move(L));
   }
