@@ -88,6 +88,7 @@ export const GRAPH_SPECS: GraphFixtureSpec[] = [
   { name: 'neox parallel raw, hook_resid_pre, relu / topk+skip', model: presetSpec('tiny-neox'), processing: 'none', input: 'residual', kinds: [{ arch: 'relu', skip: false }, { arch: 'topk', skip: true }] },
   { name: 'llama raw, hook_resid_mid, relu+skip (GQA, llama3 RoPE)', model: presetSpec('tiny-llama'), processing: 'none', input: 'residual', kinds: [RELU_SKIP] },
   { name: 'mistral raw, mlp.hook_in, topk (sliding window)', model: presetSpec('tiny-mistral'), processing: 'none', input: 'mlp.hook_in', kinds: [{ arch: 'topk', skip: false }] },
+  { name: 'qwen2 raw, hook_resid_mid, topk+skip (q/k/v biases)', model: presetSpec('tiny-qwen2'), processing: 'none', input: 'residual', kinds: [{ arch: 'topk', skip: true }] },
   { name: 'qwen3 raw, mlp.hook_in, jumprelu+skip (q/k norms)', model: presetSpec('tiny-qwen3'), processing: 'none', input: 'mlp.hook_in', kinds: [{ arch: 'jumprelu', skip: true }] },
   { name: 'gemma2 raw, mlp.hook_in, jumprelu / relu+skip (sandwich norms, soft-caps)', model: presetSpec('tiny-gemma2'), processing: 'none', input: 'mlp.hook_in', kinds: [{ arch: 'jumprelu', skip: false }, RELU_SKIP] },
   { name: 'gemma3 raw, mlp.hook_in, relu+skip', model: presetSpec('tiny-gemma3'), processing: 'none', input: 'mlp.hook_in', kinds: [RELU_SKIP] },
