@@ -153,3 +153,4 @@ export {
   type SteerResult,
   type SteerStep,
 } from './circuits/interventions.js';
+export { circuitToAttributionGraph, type CircuitAsGraph } from './graphs/from-circuit.js';

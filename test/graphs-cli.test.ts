@@ -101,6 +101,32 @@ async function deadSet(dir: string): Promise<void> {
   }
 }
 
+describe('transcoders circuit --viewer: the paper\'s circuit in the same files and node ids', () => {
+  it('writes a viewer graph beside an attribution graph; it validates, and shares node ids', () => {
+    const out = tempDir('transcoders-circuit-viewer-');
+    const g = runCli(['graph', MODEL, '--transcoders', TRANSCODERS, '--prompt', PROMPT, '--out', out, '--slug', 'full']);
+    expect(g.status, g.stderr).toBe(0);
+    const c = runCli(['circuit', MODEL, '--transcoders', TRANSCODERS, '--prompt', PROMPT, '--logit-diff', '#319', '#292', '--viewer', out, '--slug', 'paper']);
+    expect(c.status, c.stderr).toBe(0);
+    const validate = new Ajv({ allErrors: true, strict: false }).compile(SCHEMA);
+    const paper = JSON.parse(readFileSync(join(out, 'paper.json'), 'utf8'));
+    const full = JSON.parse(readFileSync(join(out, 'full.json'), 'utf8'));
+    expect(validate(paper), JSON.stringify(validate.errors?.slice(0, 3))).toBe(true);
+    const index = JSON.parse(readFileSync(join(out, 'graph-metadata.json'), 'utf8'));
+    expect(index.graphs.map((x: { slug: string }) => x.slug).sort()).toEqual(['full', 'paper']);
+    const features = (j: { nodes: { feature_type: string; node_id: string }[] }) => new Set(j.nodes.filter((n) => n.feature_type === 'cross layer transcoder').map((n) => n.node_id));
+    const [a, b] = [features(paper), features(full)];
+    expect(a.size).toBeGreaterThan(3);
+    expect([...a].filter((id) => b.has(id)).length).toBeGreaterThan(0);
+    expect(paper.nodes.filter((n: { feature_type: string }) => n.feature_type === 'logit')).toHaveLength(1);
+    const ids = new Set(paper.nodes.map((n: { node_id: string }) => n.node_id));
+    for (const l of paper.links) expect(ids.has(l.source) && ids.has(l.target)).toBe(true);
+    const bad = runCli(['circuit', MODEL, '--transcoders', TRANSCODERS, '--prompt', PROMPT, '--feature', '1:494', '--viewer', out]);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toMatch(/--viewer needs a logit target/);
+  });
+});
+
 describe('transcoders intervene and steer', () => {
   it('intervene --json: the distribution before and after; steer: greedy generation with and without steering', () => {
     const r = runCli(['intervene', MODEL, '--transcoders', TRANSCODERS, '--prompt', PROMPT, '--set', '1:494@-1=0', '--set', '0:248@8=0', '--top', '3', '--json']);

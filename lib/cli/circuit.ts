@@ -1,12 +1,16 @@
 /** `transcoders circuit`: greedy path search from a feature or logit root, paths printed, graph exported. */
+import { basename } from 'node:path';
 import { graphJson, writeGraph } from '../circuits/export.js';
 import { findCircuit, type CircuitRoot } from '../circuits/find-circuit.js';
 import { formatPaths } from '../circuits/render.js';
 import { SEARCH_DEFAULTS } from '../circuits/search.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Model } from '../models/model.js';
-import { DEVICE_OPTION, applyThreads, checkModelArgument, checkOutputPaths, checkTranscoderArguments, intOption, THREADS_OPTION, type Command } from './command.js';
+import { DEVICE_OPTION, applyThreads, checkModelArgument, checkOutputPaths, checkTranscoderArguments, intOption, listOption, THREADS_OPTION, type Command } from './command.js';
 import { loadModelWithTranscoders } from './transcoder-paths.js';
+import { circuitToAttributionGraph } from '../graphs/from-circuit.js';
+import { buildGraphJson, checkSlug, writeGraphFiles } from '../graphs/graph-json.js';
+import { slugOf } from './graph.js';
 
 /** A token given as text (one token without BOS) or as `#id`. */
 export function resolveToken(model: Model, text: string, flag: string): number {
@@ -49,6 +53,8 @@ export const circuitCommand: Command = {
     dot: { type: 'string', value: 'FILE', description: 'write the graph as Graphviz DOT' },
     html: { type: 'string', value: 'FILE', description: 'write a self-contained HTML/SVG view of the graph' },
     json: { type: 'boolean', description: 'print the graph JSON instead of text' },
+    viewer: { type: 'string', value: 'DIR', description: 'also write the circuit for circuit-tracer\'s and Neuronpedia\'s viewers (DIR/SLUG.json, as `transcoders graph`)' },
+    slug: { type: 'string', value: 'S', description: 'the viewer graph\'s name (default: from the prompt)' },
     processing: { type: 'string', value: 'P', description: 'override the model processing (none, transformerlens)' },
     device: DEVICE_OPTION,
     threads: THREADS_OPTION,
@@ -67,10 +73,13 @@ export const circuitCommand: Command = {
       ignoreBos: values['keep-bos'] !== true,
       cap: values.cap === true,
     };
-    const wantGraph = values.out !== undefined || values.dot !== undefined || values.html !== undefined || values.json === true;
+    const wantGraph = values.out !== undefined || values.dot !== undefined || values.html !== undefined || values.json === true || values.viewer !== undefined;
     if (wantGraph && search.cap) throw new InvalidArgumentError('graphs need raw attributions: drop --cap to write --out/--dot/--html/--json');
     // Every output is checked before the model loads.
-    checkOutputPaths(values, { out: 'file', dot: 'file', html: 'file' });
+    checkOutputPaths(values, { out: 'file', dot: 'file', html: 'file', viewer: 'folder' });
+    const slug = typeof values.slug === 'string' ? values.slug : slugOf(prompt);
+    if (values.viewer !== undefined) checkSlug(slug);
+    if (values.viewer !== undefined && typeof values.feature === 'string') throw new InvalidArgumentError('--viewer needs a logit target (--logit or --logit-diff): the viewers\' graphs end in logits');
     const { replacement, model } = await loadModelWithTranscoders(values, modelDir);
     const tokens = model.tokenize(prompt);
     let root: CircuitRoot;
@@ -83,5 +92,10 @@ export const circuitCommand: Command = {
     else console.log(formatPaths(circuit.attribution, circuit.levels));
     if (graph) writeGraph(graph, { ...(typeof values.out === 'string' ? { json: values.out } : {}), ...(typeof values.dot === 'string' ? { dot: values.dot } : {}), ...(typeof values.html === 'string' ? { html: values.html } : {}) });
     if (graph && !values.json) console.error(`graph: ${graph.nodes.length} nodes, ${graph.edges.length} edges`);
+    if (graph && typeof values.viewer === 'string') {
+      const { graph: asGraph, kept } = circuitToAttributionGraph(graph, model.config.nLayers, { scan: basename(dir.replace(/[\\/]+$/, '')), transcoderList: listOption(values, 'transcoders') });
+      const files = await writeGraphFiles(values.viewer, slug, buildGraphJson(asGraph, kept, { slug }));
+      if (!values.json) console.error(`viewer graph: ${files.graphFile}`);
+    }
   },
 };
