@@ -6,7 +6,11 @@
  * --connections-rows N (source rows timed by the connections benchmark; default all 24576),
  * --connections-iters N (timed passes per round; default 2), --search-repeats N (timed setups and
  * searches per round of the greedy search benchmark; default 5), --concurrency-calls N (calls fired at once
- * by the concurrency benchmark; default 20).
+ * by the concurrency benchmark; default 20), --llama-load false (skip the llama benchmark's load
+ * measurement), --graph-part a|b (only one part of the attribution-graph benchmark).
+ *
+ * `--only llama` and `--only graph` are not part of a plain `npm run bench` (they need ~2.5 GB of disk
+ * and ~12 GB of memory, and several minutes each): name them.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -14,6 +18,8 @@ import { parseArgs } from 'node:util';
 import { benchConcurrency } from './concurrency.js';
 import { benchConnections } from './connections.js';
 import { benchForward } from './forward.js';
+import { benchGraph, printGraph } from './graph.js';
+import { benchLlama } from './llama.js';
 import { benchSearch } from './search.js';
 
 const { values } = parseArgs({
@@ -27,11 +33,13 @@ const { values } = parseArgs({
     'connections-iters': { type: 'string' },
     'search-repeats': { type: 'string' },
     'concurrency-calls': { type: 'string' },
+    'llama-load': { type: 'string' },
+    'graph-part': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N]');
+  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search|llama|graph] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N] [--llama-load false] [--graph-part a|b]');
   process.exit(0);
 }
 const root = new URL('..', import.meta.url).pathname;
@@ -39,11 +47,13 @@ const cacheDir = values.cache ?? join(root, '.cache', 'bench');
 mkdirSync(cacheDir, { recursive: true });
 
 const BENCHES = ['forward', 'concurrency', 'connections', 'search'];
-if (values.only !== undefined && !BENCHES.includes(values.only)) {
-  console.error(`--only must be one of ${BENCHES.join(', ')}, got '${values.only}'`);
+/** Run only when named with --only. */
+const HEAVY = ['llama', 'graph'];
+if (values.only !== undefined && !BENCHES.includes(values.only) && !HEAVY.includes(values.only)) {
+  console.error(`--only must be one of ${[...BENCHES, ...HEAVY].join(', ')}, got '${values.only}'`);
   process.exit(2);
 }
-const wants = (name: string) => values.only === undefined || values.only === name;
+const wants = (name: string) => (values.only === undefined && !HEAVY.includes(name)) || values.only === name;
 
 const forward = wants('forward')
   ? await benchForward({
@@ -120,9 +130,46 @@ if (search) {
   console.log(`  ratio    ${s.ratio.toFixed(2)}x search, ${s.setupRatio.toFixed(2)}x setup (fastest PyTorch time / ours); final beams match (max relative difference ${s.maxRelDiff.toExponential(1)})`);
 }
 
+const llama = wants('llama')
+  ? await benchLlama({
+      cacheDir,
+      load: values['llama-load'] !== 'false',
+      ...(values.iters ? { iters: Number(values.iters) } : {}),
+      ...(values.threads ? { threads: Number(values.threads) } : {}),
+      ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
+    })
+  : undefined;
+if (llama) {
+  const l = llama;
+  const loads = l.loadAverage.map((x) => x[0]!.toFixed(1));
+  console.log(`${l.name} (${l.threads} threads; libtorch ${l.torch.ours}, python torch ${l.torch.python}; load average ${loads.join(' -> ')})`);
+  console.log(`  GEMM peak ${l.gemmPeakGflops.peak.toFixed(0)} GFLOP/s (at::mm ${l.gemmPeakGflops.ours.toFixed(0)}, torch.mm ${l.gemmPeakGflops.pytorch.toFixed(0)}; fp32 2048^3); ${(l.flopsPerForward / 1e12).toFixed(2)} TFLOP per forward`);
+  for (const [label, r] of [['ours', l.ours] as const, ...l.baselines.map((b) => [b.label, b] as const)]) {
+    const vs = label === 'ours' ? '' : ` (ours: ${(l.ours.tokensPerS / r.tokensPerS).toFixed(2)}x)`;
+    console.log(`  ${r.tokensPerS.toFixed(1).padStart(8)} tokens/s   ${r.msMedian.toFixed(0).padStart(6)} ms/forward   ${r.gflops.toFixed(0).padStart(4)} GFLOP/s   ${(100 * r.fractionOfPeak).toFixed(0).padStart(3)}% of peak   ${label}${vs}`);
+  }
+  console.log(`  ratio    ${l.ratio.toFixed(2)}x (ours / the fastest PyTorch eager); logits agree: max |diff| ${l.logits.maxAbsDiff.toExponential(2)}, ${l.logits.relDiff.toExponential(2)} of the logit scale ${l.logits.scale.toFixed(2)}`);
+  if (l.load) {
+    const gb = (b: number) => (b / 1e9).toFixed(2);
+    for (const r of l.load.runs) {
+      console.log(`  load ${r.dtype.padEnd(8)} ${r.loadS.toFixed(1).padStart(5)} s   peak RSS ${gb(r.peakRssBytes)} GB = ${r.peakOverFile.toFixed(2)}x the ${gb(l.load.fileBytes)} GB checkpoint (${r.addedOverFile.toFixed(2)}x above the ${gb(r.rssBeforeBytes)} GB before loading)`);
+    }
+  }
+}
+
+const graph = wants('graph')
+  ? await benchGraph({
+      cacheDir,
+      ...(values['graph-part'] === 'a' || values['graph-part'] === 'b' ? { part: values['graph-part'] } : {}),
+      ...(values.threads ? { threads: Number(values.threads) } : {}),
+      ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
+    })
+  : undefined;
+if (graph) printGraph(graph);
+
 const resultsDir = join(root, 'bench', 'results');
 mkdirSync(resultsDir, { recursive: true });
 // With --only, the other benchmark's last result is kept.
 const latest = join(resultsDir, 'latest.json');
 const previous = values.only !== undefined && existsSync(latest) ? (JSON.parse(readFileSync(latest, 'utf8')) as Record<string, unknown>) : {};
-writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}) }, null, 2));
+writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}), ...(llama ? { llama } : {}), ...(graph ? { graph: { ...previous.graph as object, ...graph } } : {}) }, null, 2));
