@@ -7,6 +7,11 @@
  * --connections-iters N (timed passes per round; default 2), --search-repeats N (timed setups and
  * searches per round of the greedy search benchmark; default 5), --concurrency-calls N (calls fired at once
  * by the concurrency benchmark; default 20).
+ * Training benchmark (--only train, bench/train.ts): --train-archs relu,topk, --train-d-sae N (default
+ * 24576), --train-batch N (default 4096), --train-steps N (timed steps per side and round; default 3;
+ * --rounds sets the rounds, default 2), --train-check-steps N (topk agreement check; default 3),
+ * --train-profile (also bench/train_profile.py: where our step's time goes), --e2e-steps N (end-to-end run on the 12-layer model; 0 skips it; default 4), --e2e-d-sae N (its
+ * transcoder width; default 3072), --e2e-batch N (its batch; default --train-batch). A quick run: --train-d-sae 3072 --train-batch 1024 --train-steps 2 --e2e-steps 0.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,6 +20,7 @@ import { benchConcurrency } from './concurrency.js';
 import { benchConnections } from './connections.js';
 import { benchForward } from './forward.js';
 import { benchSearch } from './search.js';
+import { benchTrain, type TrainArch } from './train.js';
 
 const { values } = parseArgs({
   options: {
@@ -27,18 +33,27 @@ const { values } = parseArgs({
     'connections-iters': { type: 'string' },
     'search-repeats': { type: 'string' },
     'concurrency-calls': { type: 'string' },
+    'train-archs': { type: 'string' },
+    'train-d-sae': { type: 'string' },
+    'train-batch': { type: 'string' },
+    'train-steps': { type: 'string' },
+    'train-check-steps': { type: 'string' },
+    'train-profile': { type: 'boolean' },
+    'e2e-steps': { type: 'string' },
+    'e2e-d-sae': { type: 'string' },
+    'e2e-batch': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N]');
+  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search|train] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N] [--train-archs relu,topk] [--train-d-sae N] [--train-batch N] [--train-steps N] [--train-check-steps N] [--train-profile] [--e2e-steps N] [--e2e-d-sae N] [--e2e-batch N]');
   process.exit(0);
 }
 const root = new URL('..', import.meta.url).pathname;
 const cacheDir = values.cache ?? join(root, '.cache', 'bench');
 mkdirSync(cacheDir, { recursive: true });
 
-const BENCHES = ['forward', 'concurrency', 'connections', 'search'];
+const BENCHES = ['forward', 'concurrency', 'connections', 'search', 'train'];
 if (values.only !== undefined && !BENCHES.includes(values.only)) {
   console.error(`--only must be one of ${BENCHES.join(', ')}, got '${values.only}'`);
   process.exit(2);
@@ -120,9 +135,54 @@ if (search) {
   console.log(`  ratio    ${s.ratio.toFixed(2)}x search, ${s.setupRatio.toFixed(2)}x setup (fastest PyTorch time / ours); final beams match (max relative difference ${s.maxRelDiff.toExponential(1)})`);
 }
 
+const train = wants('train')
+  ? await benchTrain({
+      cacheDir,
+      ...(values['train-archs'] ? { archs: values['train-archs'].split(',') as TrainArch[] } : {}),
+      ...(values['train-d-sae'] ? { dSae: Number(values['train-d-sae']) } : {}),
+      ...(values['train-batch'] ? { batch: Number(values['train-batch']) } : {}),
+      ...(values['train-steps'] ? { steps: Number(values['train-steps']) } : {}),
+      ...(values['train-check-steps'] ? { checkSteps: Number(values['train-check-steps']) } : {}),
+      ...(values['train-profile'] ? { profile: true } : {}),
+      ...(values['e2e-steps'] !== undefined ? { e2eSteps: Number(values['e2e-steps']) } : {}),
+      ...(values['e2e-d-sae'] ? { e2eDSae: Number(values['e2e-d-sae']) } : {}),
+      ...(values['e2e-batch'] ? { e2eBatch: Number(values['e2e-batch']) } : {}),
+      ...(values.threads ? { threads: Number(values.threads) } : {}),
+      ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
+    })
+  : undefined;
+if (train) {
+  const t = train;
+  const pct = (x: number) => `${(100 * x).toFixed(0).padStart(3)}% of peak`;
+  console.log(`${t.name} (${t.threads} threads; medians of ${t.rounds} rounds x ${t.stepsPerRound} steps; libtorch ${t.torch.ours}, python torch ${t.torch.python}; load average ${t.loadAverage.map((l) => l.toFixed(1)).join(' -> ')})`);
+  console.log(`  GEMM peak ${t.gemmPeakGflops.peak.toFixed(0)} GFLOP/s (at::mm ${t.gemmPeakGflops.ours.toFixed(0)}, torch.mm ${t.gemmPeakGflops.pytorch.toFixed(0)}; fp32 2048^3; torch.mm at the encoder shape ${t.gemmPeakGflops.pytorchStepShape.toFixed(0)})`);
+  for (const a of t.archs) {
+    console.log(`  ${a.arch}: ${(a.flopsPerStep / 1e9).toFixed(1)} GFLOP/step counted (ours executes ${(a.oursExecutedFlopsPerStep / 1e9).toFixed(1)})`);
+    for (const s of [a.ours, ...a.baselines, ...(a.baselineMatched ? [a.baselineMatched] : [])]) {
+      console.log(`    ${s.tokensPerS.toFixed(0).padStart(8)} tokens/s   ${s.msMedian.toFixed(0).padStart(6)} ms/step   ${s.gflops.toFixed(0).padStart(4)} GFLOP/s   ${pct(s.fractionOfPeak)}   ${s.label}`);
+    }
+    if (a.profile) {
+      console.log(`    profile (bench/train_profile.py, a replica of our step on the same libtorch): ${a.profile.stepMs.toFixed(0)} ms/step`);
+      for (const [phase, ms] of Object.entries(a.profile.phasesMs)) console.log(`      ${ms.toFixed(0).padStart(7)} ms ${(100 * ms / a.profile.stepMs).toFixed(1).padStart(5)}%  ${phase}`);
+      console.log(`      backward by op: ${Object.entries(a.profile.backwardOpsMs).slice(0, 6).map(([op, ms]) => `${op} ${ms.toFixed(0)} ms`).join(', ')}`);
+    }
+    console.log(`    ratio ${a.ratio.toFixed(2)}x (ours / the faster PyTorch)`);
+    for (const g of a.agreements) {
+      const worst = Math.max(...Object.values(g.params).map((p) => p.relFrobenius));
+      console.log(`    agreement, ${g.what}: ${g.steps} steps, losses within ${g.maxLossRelDiff.toExponential(1)} relative, weights within ${worst.toExponential(1)} (relative Frobenius), ${g.sinceFiredMismatches} dead-counter mismatches (${g.ok ? 'ok' : 'FAILED'}; tolerance ${g.tolerance.loss} / ${g.tolerance.params})`);
+    }
+  }
+  for (const [goal, met] of Object.entries(t.goals.met)) console.log(`  goal ${goal}: ${met ? 'met' : 'NOT met'}`);
+  if (t.goals.topkVsRelu !== null) console.log(`  topk / relu (ours) ${t.goals.topkVsRelu.toFixed(2)}x`);
+  if (t.endToEnd) {
+    const e = t.endToEnd;
+    console.log(`  end to end: ${e.tokensPerS.toFixed(0)} model tokens/s (${e.layerTokensPerS.toFixed(0)} activation rows/s over ${e.layers} layers; ${e.arch} d_sae ${e.dSae}, batch ${e.batch}; steps ${e.stepMsAll.map((x) => x.toFixed(0)).join(' ')} ms; the model forward alone ${e.forwardMs.toFixed(0)} ms)`);
+  }
+}
+
 const resultsDir = join(root, 'bench', 'results');
 mkdirSync(resultsDir, { recursive: true });
 // With --only, the other benchmark's last result is kept.
 const latest = join(resultsDir, 'latest.json');
 const previous = values.only !== undefined && existsSync(latest) ? (JSON.parse(readFileSync(latest, 'utf8')) as Record<string, unknown>) : {};
-writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}) }, null, 2));
+writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}), ...(train ? { train } : {}) }, null, 2));
