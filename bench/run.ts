@@ -155,14 +155,15 @@ if (train) {
   const t = train;
   const pct = (x: number) => `${(100 * x).toFixed(0).padStart(3)}% of peak`;
   console.log(`${t.name} (${t.threads} threads; medians of ${t.rounds} rounds x ${t.stepsPerRound} steps; libtorch ${t.torch.ours}, python torch ${t.torch.python}; load average ${t.loadAverage.map((l) => l.toFixed(1)).join(' -> ')})`);
-  console.log(`  GEMM peak ${t.gemmPeakGflops.peak.toFixed(0)} GFLOP/s (at::mm ${t.gemmPeakGflops.ours.toFixed(0)}, torch.mm ${t.gemmPeakGflops.pytorch.toFixed(0)}; fp32 2048^3; torch.mm at the encoder shape ${t.gemmPeakGflops.pytorchStepShape.toFixed(0)})`);
+  const gp = t.gemmPeakGflops;
+  console.log(`  GEMM peak ${gp.peak.toFixed(0)} GFLOP/s, fp32, best measurement of the run (2048^3: at::mm ${gp.ours.toFixed(0)}, torch.mm ${gp.pytorch.toFixed(0)}; ${t.shape.batch}x${t.shape.dIn}x${t.shape.dSae}: at::mm ${gp.oursStepShape.toFixed(0)}, torch.mm ${gp.pytorchStepShape.toFixed(0)})`);
   for (const a of t.archs) {
     console.log(`  ${a.arch}: ${(a.flopsPerStep / 1e9).toFixed(1)} GFLOP/step counted (ours executes ${(a.oursExecutedFlopsPerStep / 1e9).toFixed(1)})`);
     for (const s of [a.ours, ...a.baselines, ...(a.baselineMatched ? [a.baselineMatched] : [])]) {
       console.log(`    ${s.tokensPerS.toFixed(0).padStart(8)} tokens/s   ${s.msMedian.toFixed(0).padStart(6)} ms/step   ${s.gflops.toFixed(0).padStart(4)} GFLOP/s   ${pct(s.fractionOfPeak)}   ${s.label}`);
     }
     if (a.profile) {
-      console.log(`    profile (bench/train_profile.py, a replica of our step on the same libtorch): ${a.profile.stepMs.toFixed(0)} ms/step`);
+      console.log(`    profile (bench/train_profile.py, a replica of our step on the same libtorch, OMP_WAIT_POLICY=PASSIVE): ${a.profile.stepMs.toFixed(0)} ms/step (ours measured ${a.ours.msMedian.toFixed(0)})`);
       for (const [phase, ms] of Object.entries(a.profile.phasesMs)) console.log(`      ${ms.toFixed(0).padStart(7)} ms ${(100 * ms / a.profile.stepMs).toFixed(1).padStart(5)}%  ${phase}`);
       console.log(`      backward by op: ${Object.entries(a.profile.backwardOpsMs).slice(0, 6).map(([op, ms]) => `${op} ${ms.toFixed(0)} ms`).join(', ')}`);
     }
