@@ -68,6 +68,8 @@ export {
   tokenizeToFile,
   type BosMode,
   type TokenFileHeader,
+  type TokenizeToFileOptions,
+  type TokenizeResult,
 } from './data/index.js';
 export { mlpHooks, validateTranscoderConfig, TRANSCODER_ARCHS, type TranscoderArch, type TranscoderConfig } from './transcoders/config.js';
 export {

@@ -3,9 +3,10 @@
  * independent Python version of `get_batch_tokens`), token files, and the end-to-end tokenizer run.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { main } from '../lib/cli/main.js';
 import { FormatError, InvalidArgumentError } from '../lib/errors.js';
 import { writeSafetensors } from '../lib/io/safetensors.js';
 import { Tokenizer } from '../lib/tokenizer/tokenizer.js';
@@ -221,6 +222,33 @@ describe('token packing', () => {
     }
   });
 
+  it('counts the documents truncated to maxDocumentTokens and the tokens cut off them', () => {
+    const B = 0;
+    // paper: the BOS counts, so at most 3 ids of a document fit in maxDocumentTokens 4.
+    const p = new TokenPacker({ contextSize: 4, bosTokenId: B, maxDocumentTokens: 4 });
+    p.push([1, 2, 3]); // exactly at the limit: not truncated
+    p.push([]);
+    expect([p.truncatedDocuments, p.truncatedTokens]).toEqual([0, 0]);
+    p.push([1, 2, 3, 4, 5, 6, 7]); // 4 ids cut
+    p.push([1, 2, 3, 4]); // 1 id cut
+    expect([p.truncatedDocuments, p.truncatedTokens]).toEqual([2, 5]);
+    p.flush();
+    expect([p.truncatedDocuments, p.truncatedTokens]).toEqual([2, 5]); // counts are kept over flushes
+    // none: no BOS, the limit is on the ids themselves.
+    const q = new TokenPacker({ contextSize: 2, bos: 'none', maxDocumentTokens: 3 });
+    expect(q.push([1, 2, 3, 4, 5])).toEqual([[1, 2]]);
+    q.push([6, 7, 8]);
+    expect([q.truncatedDocuments, q.truncatedTokens]).toEqual([1, 2]);
+    // Random cases: exactly the tokens that never reach a row because of the truncation.
+    for (const c of randomCases(4242, 100)) {
+      const packer = new TokenPacker({ contextSize: c.C, bos: c.bos, bosTokenId: c.bosId, maxDocumentTokens: c.maxDoc });
+      for (const d of c.docs) packer.push(d);
+      const limit = c.bos === 'paper' ? c.maxDoc - 1 : c.maxDoc;
+      expect(packer.truncatedTokens).toBe(c.docs.reduce((sum, d) => sum + Math.max(0, d.length - limit), 0));
+      expect(packer.truncatedDocuments).toBe(c.docs.filter((d) => d.length > limit).length);
+    }
+  });
+
   it('rejects bad options', () => {
     expect(() => new TokenPacker({ contextSize: 1, bosTokenId: 0 })).toThrow(InvalidArgumentError);
     expect(() => new TokenPacker({ contextSize: 8 })).toThrow(InvalidArgumentError); // paper needs a BOS id
@@ -277,6 +305,36 @@ describe('readDocuments', () => {
     await expect(collect([join(dir, 'x.csv')])).rejects.toThrow(InvalidArgumentError);
     mkdirSync(join(dir, 'empty'));
     await expect(collect([join(dir, 'empty')])).rejects.toThrow(FormatError);
+  });
+
+  it('warns when a .txt file of several lines has no blank line (it is one document)', async () => {
+    const dir = tempDir();
+    const warnings: string[] = [];
+    const read = async (name: string, text: string) => {
+      const file = join(dir, name);
+      writeFileSync(file, text);
+      const docs = [];
+      for await (const d of readDocuments([file], { onWarning: (m) => warnings.push(m) })) docs.push(d.text);
+      return docs;
+    };
+    expect(await read('lines.txt', 'doc one\ndoc two\r\ndoc three\n')).toEqual(['doc one\ndoc two\ndoc three']);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain(`${join(dir, 'lines.txt')}: no blank line separates its 3 lines, so the whole file is one document`);
+    expect(warnings[0]).toContain('.jsonl');
+    // Blank lines only around the text: still a single document of several lines.
+    expect(await read('padded.txt', '\n\nfirst\nsecond\n\n\n')).toEqual(['first\nsecond']);
+    expect(warnings).toHaveLength(2);
+    expect(warnings[1]).toContain('padded.txt: no blank line separates its 2 lines');
+    // No warning: paragraphs, a single line, an empty file, .jsonl.
+    expect(await read('paragraphs.txt', 'a\nb\n\nc')).toEqual(['a\nb', 'c']);
+    expect(await read('one-line.txt', 'just one line\n')).toEqual(['just one line']);
+    expect(await read('empty.txt', '')).toEqual([]);
+    expect(await read('lines.jsonl', '{"text": "a"}\n{"text": "b"}\n')).toEqual(['a', 'b']);
+    expect(warnings).toHaveLength(2);
+    // Without a callback the documents are the same and nothing is thrown.
+    const plain = [];
+    for await (const d of readDocuments([join(dir, 'lines.txt')])) plain.push(d.text);
+    expect(plain).toEqual(['doc one\ndoc two\ndoc three']);
   });
 
   it('streams: stopping early works on a large file', async () => {
@@ -425,8 +483,8 @@ describe('tokenizeToFile', () => {
     const progress: { documents: number; rows: number }[] = [];
     const result = await tokenizeToFile(inputs, tokenizer, out, { contextSize: 16, onProgress: (p) => progress.push(p) });
     const rows = expectedRows(want!);
-    expect(result).toEqual({ rows: rows.length, documents: 60 });
-    expect(progress.at(-1)).toEqual(result);
+    expect(result).toEqual({ rows: rows.length, documents: 60, truncated: { documents: 0, tokens: 0 }, warnings: [] });
+    expect(progress.at(-1)).toEqual({ rows: rows.length, documents: 60 });
     const h = readTokenFileHeader(out);
     expect(h).toMatchObject({ rows: rows.length, contextSize: 16, bos: 'paper', documents: 60, sources: inputs, tokenizer: join(modelDir, 'tokenizer.json') });
     expect([...(await readTokenRows(h, 0, h.rows))]).toEqual(rows.flat());
@@ -444,10 +502,66 @@ describe('tokenizeToFile', () => {
     expect([...(await readTokenRows(out, 0, 5))]).toEqual(expectedRows(wantNone!).slice(0, 5).flat());
     expect(readdirSync(dir).sort()).toEqual(['a.txt', 'b.jsonl', 'tokens.safetensors']);
 
+    // Truncation to maxDocumentTokens is reported (counts and a warning), not silent; so is a .txt
+    // file without blank lines, read as one document (which the truncation then cuts).
+    const maxDoc = 12;
+    const limit = maxDoc - 1; // BOS included
+    const cut = docs.filter((d) => d.length > limit);
+    expect(cut.length).toBeGreaterThan(5);
+    const dropped = cut.reduce((sum, d) => sum + d.length - limit, 0);
+    const [wantCut] = pythonPack([{ C: 16, maxDoc, bos: 'paper', bosId: config.bos_token_id, storeBatchSize: null, docs }]);
+    const heard: string[] = [];
+    const cutOut = join(dir, 'cut.safetensors');
+    const r3 = await tokenizeToFile(inputs, tokenizer, cutOut, { contextSize: 16, maxDocumentTokens: maxDoc, onWarning: (m) => heard.push(m) });
+    expect(r3.truncated).toEqual({ documents: cut.length, tokens: dropped });
+    expect(r3.warnings).toEqual(heard);
+    expect(heard).toEqual([`${cut.length} of 60 documents were longer than 12 tokens (BOS included) and were truncated to 12, as the paper's to_tokens(truncate=True) does: ${dropped} tokens dropped`]);
+    expect([...(await readTokenRows(cutOut, 0, readTokenFileHeader(cutOut).rows))]).toEqual(expectedRows(wantCut!).flat());
+    const oneDoc = join(dir, 'lines.txt');
+    writeFileSync(oneDoc, paragraphs.join('\n'));
+    const whole = tokenizer.encode(paragraphs.join('\n'), { prependBos: false }).length;
+    const r4 = await tokenizeToFile([oneDoc], tokenizer, cutOut, { contextSize: 16 });
+    expect(r4).toMatchObject({ documents: 1, truncated: { documents: 1, tokens: whole - 1023 } });
+    expect(r4.warnings).toEqual([
+      `${oneDoc}: no blank line separates its 30 lines, so the whole file is one document (in .txt files documents are separated by blank lines; for one document per line, put blank lines between them or use .jsonl)`,
+      `1 of 1 document was longer than 1024 tokens (BOS included) and was truncated to 1024, as the paper's to_tokens(truncate=True) does: ${whole - 1023} tokens dropped`,
+    ]);
+    // The warnings are given even when the text then gives too few rows (the run fails).
+    const short = join(dir, 'short.txt');
+    writeFileSync(short, 'one line\nand another');
+    const failing: string[] = [];
+    await expect(tokenizeToFile([short], tokenizer, join(dir, 'none.safetensors'), { contextSize: 16, minRows: 5, onWarning: (m) => failing.push(m) })).rejects.toThrow(InvalidArgumentError);
+    expect(failing).toEqual([expect.stringContaining(`${short}: no blank line separates its 2 lines`)]);
+    for (const f of [oneDoc, short, cutOut]) rmSync(f);
+
     // A bad input line fails the run and leaves the previous file in place.
     writeFileSync(join(dir, 'c.jsonl'), '{"text": "fine"}\nnot json\n');
     await expect(tokenizeToFile([...inputs, join(dir, 'c.jsonl')], tokenizer, out, { contextSize: 16 })).rejects.toThrow(`c.jsonl:2`);
     expect(readTokenFileHeader(out).rows).toBe(5);
     expect(readdirSync(dir).sort()).toEqual(['a.txt', 'b.jsonl', 'c.jsonl', 'tokens.safetensors']);
+  });
+});
+
+describe('transcoders tokenize', () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  it('prints the warnings and the truncation counts', async () => {
+    const modelDir = makeTempModel(TINY_GPT2);
+    const dir = tempDir();
+    const text = join(dir, 'corpus.txt');
+    // One document per line and no blank lines: read as one document, longer than 1024 tokens.
+    writeFileSync(text, Array.from({ length: 200 }, (_, i) => `document number ${i} is about the war of the year 17${i % 90}`).join('\n'));
+    const out: string[] = [];
+    const err: string[] = [];
+    vi.spyOn(console, 'log').mockImplementation((s: unknown) => void out.push(String(s)));
+    vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => (err.push(String(s)), true));
+    expect(await main(['tokenize', modelDir, '--data', text, '--out', join(dir, 't.safetensors'), '--context-size', '16'])).toBe(0);
+    const warnings = err.filter((l) => l.startsWith('transcoders tokenize: warning: '));
+    expect(warnings).toHaveLength(2);
+    expect(warnings[0]).toContain(`${text}: no blank line separates its 200 lines, so the whole file is one document`);
+    expect(warnings[1]).toMatch(/^transcoders tokenize: warning: 1 of 1 document was longer than 1024 tokens \(BOS included\) and was truncated to 1024, as the paper's to_tokens\(truncate=True\) does: \d+ tokens dropped\n$/);
+    expect(out.join('\n')).toMatch(/wrote \d+ rows from 1 document \(16 tokens each\) to .*t\.safetensors; 1 document truncated \(\d+ tokens dropped\)/);
   });
 });

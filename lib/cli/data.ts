@@ -48,7 +48,8 @@ export interface TokenData {
  * A token file for `data`: the file itself (its rows must fit the model's context, and `--context-size`,
  * when given, must match them), or `data` (.txt/.jsonl files or folders) tokenised with the model's
  * tokenizer and the paper's packing into `workDir/tokens.safetensors`, in rows of
- * {@link contextSizeFor}. Text that gives no full row is an error and writes nothing.
+ * {@link contextSizeFor}. Text that gives no full row is an error and writes nothing. The
+ * tokenizer's warnings (truncated documents, a .txt file that is one document) go to stderr.
  */
 export async function tokenFileFor(model: Model, data: string[], contextSizeValue: unknown, workDir: string, maxRows?: number): Promise<TokenData> {
   const nCtx = model.config.nCtx;
@@ -65,6 +66,8 @@ export async function tokenFileFor(model: Model, data: string[], contextSizeValu
   if (!model.tokenizer) throw new InvalidArgumentError(`${model.dir} has no tokenizer.json: pass a pre-tokenised token file as --data`);
   const out = join(workDir, 'tokens.safetensors');
   const status = new StatusLine();
+  // Printed once the status line is closed (a warning written under it would be overdrawn).
+  const warnings: string[] = [];
   try {
     await tokenizeToFile(data, model.tokenizer, out, {
       contextSize,
@@ -72,9 +75,11 @@ export async function tokenFileFor(model: Model, data: string[], contextSizeValu
       minRows: 1,
       ...(maxRows !== undefined ? { maxRows } : {}),
       onProgress: ({ rows, documents }) => status.show(`tokenizing: ${documents} documents, ${rows} rows`),
+      onWarning: (message) => warnings.push(message),
     });
   } finally {
     status.close();
+    for (const message of warnings) process.stderr.write(`transcoders: warning: ${message}\n`);
   }
   return { file: out, created: true };
 }

@@ -37,6 +37,8 @@ export const tokenizeCommand: Command = {
     const out = resolve(values.out as string);
     const status = new StatusLine();
     let result;
+    // Printed once the status line is closed (a warning written under it would be overdrawn).
+    const warnings: string[] = [];
     try {
       result = await tokenizeToFile(data, tokenizer, out, {
         contextSize,
@@ -46,10 +48,14 @@ export const tokenizeCommand: Command = {
         minRows: 1,
         ...(maxRows !== undefined && { maxRows }),
         onProgress: ({ documents, rows }) => status.show(`tokenizing: ${documents} documents, ${rows} rows`),
+        onWarning: (message) => warnings.push(message),
       });
     } finally {
       status.close();
+      for (const message of warnings) process.stderr.write(`transcoders tokenize: warning: ${message}\n`);
     }
-    console.log(`wrote ${result.rows} rows from ${result.documents} documents (${contextSize} tokens each) to ${out}`);
+    const { truncated } = result;
+    const cut = truncated.documents > 0 ? `; ${truncated.documents} document${truncated.documents === 1 ? '' : 's'} truncated (${truncated.tokens} tokens dropped)` : '';
+    console.log(`wrote ${result.rows} rows from ${result.documents} document${result.documents === 1 ? '' : 's'} (${contextSize} tokens each) to ${out}${cut}`);
   },
 };

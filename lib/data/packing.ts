@@ -32,6 +32,10 @@
  * End of input ({@link TokenPacker.flush}): the paper's stream never ends, so this is our choice. A
  * pending row that is exactly full is a complete row and is returned; a partial row is dropped
  * unless `keepPartial` is set.
+ *
+ * The truncation of rule 1 loses the end of every longer document. The packer counts it
+ * ({@link TokenPacker.truncatedDocuments}, {@link TokenPacker.truncatedTokens}) so that callers can
+ * report it (tokenizeToFile does) instead of losing the text silently.
  */
 import { InvalidArgumentError } from '../errors.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
@@ -68,6 +72,8 @@ export class TokenPacker {
   readonly storeBatchSize: number | null;
   private row: number[] = [];
   private emitted = 0;
+  private truncatedDocs = 0;
+  private droppedTokens = 0;
 
   constructor(options: TokenPackerOptions) {
     this.bos = options.bos ?? 'paper';
@@ -95,6 +101,16 @@ export class TokenPacker {
     return this.row.length;
   }
 
+  /** Documents pushed so far that were longer than `maxDocumentTokens` (BOS included) and were cut. */
+  get truncatedDocuments(): number {
+    return this.truncatedDocs;
+  }
+
+  /** Tokens of those documents cut off by the truncation (not packed into any row). */
+  get truncatedTokens(): number {
+    return this.droppedTokens;
+  }
+
   /**
    * Adds one document, given as its token ids WITHOUT a BOS (the packer adds BOS and truncates per
    * the rules above), and returns the rows completed by it (often none).
@@ -112,6 +128,10 @@ export class TokenPacker {
       end = Math.min(ids.length, this.maxDocumentTokens - 1);
     } else {
       end = Math.min(ids.length, this.maxDocumentTokens);
+    }
+    if (end < ids.length) {
+      this.truncatedDocs++;
+      this.droppedTokens += ids.length - end;
     }
     for (;;) {
       const remaining = lead + end - pos;

@@ -6,7 +6,9 @@
  * - `.txt`: every paragraph is a document. Paragraphs are separated by one or more blank lines
  *   (empty or whitespace-only); a paragraph's text is its lines joined with "\n" (line endings
  *   "\n" and "\r\n" are both accepted; the lines themselves are kept as they are). A file without
- *   blank lines is therefore one document, and it is held in memory whole.
+ *   blank lines is therefore one document, and it is held in memory whole. When a file of several
+ *   lines gives a single document, `onWarning` is told so (a corpus with one document per line
+ *   and no blank lines is read as one document, which tokenisation then truncates).
  * - `.jsonl`: every non-empty line is a JSON object with a string `text` field, which is the
  *   document (an empty string is a document too: the paper tokenises it to a lone BOS). Lines that
  *   are empty or whitespace-only are skipped. Any other line is a FormatError naming `file:line`.
@@ -101,19 +103,40 @@ async function* readLines(file: string): AsyncGenerator<{ line: string; number: 
   }
 }
 
-async function* readTxt(file: string): AsyncGenerator<Document> {
+export interface ReadDocumentsOptions {
+  /** Called with each warning (a `.txt` file of several lines that is a single document). */
+  onWarning?: (message: string) => void;
+}
+
+async function* readTxt(file: string, options: ReadDocumentsOptions): AsyncGenerator<Document> {
   let lines: string[] = [];
   let start = 0;
+  let documents = 0;
+  let firstLines = 0;
+  const warnOneDocument = (count: number): void =>
+    options.onWarning?.(
+      `${file}: no blank line separates its ${count} lines, so the whole file is one document ` +
+        '(in .txt files documents are separated by blank lines; for one document per line, put blank lines between them or use .jsonl)',
+    );
   for await (const { line, number } of readLines(file)) {
     if (line.trim() === '') {
-      if (lines.length > 0) yield { text: lines.join('\n'), source: file, line: start };
+      if (lines.length > 0) {
+        if (++documents === 1) firstLines = lines.length;
+        yield { text: lines.join('\n'), source: file, line: start };
+      }
       lines = [];
     } else {
       if (lines.length === 0) start = number;
       lines.push(line);
     }
   }
-  if (lines.length > 0) yield { text: lines.join('\n'), source: file, line: start };
+  if (lines.length > 0) {
+    // Said before the document goes on, so that it precedes what the document then causes.
+    if (documents === 0 && lines.length > 1) warnOneDocument(lines.length);
+    yield { text: lines.join('\n'), source: file, line: start };
+  } else if (documents === 1 && firstLines > 1) {
+    warnOneDocument(firstLines); // the document was followed by blank lines only
+  }
 }
 
 async function* readJsonl(file: string): AsyncGenerator<Document> {
@@ -140,9 +163,9 @@ async function* readJsonl(file: string): AsyncGenerator<Document> {
  * Streams the documents of `.txt` files, `.jsonl` files and folders of them, in order (see the
  * module comment for what a document is). Stopping the iteration early closes the open file.
  */
-export async function* readDocuments(paths: readonly string[]): AsyncGenerator<Document> {
+export async function* readDocuments(paths: readonly string[], options: ReadDocumentsOptions = {}): AsyncGenerator<Document> {
   for (const file of resolveInputFiles(paths)) {
     if (extensionOf(file) === '.jsonl') yield* readJsonl(file);
-    else yield* readTxt(file);
+    else yield* readTxt(file, options);
   }
 }

@@ -27,20 +27,39 @@ export interface TokenizeToFileOptions {
   tokenizerName?: string;
   /** Called about every 200 ms while running and once at the end. */
   onProgress?: (info: { documents: number; rows: number }) => void;
+  /**
+   * Called with each warning as it arises (also listed in the result): documents truncated to
+   * `maxDocumentTokens` (once, with the counts, when reading ends), a `.txt` file of several lines
+   * without a blank line, which is read as a single document.
+   */
+  onWarning?: (message: string) => void;
+}
+
+export interface TokenizeResult {
+  rows: number;
+  documents: number;
+  /**
+   * Documents longer than `maxDocumentTokens` (BOS included), cut to it as the paper's
+   * `to_tokens(truncate=True)` does, and the tokens cut off them (in no row).
+   */
+  truncated: { documents: number; tokens: number };
+  /** The warnings given to `onWarning`, in order. */
+  warnings: string[];
 }
 
 /**
  * Tokenises `.txt` / `.jsonl` files or folders of them (see readDocuments) into a token file at
  * `out` (written atomically: a failed run leaves no file behind, and an earlier file at `out` untouched).
- * Returns the number of rows written and of documents read; with `maxRows`, documents counts those
- * read before the limit was reached.
+ * Returns the number of rows written and of documents read, the documents truncated to
+ * `maxDocumentTokens` with the tokens that lost, and the warnings; with `maxRows`, the counts are of
+ * the documents read before the limit was reached.
  */
 export async function tokenizeToFile(
   inputs: string[],
   tokenizer: Tokenizer,
   out: string,
   options: TokenizeToFileOptions,
-): Promise<{ rows: number; documents: number }> {
+): Promise<TokenizeResult> {
   const bos = options.bos ?? 'paper';
   const maxRows = options.maxRows ?? Infinity;
   if (maxRows !== Infinity && (!Number.isSafeInteger(maxRows) || maxRows < 0)) {
@@ -59,6 +78,23 @@ export async function tokenizeToFile(
   });
   let documents = 0;
   let rows = 0;
+  const warnings: string[] = [];
+  const warn = (message: string): void => {
+    warnings.push(message);
+    options.onWarning?.(message);
+  };
+  let truncationReported = false;
+  const reportTruncation = (): void => {
+    if (truncationReported) return;
+    truncationReported = true;
+    const n = packer.truncatedDocuments;
+    if (n === 0) return;
+    warn(
+      `${n} of ${documents} document${documents === 1 ? '' : 's'} ${n === 1 ? 'was' : 'were'} longer than ${maxDocumentTokens} tokens` +
+        `${bos === 'paper' ? ' (BOS included)' : ''} and ${n === 1 ? 'was' : 'were'} truncated to ${maxDocumentTokens}, as the paper's to_tokens(truncate=True) does: ` +
+        `${packer.truncatedTokens} token${packer.truncatedTokens === 1 ? '' : 's'} dropped`,
+    );
+  };
   let lastReport = Date.now();
   const report = (force: boolean): void => {
     if (!options.onProgress) return;
@@ -70,7 +106,7 @@ export async function tokenizeToFile(
 
   async function* generate(): AsyncGenerator<Int32Array> {
     if (rows >= maxRows) return;
-    for await (const doc of readDocuments(inputs)) {
+    for await (const doc of readDocuments(inputs, { onWarning: warn })) {
       documents++;
       for (const row of packer.push(tokenizer.encode(doc.text, { prependBos: false }))) {
         rows++;
@@ -84,6 +120,7 @@ export async function tokenizeToFile(
       rows++;
       yield Int32Array.from(last);
     }
+    reportTruncation();
     // Thrown inside the row stream, so that writeTokenFile removes its temp file and leaves `out` alone.
     if (rows < minRows) {
       throw new InvalidArgumentError(
@@ -101,5 +138,6 @@ export async function tokenizeToFile(
     maxDocumentTokens,
   });
   report(true);
-  return result;
+  reportTruncation(); // when maxRows ended the reading
+  return { ...result, truncated: { documents: packer.truncatedDocuments, tokens: packer.truncatedTokens }, warnings };
 }
