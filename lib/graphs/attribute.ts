@@ -161,13 +161,13 @@ async function assemble(replacement: ReplacementModel, handle: NativeAttribution
   const rowsOf = new Map<number, { columns: Int32Array; values: Float32Array; target: number; dropped: number }>();
   const store = (rowIds: number[], r: NativeGraphRows) => {
     const start = new Tensor(r.rowStart).toTypedArray() as BigInt64Array;
-    const cols = new Tensor(r.columns).toTypedArray() as BigInt64Array;
+    const cols = new Tensor(r.columns).toTypedArray() as Int32Array;
     const vals = new Tensor(r.values).toFloat32Array();
     const tv = new Tensor(r.targetValues).toTypedArray() as Float64Array;
     const dm = new Tensor(r.droppedMass).toTypedArray() as Float64Array;
     rowIds.forEach((id, i) => {
       const a = Number(start[i]!), b = Number(start[i + 1]!);
-      rowsOf.set(id, { columns: Int32Array.from(cols.subarray(a, b), Number), values: vals.slice(a, b), target: tv[i]!, dropped: dm[i]! });
+      rowsOf.set(id, { columns: cols.slice(a, b), values: vals.slice(a, b), target: tv[i]!, dropped: dm[i]! });
     });
   };
   store(logitTargets.map((_, j) => S + j), await runRows(logitTargets.map((t) => t.target)));
@@ -186,6 +186,9 @@ async function assemble(replacement: ReplacementModel, handle: NativeAttribution
       next = [...Array(nf).keys()].filter((f) => !visited[f]).sort((a, b) => influence[b]! - influence[a]! || a - b).slice(0, Math.min(o.batchSize * o.updateInterval, budget - visitedCount));
     }
     next.forEach((f) => (visited[f] = 1));
+    // The same set in (layer, position) order: a batch's backward pass then reaches only as low and
+    // over as long a prefix as its targets need (active features are already in that order).
+    next.sort((a, b) => a - b);
     visitedCount += next.length;
     for (let i = 0; i < next.length; i += o.batchSize) {
       const chunk = next.slice(i, i + o.batchSize);

@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
-#include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,6 +17,9 @@ std::string block(int64_t l) { return "blocks." + std::to_string(l) + "."; }
 
 // Contractions of a [B, n, d] gather are done in chunks of at most this many elements.
 constexpr int64_t kChunkElements = int64_t{1} << 24;
+// With at least this many active features per position on average, a layer's feature columns
+// are one small GEMM per position instead of a gather.
+constexpr int64_t kPerPositionProducts = 8;
 
 }  // namespace
 
@@ -75,8 +77,11 @@ AttributionGraph::AttributionGraph(std::shared_ptr<const ReplacementModel> repla
         at::Tensor pos = nz.select(1, 0), idx = nz.select(1, 1);
         at::Tensor val = a.index({pos, idx}).to(c10::kFloat);
         layerFeatPos_.push_back(pos);
-        layerDecoder_.push_back(p.W_dec.index_select(0, idx).to(mlpOut[l].options()));
-        layerAct_.push_back(val.to(mlpOut[l].device()));
+        layerSource_.push_back(p.W_dec.index_select(0, idx).to(c10::kFloat).mul_(val.to(p.W_dec.device()).unsqueeze(1)).to(mlpOut[l].device()));
+        at::Tensor counts = at::bincount(pos.to(at::kCPU), {}, T_).cumsum(0).to(c10::kLong).contiguous();
+        std::vector<int64_t> posStart = {0};
+        posStart.insert(posStart.end(), counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + T_);
+        layerPosStart_.push_back(std::move(posStart));
         layers.push_back(at::full({nz.size(0)}, l, nz.options()));
         positions.push_back(pos);
         indices.push_back(idx);
@@ -92,8 +97,8 @@ AttributionGraph::AttributionGraph(std::shared_ptr<const ReplacementModel> repla
         errors_.push_back(mlpOut[l]);  // no transcoder: the whole MLP output is an error node
         at::Tensor none = at::zeros({0}, at::TensorOptions().dtype(c10::kLong).device(mlpOut[l].device()));
         layerFeatPos_.push_back(none);
-        layerDecoder_.push_back(at::zeros({0, d}, mlpOut[l].options()));
-        layerAct_.push_back(at::zeros({0}, mlpOut[l].options().dtype(c10::kFloat)));
+        layerSource_.push_back(at::zeros({0, d}, mlpOut[l].options().dtype(c10::kFloat)));
+        layerPosStart_.push_back(std::vector<int64_t>(T_ + 1, 0));
       }
       mlpConst_.push_back(mlpConst);
 
@@ -124,52 +129,8 @@ AttributionGraph::AttributionGraph(std::shared_ptr<const ReplacementModel> repla
     errorNorms_ = at::stack(errors_).norm(2, -1).reshape({-1}).to(at::kCPU, c10::kFloat);
   }
 
-  // 2. The prompt as B copies with grad through the frozen model: MLPs contribute their real output
-  //    as a constant, plus the transcoder's skip path (value zero, gradient the skip's).
-  ForwardOptions g;
-  g.grad = true;
-  g.freeze = true;
-  g.embeddingLeaves = true;
-  g.logits = false;
-  g.hooks = {"hook_embed", "unembed.hook_pre"};
-  if (hasPositional_) g.hooks.push_back("hook_pos_embed");
-  for (int64_t l = 0; l < L_; ++l) {
-    g.hooks.push_back(block(l) + "hook_attn_out");
-    g.hooks.push_back(block(l) + "hook_mlp_out");
-    if (replacement_->has(l)) g.hooks.push_back(replacement_->placement(l).hookIn);
-    MlpReplacement r;
-    r.kind = MlpReplacement::Kind::Module;
-    r.moduleNeedsOriginal = false;
-    at::Tensor cached = mlpOut[l];
-    if (replacement_->has(l) && replacement_->transcoder(l).spec().skip) {
-      std::shared_ptr<Transcoder> tc = replacement_->transcoderPtr(l);
-      r.input = replacement_->placement(l).input;
-      r.module = [tc, cached](const at::Tensor& in, const at::Tensor&) {
-        at::Tensor skip = at::matmul(in.to(tc->params().W_skip.options()), tc->params().W_skip).to(in.options());
-        return cached + (skip - skip.detach());
-      };
-    } else {
-      if (replacement_->has(l)) r.input = replacement_->placement(l).input;
-      // A leaf: no gradient passes through this MLP, but backward passes can still read the
-      // gradient arriving at its output.
-      r.module = [cached](const at::Tensor& in, const at::Tensor&) {
-        return cached.unsqueeze(0).expand({in.size(0), cached.size(0), cached.size(1)}).clone().requires_grad_(true);
-      };
-    }
-    g.mlpReplacements[l] = std::move(r);
-  }
-  std::sort(g.hooks.begin(), g.hooks.end());
-  g.hooks.erase(std::unique(g.hooks.begin(), g.hooks.end()), g.hooks.end());
-  ForwardResult r = model.forward(ids.expand({B_, T_}).contiguous(), g);
-  gEmbed_ = r.cache.at("hook_embed");
-  if (hasPositional_) gPos_ = r.cache.at("hook_pos_embed");
-  gFinal_ = r.cache.at("unembed.hook_pre");
-  gInput_.resize(L_);
-  for (int64_t l = 0; l < L_; ++l) {
-    gAttnOut_.push_back(r.cache.at(block(l) + "hook_attn_out"));
-    gMlpOut_.push_back(r.cache.at(block(l) + "hook_mlp_out"));
-    if (replacement_->has(l)) gInput_[l] = r.cache.at(replacement_->placement(l).hookIn);
-  }
+  // 2. The frozen patterns and scales the backward passes run through.
+  transpose_ = std::make_unique<FrozenTranspose>(replacement_, ids);
 }
 
 int64_t AttributionGraph::numSources() const { return biasOffset() + L_ + 1; }
@@ -218,122 +179,142 @@ double AttributionGraph::ownConstant(const GraphTarget& t, const at::Tensor& u) 
   return c;
 }
 
+void AttributionGraph::contractFeatures(int64_t layer, const at::Tensor& gMlp, at::Tensor& R) const {
+  const int64_t P = gMlp.size(1), m = gMlp.size(0), d = gMlp.size(2);
+  const std::vector<int64_t>& starts = layerPosStart_[layer];
+  const int64_t n = starts[P];  // features at positions below P (sorted by position)
+  if (n == 0) return;
+  const at::Tensor& V = layerSource_[layer];  // [n_l, d]: activation x decoder row
+  const int64_t first = layerFeatStart_[layer];
+  if (n >= kPerPositionProducts * P) {
+    // Many features per position: one small GEMM per position, gradient [m, d] x vectors^T.
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t a = starts[p], b = starts[p + 1];
+      if (b > a) R.narrow(1, first + a, b - a).copy_(at::mm(gMlp.select(1, p), V.narrow(0, a, b - a).t()));
+    }
+    return;
+  }
+  // Few per position: gather the gradient at each feature's position, in chunks.
+  const int64_t chunk = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, m * d));
+  for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+    const int64_t nc = std::min(chunk, n - c0);
+    at::Tensor G = gMlp.index_select(1, layerFeatPos_[layer].narrow(0, c0, nc));  // [m, nc, d]
+    R.narrow(1, first + c0, nc).copy_((G * V.narrow(0, c0, nc).unsqueeze(0)).sum(-1));
+  }
+}
+
 GraphRows AttributionGraph::rows(const std::vector<GraphTarget>& targets, double threshold, int64_t topK) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  const int64_t n = static_cast<int64_t>(targets.size()), S = numSources(), d = embed_.size(-1);
-  std::vector<int64_t> rowStart = {0}, columns;
-  std::vector<float> values;
-  std::vector<double> targetValues, dropped;
+  const int64_t n = static_cast<int64_t>(targets.size()), S = numSources();
+  const Weights& w = replacement_->model().weights();
+  // Validate, and order the targets by (layer, position) so that each batch reaches down from as
+  // low a layer and over as short a prefix as possible; rows come back in the caller's order.
+  std::vector<int64_t> position(n), layerKey(n), order(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const GraphTarget& t = targets[i];
+    position[i] = t.position < 0 ? T_ + t.position : t.position;
+    if (position[i] < 0 || position[i] >= T_) throw InvalidArgument("target position " + std::to_string(t.position) + " is outside the prompt of " + std::to_string(T_) + " tokens");
+    layerKey[i] = t.kind == GraphTarget::Kind::Feature ? t.layer : L_;
+    readingVector(t);  // throws for a bad layer, feature or token
+  }
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return std::make_pair(layerKey[a], position[a]) < std::make_pair(layerKey[b], position[b]); });
+
+  std::vector<std::vector<int32_t>> rowColumns(n);
+  std::vector<std::vector<float>> rowValues(n);
+  std::vector<double> targetValues(n), dropped(n);
+  at::NoGradGuard noGrad;
   for (int64_t start = 0; start < n; start += B_) {
     const int64_t m = std::min(B_, n - start);
-    // Reading vectors injected as output gradients, batch element i for target start + i.
-    std::map<int64_t, at::Tensor> inputGrads;
-    at::Tensor finalGrad;
+    int64_t prefix = 0;
+    std::vector<FrozenTranspose::Injection> injections;
     std::vector<int64_t> ownBias(m);
     std::vector<double> own(m);
     for (int64_t i = 0; i < m; ++i) {
-      const GraphTarget& t = targets[start + i];
-      const int64_t pos = t.position < 0 ? T_ + t.position : t.position;
-      if (pos < 0 || pos >= T_) throw InvalidArgument("target position " + std::to_string(t.position) + " is outside the prompt of " + std::to_string(T_) + " tokens");
+      const int64_t k = order[start + i];
+      const GraphTarget& t = targets[k];
+      const int64_t pos = position[k];
+      prefix = std::max(prefix, pos + 1);
       at::Tensor u = readingVector(t);
       own[i] = ownConstant(t, u);
-      at::NoGradGuard noGrad;
+      injections.push_back({i, layerKey[k], pos, u});
+      ownBias[i] = layerKey[k];
       if (t.kind == GraphTarget::Kind::Feature) {
-        at::Tensor& G = inputGrads[t.layer];
-        if (!G.defined()) G = at::zeros_like(gInput_[t.layer]);
-        G[i][pos].copy_(u);
-        ownBias[i] = t.layer;
         const Transcoder& tc = replacement_->transcoder(t.layer);
         at::Tensor x = targetValue_[t.layer][pos].to(tc.params().W_enc.options()).unsqueeze(0);
-        targetValues.push_back(tc.preActivations(x)[0][t.index].item<double>());
+        targetValues[k] = tc.preActivations(x)[0][t.index].item<double>();
       } else {
-        if (!finalGrad.defined()) finalGrad = at::zeros_like(gFinal_);
-        finalGrad[i][pos].copy_(u);
-        ownBias[i] = L_;
         // The demeaned logit (before any final soft-cap) or the direction's reading of the final norm's output.
         double value = at::dot(u.to(c10::kDouble), finalNormed_[pos].to(c10::kDouble)).item<double>();
-        if (t.kind == GraphTarget::Kind::Logit) {
-          const at::Tensor& b_U = replacement_->model().weights().b_U;
-          value += (b_U[t.index] - b_U.mean()).item<double>();
-        }
-        targetValues.push_back(value);
+        if (t.kind == GraphTarget::Kind::Logit) value += (w.b_U[t.index] - w.b_U.mean()).item<double>();
+        targetValues[k] = value;
       }
     }
-    std::vector<at::Tensor> outputs, gradOutputs;
-    for (auto& [layer, G] : inputGrads) outputs.push_back(gInput_[layer]), gradOutputs.push_back(G);
-    if (finalGrad.defined()) outputs.push_back(gFinal_), gradOutputs.push_back(finalGrad);
-    std::vector<at::Tensor> inputs = {gEmbed_};
-    if (hasPositional_) inputs.push_back(gPos_);
-    for (int64_t l = 0; l < L_; ++l) inputs.push_back(gAttnOut_[l]), inputs.push_back(gMlpOut_[l]);
-    std::vector<at::Tensor> grads;
-    {
-      at::AutoGradMode enable(true);
-      grads = torch::autograd::grad(outputs, inputs, gradOutputs, /*retain_graph=*/true, /*create_graph=*/false, /*allow_unused=*/true);
-    }
-    at::NoGradGuard noGrad;
-    auto f32 = [](const at::Tensor& t) { return t.defined() ? t.to(c10::kFloat) : t; };
-    at::Tensor R = at::zeros({B_, S}, embed_.options().dtype(c10::kFloat));
-    auto contract = [&](const at::Tensor& grad, const at::Tensor& vec) {  // [B, T, d] . [T, d] -> [B, T]
-      return (f32(grad) * vec.to(c10::kFloat).unsqueeze(0)).sum(-1);
+
+    // One backward pass over the prefix; each layer's gradients are contracted with its sources.
+    at::Tensor R = at::zeros({m, S}, embed_.options().dtype(c10::kFloat));
+    const int64_t P = prefix;
+    auto contract = [&](const at::Tensor& grad, const at::Tensor& vec) {  // [m, P, d] . [T, d] -> [m, P]
+      return (grad * vec.narrow(0, 0, P).to(c10::kFloat).unsqueeze(0)).sum(-1);
     };
-    size_t gi = 0;
-    at::Tensor gE = f32(grads[gi++]);
-    if (gE.defined()) R.narrow(1, tokenOffset(), T_).copy_(contract(gE, embed_));
-    if (hasPositional_) {
-      at::Tensor gP = f32(grads[gi++]);
-      if (gP.defined()) R.narrow(1, positionalOffset(), T_).copy_(contract(gP, posEmbed_));
-    }
-    for (int64_t l = 0; l < L_; ++l) {
-      at::Tensor gA = f32(grads[gi++]), gM = f32(grads[gi++]);
-      at::Tensor bias = at::zeros({B_}, R.options());
-      if (gA.defined()) bias = bias + (gA * attnConst_[l].to(c10::kFloat).unsqueeze(0)).sum(at::IntArrayRef{1, 2});
-      if (!gM.defined()) {
-        R.select(1, biasOffset() + l).copy_(bias);
-        continue;
+    at::Tensor gEmbed = transpose_->backward(m, P, injections, [&](int64_t l, const at::Tensor& gA, const at::Tensor& gM) {
+      at::Tensor bias = at::zeros({m}, R.options());
+      if (gA.defined()) bias = bias + (gA * attnConst_[l].narrow(0, 0, P).to(c10::kFloat).unsqueeze(0)).sum(at::IntArrayRef{1, 2});
+      if (gM.defined()) {
+        bias = bias + (gM * mlpConst_[l].to(c10::kFloat)).sum(at::IntArrayRef{1, 2});
+        R.narrow(1, errorOffset() + l * T_, P).copy_(contract(gM, errors_[l]));
+        contractFeatures(l, gM, R);
       }
-      bias = bias + (gM * mlpConst_[l].to(c10::kFloat)).sum(at::IntArrayRef{1, 2});
       R.select(1, biasOffset() + l).copy_(bias);
-      R.narrow(1, errorOffset() + l * T_, T_).copy_(contract(gM, errors_[l]));
-      // Features: activation x (decoder row . gradient at the feature's position), in chunks.
-      const int64_t nl = layerFeatPos_[l].size(0);
-      const int64_t chunk = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, B_ * d));
-      for (int64_t c0 = 0; c0 < nl; c0 += chunk) {
-        const int64_t nc = std::min(chunk, nl - c0);
-        at::Tensor G = gM.index_select(1, layerFeatPos_[l].narrow(0, c0, nc));              // [B, nc, d]
-        at::Tensor D = layerDecoder_[l].narrow(0, c0, nc).to(c10::kFloat);                  // [nc, d]
-        R.narrow(1, layerFeatStart_[l] + c0, nc).copy_((G * D.unsqueeze(0)).sum(-1) * layerAct_[l].narrow(0, c0, nc));
-      }
-    }
-    // Each target's own constant (encoder bias terms; b_U and the final norm's bias) on its layer's bias node.
-    at::Tensor Rc = R.narrow(0, 0, m).to(at::kCPU).contiguous();
+    });
+    R.narrow(1, tokenOffset(), P).copy_(contract(gEmbed, embed_));
+    if (hasPositional_) R.narrow(1, positionalOffset(), P).copy_(contract(gEmbed, posEmbed_));
+
+    // Sparse rows: each target's own constant (encoder bias terms; b_U and the final norm's bias)
+    // on its layer's bias node, then the non-zeros above the threshold, at most topK of them.
+    at::Tensor Rc = R.to(at::kCPU).contiguous();
     float* data = Rc.data_ptr<float>();
-    std::vector<int64_t> order(S);
+    std::vector<int32_t> kept;
     for (int64_t i = 0; i < m; ++i) {
+      const int64_t k = order[start + i];
       float* row = data + i * S;
       row[biasOffset() + ownBias[i]] += static_cast<float>(own[i]);
-      std::vector<int64_t> kept;
+      kept.clear();
       double droppedSum = 0;
       for (int64_t s = 0; s < S; ++s) {
         float v = row[s];
-        if (v != 0.0f && std::abs(v) > threshold) kept.push_back(s);
+        if (v == 0.0f) continue;
+        if (std::abs(v) > threshold) kept.push_back(static_cast<int32_t>(s));
         else droppedSum += std::abs(v);
       }
       if (topK > 0 && static_cast<int64_t>(kept.size()) > topK) {
-        std::nth_element(kept.begin(), kept.begin() + topK, kept.end(), [&](int64_t a, int64_t b) { return std::abs(row[a]) > std::abs(row[b]); });
+        std::nth_element(kept.begin(), kept.begin() + topK, kept.end(), [&](int32_t a, int32_t b) { return std::abs(row[a]) > std::abs(row[b]); });
         for (size_t j = topK; j < kept.size(); ++j) droppedSum += std::abs(row[kept[j]]);
         kept.resize(topK);
         std::sort(kept.begin(), kept.end());
       }
-      for (int64_t s : kept) columns.push_back(s), values.push_back(row[s]);
-      rowStart.push_back(static_cast<int64_t>(columns.size()));
-      dropped.push_back(droppedSum);
+      rowColumns[k] = kept;
+      rowValues[k].resize(kept.size());
+      for (size_t j = 0; j < kept.size(); ++j) rowValues[k][j] = row[kept[j]];
+      dropped[k] = droppedSum;
     }
   }
+
   GraphRows out;
-  auto i64 = at::TensorOptions().dtype(c10::kLong);
-  out.rowStart = at::tensor(rowStart, i64);
-  out.columns = columns.empty() ? at::zeros({0}, i64) : at::tensor(columns, i64);
-  out.values = values.empty() ? at::zeros({0}, at::TensorOptions().dtype(c10::kFloat)) : at::tensor(values, at::TensorOptions().dtype(c10::kFloat));
+  int64_t nnz = 0;
+  for (const auto& c : rowColumns) nnz += static_cast<int64_t>(c.size());
+  out.rowStart = at::empty({n + 1}, at::TensorOptions().dtype(c10::kLong));
+  out.columns = at::empty({nnz}, at::TensorOptions().dtype(c10::kInt));
+  out.values = at::empty({nnz}, at::TensorOptions().dtype(c10::kFloat));
+  int64_t* rs = out.rowStart.data_ptr<int64_t>();
+  int32_t* cs = out.columns.data_ptr<int32_t>();
+  float* vs = out.values.data_ptr<float>();
+  rs[0] = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    std::copy(rowColumns[i].begin(), rowColumns[i].end(), cs + rs[i]);
+    std::copy(rowValues[i].begin(), rowValues[i].end(), vs + rs[i]);
+    rs[i + 1] = rs[i] + static_cast<int64_t>(rowColumns[i].size());
+  }
   out.targetValues = at::tensor(targetValues, at::TensorOptions().dtype(c10::kDouble));
   out.droppedMass = at::tensor(dropped, at::TensorOptions().dtype(c10::kDouble));
   return out;

@@ -4,10 +4,12 @@
 // contributes its transcoder's reconstruction plus an error, with the transcoder's skip connection
 // as the only linear path through it. Forward values stay the real model's.
 //
-// Rows (targets) come out of batched backward passes: the prompt is run once as `batchSize` copies
-// with autograd, then for each batch of targets their reading vectors are injected as gradients and
-// one backward pass yields every target's row, contracted with each source's vector:
+// Rows (targets) come out of batched backward passes through the frozen model's transpose
+// (circuits/frozen_transpose.h): for each batch of `batchSize` targets their reading vectors are
+// injected as gradients and one pass yields every target's row, contracted with each source's vector:
 //   A[t, s] = <source vector of s, d target_t / d (residual write at s)>.
+// Targets are batched by (layer, position), and a batch runs over the layers below its targets and
+// the prefix of positions up to them only.
 // Rows are returned sparse (exact non-zeros, optionally top-k / thresholded), so that memory grows
 // with the kept entries, never with n_nodes^2.
 #pragma once
@@ -17,6 +19,7 @@
 #include <mutex>
 #include <vector>
 
+#include "circuits/frozen_transpose.h"
 #include "circuits/replacement_model.h"
 
 namespace tc {
@@ -33,7 +36,7 @@ struct GraphTarget {
 // Rows in compressed form: row i's entries are columns[rowStart[i] : rowStart[i + 1]].
 struct GraphRows {
   at::Tensor rowStart;      // [n + 1] int64
-  at::Tensor columns;       // [nnz] int64, ascending within a row
+  at::Tensor columns;       // [nnz] int32, ascending within a row
   at::Tensor values;        // [nnz] float32
   at::Tensor targetValues;  // [n] float64: the target quantity itself (for completeness checks)
   at::Tensor droppedMass;   // [n] float64: sum of |A| of entries a top-k / threshold left out
@@ -41,9 +44,9 @@ struct GraphRows {
 
 class AttributionGraph {
  public:
-  // Runs the prompt ([T] tokens) once without grad (activations, errors, constants) and once as
-  // `batchSize` copies with grad (the graph the backward passes reuse). Every layer without a
-  // transcoder becomes a whole-MLP error.
+  // Runs the prompt ([T] tokens) without grad: activations, errors, constants, and the frozen
+  // patterns and scales of the backward passes. Every layer without a transcoder becomes a
+  // whole-MLP error. `batchSize`: targets per backward pass.
   AttributionGraph(std::shared_ptr<const ReplacementModel> replacement, const at::Tensor& tokens, int64_t batchSize);
 
   int64_t length() const { return T_; }
@@ -77,22 +80,23 @@ class AttributionGraph {
   double ownConstant(const GraphTarget& t, const at::Tensor& u) const;
   // The vector a target injects at its reading point ([d]).
   at::Tensor readingVector(const GraphTarget& t) const;
+  // R[:, feature columns of `layer`] = gradient at the MLP output [m, P, d] . each feature's vector.
+  void contractFeatures(int64_t layer, const at::Tensor& gMlp, at::Tensor& R) const;
 
   std::shared_ptr<const ReplacementModel> replacement_;
   int64_t T_ = 0, L_ = 0, B_ = 1;
   bool hasPositional_ = false;
   at::Tensor featLayer_, featPos_, featIdx_, featAct_;
-  std::vector<at::Tensor> layerFeatPos_, layerDecoder_, layerAct_;  // per layer: positions, decoder rows [n_l, d], activations
-  std::vector<int64_t> layerFeatStart_;                             // per layer: first source index of its features
+  std::vector<at::Tensor> layerFeatPos_, layerSource_;  // per layer: positions [n_l], activation x decoder row [n_l, d] (float32)
+  std::vector<std::vector<int64_t>> layerPosStart_;     // per layer: first feature at each position [T + 1]
+  std::vector<int64_t> layerFeatStart_;                 // per layer: first source index of its features
   std::vector<at::Tensor> errors_;                                  // per layer [T, d]
   std::vector<at::Tensor> attnConst_, mlpConst_;                    // per layer [T, d] / [d]
   at::Tensor embed_, posEmbed_;                                     // [T, d]
   at::Tensor lastLogits_, errorNorms_;
   std::vector<at::Tensor> targetValue_;                             // per layer: the input hook [T, d] (no grad)
   at::Tensor finalNormed_;                                          // ln_final output [T, d] (no grad)
-  // The batched forward with grad, kept for every backward pass.
-  at::Tensor gEmbed_, gPos_, gFinal_;
-  std::vector<at::Tensor> gAttnOut_, gMlpOut_, gInput_;
+  std::unique_ptr<FrozenTranspose> transpose_;
   mutable std::mutex mutex_;  // one backward at a time over the shared graph
 };
 
