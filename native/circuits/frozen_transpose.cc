@@ -12,10 +12,6 @@ namespace {
 
 std::string block(int64_t l) { return "blocks." + std::to_string(l) + "."; }
 
-bool endsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // g @ W^T in W's dtype (bfloat16 models multiply in bfloat16, as autograd would), back to float32.
 at::Tensor timesTransposed(const at::Tensor& g, const at::Tensor& W) {
   return at::matmul(g.to(W.scalar_type()), W.t()).to(c10::kFloat);
@@ -23,30 +19,29 @@ at::Tensor timesTransposed(const at::Tensor& g, const at::Tensor& W) {
 
 }  // namespace
 
-FrozenTranspose::FrozenTranspose(std::shared_ptr<const ReplacementModel> replacement, const at::Tensor& tokens)
-    : replacement_(std::move(replacement)) {
-  const Transformer& model = replacement_->model();
-  const ModelConfig& cfg = model.config();
-  T_ = tokens.size(-1);
-  L_ = cfg.nLayers;
-  ForwardOptions o;
-  o.logits = false;
-  o.hooks = {"ln_final.hook_scale"};
-  for (int64_t l = 0; l < L_; ++l) {
-    o.hooks.push_back(block(l) + "ln1.hook_scale");
-    o.hooks.push_back(block(l) + "ln2.hook_scale");
-    o.hooks.push_back(block(l) + "attn.hook_pattern");
-    if (cfg.sandwichNorms) o.hooks.push_back(block(l) + "ln1_post.hook_scale");
+std::vector<std::string> FrozenTranspose::hooks(const ModelConfig& cfg) {
+  std::vector<std::string> names = {"ln_final.hook_scale"};
+  for (int64_t l = 0; l < cfg.nLayers; ++l) {
+    names.push_back(block(l) + "ln1.hook_scale");
+    names.push_back(block(l) + "ln2.hook_scale");
+    names.push_back(block(l) + "attn.hook_pattern");
+    if (cfg.sandwichNorms) names.push_back(block(l) + "ln1_post.hook_scale");
   }
-  at::NoGradGuard noGrad;
-  ForwardResult r = model.forward(tokens, o);
-  auto get = [&](const std::string& name) { return r.cache.at(name)[0].to(c10::kFloat); };
-  finalScale_ = get("ln_final.hook_scale");
+  return names;
+}
+
+FrozenTranspose::FrozenTranspose(std::shared_ptr<const ReplacementModel> replacement, const std::map<std::string, at::Tensor>& cache)
+    : replacement_(std::move(replacement)) {
+  const ModelConfig& cfg = replacement_->model().config();
+  L_ = cfg.nLayers;
+  auto get = [&](const std::string& name) { return cache.at(name)[0]; };
+  finalScale_ = get("ln_final.hook_scale").to(c10::kFloat);
+  T_ = finalScale_.size(0);
   for (int64_t l = 0; l < L_; ++l) {
-    ln1Scale_.push_back(get(block(l) + "ln1.hook_scale"));
-    ln2Scale_.push_back(get(block(l) + "ln2.hook_scale"));
-    pattern_.push_back(r.cache.at(block(l) + "attn.hook_pattern")[0]);  // [H, T, T], the model dtype
-    if (cfg.sandwichNorms) ln1PostScale_.push_back(get(block(l) + "ln1_post.hook_scale"));
+    ln1Scale_.push_back(get(block(l) + "ln1.hook_scale").to(c10::kFloat));
+    ln2Scale_.push_back(get(block(l) + "ln2.hook_scale").to(c10::kFloat));
+    pattern_.push_back(get(block(l) + "attn.hook_pattern"));  // [H, T, T], the model dtype
+    if (cfg.sandwichNorms) ln1PostScale_.push_back(get(block(l) + "ln1_post.hook_scale").to(c10::kFloat));
   }
 }
 
@@ -91,7 +86,7 @@ void FrozenTranspose::inject(at::Tensor& g, const Injection& j) const {
   // ln2.hook_normalized (LayerNorm: after the gain, as TransformerLens; RMSNorm: only where the gain
   // is folded) or mlp.hook_in: through the frozen ln2.
   const LayerWeights& Lw = replacement_->model().weights().layers[j.layer];
-  const bool gain = !endsWith(p.hookIn, "ln2.hook_normalized") || replacement_->model().config().norm == Norm::LayerNorm;
+  const bool gain = p.hookIn != block(j.layer) + "ln2.hook_normalized" || replacement_->model().config().norm == Norm::LayerNorm;
   g[j.row][j.position].add_(normTranspose(u, Lw.ln2W, ln2Scale_[j.layer].narrow(0, j.position, 1), gain).view({-1}));
 }
 

@@ -13,6 +13,8 @@
 #include <ATen/Tensor.h>
 
 #include <functional>
+#include <map>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -22,8 +24,11 @@ namespace tc {
 
 class FrozenTranspose {
  public:
-  // `tokens` [1, T]: runs the prompt once without grad to record the frozen patterns and scales.
-  FrozenTranspose(std::shared_ptr<const ReplacementModel> replacement, const at::Tensor& tokens);
+  // The hooks whose values (from a batch-of-one forward of the prompt) the constructor takes.
+  static std::vector<std::string> hooks(const ModelConfig& cfg);
+  // `cache`: a forward of the prompt ([1, T] tokens) that recorded `hooks(cfg)`: the frozen patterns
+  // and scales.
+  FrozenTranspose(std::shared_ptr<const ReplacementModel> replacement, const std::map<std::string, at::Tensor>& cache);
 
   // A reading vector `vector` [d] of batch row `row` at `position`: at layer `layer`'s transcoder
   // input hook (0 <= layer < L), or at the final norm's output (layer == L).

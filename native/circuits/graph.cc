@@ -37,13 +37,15 @@ AttributionGraph::AttributionGraph(std::shared_ptr<const ReplacementModel> repla
   hasPositional_ = w.W_pos.defined();
   const int64_t d = cfg.dModel;
 
-  // 1. The prompt once, without grad: activations, errors, constants, targets' values.
+  // The prompt once, without grad: activations, errors, constants, targets' values, and the frozen
+  // patterns and scales the backward passes run through.
   std::vector<at::Tensor> mlpOut(L_);
   {
     at::NoGradGuard noGrad;
     ForwardOptions o;
     o.hooks = {"hook_embed", "unembed.hook_pre"};
     if (hasPositional_) o.hooks.push_back("hook_pos_embed");
+    for (const std::string& name : FrozenTranspose::hooks(cfg)) o.hooks.push_back(name);
     for (int64_t l = 0; l < L_; ++l) {
       o.hooks.push_back(block(l) + "hook_mlp_out");
       if (cfg.sandwichNorms) o.hooks.push_back(block(l) + "ln1_post.hook_scale");
@@ -53,6 +55,7 @@ AttributionGraph::AttributionGraph(std::shared_ptr<const ReplacementModel> repla
     o.hooks.erase(std::unique(o.hooks.begin(), o.hooks.end()), o.hooks.end());
     ForwardResult r = model.forward(ids, o);
     auto get = [&](const std::string& name) { return r.cache.at(name)[0]; };
+    transpose_ = std::make_unique<FrozenTranspose>(replacement_, r.cache);
     embed_ = get("hook_embed");
     if (hasPositional_) posEmbed_ = get("hook_pos_embed");
     finalNormed_ = get("unembed.hook_pre");
@@ -129,8 +132,6 @@ AttributionGraph::AttributionGraph(std::shared_ptr<const ReplacementModel> repla
     errorNorms_ = at::stack(errors_).norm(2, -1).reshape({-1}).to(at::kCPU, c10::kFloat);
   }
 
-  // 2. The frozen patterns and scales the backward passes run through.
-  transpose_ = std::make_unique<FrozenTranspose>(replacement_, ids);
 }
 
 int64_t AttributionGraph::numSources() const { return biasOffset() + L_ + 1; }
@@ -210,12 +211,13 @@ GraphRows AttributionGraph::rows(const std::vector<GraphTarget>& targets, double
   // Validate, and order the targets by (layer, position) so that each batch reaches down from as
   // low a layer and over as short a prefix as possible; rows come back in the caller's order.
   std::vector<int64_t> position(n), layerKey(n), order(n);
+  std::vector<at::Tensor> reading(n);
   for (int64_t i = 0; i < n; ++i) {
     const GraphTarget& t = targets[i];
     position[i] = t.position < 0 ? T_ + t.position : t.position;
     if (position[i] < 0 || position[i] >= T_) throw InvalidArgument("target position " + std::to_string(t.position) + " is outside the prompt of " + std::to_string(T_) + " tokens");
     layerKey[i] = t.kind == GraphTarget::Kind::Feature ? t.layer : L_;
-    readingVector(t);  // throws for a bad layer, feature or token
+    reading[i] = readingVector(t);  // throws for a bad layer, feature or token
   }
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return std::make_pair(layerKey[a], position[a]) < std::make_pair(layerKey[b], position[b]); });
@@ -235,7 +237,7 @@ GraphRows AttributionGraph::rows(const std::vector<GraphTarget>& targets, double
       const GraphTarget& t = targets[k];
       const int64_t pos = position[k];
       prefix = std::max(prefix, pos + 1);
-      at::Tensor u = readingVector(t);
+      const at::Tensor& u = reading[k];
       own[i] = ownConstant(t, u);
       injections.push_back({i, layerKey[k], pos, u});
       ownBias[i] = layerKey[k];

@@ -46,7 +46,7 @@ at::Tensor replayed(const ForwardOptions& options, const std::string& name, at::
 
 }  // namespace
 
-at::Tensor Transformer::norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale, bool freeze,
+at::Tensor Transformer::norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale,
                              const at::Tensor& fixedScale, at::Tensor* normalized) const {
   if (cfg_.norm == Norm::RMSNorm) {
     // As Hugging Face computes it: in float32, back to the model dtype before the gain (Llama) or
@@ -55,22 +55,22 @@ at::Tensor Transformer::norm(const at::Tensor& x, const at::Tensor& w, const at:
     at::Tensor ms = fixedScale.defined() ? fixedScale.to(c10::kFloat).pow(2) : xf.pow(2).mean(-1, /*keepdim=*/true).add_(cfg_.lnEps);
     if (scale != nullptr) *scale = ms.sqrt().to(x.scalar_type());
     at::Tensor inv = ms.rsqrt();
-    at::Tensor n = xf * (freeze ? inv.detach() : inv);
+    at::Tensor n = xf * inv;
     if (normalized != nullptr) *normalized = n.to(x.scalar_type());
     if (!w.defined()) return n.to(x.scalar_type());
     if (cfg_.normPlusOne) return (n * (w.to(c10::kFloat) + 1.0)).to(x.scalar_type());
     return w * n.to(x.scalar_type());
   }
-  if (scale == nullptr && !freeze && !fixedScale.defined()) {
+  if (scale == nullptr && !fixedScale.defined()) {
     at::Tensor out = at::layer_norm(x, {x.size(-1)}, w, b, cfg_.lnEps);
     if (normalized != nullptr) *normalized = out;
     return out;
   }
-  // Spelled out when the scale is observed or frozen: TransformerLens's hook_scale = sqrt(mean(xc^2) + eps).
+  // Spelled out when the scale is observed or replayed: TransformerLens's hook_scale = sqrt(mean(xc^2) + eps).
   at::Tensor xc = x - x.mean(-1, /*keepdim=*/true);
   at::Tensor s = fixedScale.defined() ? fixedScale.to(xc.scalar_type()) : (xc.pow(2).mean(-1, /*keepdim=*/true) + cfg_.lnEps).sqrt();
   if (scale != nullptr) *scale = s;
-  at::Tensor out = xc / (freeze ? s.detach() : s);
+  at::Tensor out = xc / s;
   out = w.defined() ? at::addcmul(b, out, w) : out;
   if (normalized != nullptr) *normalized = out;
   return out;
@@ -190,7 +190,6 @@ at::Tensor positionMean(const at::Tensor& x, const at::Tensor& real) {
 }  // namespace
 
 at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Positions& pos, HookCapture& hooks, const ForwardOptions& options) const {
-  const bool freeze = options.freeze;
   const LayerWeights& L = w_.layers[layer];
   const int64_t B = x.size(0), T = x.size(1), d = cfg_.dModel, H = cfg_.nHeads, K = cfg_.kvHeads(), dh = cfg_.dHead;
   at::Tensor qkv = at::addmm(L.b_QKV, x.reshape({B * T, d}), L.W_QKV);  // [B T, (H + 2K) dh]: Q | K | V
@@ -201,8 +200,8 @@ at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Posi
   hooks.record(layer, BlockHook::AttnK, k);
   hooks.record(layer, BlockHook::AttnV, v);
   if (cfg_.qkNorm) {  // Qwen3 / Gemma-3: each head normalised before RoPE
-    q = norm(q, L.qNormW, {}, nullptr, freeze);
-    k = norm(k, L.kNormW, {}, nullptr, freeze);
+    q = norm(q, L.qNormW, {}, nullptr);
+    k = norm(k, L.kNormW, {}, nullptr);
   }
   if (cfg_.rotaryDim > 0) {
     const at::Tensor& tables = pos.rotary[cfg_.layerRope.empty() ? 0 : cfg_.layerRope[layer]];
@@ -223,7 +222,7 @@ at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Posi
   at::Tensor fixedPattern = replayed(options, hookName(layer, BlockHook::AttnPattern), {B, H, T, T}, qh.options());
   [[maybe_unused]] bool observed = hooks.wants(layer, BlockHook::AttnScores) || hooks.wants(layer, BlockHook::AttnPattern) || fixedPattern.defined();
 #if TORCH_VERSION_MAJOR >= 2
-  if (!observed && !freeze && !cfg_.scaleAttnByInverseLayerIdx && cfg_.attnScale == 0 && cfg_.attnSoftcap == 0 && window == 0) {
+  if (!observed && !cfg_.scaleAttnByInverseLayerIdx && cfg_.attnScale == 0 && cfg_.attnSoftcap == 0 && window == 0) {
     // Fused kernel (flash / memory-efficient on CUDA) when nobody looks at the pattern; a padded
     // batch passes its mask (true = attend).
     z = pos.blocked.defined() ? at::scaled_dot_product_attention(qh, kh, vh, pos.blocked.logical_not(), 0.0, /*is_causal=*/false)
@@ -237,7 +236,6 @@ at::Tensor Transformer::attention(int64_t layer, const at::Tensor& x, const Posi
     hooks.record(layer, BlockHook::AttnScores, scores);
     // Softmax in float32, as Hugging Face's eager attention (the same op in float32 models).
     at::Tensor pattern = fixedPattern.defined() ? fixedPattern : at::softmax(scores, -1, c10::kFloat).to(scores.scalar_type());
-    if (freeze) pattern = pattern.detach();  // attention is then linear in the values
     hooks.record(layer, BlockHook::AttnPattern, pattern);
     z = at::matmul(pattern, vh);
   }
@@ -308,7 +306,7 @@ at::Tensor Transformer::observedNorm(const at::Tensor& x, const at::Tensor& w, c
   at::Tensor scale;
   at::Tensor fixed = replayed(options, hookName(layer, scaleHook), {x.size(0), x.size(1), 1}, x.options());
   at::Tensor normalized;
-  at::Tensor out = norm(x, w, b, hooks.wants(layer, scaleHook) ? &scale : nullptr, options.freeze, fixed,
+  at::Tensor out = norm(x, w, b, hooks.wants(layer, scaleHook) ? &scale : nullptr, fixed,
                         hooks.wants(layer, normalizedHook) ? &normalized : nullptr);
   hooks.record(layer, scaleHook, scale);
   hooks.record(layer, normalizedHook, normalized);
@@ -356,11 +354,9 @@ ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOpt
   at::Tensor x = at::embedding(w_.W_E, tokens);
   // Gemma: embeddings times sqrt(d_model), the factor rounded to the model dtype as Hugging Face does.
   if (cfg_.embedScale != 1.0) x = x * at::scalar_tensor(cfg_.embedScale, x.options());
-  if (options.embeddingLeaves) x = x.detach().requires_grad_(true);
   hooks.record(ModelHook::Embed, x);
   if (w_.W_pos.defined()) {
     at::Tensor posEmbed = pos.ids.defined() ? at::embedding(w_.W_pos, pos.ids) : w_.W_pos.narrow(0, 0, T).unsqueeze(0).expand_as(x);
-    if (options.embeddingLeaves) posEmbed = posEmbed.contiguous().detach().requires_grad_(true);
     hooks.record(ModelHook::PosEmbed, posEmbed);
     x = x + posEmbed;
   }
@@ -378,7 +374,7 @@ ForwardResult Transformer::forward(const at::Tensor& rawTokens, const ForwardOpt
     at::Tensor scale;
     at::Tensor fixed = replayed(options, hookName(ModelHook::LnFinalScale), {x.size(0), x.size(1), 1}, x.options());
     at::Tensor normalized;
-    at::Tensor xf = norm(x, w_.lnFinalW, w_.lnFinalB, hooks.wants(ModelHook::LnFinalScale) ? &scale : nullptr, options.freeze, fixed,
+    at::Tensor xf = norm(x, w_.lnFinalW, w_.lnFinalB, hooks.wants(ModelHook::LnFinalScale) ? &scale : nullptr, fixed,
                          hooks.wants(ModelHook::LnFinalNormalized) ? &normalized : nullptr);
     hooks.record(ModelHook::LnFinalScale, scale);
     hooks.record(ModelHook::LnFinalNormalized, normalized);

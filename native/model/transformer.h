@@ -41,13 +41,6 @@ struct ForwardOptions {
   // positions 0..n-1, and 'mean' replacements average real positions only.
   at::Tensor lengths;
   bool padLeft = false;
-  // The local replacement model of attribution graphs: attention patterns and every norm's scale
-  // are constants (stop-gradient), so that with MLPs replaced the forward is linear in the residual
-  // writes. Forward values are unchanged.
-  bool freeze = false;
-  // hook_embed (and hook_pos_embed) become leaves that require grad: the roots of backward passes
-  // through a model whose weights do not.
-  bool embeddingLeaves = false;
   // Values to use instead of computing them, by hook name: attention patterns
   // ("blocks.L.attn.hook_pattern", [B or 1, H, T, T]) and norm scales ("*.hook_scale", [B or 1, T, 1]):
   // interventions with frozen attention / direct effects replay a clean run's.
@@ -85,11 +78,10 @@ class Transformer {
  private:
   // The model's norm over the last axis: LayerNorm (LayerNormPre when w/b are undefined) or RMSNorm
   // (RMSNormPre when w is undefined); fills *scale when asked (hook_scale).
-  // With `freeze` the scale is a constant for autograd.
   // A defined `fixedScale` is used instead of the input's own scale. *normalized gets what
   // TransformerLens's hook_normalized records: a LayerNorm's output, an RMSNorm's x / scale before
   // its gain.
-  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale, bool freeze = false,
+  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor* scale,
                   const at::Tensor& fixedScale = {}, at::Tensor* normalized = nullptr) const;
   // A block's norm, recording its hook_scale / hook_normalized when requested (and replaying a scale
   // given in options.replay).
