@@ -225,6 +225,45 @@ describe('training matches the PyTorch reference trainer step for step', () => {
     expect(metrics.some((m) => m.sparsity !== 0)).toBe(true);
   });
 
+  // The hand-written relu step (native/train/fast_step.cc) has two ways to the same gradients: the
+  // dense GEMMs, and products over the active features only; sparseBelowDensity 0 / 1 forces each.
+  // portableProducts: the sparse products by device-agnostic ATen ops (the CUDA path) instead of the CPU loops.
+  it.each([
+    ['dense products', 0, false],
+    ['sparse products', 1, false],
+    ['sparse products by the portable ATen ops', 1, true],
+  ] as const)('relu, paper recipe without ghost grads, %s (1e-4 relative)', async (_, sparseBelowDensity, portableProducts) => {
+    await compare(
+      { arch: 'relu' },
+      { arch: 'relu', reconstruction: 'paper', l1_coefficient: 2e-3, ghost_residual: 'input', lr: 1e-2, schedule: 'constantwithwarmup', warmup_steps: 5, total_steps: S, dead_feature_window: 3, ghost_grads: false },
+      { recipe: 'paper', lr: 1e-2, schedule: 'constantwithwarmup', warmupSteps: 5, l1Coefficient: 2e-3, ghostGrads: false, deadFeatureWindow: 3, sparseBelowDensity, portableProducts },
+      1e-4,
+    );
+  });
+
+  it.each([
+    ['dense products', 0],
+    ['sparse products', 1],
+  ] as const)('relu with a skip connection, FVU + L1, %s (1e-4 relative)', async (_, sparseBelowDensity) => {
+    await compare(
+      { arch: 'relu', skip: true },
+      { arch: 'relu', reconstruction: 'fvu', l1_coefficient: 5e-3, ghost_residual: 'target', lr: 5e-3, schedule: 'constant', dead_feature_window: 3, ghost_grads: false },
+      { recipe: 'standard', lr: 5e-3, l1Coefficient: 5e-3, deadFeatureWindow: 3, sparseBelowDensity },
+      1e-4,
+    );
+  });
+
+  it.each([false, true])('topk with a skip connection and AuxK, portable products %s (1e-4 relative)', async (portableProducts) => {
+    const metrics = await compare(
+      { arch: 'topk', k: 5, skip: true },
+      { arch: 'topk', k: 5, reconstruction: 'fvu', auxk_alpha: 0.5, k_aux: 20, lr: 5e-3, schedule: 'constant', dead_feature_window: 2, ghost_grads: false },
+      { recipe: 'standard', lr: 5e-3, auxkAlpha: 0.5, kAux: 20, deadFeatureWindow: 2, portableProducts },
+      1e-4,
+    );
+    // k_aux 20 is more than the 12 dead features: all of them, weighted by 12 / 20.
+    expect(metrics.some((m) => m.sparsity !== 0)).toBe(true);
+  });
+
   it('jumprelu with L0 (1e-4 relative)', async () => {
     await compare(
       { arch: 'jumprelu', bandwidth: 0.05 },

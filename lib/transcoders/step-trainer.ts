@@ -57,6 +57,24 @@ export interface TrainOptions {
   resampleScale?: number;
   /** Steps over which the learning rate ramps back after resampling (default 10000, the paper's). */
   resampleWarmupSteps?: number;
+  /**
+   * Precision of the dense matrix products of a relu or topk step (default `float32`). `bfloat16`
+   * runs them on bf16 copies (faster on GPUs and on CPUs with avx512_bf16); parameters, gradients,
+   * the sparse products and Adam stay float32. Other steps (jumprelu, relu with active ghost
+   * gradients) always run in float32.
+   */
+  computeDtype?: 'float32' | 'bfloat16';
+  /**
+   * relu: decode and back-propagate through the active features only (as topk always does) when
+   * fewer than this fraction of the batch's activations are non-zero (default 0.02; a trained relu
+   * transcoder is well below it, its first steps above).
+   */
+  sparseBelowDensity?: number;
+  /**
+   * Run the sparse products with the device-agnostic ATen ops (the CUDA path) on the CPU too,
+   * instead of the CPU's own loops: slower; for tests of the GPU path on a machine without one.
+   */
+  portableProducts?: boolean;
   beta1?: number;
   beta2?: number;
   eps?: number;
@@ -71,6 +89,8 @@ export function resolveTrainOptions(transcoder: Transcoder, options: TrainOption
   if (recipe !== 'paper' && recipe !== 'standard') throw new InvalidArgumentError(`recipe must be 'paper' or 'standard', got '${recipe}'`);
   if (recipe === 'paper' && arch !== 'relu') throw new InvalidArgumentError(`the paper recipe trains relu transcoders, not ${arch}`);
   const paper = recipe === 'paper';
+  const computeDtype = options.computeDtype ?? 'float32';
+  if (computeDtype !== 'float32' && computeDtype !== 'bfloat16') throw new InvalidArgumentError(`computeDtype must be 'float32' or 'bfloat16', got '${String(computeDtype)}'`);
   for (const [key, value] of Object.entries(options)) {
     if (typeof value === 'number' && !(Number.isFinite(value) && value >= 0)) throw new InvalidArgumentError(`train option '${key}' must be a non-negative number, got ${value}`);
   }
@@ -104,6 +124,9 @@ export function resolveTrainOptions(transcoder: Transcoder, options: TrainOption
     resampleSequences: options.resampleSequences ?? 64,
     resampleScale: options.resampleScale ?? 0.2,
     resampleWarmupSteps: options.resampleWarmupSteps ?? 10000,
+    computeDtype,
+    sparseBelowDensity: options.sparseBelowDensity ?? 0.02,
+    portableProducts: options.portableProducts ?? false,
   };
 }
 

@@ -74,6 +74,11 @@ TrainOptions trainOptionsFrom(const Napi::Object& o) {
   t.resampleSequences = intOr(o, "resampleSequences", t.resampleSequences);
   t.resampleScale = numberOr(o, "resampleScale", t.resampleScale);
   t.resampleWarmupSteps = intOr(o, "resampleWarmupSteps", t.resampleWarmupSteps);
+  const std::string compute = stringOr(o, "computeDtype", "float32");
+  if (compute != "float32" && compute != "bfloat16") throw InvalidArgument("computeDtype must be 'float32' or 'bfloat16', got '" + compute + "'");
+  t.fast.computeDtype = compute == "bfloat16" ? c10::kBFloat16 : c10::kFloat;
+  t.fast.sparseBelowDensity = numberOr(o, "sparseBelowDensity", t.fast.sparseBelowDensity);
+  t.fast.portableProducts = boolOr(o, "portableProducts", false);
   return t;
 }
 

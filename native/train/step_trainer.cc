@@ -1,14 +1,43 @@
 #include "train/step_trainer.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "core/errors.h"
+#include "train/fast_step.h"
 
 namespace tc {
+
+namespace {
+
+// g_j -= (g_j . w_j) w_j for every row j: the paper's projection that keeps unit-norm decoder rows
+// on the sphere. On float32 CPU tensors one pass over the rows (no [m, d] temporaries).
+void removeParallelComponent(at::Tensor& g, const at::Tensor& w) {
+  if (!g.device().is_cpu() || g.scalar_type() != c10::kFloat || w.scalar_type() != c10::kFloat || !g.is_contiguous() ||
+      !w.is_contiguous()) {
+    g.sub_((g * w).sum(-1, /*keepdim=*/true) * w);
+    return;
+  }
+  const int64_t rows = g.size(0), d = g.size(1);
+  float* gp = g.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      float* gr = gp + j * d;
+      const float* wr = wp + j * d;
+      float dot = 0;
+      for (int64_t i = 0; i < d; ++i) dot += gr[i] * wr[i];
+      for (int64_t i = 0; i < d; ++i) gr[i] -= dot * wr[i];
+    }
+  });
+}
+
+}  // namespace
 
 std::vector<at::Tensor*> StepTrainer::parameters() {
   std::vector<at::Tensor*> out;
@@ -43,37 +72,49 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
     loss.l0Coefficient *= ramp;
   }
   loss.dead = sinceFired_ > options_.deadFeatureWindow;
+  const bool anyDead = loss.dead.any().item<bool>();
 
-  at::AutoGradMode grad(true);
-  LossTerms t = transcoderLoss(*tc_, x, y, loss);
+  // The step's loss terms and, once it has run, every parameter's gradient: written out by hand
+  // where fast_step.h covers the architecture (no autograd graph), by autograd otherwise.
+  at::Tensor total, reconstruction, sparsity, ghost, yHat, fired, l0;
+  std::function<void()> backward = [] {};
+  if (fastStepApplies(tc_->spec(), loss, anyDead)) {
+    FastStepResult r = fastStep(*tc_, x, y, loss, anyDead, options_.fast, buffers_);
+    total = r.total, reconstruction = r.reconstruction, sparsity = r.sparsity, yHat = r.yHat, fired = r.fired, l0 = r.l0;
+    ghost = at::zeros({}, y.options());
+  } else {
+    for (at::Tensor* param : parameters()) param->mutable_grad() = at::Tensor();  // autograd accumulates
+    at::AutoGradMode grad(true);
+    LossTerms t = transcoderLoss(*tc_, x, y, loss);
+    at::NoGradGuard noGrad;
+    total = t.total, reconstruction = t.reconstruction, sparsity = t.sparsity, ghost = t.ghost, yHat = t.yHat;
+    fired = (t.f > 0).any(0);
+    l0 = (t.f > 0).sum(-1).to(c10::kDouble).mean();
+    backward = [total = t.total] { total.backward(); };
+  }
   StepMetrics m{};
   {
     at::NoGradGuard noGrad;
-    at::Tensor fired = (t.f > 0).any(0);
     sinceFired_.add_(1).masked_fill_(fired, 0);
     m.step = step;
     m.lr = lr;
-    m.total = t.total.item<double>();
-    m.reconstruction = t.reconstruction.item<double>();
-    m.sparsity = t.sparsity.item<double>();
-    m.ghost = t.ghost.item<double>();
-    m.fvu = fractionOfVarianceUnexplained(t.yHat, y).item<double>();
-    m.l0 = (t.f > 0).sum(-1).to(c10::kDouble).mean().item<double>();
+    m.total = total.item<double>();
+    m.reconstruction = reconstruction.item<double>();
+    m.sparsity = sparsity.item<double>();
+    m.ghost = ghost.item<double>();
+    m.fvu = fractionOfVarianceUnexplained(yHat.detach(), y).item<double>();
+    m.l0 = l0.item<double>();
     m.deadFraction = loss.dead.to(c10::kDouble).mean().item<double>();
   }
 
   // Named, not printed: std::to_string writes "-nan" for a NaN with its sign bit set.
   if (!std::isfinite(m.total))
     throw NonFinite(where(step) + "the loss is " + (std::isnan(m.total) ? "nan" : m.total > 0 ? "inf" : "-inf") + lastGood());
-  for (at::Tensor* param : parameters()) param->mutable_grad() = at::Tensor();
-  t.total.backward();
+  backward();
   at::NoGradGuard noGrad;
   // A non-finite gradient would poison every parameter through Adam: stop before the update.
   if (std::string bad = firstNonFinite(true); !bad.empty()) throw NonFinite(where(step) + "the gradient of " + bad + " is not finite" + lastGood());
-  if (options_.normalizeDecoder && p.W_dec.grad().defined()) {
-    at::Tensor& g = p.W_dec.mutable_grad();
-    g.sub_((g * p.W_dec).sum(-1, /*keepdim=*/true) * p.W_dec);
-  }
+  if (options_.normalizeDecoder && p.W_dec.grad().defined()) removeParallelComponent(p.W_dec.mutable_grad(), p.W_dec);
   if (options_.maxGradNorm > 0) {
     at::Tensor sq = at::zeros({}, x.options().dtype(c10::kDouble));
     for (at::Tensor* param : parameters())
@@ -91,16 +132,15 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
 }
 
 std::string StepTrainer::firstNonFinite(bool gradients) {
-  // One device synchronisation in the common case: every check folded into one flag.
+  // One device synchronisation and one read of each tensor in the common case: a sum is finite
+  // only if every element is (an infinity or a NaN anywhere makes it inf or nan). Only when a sum
+  // is not finite (or overflows) are the tensors searched element by element.
   auto named = tc_->params().named();
   auto of = [&](at::Tensor* t) { return gradients ? t->grad() : *t; };
-  at::Tensor ok;
-  for (const auto& [name, t] : named) {
-    if (!of(t).defined()) continue;
-    at::Tensor finite = of(t).isfinite().all();
-    ok = ok.defined() ? ok.logical_and(finite) : finite;
-  }
-  if (!ok.defined() || ok.item<bool>()) return "";
+  std::vector<at::Tensor> sums;
+  for (const auto& [name, t] : named)
+    if (of(t).defined()) sums.push_back(at::sum(of(t), c10::kFloat));
+  if (sums.empty() || at::stack(sums).isfinite().all().item<bool>()) return "";
   for (const auto& [name, t] : named)
     if (of(t).defined() && !of(t).isfinite().all().item<bool>()) return name;
   return "";

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "train/adam.h"
+#include "train/fast_step.h"
 #include "train/schedule.h"
 #include "transcoder/losses.h"
 #include "transcoder/transcoder.h"
@@ -34,6 +35,8 @@ struct TrainOptions {
   int64_t resampleSequences = 64;
   double resampleScale = 0.2;
   int64_t resampleWarmupSteps = 10000;
+  // The hand-written step's settings (fast_step.h): bf16 GEMMs, the relu sparse-products density.
+  FastStepOptions fast;
 };
 
 struct StepMetrics {
@@ -76,6 +79,7 @@ class StepTrainer {
   Adam adam_;
   at::Tensor sinceFired_;
   int64_t lastResample_ = -1;
+  FastStepBuffers buffers_;
 };
 
 }  // namespace tc

@@ -1,0 +1,196 @@
+#include "train/fast_step.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+
+#include "train/sparse_products.h"
+
+namespace tc {
+
+namespace {
+
+// `t` in the compute dtype (itself when it already is).
+at::Tensor in(const at::Tensor& t, c10::ScalarType compute) { return t.scalar_type() == compute ? t : t.to(compute); }
+
+// `slot` when it has this shape and dtype, otherwise a new tensor stored there.
+at::Tensor& reuse(at::Tensor& slot, at::IntArrayRef sizes, const at::TensorOptions& options) {
+  if (!slot.defined() || slot.sizes() != sizes || slot.scalar_type() != c10::typeMetaToScalarType(options.dtype()) ||
+      slot.device() != options.device())
+    slot = at::empty(sizes, options);
+  return slot;
+}
+
+// The gradient tensor of `param` to write into: last step's when it still fits.
+at::Tensor& gradOf(at::Tensor& param) { return reuse(param.mutable_grad(), param.sizes(), param.options()); }
+
+// out = a b with a and b in the compute dtype; out is float32.
+void productInto(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, c10::ScalarType compute) {
+  if (compute == c10::kFloat) at::mm_out(out, a, b);
+  else out.copy_(at::mm(in(a, compute), in(b, compute)));
+}
+
+// Pre-activations (x - b_dec) W_enc + b_enc [N, m] in the compute dtype, into `out`. In bf16 the
+// bias rides in the GEMM as an extra input column of ones, so it is added at the GEMM's fp32
+// accumulation and the result is rounded once (and never converted: TopK selects on it directly).
+at::Tensor& preActivationsInto(at::Tensor& out, const TranscoderParams& p, const at::Tensor& xc, c10::ScalarType compute) {
+  reuse(out, {xc.size(0), p.W_enc.size(1)}, xc.options().dtype(compute));
+  if (compute == c10::kFloat) return at::addmm_out(out, p.b_enc, xc, p.W_enc);
+  at::Tensor xOnes = at::cat({xc, at::ones({xc.size(0), 1}, xc.options())}, 1);
+  at::Tensor wBias = at::cat({p.W_enc, p.b_enc.unsqueeze(0)}, 0);
+  return at::mm_out(out, in(xOnes, compute), in(wBias, compute));
+}
+
+// The reconstruction loss and its gradient with respect to y_hat.
+std::pair<at::Tensor, at::Tensor> reconstruction(const at::Tensor& yHat, const at::Tensor& y, Reconstruction kind) {
+  at::Tensor diff = yHat - y;
+  if (kind == Reconstruction::Paper) {
+    // mean over elements of diff^2 / ||y_n||
+    at::Tensor rowNorm = y.norm(2, {-1}, /*keepdim=*/true);
+    at::Tensor loss = (diff.pow(2) / rowNorm).mean();
+    return {loss, diff.mul(2.0 / static_cast<double>(diff.numel())).div_(rowNorm)};
+  }
+  at::Tensor variance = (y - y.mean(0, /*keepdim=*/true)).pow(2).sum();
+  at::Tensor loss = diff.pow(2).sum() / variance;
+  return {loss, diff.mul(2.0).div_(variance)};
+}
+
+// Decoder output of the active features `F` plus the biases and the skip path.
+at::Tensor decodeSparse(const TranscoderParams& p, const SparseEntries& F, const at::Tensor& x, bool portable) {
+  at::Tensor y = sparseTimesDense(F, p.W_dec, portable);
+  if (p.W_skip.defined()) y.addmm_(x, p.W_skip);
+  return y.add_(p.b_dec_out);
+}
+
+// The gradients of W_enc, b_enc and b_dec from pre-activation gradients given on entries: each
+// (F, dPre) pair adds its F^T-shaped terms, accumulated as [m, d_in] and transposed once.
+void encoderGradients(TranscoderParams& p, const at::Tensor& xc, std::initializer_list<std::pair<const SparseEntries*, const at::Tensor*>> parts,
+                      bool portable, FastStepBuffers& buffers) {
+  const int64_t m = p.W_enc.size(1), dIn = p.W_enc.size(0);
+  at::Tensor& wEncT = reuse(buffers.wEncT, {m, dIn}, xc.options()).zero_();
+  at::Tensor bEnc = at::zeros({m}, xc.options());
+  for (const auto& [F, dPre] : parts) {
+    addSparseTransposeTimesDense(wEncT, *F, *dPre, xc, portable);
+    bEnc.index_add_(0, F->cols, *dPre);
+  }
+  gradOf(p.W_enc).copy_(wEncT.t());
+  p.b_enc.mutable_grad() = bEnc;
+  // pre = (x - b_dec) W_enc + b_enc, so dL/db_dec = -W_enc (sum_n dL/dpre_n).
+  p.b_dec.mutable_grad() = at::mv(p.W_enc, bEnc).neg_();
+}
+
+}  // namespace
+
+bool fastStepApplies(const TranscoderSpec& spec, const LossOptions& loss, bool anyDead) {
+  if (spec.arch == TranscoderArch::TopK) return true;
+  if (spec.arch == TranscoderArch::ReLU) return !(loss.ghostGrads && anyDead);
+  return false;
+}
+
+FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y, const LossOptions& o, bool anyDead,
+                        const FastStepOptions& options, FastStepBuffers& buffers) {
+  at::NoGradGuard noGrad;
+  const TranscoderSpec& spec = tc.spec();
+  TranscoderParams& p = tc.params();
+  const int64_t N = x.size(0), m = spec.dSae;
+  const c10::ScalarType compute = options.computeDtype;
+  const bool portable = options.portableProducts;
+  const auto count = [&](int64_t n) { return at::scalar_tensor(static_cast<double>(n) / static_cast<double>(N), x.options().dtype(c10::kDouble)); };
+  FastStepResult r;
+
+  at::Tensor xc = x - p.b_dec;
+  at::Tensor& pre = preActivationsInto(buffers.pre, p, xc, compute);
+  at::Tensor dYHat;
+
+  if (spec.arch == TranscoderArch::ReLU) {
+    at::Tensor& f = pre.clamp_min_(0);  // pre is not needed again: f > 0 exactly where pre > 0
+    const double l1PerRow = o.l1Coefficient / static_cast<double>(N);
+    const int64_t active = at::count_nonzero(f).item<int64_t>();
+    r.l0 = count(active);
+    r.sparse = static_cast<double>(active) < options.sparseBelowDensity * static_cast<double>(N) * static_cast<double>(m);
+    if (r.sparse) {
+      SparseEntries F = positiveEntries(f, portable);
+      r.yHat = decodeSparse(p, F, x, portable);
+      std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction);
+      r.sparsity = F.values.sum() * l1PerRow;
+      // Every entry is active, so the ReLU passes its gradient; |f|' = 1 there.
+      at::Tensor dPre = entryDots(F, dYHat, p.W_dec, portable).add_(l1PerRow);
+      addSparseTransposeTimesDense(gradOf(p.W_dec).zero_(), F, F.values, dYHat, portable);
+      encoderGradients(p, xc, {{&F, &dPre}}, portable, buffers);
+      r.fired = at::zeros({m}, x.options().dtype(c10::kBool)).index_fill_(0, F.cols, true);
+    } else {
+      // The five GEMMs; f and its gradient stay in the compute dtype, sums accumulate in float32.
+      at::Tensor wDec = in(p.W_dec, compute);
+      r.yHat = at::mm(f, wDec).to(c10::kFloat);
+      if (p.W_skip.defined()) r.yHat.addmm_(x, p.W_skip);
+      r.yHat.add_(p.b_dec_out);
+      std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction);
+      r.sparsity = at::sum(f, c10::kFloat) * l1PerRow;
+      at::Tensor dY = in(dYHat, compute);
+      productInto(gradOf(p.W_dec), f.t(), dY, compute);
+      at::Tensor& dPre = reuse(buffers.dPre, f.sizes(), f.options());
+      at::mm_out(dPre, dY, wDec.t()).add_(l1PerRow);
+      at::threshold_backward_out(dPre, dPre, f, 0);  // the ReLU's gradient: zero where f = 0
+      r.fired = at::amax(f, {0}) > 0;
+      productInto(gradOf(p.W_enc), xc.t(), dPre, compute);
+      // Column sums as a GEMV: it accumulates in float32 for bf16 too, and reads dPre once.
+      at::Tensor bEnc = at::mm(at::ones({1, N}, dPre.options()), dPre).squeeze(0).to(c10::kFloat);
+      p.b_enc.mutable_grad() = bEnc;
+      p.b_dec.mutable_grad() = at::mv(p.W_enc, bEnc).neg_();
+    }
+  } else {
+    auto [topLowp, topIdx] = at::topk(pre, spec.k, -1, /*largest=*/true, /*sorted=*/false);
+    at::Tensor topValues = topLowp.to(c10::kFloat);
+    SparseEntries F = fixedEntries(topIdx, at::relu(topValues));
+    r.yHat = decodeSparse(p, F, x, portable);
+    std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction);
+    at::Tensor dPre = entryDots(F, dYHat, p.W_dec, portable);
+    at::threshold_backward_out(dPre, dPre, F.values, 0);
+    at::Tensor& gradDec = gradOf(p.W_dec).zero_();
+    addSparseTransposeTimesDense(gradDec, F, F.values, dYHat, portable);
+    at::Tensor activeCols = F.cols.masked_select(F.values > 0);
+    r.fired = at::zeros({m}, x.options().dtype(c10::kBool)).index_fill_(0, activeCols, true);
+    r.l0 = count(activeCols.size(0));
+
+    if (o.auxkAlpha > 0 && anyDead) {
+      // AuxK: the top k_aux dead features (by pre-activation) reconstruct the detached residual,
+      // normalised by its variance and weighted by alpha min(1, dead / k_aux).
+      at::Tensor deadIdx = o.dead.to(x.device()).nonzero().squeeze(1);
+      const int64_t nDead = deadIdx.size(0);
+      const int64_t kAux = o.kAux > 0 ? o.kAux : std::max<int64_t>(1, spec.dIn / 2);
+      const int64_t ka = std::min(kAux, nDead);
+      // The dead columns, gathered into the (otherwise unused) gradient buffer.
+      at::Tensor deadPre = reuse(buffers.dPre, {N, m}, pre.options()).view({-1}).narrow(0, 0, N * nDead).view({N, nDead});
+      at::index_select_out(deadPre, pre, 1, deadIdx);
+      auto [auxLowp, auxLocal] = at::topk(deadPre, ka, -1, /*largest=*/true, /*sorted=*/false);
+      at::Tensor auxValues = auxLowp.to(c10::kFloat);
+      // The dead features' decoder rows, gathered: the products below run over this compact copy
+      // (19 MB for 6144 dead of 768 wide, cache-resident) instead of rows scattered over W_dec.
+      at::Tensor wDead = p.W_dec.index_select(0, deadIdx);
+      SparseEntries A = fixedEntries(auxLocal, at::relu(auxValues));
+      at::Tensor e = y - r.yHat;
+      at::Tensor eHat = sparseTimesDense(A, wDead, portable);
+      const double weight = o.auxkAlpha * std::min(1.0, static_cast<double>(nDead) / static_cast<double>(kAux));
+      auto [auxLoss, dEHat] = reconstruction(eHat, e, Reconstruction::Fvu);
+      r.sparsity = auxLoss * weight;
+      dEHat.mul_(weight);
+      at::Tensor dAux = entryDots(A, dEHat, wDead, portable);
+      at::threshold_backward_out(dAux, dAux, A.values, 0);
+      at::Tensor gradDead = at::zeros_like(wDead);
+      addSparseTransposeTimesDense(gradDead, A, A.values, dEHat, portable);
+      gradDec.index_add_(0, deadIdx, gradDead);
+      A.cols = deadIdx.index_select(0, A.cols);  // global feature ids for the encoder's gradients
+      encoderGradients(p, xc, {{&F, &dPre}, {&A, &dAux}}, portable, buffers);
+    } else {
+      r.sparsity = at::zeros({}, y.options());
+      encoderGradients(p, xc, {{&F, &dPre}}, portable, buffers);
+    }
+  }
+  r.total = r.reconstruction + r.sparsity;
+  p.b_dec_out.mutable_grad() = dYHat.sum(0);
+  if (p.W_skip.defined()) productInto(gradOf(p.W_skip), x.t(), dYHat, compute);
+  return r;
+}
+
+}  // namespace tc
