@@ -8,7 +8,7 @@
 #include "bindings/attribution_wrap.h"
 #include "bindings/graph_wrap.h"
 #include "bindings/connections_wrap.h"
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 #include "bindings/state.h"
 #include "bindings/task.h"
 #include "core/threads.h"

@@ -5,7 +5,7 @@
 
 #include <cmath>
 
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 #include "bindings/js_args.h"
 #include "bindings/state.h"
 #include "bindings/task.h"

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "circuits/connections.h"
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 #include "bindings/js_args.h"
 #include "bindings/task.h"
 #include "bindings/replacement_model_wrap.h"

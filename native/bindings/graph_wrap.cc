@@ -2,7 +2,7 @@
 
 #include <ATen/ATen.h>
 
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 #include "bindings/js_args.h"
 #include "bindings/replacement_model_wrap.h"
 #include "bindings/state.h"

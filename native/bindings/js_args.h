@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 
 namespace tc {
 

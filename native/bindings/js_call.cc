@@ -2,7 +2,7 @@
 
 #include <stdexcept>
 
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 #include "core/threads.h"
 
 namespace tc {

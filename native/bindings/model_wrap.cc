@@ -9,7 +9,7 @@
 #include <malloc.h>
 #endif
 
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 #include "bindings/js_args.h"
 #include "train/lm_trainer.h"
 #include "bindings/js_call.h"

@@ -7,7 +7,7 @@
 #include "bindings/model_wrap.h"
 #include "bindings/state.h"
 #include "bindings/transcoder_wrap.h"
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 
 namespace tc {
 

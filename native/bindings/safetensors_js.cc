@@ -1,6 +1,6 @@
 #include "bindings/safetensors_js.h"
 
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 #include "bindings/task.h"
 #include "io/safetensors.h"
 #include "bindings/tensor_wrap.h"

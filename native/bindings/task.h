@@ -7,7 +7,7 @@
 #include <optional>
 #include <utility>
 
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 #include "core/threads.h"
 
 namespace tc {

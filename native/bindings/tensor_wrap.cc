@@ -5,7 +5,7 @@
 #include <cstring>
 #include <thread>
 
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 #include "bindings/state.h"
 #include "bindings/task.h"
 #include "tensor/dtype.h"

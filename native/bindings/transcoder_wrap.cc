@@ -7,7 +7,7 @@
 #include <set>
 #include <shared_mutex>
 
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 #include "bindings/js_args.h"
 #include "bindings/state.h"
 #include "bindings/task.h"

@@ -1,10 +1,6 @@
-// Error vocabulary of the native core and its translation into JS Error subclasses.
-// Every binding runs its body through `guard` (or a Task), so no C++ exception can reach
-// node-addon-api uncaught and abort the process.
+// Error vocabulary of the native core (pure C++: no Node). bindings/js_errors.h translates these
+// into JS Error subclasses.
 #pragma once
-#include <napi.h>
-
-#include <exception>
 #include <stdexcept>
 #include <string>
 
@@ -26,23 +22,5 @@ struct FormatError : std::runtime_error {
 struct NonFinite : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-
-// Stores the JS classes that errors are created with (called once from lib/native.ts).
-void registerErrorClasses(const Napi::CallbackInfo& info);
-
-// Converts a caught C++ exception into a JS Error of the matching registered subclass.
-Napi::Error toJsError(Napi::Env env, std::exception_ptr error);
-
-// Runs `body`, rethrowing any C++ exception as the matching JS error (for synchronous bindings).
-template <class Body>
-auto guard(Napi::Env env, Body&& body) -> decltype(body()) {
-  try {
-    return body();
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (...) {
-    throw toJsError(env, std::current_exception());
-  }
-}
 
 }  // namespace tc

@@ -1,4 +1,4 @@
-#include "core/errors.h"
+#include "bindings/js_errors.h"
 
 #include <c10/util/Exception.h>
 
