@@ -113,7 +113,7 @@ say "build (build-gpu/gpu-check, -j$JOBS)"
 CXX="${CXX:-g++}"
 command -v "$CXX" >/dev/null || die "no C++ compiler ($CXX); set CXX"
 # The native core's sources the driver needs (never native/bindings/: those need Node).
-SOURCES=(native/transcoder/transcoder.cc native/transcoder/losses.cc native/train/step_trainer.cc native/train/adam.cc
+SOURCES=(native/transcoder/transcoder.cc native/transcoder/losses.cc native/train/step_trainer.cc native/train/fast_step.cc native/train/sparse_products.cc native/train/adam.cc
          native/train/schedule.cc native/model/transformer.cc native/model/weights.cc native/model/hooks.cc
          native/io/safetensors.cc native/tensor/dtype.cc tools/gpu-check/main.cc)
 INCS=(-Inative)

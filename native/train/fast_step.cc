@@ -25,9 +25,9 @@ at::Tensor& reuse(at::Tensor& slot, at::IntArrayRef sizes, const at::TensorOptio
 // The gradient tensor of `param` to write into: last step's when it still fits.
 at::Tensor& gradOf(at::Tensor& param) { return reuse(param.mutable_grad(), param.sizes(), param.options()); }
 
-// out = a b with a and b in the compute dtype; out is float32.
+// out = a b with a and b in the compute dtype (out has the parameters' dtype).
 void productInto(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, c10::ScalarType compute) {
-  if (compute == c10::kFloat) at::mm_out(out, a, b);
+  if (compute == out.scalar_type()) at::mm_out(out, a, b);
   else out.copy_(at::mm(in(a, compute), in(b, compute)));
 }
 
@@ -36,7 +36,7 @@ void productInto(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, c10:
 // accumulation and the result is rounded once (and never converted: TopK selects on it directly).
 at::Tensor& preActivationsInto(at::Tensor& out, const TranscoderParams& p, const at::Tensor& xc, c10::ScalarType compute) {
   reuse(out, {xc.size(0), p.W_enc.size(1)}, xc.options().dtype(compute));
-  if (compute == c10::kFloat) return at::addmm_out(out, p.b_enc, xc, p.W_enc);
+  if (compute == p.W_enc.scalar_type()) return at::addmm_out(out, p.b_enc, xc, p.W_enc);
   at::Tensor xOnes = at::cat({xc, at::ones({xc.size(0), 1}, xc.options())}, 1);
   at::Tensor wBias = at::cat({p.W_enc, p.b_enc.unsqueeze(0)}, 0);
   return at::mm_out(out, in(xOnes, compute), in(wBias, compute));
@@ -94,7 +94,10 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
   const TranscoderSpec& spec = tc.spec();
   TranscoderParams& p = tc.params();
   const int64_t N = x.size(0), m = spec.dSae;
-  const c10::ScalarType compute = options.computeDtype;
+  // Parameters, gradients and the sparse products are in the parameters' dtype (float32 unless the
+  // transcoder was made in another); the dense GEMMs in bf16 when asked.
+  const c10::ScalarType master = p.W_enc.scalar_type();
+  const c10::ScalarType compute = options.computeDtype == c10::kBFloat16 ? c10::kBFloat16 : master;
   const bool portable = options.portableProducts;
   const auto count = [&](int64_t n) { return at::scalar_tensor(static_cast<double>(n) / static_cast<double>(N), x.options().dtype(c10::kDouble)); };
   FastStepResult r;
@@ -111,6 +114,7 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
     r.sparse = static_cast<double>(active) < options.sparseBelowDensity * static_cast<double>(N) * static_cast<double>(m);
     if (r.sparse) {
       SparseEntries F = positiveEntries(f, portable);
+      F.values = F.values.to(master);
       r.yHat = decodeSparse(p, F, x, portable);
       std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction);
       r.sparsity = F.values.sum() * l1PerRow;
@@ -122,11 +126,11 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
     } else {
       // The five GEMMs; f and its gradient stay in the compute dtype, sums accumulate in float32.
       at::Tensor wDec = in(p.W_dec, compute);
-      r.yHat = at::mm(f, wDec).to(c10::kFloat);
+      r.yHat = at::mm(f, wDec).to(master);
       if (p.W_skip.defined()) r.yHat.addmm_(x, p.W_skip);
       r.yHat.add_(p.b_dec_out);
       std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction);
-      r.sparsity = at::sum(f, c10::kFloat) * l1PerRow;
+      r.sparsity = at::sum(f, master) * l1PerRow;
       at::Tensor dY = in(dYHat, compute);
       productInto(gradOf(p.W_dec), f.t(), dY, compute);
       at::Tensor& dPre = reuse(buffers.dPre, f.sizes(), f.options());
@@ -135,13 +139,13 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
       r.fired = at::amax(f, {0}) > 0;
       productInto(gradOf(p.W_enc), xc.t(), dPre, compute);
       // Column sums as a GEMV: it accumulates in float32 for bf16 too, and reads dPre once.
-      at::Tensor bEnc = at::mm(at::ones({1, N}, dPre.options()), dPre).squeeze(0).to(c10::kFloat);
+      at::Tensor bEnc = at::mm(at::ones({1, N}, dPre.options()), dPre).squeeze(0).to(master);
       p.b_enc.mutable_grad() = bEnc;
       p.b_dec.mutable_grad() = at::mv(p.W_enc, bEnc).neg_();
     }
   } else {
     auto [topLowp, topIdx] = at::topk(pre, spec.k, -1, /*largest=*/true, /*sorted=*/false);
-    at::Tensor topValues = topLowp.to(c10::kFloat);
+    at::Tensor topValues = topLowp.to(master);
     SparseEntries F = fixedEntries(topIdx, at::relu(topValues));
     r.yHat = decodeSparse(p, F, x, portable);
     std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction);
@@ -164,7 +168,7 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
       at::Tensor deadPre = reuse(buffers.dPre, {N, m}, pre.options()).view({-1}).narrow(0, 0, N * nDead).view({N, nDead});
       at::index_select_out(deadPre, pre, 1, deadIdx);
       auto [auxLowp, auxLocal] = at::topk(deadPre, ka, -1, /*largest=*/true, /*sorted=*/false);
-      at::Tensor auxValues = auxLowp.to(c10::kFloat);
+      at::Tensor auxValues = auxLowp.to(master);
       // The dead features' decoder rows, gathered: the products below run over this compact copy
       // (19 MB for 6144 dead of 768 wide, cache-resident) instead of rows scattered over W_dec.
       at::Tensor wDead = p.W_dec.index_select(0, deadIdx);

@@ -99,8 +99,8 @@ check options:
 bench options (defaults: the paper's GPT-2-small shapes):
   --d-in 768 --d-sae 24576 --batch 4096 --k 32 --k-aux 384 --steps 20 --warmup 3
   --only relu|topk|model      one benchmark only
-  --variants fp32,tf32,bf16   compute variants of the training benchmark (bf16 needs
-                              TrainOptions::computeDtype; skipped when the core has none)
+  --variants fp32,tf32,bf16   compute variants of the training benchmark (bf16: the dense
+                              GEMMs in bfloat16, TrainOptions::fast.computeDtype)
   --model-layers 12 --model-d 768 --model-heads 12 --model-vocab 50257 --model-ctx 1024
   --model-batch 8 --model-iters 5
 )";
@@ -431,18 +431,6 @@ int runChecks() {
 
 // ---- benchmarks -------------------------------------------------------------------------------
 
-// bf16 compute, when the core's TrainOptions has a `computeDtype` field (detected at compile time,
-// so this file builds with and without it).
-template <class O>
-auto setBf16(O& o, int) -> decltype(o.computeDtype = c10::kBFloat16, bool()) {
-  o.computeDtype = c10::kBFloat16;
-  return true;
-}
-template <class O>
-bool setBf16(O&, long) {
-  return false;
-}
-
 struct Variant {
   std::string name;
   bool tf32 = false;
@@ -455,7 +443,7 @@ std::vector<Variant> allVariants() {
   return {
       {"fp32", false, [](tc::TrainOptions&) { return true; }},
       {"tf32", true, [](tc::TrainOptions&) { return true; }},
-      {"bf16", false, [](tc::TrainOptions& o) { return setBf16(o, 0); }},
+      {"bf16", false, [](tc::TrainOptions& o) { o.fast.computeDtype = c10::kBFloat16; return true; }},
   };
 }
 
@@ -484,7 +472,7 @@ void benchTrainer(TranscoderArch arch, const BenchShape& s, const Variant& v) {
                       " " + std::to_string(s.dIn) + "->" + std::to_string(s.dSae) + " batch " + std::to_string(s.batch) + " [" +
                       v.name + "]";
   if (!v.apply(o)) {
-    std::printf("SKIP bench %s: not supported by this core (TrainOptions has no computeDtype)\n", label.c_str());
+    std::printf("SKIP bench %s: not supported by this core\n", label.c_str());
     return;
   }
   if (v.tf32 && !gDevice.is_cuda()) {
