@@ -11,10 +11,10 @@
  *
  * `--only llama` and `--only graph` are not part of a plain `npm run bench` (they need ~2.5 GB of disk
  * and ~12 GB of memory, and several minutes each): name them.
- * Training benchmark (--only train, bench/train.ts): --train-archs relu,topk, --train-d-sae N (default
+ * Training benchmark (--only train, bench/train.ts): --train-archs relu,relu-trained,topk, --train-d-sae N (default
  * 24576), --train-batch N (default 4096), --train-steps N (timed steps per side and round; default 3;
  * --rounds sets the rounds, default 2), --train-check-steps N (topk agreement check; default 3),
- * --train-profile (also bench/train_profile.py: where our step's time goes), --e2e-steps N (end-to-end run on the 12-layer model; 0 skips it; default 4), --e2e-d-sae N (its
+ * --e2e-steps N (end-to-end run on the 12-layer model; 0 skips it; default 4), --e2e-d-sae N (its
  * transcoder width; default 3072), --e2e-batch N (its batch; default --train-batch). A quick run: --train-d-sae 3072 --train-batch 1024 --train-steps 2 --e2e-steps 0.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -46,7 +46,6 @@ const { values } = parseArgs({
     'train-batch': { type: 'string' },
     'train-steps': { type: 'string' },
     'train-check-steps': { type: 'string' },
-    'train-profile': { type: 'boolean' },
     'e2e-steps': { type: 'string' },
     'e2e-d-sae': { type: 'string' },
     'e2e-batch': { type: 'string' },
@@ -54,7 +53,7 @@ const { values } = parseArgs({
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search|train|llama|graph] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N] [--llama-load false] [--graph-part a|b] [--train-archs relu,topk] [--train-d-sae N] [--train-batch N] [--train-steps N] [--train-check-steps N] [--train-profile] [--e2e-steps N] [--e2e-d-sae N] [--e2e-batch N]');
+  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search|train|llama|graph] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N] [--llama-load false] [--graph-part a|b] [--train-archs relu,relu-trained,topk] [--train-d-sae N] [--train-batch N] [--train-steps N] [--train-check-steps N] [--e2e-steps N] [--e2e-d-sae N] [--e2e-batch N]');
   process.exit(0);
 }
 const root = new URL('..', import.meta.url).pathname;
@@ -162,7 +161,6 @@ const train = wants('train')
       ...(values['train-batch'] ? { batch: Number(values['train-batch']) } : {}),
       ...(values['train-steps'] ? { steps: Number(values['train-steps']) } : {}),
       ...(values['train-check-steps'] ? { checkSteps: Number(values['train-check-steps']) } : {}),
-      ...(values['train-profile'] ? { profile: true } : {}),
       ...(values['e2e-steps'] !== undefined ? { e2eSteps: Number(values['e2e-steps']) } : {}),
       ...(values['e2e-d-sae'] ? { e2eDSae: Number(values['e2e-d-sae']) } : {}),
       ...(values['e2e-batch'] ? { e2eBatch: Number(values['e2e-batch']) } : {}),
@@ -205,23 +203,18 @@ if (train) {
   const gp = t.gemmPeakGflops;
   console.log(`  GEMM peak ${gp.peak.toFixed(0)} GFLOP/s, fp32, best measurement of the run (2048^3: at::mm ${gp.ours.toFixed(0)}, torch.mm ${gp.pytorch.toFixed(0)}; ${t.shape.batch}x${t.shape.dIn}x${t.shape.dSae}: at::mm ${gp.oursStepShape.toFixed(0)}, torch.mm ${gp.pytorchStepShape.toFixed(0)})`);
   for (const a of t.archs) {
-    console.log(`  ${a.arch}: ${(a.flopsPerStep / 1e9).toFixed(1)} GFLOP/step counted (ours executes ${(a.oursExecutedFlopsPerStep / 1e9).toFixed(1)})`);
-    for (const s of [a.ours, ...a.baselines, ...(a.baselineMatched ? [a.baselineMatched] : [])]) {
+    console.log(`  ${a.arch}: ${(a.flopsPerStep / 1e9).toFixed(1)} GFLOP/step counted (ours executes ${(a.oursExecutedFlopsPerStep / 1e9).toFixed(1)}); L0 ${a.l0.toFixed(1)}`);
+    for (const s of [a.ours, a.oursBf16, ...a.baselines, ...(a.baselineMatched ? [a.baselineMatched] : [])]) {
       console.log(`    ${s.tokensPerS.toFixed(0).padStart(8)} tokens/s   ${s.msMedian.toFixed(0).padStart(6)} ms/step   ${s.gflops.toFixed(0).padStart(4)} GFLOP/s   ${pct(s.fractionOfPeak)}   ${s.label}`);
     }
-    if (a.profile) {
-      console.log(`    profile (bench/train_profile.py, a replica of our step on the same libtorch, OMP_WAIT_POLICY=PASSIVE): ${a.profile.stepMs.toFixed(0)} ms/step (ours measured ${a.ours.msMedian.toFixed(0)})`);
-      for (const [phase, ms] of Object.entries(a.profile.phasesMs)) console.log(`      ${ms.toFixed(0).padStart(7)} ms ${(100 * ms / a.profile.stepMs).toFixed(1).padStart(5)}%  ${phase}`);
-      console.log(`      backward by op: ${Object.entries(a.profile.backwardOpsMs).slice(0, 6).map(([op, ms]) => `${op} ${ms.toFixed(0)} ms`).join(', ')}`);
-    }
-    console.log(`    ratio ${a.ratio.toFixed(2)}x (ours / the faster PyTorch)`);
+    console.log(`    ratio ${a.ratio.toFixed(2)}x fp32, ${a.ratioBf16.toFixed(2)}x with bf16 GEMMs (ours / the faster PyTorch, fp32); bf16 losses within ${a.bf16LossRelDiff.toExponential(1)} of our fp32 run`);
     for (const g of a.agreements) {
       const worst = Math.max(...Object.values(g.params).map((p) => p.relFrobenius));
       console.log(`    agreement, ${g.what}: ${g.steps} steps, losses within ${g.maxLossRelDiff.toExponential(1)} relative, weights within ${worst.toExponential(1)} (relative Frobenius), ${g.sinceFiredMismatches} dead-counter mismatches (${g.ok ? 'ok' : 'FAILED'}; tolerance ${g.tolerance.loss} / ${g.tolerance.params})`);
     }
   }
   for (const [goal, met] of Object.entries(t.goals.met)) console.log(`  goal ${goal}: ${met ? 'met' : 'NOT met'}`);
-  if (t.goals.topkVsRelu !== null) console.log(`  topk / relu (ours) ${t.goals.topkVsRelu.toFixed(2)}x`);
+  if (t.goals.topkVsRelu !== null) console.log(`  topk / relu (ours, dense relu start) ${t.goals.topkVsRelu.fp32.toFixed(2)}x fp32, ${t.goals.topkVsRelu.bf16.toFixed(2)}x bf16`);
   if (t.endToEnd) {
     const e = t.endToEnd;
     console.log(`  end to end: ${e.tokensPerS.toFixed(0)} model tokens/s (${e.layerTokensPerS.toFixed(0)} activation rows/s over ${e.layers} layers; ${e.arch} d_sae ${e.dSae}, batch ${e.batch}; steps ${e.stepMsAll.map((x) => x.toFixed(0)).join(' ')} ms; the model forward alone ${e.forwardMs.toFixed(0)} ms)`);

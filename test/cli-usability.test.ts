@@ -57,7 +57,7 @@ describe('train options that do not apply to the architecture', () => {
 
   it('every architecture-specific option is refused with the other architectures', () => {
     const values = { 'd-sae': '64', steps: '1', 'batch-size': '32' };
-    const sample: Record<string, string> = { k: '4', 'auxk-alpha': '0.1', l1: '1e-4', 'ghost-grads': 'on', l0: '1e-3', bandwidth: '0.01', 'l1-warmup-steps': '10' };
+    const sample: Record<string, string> = { k: '4', 'auxk-alpha': '0.1', l1: '1e-4', 'ghost-grads': 'on', 'compute-dtype': 'bfloat16', l0: '1e-3', bandwidth: '0.01', 'l1-warmup-steps': '10' };
     expect(Object.keys(sample).sort()).toEqual(Object.keys(ARCH_SPECIFIC_OPTIONS).sort());
     for (const [flag, archs] of Object.entries(ARCH_SPECIFIC_OPTIONS)) {
       for (const arch of ['relu', 'topk', 'jumprelu'] as const) {
@@ -86,6 +86,7 @@ describe('train options that do not apply to the architecture', () => {
       [{ resume: true, init: 'w' }, '--init does not apply with --resume'],
       [{ init: 'w', 'bias-init': 'zeros' }, '--bias-init does not apply with --init'],
       [{ 'ghost-grads': 'yes' }, "--ghost-grads must be on or off, got 'yes'"],
+      [{ 'compute-dtype': 'bf16' }, "--compute-dtype must be one of float32, bfloat16, got 'bf16'"],
       [{ arch: 'jumprelu', bandwidth: '0' }, '--bandwidth must be positive'],
     ];
     for (const [extra, message] of cases) expect(() => planTraining({ ...ok, ...extra }), message).toThrow(message);

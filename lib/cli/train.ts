@@ -21,6 +21,7 @@ const SCHEDULES = ['constant', 'constantwithwarmup', 'linearwarmupdecay', 'cosin
 const RECIPES = ['paper', 'standard'] as const;
 const BIAS_INITS = ['mean', 'geometric_median', 'zeros'] as const;
 const DEFAULT_BATCH_SIZE = 4096;
+const COMPUTE_DTYPES = ['float32', 'bfloat16'] as const;
 
 /**
  * Options that only mean something for some architectures (the rest apply to all three): given with
@@ -31,6 +32,8 @@ export const ARCH_SPECIFIC_OPTIONS: Readonly<Record<string, readonly TranscoderA
   'auxk-alpha': ['topk'],
   l1: ['relu'],
   'ghost-grads': ['relu'],
+  // jumprelu trains through autograd in float32 (docs/transcoders.md, the fast step).
+  'compute-dtype': ['relu', 'topk'],
   l0: ['jumprelu'],
   bandwidth: ['jumprelu'],
   // The sparsity coefficient it ramps is L1 (relu) or L0 (jumprelu); topk has none.
@@ -71,6 +74,7 @@ export function planTraining(values: OptionValues): TrainPlan {
 
   const recipe = choiceOption(values.recipe, 'recipe', RECIPES) ?? (arch === 'relu' ? 'paper' : 'standard');
   if (recipe === 'paper' && arch !== 'relu') throw new InvalidArgumentError(`--recipe paper trains relu transcoders; use --recipe standard for ${arch}`);
+  choiceOption(values['compute-dtype'], 'compute-dtype', COMPUTE_DTYPES);
   const schedule = choiceOption(values['lr-schedule'], 'lr-schedule', SCHEDULES) ?? (recipe === 'paper' ? 'constantwithwarmup' : 'constant');
   if (values['warmup-steps'] !== undefined && schedule === 'constant') {
     const why = values['lr-schedule'] === undefined ? ` (the default of the ${recipe} recipe)` : '';
@@ -178,6 +182,7 @@ export const trainCommand: Command = {
     'l1-warmup-steps': { type: 'string', value: 'N', description: 'relu, jumprelu: ramp the sparsity coefficient (L1 / L0) over N steps' },
     'max-grad-norm': { type: 'string', value: 'X', description: 'clip the gradient norm' },
     'ghost-grads': { type: 'string', value: 'on|off', description: 'relu: ghost gradients (default on in the paper recipe)' },
+    'compute-dtype': { type: 'string', value: 'float32|bfloat16', description: 'relu, topk: precision of the dense matrix products (default float32; weights and optimizer stay float32)' },
     'dead-feature-window': { type: 'string', value: 'N', description: 'steps without firing before a feature counts as dead' },
     'resample-every': { type: 'string', value: 'N', description: 'resample dead features every N steps (default off; not with --activations)' },
     'batch-size': { type: 'string', value: 'N', description: `activation rows (tokens) per step (default ${DEFAULT_BATCH_SIZE})` },
@@ -238,6 +243,7 @@ export const trainCommand: Command = {
       ...(values['l1-warmup-steps'] !== undefined && { sparsityWarmupSteps: intOption(values['l1-warmup-steps'], 'l1-warmup-steps')! }),
       ...(values['max-grad-norm'] !== undefined && { maxGradNorm: numberOption(values['max-grad-norm'], 'max-grad-norm')! }),
       ...(values['ghost-grads'] !== undefined && { ghostGrads: values['ghost-grads'] === 'on' }),
+      ...(values['compute-dtype'] !== undefined && { computeDtype: choiceOption(values['compute-dtype'], 'compute-dtype', COMPUTE_DTYPES)! }),
       ...(values['dead-feature-window'] !== undefined && { deadFeatureWindow: intOption(values['dead-feature-window'], 'dead-feature-window', 1)! }),
       ...(values['resample-every'] !== undefined && { resampleEvery: intOption(values['resample-every'], 'resample-every', 1)! }),
       batchSize: plan.batchSize,

@@ -35,7 +35,7 @@ export type { CircuitResult, DemoResult, DemoStage } from './result.js';
 export const DEMO_MODEL_DIR = SHIPPED_MODEL_DIR;
 
 /** How the demo trains its transcoders (also how the shipped ones were trained). */
-export interface DemoTranscoderSpec extends Pick<TrainOptions, 'lr' | 'l1Coefficient' | 'schedule' | 'warmupSteps'> {
+export interface DemoTranscoderSpec extends Pick<TrainOptions, 'lr' | 'l1Coefficient' | 'schedule' | 'warmupSteps' | 'computeDtype'> {
   dSae: number;
   /** Activation rows per layer. */
   tokens: number;
@@ -132,6 +132,7 @@ export async function trainDemoTranscoders(
     l1Coefficient: spec.l1Coefficient,
     schedule: spec.schedule,
     warmupSteps: spec.warmupSteps,
+    ...(spec.computeDtype ? { computeDtype: spec.computeDtype } : {}),
     totalSteps: Math.floor(spec.tokens / spec.batchSize),
     seed: spec.seed,
     sequencesPerForward: 32,
