@@ -119,7 +119,7 @@ SOURCES=(native/transcoder/transcoder.cc native/transcoder/losses.cc native/trai
 INCS=(-Inative)
 # -isystem /usr/include would break libstdc++'s #include_next: the default search path has it already.
 for d in "${TORCH_INC[@]}"; do [ "$d" = /usr/include ] || INCS+=(-isystem "$d"); done
-CXXFLAGS=(-std=c++17 -O2 -fPIC -D_GLIBCXX_USE_CXX11_ABI="$ABI" -Wall -Wno-unused-parameter "${INCS[@]}")
+CXXFLAGS=(-std=c++17 -O3 -fopenmp -fPIC -D_GLIBCXX_USE_CXX11_ABI="$ABI" -Wall -Wno-unused-parameter "${INCS[@]}")
 LIBS=(-L"$TORCH_LIB" -lc10 -ltorch_cpu -ltorch)
 # libtorch_cuda must be linked although nothing references it, or its static initialisers never
 # run and CUDA reports unavailable.
@@ -158,7 +158,7 @@ cat "$BUILD"/obj/*.o.log >"$LOGS/build.log" 2>/dev/null
 grep -E 'error|warning' "$LOGS/build.log" | head -n 40
 [ "$FAILED" = 0 ] || { grep -B2 -A6 'error' "$LOGS/build.log" | head -n 60; die "compile failed (build-gpu/logs/build.log)"; }
 OBJS=(); for s in "${SOURCES[@]}"; do OBJS+=("$(obj "$s")"); done
-"$CXX" "${OBJS[@]}" -o "$BUILD/gpu-check" "${LDFLAGS[@]}" "${LIBS[@]}" -lpthread -ldl >>"$LOGS/build.log" 2>&1 ||
+"$CXX" "${OBJS[@]}" -o "$BUILD/gpu-check" "${LDFLAGS[@]}" "${LIBS[@]}" -fopenmp -lpthread -ldl >>"$LOGS/build.log" 2>&1 ||
   { tail -n 30 "$LOGS/build.log"; die "link failed (build-gpu/logs/build.log)"; }
 echo "built build-gpu/gpu-check in $(( $(date +%s) - T0 )) s (${#TODO[@]} of ${#SOURCES[@]} sources compiled)"
 DRIVER="$BUILD/gpu-check"

@@ -60,6 +60,44 @@ describe('transcoder forward', () => {
     const viaDecode = await tc.decode(await tc.encode(x), x);
     expect(maxDiff(y, viaDecode).diff).toBeLessThanOrEqual(1e-5);
   });
+
+  // Rows of 2048 and more go through native/transcoder/topk.cc's sampled threshold; the reference
+  // selects with torch.topk. float32: the same activations; bfloat16 pre-activations have ties, so
+  // there the selected values (sorted per row) must agree, and a NaN input row must give NaN.
+  it('topk at width 4096 (the sampled selection) selects what torch.topk selects', async () => {
+    const m = 4096;
+    const rng = new Rng(21);
+    const cfg = { arch: 'topk' as const, dIn: D_IN, dOut: D_OUT, dSae: m, k: 32 };
+    const params = {
+      W_enc: randomTensor([D_IN, m], rng, 0.4), b_enc: randomTensor([m], rng, 0.1), W_dec: randomTensor([m, D_OUT], rng, 0.3),
+      b_dec: randomTensor([D_IN], rng, 0.1), b_dec_out: randomTensor([D_OUT], rng, 0.1),
+    };
+    const tc = await Transcoder.fromParameters(cfg, params, { device: DEVICE });
+    const x = randomTensor([48, D_IN], rng);
+    const y = randomTensor([48, D_OUT], rng);
+    const ours = await tc.loss(x, y, { reconstruction: 'fvu' });
+    const { out } = await reference('forward', tc.parameters(), { arch: 'topk', k: 32, reconstruction: 'fvu' }, { x, y });
+    expectRelClose(ours.f!, out.f!, 1e-5, 'f');
+    expectRelClose(ours.yHat!, out.y_hat!, 1e-5, 'y_hat');
+
+    const half = await Transcoder.fromParameters(cfg, params, { device: DEVICE, dtype: 'bfloat16' });
+    const xs = x.toFloat32Array().slice();
+    xs[5 * D_IN + 3] = NaN; // row 5
+    const terms = await half.loss(Tensor.from(xs, [48, D_IN]), y, { reconstruction: 'fvu' });
+    const f = terms.f!.toFloat32Array();
+    const pre = terms.pre!.toFloat32Array();
+    expect(terms.pre!.dtype).toBe('bfloat16');
+    for (let n = 0; n < 48; n++) {
+      const row = Array.from(f.subarray(n * m, (n + 1) * m));
+      if (n === 5) {
+        expect(row.some(Number.isNaN)).toBe(true);
+        continue;
+      }
+      const chosen = row.filter((v) => v !== 0).sort((a, b) => b - a);
+      const best = Array.from(pre.subarray(n * m, (n + 1) * m)).sort((a, b) => b - a).slice(0, 32).filter((v) => v > 0);
+      expect(chosen, `row ${n}`).toEqual(best);
+    }
+  });
 });
 
 describe('native format', () => {

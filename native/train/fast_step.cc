@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "train/sparse_products.h"
+#include "transcoder/topk.h"
 
 namespace tc {
 
@@ -144,8 +145,8 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
       p.b_dec.mutable_grad() = at::mv(p.W_enc, bEnc).neg_();
     }
   } else {
-    auto [topLowp, topIdx] = at::topk(pre, spec.k, -1, /*largest=*/true, /*sorted=*/false);
-    at::Tensor topValues = topLowp.to(master);
+    at::Tensor topIdx = topkIndices(pre, spec.k);
+    at::Tensor topValues = pre.gather(1, topIdx).to(master);
     SparseEntries F = fixedEntries(topIdx, at::relu(topValues));
     r.yHat = decodeSparse(p, F, x, portable);
     std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction);
@@ -167,8 +168,8 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
       // The dead columns, gathered into the (otherwise unused) gradient buffer.
       at::Tensor deadPre = reuse(buffers.dPre, {N, m}, pre.options()).view({-1}).narrow(0, 0, N * nDead).view({N, nDead});
       at::index_select_out(deadPre, pre, 1, deadIdx);
-      auto [auxLowp, auxLocal] = at::topk(deadPre, ka, -1, /*largest=*/true, /*sorted=*/false);
-      at::Tensor auxValues = auxLowp.to(master);
+      at::Tensor auxLocal = topkIndices(deadPre, ka);
+      at::Tensor auxValues = deadPre.gather(1, auxLocal).to(master);
       // The dead features' decoder rows, gathered: the products below run over this compact copy
       // (19 MB for 6144 dead of 768 wide, cache-resident) instead of rows scattered over W_dec.
       at::Tensor wDead = p.W_dec.index_select(0, deadIdx);

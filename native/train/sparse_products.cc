@@ -113,6 +113,11 @@ SparseEntries fixedEntries(const at::Tensor& cols, const at::Tensor& values) {
 
 at::Tensor sparseTimesDense(const SparseEntries& F, const at::Tensor& W, bool portable) {
   const int64_t N = F.rows(), d = W.size(1);
+  if (W.device().is_cpu() && W.scalar_type() != c10::kFloat && W.scalar_type() != c10::kDouble) {
+    // libtorch's CPU embedding_bag has no bfloat16 / float16 kernel: through float32.
+    SparseEntries asFloat{F.offsets, F.cols, F.values.to(c10::kFloat)};
+    return sparseTimesDense(asFloat, W.to(c10::kFloat), portable).to(W.scalar_type());
+  }
   if (portable || !cpuFloat({&W, &F.values})) {
     return std::get<0>(at::embedding_bag(W, F.cols, F.offsets.slice(0, 0, -1), /*scale_grad_by_freq=*/false, /*mode=sum*/ 0,
                                          /*sparse=*/false, F.values.to(W.scalar_type())));

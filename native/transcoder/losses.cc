@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "core/errors.h"
+#include "transcoder/topk.h"
 
 namespace tc {
 
@@ -77,10 +78,10 @@ LossTerms transcoderLoss(const Transcoder& tc, const at::Tensor& x, const at::Te
   t.pre = tc.preActivations(x);
   if (spec.arch == TranscoderArch::TopK) {
     // Sparse decode: gradients reach W_dec only through the k gathered rows of each token.
-    auto top = at::topk(t.pre, spec.k, -1);
-    at::Tensor values = at::relu(std::get<0>(top));
-    t.yHat = tc.decodeTopK(std::get<1>(top), values, x);
-    t.f = at::zeros_like(t.pre).scatter(-1, std::get<1>(top), values);
+    at::Tensor idx = topkIndices(t.pre.detach(), spec.k);
+    at::Tensor values = at::relu(t.pre.gather(-1, idx));
+    t.yHat = tc.decodeTopK(idx, values, x);
+    t.f = at::zeros_like(t.pre).scatter(-1, idx, values);
   } else {
     t.f = tc.activate(t.pre);
     t.yHat = tc.decode(t.f, x);

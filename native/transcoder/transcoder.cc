@@ -1,5 +1,7 @@
 #include "transcoder/transcoder.h"
 
+#include "transcoder/topk.h"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
@@ -7,6 +9,7 @@
 #include <cmath>
 
 #include "core/errors.h"
+#include "transcoder/topk.h"
 
 namespace tc {
 
@@ -96,8 +99,8 @@ at::Tensor Transcoder::activate(const at::Tensor& pre) const {
   switch (spec_.arch) {
     case TranscoderArch::ReLU: return at::relu(pre);
     case TranscoderArch::TopK: {
-      auto top = at::topk(pre, spec_.k, -1);
-      return at::zeros_like(pre).scatter(-1, std::get<1>(top), at::relu(std::get<0>(top)));
+      at::Tensor idx = topkIndices(pre.detach(), spec_.k);  // the values by gather: differentiable
+      return at::zeros_like(pre).scatter(-1, idx, at::relu(pre.gather(-1, idx)));
     }
     case TranscoderArch::JumpReLU: {
       // f = pre * H(pre - threshold). Straight-through gradients: df/dpre = H, and
@@ -146,6 +149,11 @@ at::Tensor Transcoder::decode(const at::Tensor& f, const at::Tensor& x) const {
 at::Tensor Transcoder::decodeTopK(const at::Tensor& indices, const at::Tensor& values, const at::Tensor& x) const {
   // embedding_bag with per-sample weights gathers the k decoder rows of each token and sums them.
   const int64_t rows = indices.size(0), k = indices.size(1);
+  if (params_.W_dec.device().is_cpu() && params_.W_dec.scalar_type() == c10::kBFloat16) {
+    // libtorch's CPU embedding_bag has no bfloat16 kernel: gather the rows and sum them.
+    at::Tensor rowsOf = params_.W_dec.index_select(0, indices.reshape({-1})).view({rows, k, spec_.dOut});
+    return addSkipAndBias((rowsOf * values.reshape({rows, k, 1})).sum(1), x);
+  }
   at::Tensor offsets = at::arange(0, rows * k, k, indices.options().dtype(c10::kLong));
   at::Tensor y = std::get<0>(at::embedding_bag(params_.W_dec, indices.reshape({-1}), offsets, /*scale_grad_by_freq=*/false,
                                                /*mode=sum*/ 0, /*sparse=*/false, values.reshape({-1})));
@@ -156,8 +164,8 @@ at::Tensor Transcoder::forward(const at::Tensor& x) const {
   at::Tensor pre = preActivations(x);
   at::Tensor y;
   if (spec_.arch == TranscoderArch::TopK) {
-    auto top = at::topk(pre, spec_.k, -1);
-    y = decodeTopK(std::get<1>(top), at::relu(std::get<0>(top)), x);
+    at::Tensor idx = topkIndices(pre, spec_.k);
+    y = decodeTopK(idx, at::relu(pre.gather(-1, idx)), x);
   } else {
     y = decode(activate(pre), x);
   }
