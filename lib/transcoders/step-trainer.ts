@@ -1,6 +1,7 @@
 /**
  * Training a transcoder from batches of (input, target) activations. The loop runs in C++
- * (native/train/trainer.cc): JS hands over chunks of batches and receives per-step metrics.
+ * (native/train/step_trainer.cc; relu and topk steps by native/train/fast_step.cc, see
+ * docs/transcoders.md): JS hands over chunks of batches and receives per-step metrics.
  *
  * Recipes:
  * - `paper` (default for relu): the transcoder paper's trainer step for step — normalised MSE

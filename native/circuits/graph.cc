@@ -242,9 +242,11 @@ GraphRows AttributionGraph::rows(const std::vector<GraphTarget>& targets, double
       injections.push_back({i, layerKey[k], pos, u});
       ownBias[i] = layerKey[k];
       if (t.kind == GraphTarget::Kind::Feature) {
-        const Transcoder& tc = replacement_->transcoder(t.layer);
-        at::Tensor x = targetValue_[t.layer][pos].to(tc.params().W_enc.options()).unsqueeze(0);
-        targetValues[k] = tc.preActivations(x)[0][t.index].item<double>();
+        // The feature's pre-activation: its encoder column only (the whole row would read all of
+        // W_enc, 75 MB at GPT-2-small width, once per visited feature).
+        const TranscoderParams& p = replacement_->transcoder(t.layer).params();
+        at::Tensor xc = targetValue_[t.layer][pos].to(c10::kDouble) - p.b_dec.to(c10::kDouble);
+        targetValues[k] = at::dot(xc, p.W_enc.select(1, t.index).to(c10::kDouble)).item<double>() + p.b_enc[t.index].item<double>();
       } else {
         // The demeaned logit (before any final soft-cap) or the direction's reading of the final norm's output.
         double value = at::dot(u.to(c10::kDouble), finalNormed_[pos].to(c10::kDouble)).item<double>();
