@@ -5,20 +5,11 @@ import { findCircuit, type CircuitRoot } from '../circuits/find-circuit.js';
 import { formatPaths } from '../circuits/render.js';
 import { SEARCH_DEFAULTS } from '../circuits/search.js';
 import { InvalidArgumentError } from '../errors.js';
-import type { Model } from '../models/model.js';
 import { DEVICE_OPTION, applyThreads, checkModelArgument, checkOutputPaths, checkTranscoderArguments, intOption, listOption, THREADS_OPTION, type Command } from './command.js';
 import { loadModelWithTranscoders } from './transcoder-paths.js';
 import { circuitToAttributionGraph } from '../graphs/from-circuit.js';
 import { buildGraphJson, checkSlug, writeGraphFiles } from '../graphs/graph-json.js';
-import { slugOf } from './graph.js';
-
-/** A token given as text (one token without BOS) or as `#id`. */
-export function resolveToken(model: Model, text: string, flag: string): number {
-  if (/^#\d+$/.test(text)) return Number(text.slice(1));
-  const ids = model.tokenize(text, { prependBos: false });
-  if (ids.length !== 1) throw new InvalidArgumentError(`${flag} '${text}' is ${ids.length} tokens (${ids.join(', ')}); give one token, or an id as #N`);
-  return ids[0]!;
-}
+import { resolveToken, slugOf } from './prompt-arguments.js';
 
 /** Parses `L:F[@POS]` (POS may be negative: -1 is the last position). */
 export function parseFeature(text: string, length: number): { layer: number; feature: number; position: number } {

@@ -9,7 +9,7 @@ import { attributionGraph, ATTRIBUTE_DEFAULTS, type GraphTargets } from '../grap
 import { writeAdjacencyFile } from '../graphs/adjacency-file.js';
 import { buildGraphJson, checkSlug, writeGraphFiles } from '../graphs/graph-json.js';
 import { graphScores, pruneGraph, PRUNE_DEFAULTS } from '../graphs/prune.js';
-import { resolveToken } from './circuit.js';
+import { resolveToken, slugOf } from './prompt-arguments.js';
 import {
   applyThreads, checkInputArgument, checkInputPaths, checkOutputPath, choiceOption, DEVICE_OPTION, intOption, numberOption, THREADS_OPTION, type Command,
 } from './command.js';
@@ -115,9 +115,3 @@ export const graphCommand: Command = {
     }
   },
 };
-
-/** A slug from the prompt: its first words, lower case, safe characters only. */
-export function slugOf(prompt: string): string {
-  const slug = prompt.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 40).replace(/-+$/, '');
-  return slug || 'graph';
-}

@@ -1,0 +1,17 @@
+/** What the prompt-based commands (`circuit`, `graph`) read from their arguments: tokens and slugs. */
+import { InvalidArgumentError } from '../errors.js';
+import type { Model } from '../models/model.js';
+
+/** A token given as text (one token without BOS) or as `#id`. */
+export function resolveToken(model: Model, text: string, flag: string): number {
+  if (/^#\d+$/.test(text)) return Number(text.slice(1));
+  const ids = model.tokenize(text, { prependBos: false });
+  if (ids.length !== 1) throw new InvalidArgumentError(`${flag} '${text}' is ${ids.length} tokens (${ids.join(', ')}); give one token, or an id as #N`);
+  return ids[0]!;
+}
+
+/** A slug from the prompt: its first words, lower case, safe characters only. */
+export function slugOf(prompt: string): string {
+  const slug = prompt.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 40).replace(/-+$/, '');
+  return slug || 'graph';
+}
