@@ -112,10 +112,10 @@ echo "C++ ABI: _GLIBCXX_USE_CXX11_ABI=$ABI"
 say "build (build-gpu/gpu-check, -j$JOBS)"
 CXX="${CXX:-g++}"
 command -v "$CXX" >/dev/null || die "no C++ compiler ($CXX); set CXX"
-# The native core's sources the driver needs (never native/bindings/: those need Node).
-SOURCES=(native/transcoder/transcoder.cc native/transcoder/losses.cc native/train/step_trainer.cc native/train/fast_step.cc native/train/sparse_products.cc native/train/adam.cc
-         native/train/schedule.cc native/model/transformer.cc native/model/weights.cc native/model/hooks.cc
-         native/io/safetensors.cc native/tensor/dtype.cc tools/gpu-check/main.cc)
+# The native core's sources: all of native/ except native/bindings/ (those need Node), so a new
+# core file needs no edit here.
+mapfile -t SOURCES < <(find native -name '*.cc' -not -path 'native/bindings/*' | sort)
+SOURCES+=(tools/gpu-check/main.cc)
 INCS=(-Inative)
 # -isystem /usr/include would break libstdc++'s #include_next: the default search path has it already.
 for d in "${TORCH_INC[@]}"; do [ "$d" = /usr/include ] || INCS+=(-isystem "$d"); done
@@ -139,14 +139,15 @@ compile() {
   "$CXX" "${CXXFLAGS[@]}" -c "$1" -o "$o" >"$o.log" 2>&1 || { rm -f "$o"; return 1; }
 }
 T0=$(date +%s)
-# Coarse dependencies: an object is rebuilt when older than its source or than any header.
-TODO=()
+# Coarse dependencies: an object is rebuilt when older than its source or than the newest header.
+NEWEST_HEADER="$(find native tools/gpu-check -name '*.h' -printf '%T@ %p\n' | sort -n | tail -n1 | cut -d' ' -f2-)"
+STALE=()
 for s in "${SOURCES[@]}"; do
   o="$(obj "$s")"
-  if [ ! -e "$o" ] || [ "$s" -nt "$o" ] || find native tools/gpu-check -name '*.h' -newer "$o" | grep -q .; then TODO+=("$s"); fi
+  if [ ! -e "$o" ] || [ "$s" -nt "$o" ] || [ "$NEWEST_HEADER" -nt "$o" ]; then STALE+=("$s"); fi
 done
 PIDS=()
-for s in "${TODO[@]}"; do
+for s in "${STALE[@]}"; do
   echo "  compiling $s"
   compile "$s" &
   PIDS+=($!)
@@ -160,7 +161,7 @@ grep -E 'error|warning' "$LOGS/build.log" | head -n 40
 OBJS=(); for s in "${SOURCES[@]}"; do OBJS+=("$(obj "$s")"); done
 "$CXX" "${OBJS[@]}" -o "$BUILD/gpu-check" "${LDFLAGS[@]}" "${LIBS[@]}" -fopenmp -lpthread -ldl >>"$LOGS/build.log" 2>&1 ||
   { tail -n 30 "$LOGS/build.log"; die "link failed (build-gpu/logs/build.log)"; }
-echo "built build-gpu/gpu-check in $(( $(date +%s) - T0 )) s (${#TODO[@]} of ${#SOURCES[@]} sources compiled)"
+echo "built build-gpu/gpu-check in $(( $(date +%s) - T0 )) s (${#STALE[@]} of ${#SOURCES[@]} sources compiled)"
 DRIVER="$BUILD/gpu-check"
 [ "$BUILD_ONLY" = 1 ] && exit 0
 

@@ -52,10 +52,6 @@ at::Tensor entryRows(const SparseEntries& F) {
 // Entries per ATen call in the generic paths: bounds the gathered [chunk, d] temporaries.
 constexpr int64_t kChunk = 1 << 16;
 
-}  // namespace
-
-namespace {
-
 template <typename T>
 void fillPositiveEntries(const at::Tensor& dense, SparseEntries& F) {
   const int64_t N = dense.size(0), m = dense.size(1);

@@ -102,7 +102,8 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
     m.reconstruction = reconstruction.item<double>();
     m.sparsity = sparsity.item<double>();
     m.ghost = ghost.item<double>();
-    m.fvu = fractionOfVarianceUnexplained(yHat.detach(), y).item<double>();
+    // The standard recipe's reconstruction loss is the FVU itself.
+    m.fvu = loss.reconstruction == Reconstruction::Fvu ? m.reconstruction : fractionOfVarianceUnexplained(yHat.detach(), y).item<double>();
     m.l0 = l0.item<double>();
     m.deadFraction = loss.dead.to(c10::kDouble).mean().item<double>();
   }
