@@ -90,6 +90,25 @@ export { saveTranscoder, loadNativeTranscoder, isNativeTranscoder } from './tran
 export { loadTranscoderSet } from './transcoders/transcoder-set.js';
 export { lazyTranscoder, type LazyTranscoder, type LazyLayout } from './transcoders/lazy.js';
 export {
+  CrossLayerTranscoder,
+  crossLayerHooks,
+  crossLayerParameterShapes,
+  stackLayers,
+  validateCrossLayerConfig,
+  type CrossLayerConfig,
+  type CrossLayerLossOptions,
+  type CrossLayerBatchStats,
+} from './transcoders/cross-layer.js';
+export { CrossLayerTrainer, resolveCrossLayerTrainOptions, type CrossLayerTrainOptions, type CrossLayerStepMetrics } from './transcoders/cross-layer-trainer.js';
+export { evaluateCrossLayer, type CrossLayerEvaluation, type CrossLayerLayerEvaluation } from './transcoders/evaluate-cross-layer.js';
+export {
+  saveCrossLayerTranscoder,
+  loadCrossLayerTranscoder,
+  exportCircuitTracerCrossLayer,
+  isNativeCrossLayer,
+  isCircuitTracerCrossLayer,
+} from './transcoders/formats/cross-layer.js';
+export {
   loadTranscoder,
   detectTranscoderFormat,
   exportSaeLens,

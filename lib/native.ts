@@ -27,9 +27,10 @@ export interface NativeTensorClass {
 /** One replacement of an MLP output as the native forward understands it. */
 export interface NativeMlpReplacement {
   layer: number;
-  kind: 'zero' | 'mean' | 'value' | 'callback' | 'transcoder';
+  kind: 'zero' | 'mean' | 'value' | 'callback' | 'transcoder' | 'crossLayer';
   value?: NativeTensor;
-  transcoder?: NativeTranscoder;
+  /** 'crossLayer': one entry replaces every layer of the model (its `layer` is ignored). */
+  transcoder?: NativeTranscoder | NativeCrossLayerTranscoder;
   /** Transcoders: bool [dSae], the features kept active (the others are zeroed before decoding). */
   keep?: NativeTensor;
   fn?: (input: NativeTensor, original: NativeTensor | null, layer: number) => NativeTensor | Promise<NativeTensor>;
@@ -127,6 +128,42 @@ export interface NativeStepMetrics {
   deadFraction: number;
   /** Features re-initialised by dead-feature resampling after this step (training runs only). */
   resampled?: number;
+}
+
+export interface NativeCrossLayerTranscoder {
+  encode(x: NativeTensor): Promise<NativeTensor>;
+  forward(x: NativeTensor): Promise<NativeTensor>;
+  loss(x: NativeTensor, y: NativeTensor, options: object, flags: { grad: boolean }): Promise<Record<string, NativeTensor>>;
+  parameters(): Record<string, NativeTensor>;
+  batchStats(x: NativeTensor, y: NativeTensor): Promise<{
+    rows: number;
+    sumSquaredError: NativeTensor;
+    sumSquaredY: NativeTensor;
+    sumY: NativeTensor;
+    activeSum: NativeTensor;
+    fireCounts: NativeTensor;
+  }>;
+}
+
+export interface NativeCrossLayerTranscoderClass {
+  create(spec: object, options: object): Promise<NativeCrossLayerTranscoder>;
+  fromParams(spec: object, params: Record<string, NativeTensor>, options: object): Promise<NativeCrossLayerTranscoder>;
+}
+
+/** A cross-layer step's metrics: the summary (FVU averaged over layers, L0 per source layer averaged) and per layer. */
+export interface NativeCrossLayerStepMetrics extends NativeStepMetrics {
+  layerFvu: number[];
+  layerL0: number[];
+}
+
+export interface NativeCrossLayerTrainer {
+  run(xs: NativeTensor, ys: NativeTensor): Promise<NativeCrossLayerStepMetrics[]>;
+  state(): Record<string, NativeTensor> & { step: number };
+  setState(state: Record<string, NativeTensor | number>): void;
+}
+
+export interface NativeCrossLayerTrainerClass {
+  new (transcoder: NativeCrossLayerTranscoder, options: object): NativeCrossLayerTrainer;
 }
 
 export interface NativeStepTrainer {
@@ -327,6 +364,10 @@ interface Addon {
   Model: NativeModelClass;
   Transcoder: NativeTranscoderClass;
   StepTrainer: NativeStepTrainerClass;
+  CrossLayerTranscoder: NativeCrossLayerTranscoderClass;
+  CrossLayerTrainer: NativeCrossLayerTrainerClass;
+  /** Every layer's activations [..., d] of the same rows as one [rows, L, d] tensor. */
+  stackLayers(tensors: NativeTensor[]): Promise<NativeTensor>;
   TrainingRun: NativeTrainingRunClass;
   ReplacementModel: NativeReplacementModelClass;
   Attribution: NativeAttributionClass;

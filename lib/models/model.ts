@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError, NumericalError } from '../errors.js';
 import { resolveModelSource } from '../io/hf-cache.js';
-import { native, type NativeMlpReplacement, type NativeModel, type NativeRunResult, type NativeTranscoder } from '../native.js';
+import { native, type NativeCrossLayerTranscoder, type NativeMlpReplacement, type NativeModel, type NativeRunResult, type NativeTranscoder } from '../native.js';
 import { Tensor, type DType } from '../tensor.js';
 import { loadFolderTokenizer, type Tokenizer } from '../tokenizer/tokenizer.js';
 import { resolveCheckpoint } from './checkpoint.js';
@@ -90,6 +90,13 @@ function isNativeModule(spec: unknown): spec is NativeMlpModule {
   return typeof spec === 'object' && spec !== null && 'handle' in spec && 'config' in spec && typeof (spec as NativeMlpModule).handle?.forward === 'function';
 }
 
+/** What {@link RunOptions.crossLayer} accepts: a CrossLayerTranscoder (lib/transcoders/cross-layer.ts). */
+export interface NativeCrossLayerModule {
+  readonly config: { kind: 'cross_layer_transcoder' };
+  /** @internal */
+  readonly handle: NativeCrossLayerTranscoder;
+}
+
 /**
  * Token ids: one sequence (number[] / Int32Array), a batch of sequences (rows of different lengths
  * are padded: see {@link RunOptions.padding}), or a Tensor [T] / [B, T] (every position real).
@@ -101,6 +108,12 @@ export interface RunOptions {
   cache?: readonly string[];
   /** MLP output replacements by layer index. */
   replaceMlp?: Readonly<Record<number, MlpReplacement>>;
+  /**
+   * A cross-layer transcoder in place of every MLP of the model (each layer's output is what the
+   * features of that layer and of every earlier one write into it); `keep` (bool or 0/1 [L, dSae])
+   * leaves only those features active. Not combinable with `replaceMlp` on the same layers.
+   */
+  crossLayer?: NativeCrossLayerModule | { module: NativeCrossLayerModule; keep?: Tensor };
   /** Record autograd history (default false). */
   grad?: boolean;
   /** Compute the logits (default true). */
@@ -382,6 +395,14 @@ export class Model {
         const got = typeof spec === 'string' ? `'${spec}'` : spec === null ? 'null' : typeof spec;
         throw new InvalidArgumentError(`replaceMlp[${layer}]: expected 'zero', 'mean', { mean: Tensor }, { value: Tensor }, a Transcoder, { module: Transcoder, keep } or a function, got ${got}`);
       }
+    }
+    if (options.crossLayer !== undefined) {
+      const spec = options.crossLayer;
+      const module = 'module' in spec ? spec.module : spec;
+      const keep = 'module' in spec ? spec.keep : undefined;
+      if (module?.config?.kind !== 'cross_layer_transcoder') throw new InvalidArgumentError('crossLayer must be a CrossLayerTranscoder or { module: CrossLayerTranscoder, keep }');
+      if (keep !== undefined && !(keep instanceof Tensor)) throw new InvalidArgumentError('crossLayer.keep must be a Tensor [nLayers, dSae]');
+      mlp.push({ layer: 0, kind: 'crossLayer', transcoder: module.handle, ...(keep ? { keep: keep.handle } : {}) });
     }
     return {
       hooks: selectHooks(options.cache ?? [], this.hookNames),

@@ -13,6 +13,7 @@
 #include "bindings/task.h"
 #include "core/threads.h"
 #include "bindings/safetensors_js.h"
+#include "bindings/cross_layer_wrap.h"
 #include "bindings/model_wrap.h"
 #include "bindings/tensor_wrap.h"
 #include "bindings/replacement_model_wrap.h"
@@ -77,6 +78,9 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("Model", JsModel::define(env));
   exports.Set("Transcoder", JsTranscoder::define(env));
   exports.Set("StepTrainer", JsTrainer::define(env));
+  exports.Set("CrossLayerTranscoder", JsCrossLayerTranscoder::define(env));
+  exports.Set("CrossLayerTrainer", JsCrossLayerTrainer::define(env));
+  exports.Set("stackLayers", Napi::Function::New(env, stackLayersJs));
   exports.Set("TrainingRun", JsTrainingRun::define(env));
   exports.Set("ReplacementModel", JsReplacementModel::define(env));
   exports.Set("Attribution", JsAttribution::define(env));

@@ -9,6 +9,7 @@
 #include <malloc.h>
 #endif
 
+#include "bindings/cross_layer_wrap.h"
 #include "bindings/js_errors.h"
 #include "bindings/js_args.h"
 #include "train/lm_trainer.h"
@@ -391,8 +392,18 @@ Napi::Value JsModel::run(const Napi::CallbackInfo& info) {
           // It reads what its hookIn names (the MLP input, or the residual before the MLP's LayerNorm).
           at::Tensor keep = JsTensor::isTensor(spec.Get("keep")) ? JsTensor::tensorOf(spec.Get("keep"), "feature mask") : at::Tensor();
           r = transcoderReplacement(tc, inputOfHook(tc->spec().hookIn), keep);
+        } else if (kind == "crossLayer") {
+          // One entry replaces every layer: the CLT's layers share what earlier layers wrote.
+          std::shared_ptr<CrossLayerTranscoder> clt = JsCrossLayerTranscoder::transcoderOf(spec.Get("transcoder"), "replacement cross-layer transcoder");
+          std::vector<Placement> placements = resolveCrossLayerPlacements(*model, clt->spec());
+          at::Tensor keep = JsTensor::isTensor(spec.Get("keep")) ? JsTensor::tensorOf(spec.Get("keep"), "feature mask") : at::Tensor();
+          for (auto& [l, replacement] : crossLayerReplacements(clt, placements.front().input, keep)) {
+            if (options.mlpReplacements.count(l)) throw InvalidArgument("layer " + std::to_string(l) + "'s MLP is replaced twice");
+            options.mlpReplacements[l] = std::move(replacement);
+          }
+          continue;
         } else {
-          throw InvalidArgument("unknown MLP replacement kind '" + kind + "' (expected zero, mean, value, callback or transcoder)");
+          throw InvalidArgument("unknown MLP replacement kind '" + kind + "' (expected zero, mean, value, callback, transcoder or crossLayer)");
         }
         if (options.mlpReplacements.count(layer)) throw InvalidArgument("layer " + std::to_string(layer) + "'s MLP is replaced twice");
         options.mlpReplacements[layer] = std::move(r);

@@ -23,6 +23,7 @@ struct AddonState {
   Napi::FunctionReference modelClass;
   Napi::FunctionReference transcoderClass;
   Napi::FunctionReference trainerClass;
+  Napi::FunctionReference crossLayerClass;
   Napi::FunctionReference replacementModelClass;
 
   static AddonState& of(Napi::Env env) { return *env.GetInstanceData<AddonState>(); }

@@ -7,6 +7,7 @@
 
 #include "core/errors.h"
 #include "model/hooks.h"
+#include "transcoder/topk.h"
 
 namespace tc {
 
@@ -115,6 +116,85 @@ const Placement& ReplacementModel::placement(int64_t layer) const { return slot(
 MlpReplacement ReplacementModel::replacement(int64_t layer, const at::Tensor& keep) const {
   const Slot& s = slot(layer);
   return transcoderReplacement(s.transcoder, s.placement.input, keep);
+}
+
+}  // namespace tc
+
+namespace tc {
+
+std::vector<Placement> resolveCrossLayerPlacements(const Transformer& model, const CrossLayerSpec& spec) {
+  if (spec.nLayers != model.config().nLayers)
+    throw InvalidArgument("a cross-layer transcoder of " + std::to_string(spec.nLayers) + " layers, but the model has " +
+                          std::to_string(model.config().nLayers) + ": a CLT replaces every MLP of its model");
+  std::vector<Placement> out;
+  for (int64_t l = 0; l < spec.nLayers; ++l) {
+    TranscoderSpec layer;
+    layer.dIn = spec.dIn;
+    layer.dOut = spec.dOut;
+    layer.layer = l;
+    if (!spec.hookIn.empty()) layer.hookIn = spec.hookIn[l];
+    if (!spec.hookOut.empty()) layer.hookOut = spec.hookOut[l];
+    out.push_back(resolvePlacement(model, layer));
+    if (out.back().input != out.front().input)
+      throw InvalidArgument("a cross-layer transcoder reads one kind of hook at every layer; layer 0 reads " + out.front().hookIn +
+                            ", layer " + std::to_string(l) + " " + out.back().hookIn);
+  }
+  return out;
+}
+
+std::map<int64_t, MlpReplacement> crossLayerReplacements(std::shared_ptr<CrossLayerTranscoder> clt, MlpReplacement::Input input,
+                                                         const at::Tensor& keep) {
+  const CrossLayerSpec& spec = clt->spec();
+  if (keep.defined() && (keep.dim() != 2 || keep.size(0) != spec.nLayers || keep.size(1) != spec.dSae))
+    throw InvalidArgument("a cross-layer feature mask must have shape [" + std::to_string(spec.nLayers) + ", " + std::to_string(spec.dSae) +
+                          "], got " + c10::str(keep.sizes()));
+  // What the layers run so far wrote into each later layer, [rows, d_out] per target layer.
+  struct Written {
+    std::vector<at::Tensor> into;
+    int64_t next = 0;
+  };
+  auto written = std::make_shared<Written>();
+  at::Tensor mask = keep.defined() ? keep.to(clt->params().W_enc.options()) : at::Tensor();
+  std::map<int64_t, MlpReplacement> out;
+  for (int64_t l = 0; l < spec.nLayers; ++l) {
+    MlpReplacement r;
+    r.kind = MlpReplacement::Kind::Module;
+    r.input = input;
+    r.moduleNeedsOriginal = false;
+    r.module = [clt, mask, written, l](const at::Tensor& in, const at::Tensor&) {
+      const CrossLayerSpec& spec = clt->spec();
+      const int64_t L = spec.nLayers;
+      // Layer 0 starts every forward; the layers then run in order.
+      if (l == 0) *written = Written{std::vector<at::Tensor>(L), 0};
+      if (written->next != l)
+        throw InvalidArgument("a cross-layer transcoder's replacements must run every layer in order: layer " + std::to_string(l) +
+                              " ran after layer " + std::to_string(written->next - 1));
+      std::shared_lock lock(clt->mutex());
+      at::Tensor x = in.to(clt->params().W_enc.options()).reshape({-1, spec.dIn});
+      at::Tensor pre = clt->preActivations(l, x);
+      at::Tensor contribution;
+      if (spec.arch == TranscoderArch::TopK && !mask.defined()) {
+        at::Tensor idx = topkIndices(pre, spec.k);
+        contribution = clt->decodeFromTopK(l, idx, at::relu(pre.gather(-1, idx)));
+      } else {
+        at::Tensor f = clt->activate(l, pre);
+        if (mask.defined()) f = f * mask[l];
+        contribution = clt->decodeFrom(l, f);
+      }
+      for (int64_t t = l; t < L; ++t) {
+        at::Tensor part = contribution.select(1, t - l);
+        written->into[t] = written->into[t].defined() ? written->into[t] + part : part;
+      }
+      at::Tensor y = clt->addBiasAndSkip(l, written->into[l], x);
+      written->into[l] = at::Tensor();
+      ++written->next;
+      std::vector<int64_t> shape(in.sizes().begin(), in.sizes().end());
+      shape.back() = spec.dOut;
+      return y.view(shape).to(in.options());
+    };
+    out.emplace(l, std::move(r));
+  }
+  return out;
 }
 
 }  // namespace tc

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "model/transformer.h"
+#include "transcoder/cross_layer.h"
 #include "transcoder/transcoder.h"
 
 namespace tc {
@@ -66,5 +67,16 @@ class ReplacementModel {
 // A transcoder as an MLP replacement reading `input`, with an optional feature mask.
 MlpReplacement transcoderReplacement(std::shared_ptr<Transcoder> transcoder, MlpReplacement::Input input,
                                      const at::Tensor& keep = at::Tensor());
+
+// Checks a cross-layer transcoder's per-layer hooks against a model (as resolvePlacement does for
+// each layer) and returns the placements, one per layer 0..L-1.
+std::vector<Placement> resolveCrossLayerPlacements(const Transformer& model, const CrossLayerSpec& spec);
+
+// A cross-layer transcoder as the MLP replacement of every layer 0..L-1 for one forward pass: the
+// replacements share the decoder outputs written so far (layer s's features write into layers
+// s..L-1 as soon as s has run), so they must all be used, in one forward at a time. `keep` ([L, F]
+// bool, optional) zeroes every feature it does not keep before decoding.
+std::map<int64_t, MlpReplacement> crossLayerReplacements(std::shared_ptr<CrossLayerTranscoder> clt, MlpReplacement::Input input,
+                                                         const at::Tensor& keep = at::Tensor());
 
 }  // namespace tc

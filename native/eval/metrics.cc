@@ -27,6 +27,27 @@ TranscoderBatchStats transcoderBatchStats(const Transcoder& tc, const at::Tensor
   return s;
 }
 
+CrossLayerBatchStats crossLayerBatchStats(const CrossLayerTranscoder& clt, const at::Tensor& x, const at::Tensor& y) {
+  at::NoGradGuard noGrad;
+  auto options = clt.params().W_enc.options();
+  at::Tensor x3 = x.to(options), y3 = y.to(options);
+  if (x3.dim() != 3 || y3.dim() != 3 || x3.size(0) != y3.size(0))
+    throw InvalidArgument("cross-layer evaluation inputs and targets must be [N, L, d] with the same N, got " + c10::str(x3.sizes()) + " and " +
+                          c10::str(y3.sizes()));
+  at::Tensor f = clt.activate(clt.preActivations(x3));
+  at::Tensor yHat = clt.decode(f, x3);
+  at::Tensor active = f > 0;
+  at::Tensor y64 = y3.to(c10::kDouble);
+  CrossLayerBatchStats s;
+  s.rows = x3.size(0);
+  s.sumSquaredError = (yHat.to(c10::kDouble) - y64).pow(2).sum(at::IntArrayRef{0, 2}).cpu();
+  s.sumSquaredY = y64.pow(2).sum(at::IntArrayRef{0, 2}).cpu();
+  s.sumY = y64.sum(0).cpu();
+  s.activeSum = active.sum(at::IntArrayRef{0, 2}).to(c10::kDouble).cpu();
+  s.fireCounts = active.sum(0).to(c10::kLong).cpu();
+  return s;
+}
+
 double meanKlDivergence(const at::Tensor& referenceLogits, const at::Tensor& logits) {
   at::NoGradGuard noGrad;
   if (referenceLogits.sizes() != logits.sizes())

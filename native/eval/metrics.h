@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/Tensor.h>
 
+#include "transcoder/cross_layer.h"
 #include "transcoder/transcoder.h"
 
 namespace tc {
@@ -18,6 +19,15 @@ struct TranscoderBatchStats {
 };
 
 TranscoderBatchStats transcoderBatchStats(const Transcoder& tc, const at::Tensor& x, const at::Tensor& y);
+
+// The same sums per layer of a cross-layer transcoder (float64 [L] and [L, d_out], fire counts
+// int64 [L, F]); x [N, L, d_in] and y [N, L, d_out] are every layer's input and target of the same rows.
+struct CrossLayerBatchStats {
+  int64_t rows = 0;
+  at::Tensor sumSquaredError, sumSquaredY, sumY, activeSum, fireCounts;
+};
+
+CrossLayerBatchStats crossLayerBatchStats(const CrossLayerTranscoder& clt, const at::Tensor& x, const at::Tensor& y);
 
 // Mean over positions of KL(softmax(reference) || softmax(logits)), in nats. Both [..., V].
 double meanKlDivergence(const at::Tensor& referenceLogits, const at::Tensor& logits);

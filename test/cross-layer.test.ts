@@ -1,0 +1,284 @@
+/**
+ * Cross-layer transcoders: the C++ forward, every loss term and every gradient against the
+ * independent PyTorch reference (test/reference/clt_reference.py, float64), the sparse TopK
+ * forward against the dense one, splicing into a model (the spliced forward's MLP outputs equal the
+ * CLT's own outputs of the inputs that run recorded), training, and the file layouts. Tolerances
+ * are stated next to each comparison.
+ */
+import { readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadModel, readSafetensors, Tensor, writeSafetensors } from '../lib/index.js';
+import { crossLayerHooks, CrossLayerTranscoder, stackLayers, type CrossLayerConfig, type CrossLayerLossOptions } from '../lib/transcoders/cross-layer.js';
+import { CrossLayerTrainer } from '../lib/transcoders/cross-layer-trainer.js';
+import { evaluateCrossLayer } from '../lib/transcoders/evaluate-cross-layer.js';
+import { exportCircuitTracerCrossLayer, loadCrossLayerTranscoder, saveCrossLayerTranscoder } from '../lib/transcoders/formats/cross-layer.js';
+import { Rng } from '../lib/util/random.js';
+import { DEVICE, makeTempModel, tempDir, TINY_GPT2 } from './helpers/fixtures.js';
+import { maxDiff, runPython } from './helpers/reference.js';
+
+const L = 3;
+const D = 10;
+const F = 24;
+const N = 40;
+
+function randomTensor(shape: number[], rng: Rng, scale = 1): Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  return Tensor.from(Float32Array.from({ length: n }, () => scale * rng.normal()), shape);
+}
+
+/** A CLT with random (not freshly initialised) parameters, so that every term is non-trivial. */
+async function randomClt(config: Partial<CrossLayerConfig>, seed: number, nLayers = L): Promise<CrossLayerTranscoder> {
+  const rng = new Rng(seed);
+  const cfg = { nLayers, dIn: D, dOut: D, dSae: F, ...crossLayerHooks(nLayers), ...config } as CrossLayerConfig;
+  const params: Record<string, Tensor> = { W_enc: randomTensor([nLayers, D, F], rng, 0.4), b_enc: randomTensor([nLayers, F], rng, 0.1) };
+  for (let s = 0; s < nLayers; s++) params[`W_dec_${s}`] = randomTensor([F, nLayers - s, D], rng, 0.3);
+  params.b_dec = randomTensor([nLayers, D], rng, 0.1);
+  if (cfg.skip) params.W_skip = randomTensor([nLayers, D, D], rng, 0.1);
+  if (cfg.arch === 'jumprelu') params.threshold = Tensor.from(Float32Array.from({ length: nLayers * F }, () => 0.05 + 0.3 * rng.uniform()), [nLayers, F]);
+  return CrossLayerTranscoder.fromParameters(cfg, params, { device: DEVICE });
+}
+
+/** Runs clt_reference.py on the CLT's parameters and (x, y, dead); returns its output tensors. */
+async function reference(clt: CrossLayerTranscoder, options: Record<string, unknown>, data: Record<string, Tensor>): Promise<Record<string, Tensor>> {
+  const dir = tempDir('transcoders-cltref-');
+  writeSafetensors(join(dir, 'in.safetensors'), { ...clt.parameters(), ...data });
+  writeFileSync(join(dir, 'options.json'), JSON.stringify(options));
+  runPython('clt_reference.py', [join(dir, 'in.safetensors'), join(dir, 'options.json'), join(dir, 'out.safetensors')]);
+  return (await readSafetensors(join(dir, 'out.safetensors'))).tensors;
+}
+
+function expectRelClose(ours: Tensor, ref: Tensor, tol: number, what: string): void {
+  const { diff, scale } = maxDiff(ours, ref);
+  expect(diff, `${what}: max diff ${diff} (scale ${scale})`).toBeLessThanOrEqual(tol * Math.max(scale, 1e-3));
+}
+
+/** Dead features: all of layer 0 but three, five of layer 1, none of layer 2 (AuxK's k_s = min(kAux, dead)). */
+function deadMask(): Tensor {
+  const dead = new Uint8Array(L * F);
+  for (let j = 3; j < F; j++) dead[j] = 1;
+  for (const j of [1, 4, 7, 10, 13]) dead[F + j] = 1;
+  return Tensor.from(dead, [L, F], { dtype: 'uint8' });
+}
+
+const CASES: { name: string; clt: Partial<CrossLayerConfig>; loss: CrossLayerLossOptions; dead?: boolean }[] = [
+  { name: 'relu, FVU + decoder-norm L1 + pre-activation loss, skip', clt: { arch: 'relu', skip: true }, loss: { sparsity: 'l1', sparsityCoefficient: 3e-2, preactCoefficient: 1e-2 } },
+  { name: 'relu, paper MSE + tanh penalty', clt: { arch: 'relu' }, loss: { reconstruction: 'paper', sparsity: 'tanh', sparsityCoefficient: 5e-2, tanhScale: 2 } },
+  { name: 'jumprelu, FVU + tanh + pre-activation loss', clt: { arch: 'jumprelu', bandwidth: 0.2 }, loss: { sparsity: 'tanh', sparsityCoefficient: 1e-1, tanhScale: 0.7, preactCoefficient: 2e-2 } },
+  { name: 'jumprelu, FVU + L0 (straight-through), skip', clt: { arch: 'jumprelu', bandwidth: 0.2, skip: true }, loss: { sparsity: 'l0', sparsityCoefficient: 3e-2 } },
+  { name: 'topk, FVU + AuxK over dead features', clt: { arch: 'topk', k: 5 }, loss: { auxkAlpha: 0.25, kAux: 6 }, dead: true },
+  { name: 'topk, paper MSE, skip', clt: { arch: 'topk', k: 4, skip: true }, loss: { reconstruction: 'paper' } },
+];
+
+describe('cross-layer transcoder maths against the PyTorch reference', () => {
+  it.each(CASES)('$name: forward, loss terms and gradients (1e-5 relative)', async ({ clt: cfg, loss, dead }) => {
+    const clt = await randomClt(cfg, 11);
+    const rng = new Rng(12);
+    const x = randomTensor([N, L, D], rng);
+    const y = randomTensor([N, L, D], rng, 0.7);
+    const options = { ...loss, ...(dead ? { dead: deadMask() } : {}) };
+    const ours = await clt.loss(x, y, options, { grad: true });
+    const ref = await reference(
+      clt,
+      { arch: cfg.arch, skip: cfg.skip ?? false, ...(cfg.k ? { k: cfg.k } : {}), ...(cfg.bandwidth ? { bandwidth: cfg.bandwidth } : {}), ...loss },
+      { x, y, ...(dead ? { dead: deadMask() } : {}) },
+    );
+    expectRelClose(ours.pre!, ref.pre!, 1e-5, 'pre');
+    expectRelClose(ours.f!, ref.f!, 1e-5, 'f');
+    expectRelClose(ours.yHat!, ref.y_hat!, 1e-5, 'y_hat');
+    expectRelClose(ours.omega!, ref.omega!, 1e-5, 'omega');
+    for (const term of ['reconstruction', 'sparsity', 'preact', 'auxk', 'total']) {
+      const a = ours[term]!.item();
+      const b = ref[`loss.${term}`]!.item();
+      expect(Math.abs(a - b), `${term}: ${a} vs ${b}`).toBeLessThanOrEqual(1e-5 * Math.max(Math.abs(b), 1e-3));
+    }
+    // Every term that should bite does: the comparison is not of zeros.
+    if (loss.sparsity && loss.sparsity !== 'none') expect(ours.sparsity!.item()).toBeGreaterThan(0);
+    if (loss.preactCoefficient) expect(ours.preact!.item()).toBeGreaterThan(0);
+    if (dead) expect(ours.auxk!.item()).toBeGreaterThan(0);
+    for (const name of Object.keys(clt.parameters())) {
+      expect(ref[`grad.${name}`], `reference gradient of ${name}`).toBeDefined();
+      expectRelClose(ours[`grad.${name}`]!, ref[`grad.${name}`]!, 1e-5, `grad.${name}`);
+    }
+    // forward() (TopK's sparse decode) is the loss's dense decode.
+    expectRelClose(await clt.forward(x), ref.y_hat!, 1e-5, 'forward');
+  });
+});
+
+describe('cross-layer transcoder in a model', () => {
+  it('the spliced forward writes, at every layer, what the CLT computes from the inputs that run recorded (1e-5)', async () => {
+    const dir = makeTempModel({ ...TINY_GPT2, nLayers: 3 });
+    const model = await loadModel(dir, { device: DEVICE });
+    const d = model.config.dModel;
+    for (const [arch, extra] of [['relu', { skip: true }], ['topk', { k: 4 }], ['jumprelu', {}]] as const) {
+      const rng = new Rng(5);
+      const cfg = { arch, nLayers: 3, dIn: d, dOut: d, dSae: F, ...crossLayerHooks(3), ...extra } as CrossLayerConfig;
+      const params: Record<string, Tensor> = { W_enc: randomTensor([3, d, F], rng, 0.3), b_enc: randomTensor([3, F], rng, 0.05) };
+      for (let s = 0; s < 3; s++) params[`W_dec_${s}`] = randomTensor([F, 3 - s, d], rng, 0.2);
+      params.b_dec = randomTensor([3, d], rng, 0.05);
+      if (cfg.skip) params.W_skip = randomTensor([3, d, d], rng, 0.05);
+      if (arch === 'jumprelu') params.threshold = Tensor.from(new Float32Array(3 * F).fill(0.1), [3, F]);
+      const clt = await CrossLayerTranscoder.fromParameters(cfg, params, { device: DEVICE });
+      const tokens = [[1, 5, 9, 2, 7, 3], [4, 4, 8, 1, 0, 6]];
+      const run = await model.run(tokens, { crossLayer: clt, cache: [...cfg.hookIn, ...cfg.hookOut] });
+      const x = await stackLayers(cfg.hookIn.map((h) => run.cache[h]!));
+      const written = await stackLayers(cfg.hookOut.map((h) => run.cache[h]!));
+      expectRelClose(written, await clt.forward(x), 1e-5, `${arch}: MLP outputs`);
+      // The replaced run differs from the clean one, and a second run gives the same logits.
+      const clean = await model.run(tokens);
+      expect(maxDiff(run.logits!, clean.logits!).diff).toBeGreaterThan(1e-3);
+      expect(maxDiff((await model.run(tokens, { crossLayer: clt })).logits!, run.logits!).diff).toBe(0);
+    }
+    model.dispose();
+  });
+
+  it('keeps features by mask, and refuses a CLT of another depth or an MLP replaced twice', async () => {
+    const dir = makeTempModel({ ...TINY_GPT2, nLayers: 3 });
+    const model = await loadModel(dir, { device: DEVICE });
+    const clt = await CrossLayerTranscoder.create({ arch: 'relu', nLayers: 3, dIn: model.config.dModel, dOut: model.config.dModel, dSae: 16 }, { seed: 3 });
+    const none = Tensor.from(new Uint8Array(3 * 16), [3, 16], { dtype: 'uint8' });
+    const zeroed = await model.run([[1, 2, 3]], { crossLayer: { module: clt, keep: none }, cache: ['blocks.1.hook_mlp_out'] });
+    const bias = clt.parameters().b_dec!.toFloat32Array().subarray(model.config.dModel, 2 * model.config.dModel);
+    const out = zeroed.cache['blocks.1.hook_mlp_out']!.toFloat32Array();
+    for (let i = 0; i < out.length; i++) expect(out[i]).toBeCloseTo(bias[i % bias.length]!, 6);
+    const shallow = await CrossLayerTranscoder.create({ arch: 'relu', nLayers: 2, dIn: model.config.dModel, dOut: model.config.dModel, dSae: 16 });
+    await expect(model.run([[1, 2]], { crossLayer: shallow })).rejects.toThrow(/2 layers, but the model has 3/);
+    await expect(model.run([[1, 2]], { crossLayer: clt, replaceMlp: { 1: 'zero' } })).rejects.toThrow(/layer 1's MLP is replaced twice/);
+    model.dispose();
+  });
+
+  it('evaluateCrossLayer: per-layer FVU and L0 from the batch statistics, CE with every MLP replaced', async () => {
+    const dir = makeTempModel({ ...TINY_GPT2, nLayers: 3 });
+    const model = await loadModel(dir, { device: DEVICE });
+    const d = model.config.dModel;
+    const clt = await CrossLayerTranscoder.create({ arch: 'relu', nLayers: 3, dIn: d, dOut: d, dSae: 32 }, { seed: 4 });
+    const rows = [[1, 5, 9, 2, 7, 3, 8, 8], [4, 4, 8, 1, 0, 6, 2, 2], [9, 8, 7, 6, 5, 4, 3, 2]];
+    const ev = await evaluateCrossLayer(model, clt, rows, { batchSize: 2 });
+    // The same numbers computed directly from one batch of everything.
+    const run = await model.run(rows, { cache: [...clt.config.hookIn, ...clt.config.hookOut] });
+    const x = await stackLayers(clt.config.hookIn.map((h) => run.cache[h]!));
+    const y = (await stackLayers(clt.config.hookOut.map((h) => run.cache[h]!))).toFloat32Array();
+    const yHat = (await clt.forward(x)).toFloat32Array();
+    const f = (await clt.encode(x)).toFloat32Array();
+    const rowsN = 24;
+    for (let l = 0; l < 3; l++) {
+      let sse = 0;
+      let ss = 0;
+      const mean = new Float64Array(d);
+      for (let n = 0; n < rowsN; n++) for (let i = 0; i < d; i++) mean[i]! += y[(n * 3 + l) * d + i]! / rowsN;
+      for (let n = 0; n < rowsN; n++) {
+        for (let i = 0; i < d; i++) {
+          const k = (n * 3 + l) * d + i;
+          sse += (yHat[k]! - y[k]!) ** 2;
+          ss += (y[k]! - mean[i]!) ** 2;
+        }
+      }
+      let active = 0;
+      for (let n = 0; n < rowsN; n++) for (let j = 0; j < 32; j++) active += f[(n * 3 + l) * 32 + j]! > 0 ? 1 : 0;
+      expect(ev.layers[l]!.fvu).toBeCloseTo(sse / ss, 4);
+      expect(ev.layers[l]!.l0).toBeCloseTo(active / rowsN, 6);
+    }
+    expect(ev.ceLossReplaced).toBeCloseTo(await model.loss(rows, { crossLayer: clt }), 5);
+    expect(ev.ceLossClean).toBeCloseTo(await model.loss(rows), 5);
+    expect(ev.tokens).toBe(24);
+    model.dispose();
+  });
+});
+
+describe('cross-layer training', () => {
+  it('lowers the loss, is deterministic, and resumes exactly from its state', async () => {
+    const rng = new Rng(8);
+    const xs = randomTensor([6, 64, L, D], rng);
+    const ys = randomTensor([6, 64, L, D], rng, 0.5);
+    const train = async (steps: [Tensor, Tensor][]) => {
+      const clt = await randomClt({ arch: 'relu' }, 21);
+      const trainer = new CrossLayerTrainer(clt, { lr: 1e-2, sparsityCoefficient: 1e-3 });
+      const metrics = [];
+      for (const [x, y] of steps) metrics.push(...(await trainer.run(x, y)));
+      return { clt, trainer, metrics };
+    };
+    const a = await train([[xs, ys]]);
+    expect(a.metrics).toHaveLength(6);
+    expect(a.metrics[5]!.total).toBeLessThan(a.metrics[0]!.total);
+    expect(a.metrics[0]!.layerFvu).toHaveLength(L);
+    expect(a.metrics[0]!.fvu).toBeCloseTo(a.metrics[0]!.layerFvu.reduce((s, v) => s + v, 0) / L, 10);
+    const b = await train([[xs, ys]]);
+    for (const [name, t] of Object.entries(a.clt.parameters())) expect(maxDiff(t, b.clt.parameters()[name]!).diff, name).toBe(0);
+    // Resume: 3 steps, state + parameters into a fresh trainer, 3 more = 6 uninterrupted.
+    const first = await randomClt({ arch: 'relu' }, 21);
+    const t1 = new CrossLayerTrainer(first, { lr: 1e-2, sparsityCoefficient: 1e-3 });
+    await t1.run(stepsOf(xs, 0, 3), stepsOf(ys, 0, 3));
+    const resumed = await CrossLayerTranscoder.fromParameters(first.config, first.parameters());
+    const t2 = new CrossLayerTrainer(resumed, { lr: 1e-2, sparsityCoefficient: 1e-3 });
+    t2.setState(t1.state());
+    await t2.run(stepsOf(xs, 3, 6), stepsOf(ys, 3, 6));
+    for (const [name, t] of Object.entries(a.clt.parameters())) expect(maxDiff(t, resumed.parameters()[name]!).diff, `resumed ${name}`).toBe(0);
+  });
+
+  it('stops with a NumericalError naming the step on non-finite data, and rejects bad shapes', async () => {
+    const clt = await randomClt({ arch: 'topk', k: 3 }, 2);
+    const trainer = new CrossLayerTrainer(clt);
+    const x = randomTensor([1, 16, L, D], new Rng(1)).toFloat32Array().slice();
+    x[7] = NaN;
+    await expect(trainer.run(Tensor.from(x, [1, 16, L, D]), randomTensor([1, 16, L, D], new Rng(2)))).rejects.toThrow(/step 0 of the cross-layer transcoder: the loss is nan/);
+    await expect(trainer.run(randomTensor([1, 16, L + 1, D], new Rng(1)), randomTensor([1, 16, L + 1, D], new Rng(2)))).rejects.toThrow(/xs \[S, N, 3, d_in\]/);
+  });
+});
+
+/** Steps from..to of [S, ...] batches (a copy). */
+function stepsOf(t: Tensor, from: number, to: number): Tensor {
+  const [, ...rest] = t.shape;
+  const per = rest.reduce((a, b) => a * b, 1);
+  return Tensor.from(t.toFloat32Array().slice(from * per, to * per), [to - from, ...rest]);
+}
+
+describe('cross-layer transcoder files', () => {
+  it('native format: round trip of every architecture, losslessly', async () => {
+    for (const cfg of [{ arch: 'relu', skip: true }, { arch: 'topk', k: 5 }, { arch: 'jumprelu', bandwidth: 0.05 }] as const) {
+      const clt = await randomClt({ ...cfg, modelName: 'tiny', training: { lr: 1 } }, 31);
+      const dir = join(tempDir(), cfg.arch);
+      saveCrossLayerTranscoder(clt, dir);
+      const back = await loadCrossLayerTranscoder(dir);
+      expect(back.config).toEqual(clt.config);
+      for (const [name, t] of Object.entries(clt.parameters())) expect(maxDiff(back.parameters()[name]!, t).diff, name).toBe(0);
+    }
+  });
+
+  it("circuit-tracer layout: read the way circuit-tracer's loader reads it, same outputs; round trip and cross-layout conversion identical", async () => {
+    for (const cfg of [{ arch: 'relu' }, { arch: 'jumprelu', bandwidth: 0.1 }] as const) {
+      const clt = await randomClt({ ...cfg, modelName: 'tiny' }, 41);
+      const dir = join(tempDir(), `ct-${cfg.arch}`);
+      exportCircuitTracerCrossLayer(clt, dir);
+      expect(readdirSync(dir).sort()).toEqual(['W_dec_0.safetensors', 'W_dec_1.safetensors', 'W_dec_2.safetensors', 'W_enc_0.safetensors', 'W_enc_1.safetensors', 'W_enc_2.safetensors', 'config.yaml']);
+      const x = randomTensor([N, L, D], new Rng(42));
+      const ours = await clt.forward(x);
+      writeSafetensors(join(dir, '..', `x-${cfg.arch}.safetensors`), { x });
+      runPython('circuit_tracer_clt.py', [dir, join(dir, '..', `x-${cfg.arch}.safetensors`), join(dir, '..', `y-${cfg.arch}.safetensors`)]);
+      const theirs = (await readSafetensors(join(dir, '..', `y-${cfg.arch}.safetensors`))).tensors.y!;
+      expectRelClose(ours, theirs, 1e-5, `${cfg.arch}: circuit-tracer's reading`);
+      const back = await loadCrossLayerTranscoder(dir);
+      expect(back.config.arch).toBe(cfg.arch);
+      expect(back.config.hookIn).toEqual(clt.config.hookIn);
+      for (const [name, t] of Object.entries(clt.parameters())) expect(maxDiff(back.parameters()[name]!, t).diff, name).toBe(0);
+      // circuit-tracer -> native -> circuit-tracer: the same outputs bit for bit.
+      const nativeDir = join(tempDir(), 'native');
+      saveCrossLayerTranscoder(back, nativeDir);
+      const again = await loadCrossLayerTranscoder(nativeDir);
+      expect(maxDiff(await again.forward(x), ours).diff).toBe(0);
+    }
+  });
+
+  it('refuses exports that would change the function, and names the file of a corrupt folder', async () => {
+    const skip = await randomClt({ arch: 'relu', skip: true }, 1);
+    expect(() => exportCircuitTracerCrossLayer(skip, join(tempDir(), 'a'))).toThrow(/no skip connection/);
+    const topk = await randomClt({ arch: 'topk', k: 3 }, 1);
+    expect(() => exportCircuitTracerCrossLayer(topk, join(tempDir(), 'b'))).toThrow(/TopK CLT would load there as relu/);
+    const relu = await randomClt({ arch: 'relu' }, 1);
+    const dir = join(tempDir(), 'c');
+    exportCircuitTracerCrossLayer(relu, dir);
+    const dec = join(dir, 'W_dec_1.safetensors');
+    writeSafetensors(dec, { W_dec_1: randomTensor([F, 3, D], new Rng(1)) });
+    await expect(loadCrossLayerTranscoder(dir)).rejects.toThrow(/W_dec_1\.safetensors: tensor 'W_dec_1' has shape \[24,3,10\], expected \[24,2,10\]/);
+    await expect(loadCrossLayerTranscoder(tempDir())).rejects.toThrow(/not a cross-layer transcoder folder/);
+  });
+});
