@@ -11,6 +11,7 @@ import { ensureDist, runCli } from './helpers/cli.js';
 import { makeTempModel, tempDir, TINY_GPT2 } from './helpers/fixtures.js';
 import { maxDiff } from './helpers/reference.js';
 import { Tensor } from '../lib/index.js';
+import { loadCrossLayerTranscoder } from '../lib/transcoders/formats/cross-layer.js';
 
 const COMMANDS = ['demo', 'run', 'train', 'eval', 'cache', 'tokenize', 'convert', 'info', 'make-model'];
 let work: string;
@@ -35,6 +36,38 @@ describe('transcoders CLI', () => {
   it('lists every command', () => {
     const r = runCli(['--help']);
     for (const cmd of COMMANDS) expect(r.stdout).toContain(`  ${cmd} `);
+  });
+
+  it('cross-layer: train --arch clt-relu, eval it, convert to circuit-tracer and back without changing it', async () => {
+    const tokens = join(work, 'clt-tokens.safetensors');
+    let r = runCli(['tokenize', modelDir, '--data', join(work, 'data.txt'), '--out', tokens, '--context-size', '32']);
+    expect(r.status, r.stderr).toBe(0);
+    const out = join(work, 'clt-run');
+    r = runCli(['train', modelDir, '--data', tokens, '--layers', '0-1', '--arch', 'clt-relu', '--d-sae', '64', '--batch-size', '64', '--steps', '12', '--lr', '3e-3', '--sparsity', 'tanh', '--sparsity-coefficient', '1e-3', '--out', out, '--quiet']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain(join(out, 'clt'));
+    r = runCli(['eval', modelDir, '--transcoders', out, '--data', tokens, '--sequences', '4', '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    const ev = JSON.parse(r.stdout) as { layers: { fvu: number; l0: number }[]; ceLossReplaced: number };
+    expect(ev.layers).toHaveLength(2);
+    expect(Number.isFinite(ev.ceLossReplaced)).toBe(true);
+    const ct = join(work, 'clt-ct');
+    r = runCli(['convert', out, ct, '--to', 'circuit-tracer']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(existsSync(join(ct, 'W_dec_1.safetensors')) && existsSync(join(ct, 'config.yaml'))).toBe(true);
+    const back = join(work, 'clt-native');
+    r = runCli(['convert', ct, back, '--to', 'native']);
+    expect(r.status, r.stderr).toBe(0);
+    const a = await loadCrossLayerTranscoder(join(out, 'clt'));
+    const b = await loadCrossLayerTranscoder(back);
+    for (const [name, t] of Object.entries(a.parameters())) expect(maxDiff(b.parameters()[name]!, t).diff, name).toBe(0);
+    // Options of the other kind of transcoder are refused before any work.
+    r = runCli(['train', modelDir, '--data', tokens, '--layers', '0-1', '--arch', 'clt-relu', '--d-sae', '64', '--steps', '2', '--recipe', 'paper', '--out', join(work, 'x')]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/--recipe is for --arch relu or topk or jumprelu/);
+    r = runCli(['convert', out, join(work, 'y'), '--to', 'saelens']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/cross-layer transcoder: convert it --to native or --to circuit-tracer/);
   });
 
   it('tokenize, train two layers, eval, cache, train from the cache, convert', () => {

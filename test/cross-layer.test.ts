@@ -5,10 +5,13 @@
  * CLT's own outputs of the inputs that run recorded), training, and the file layouts. Tolerances
  * are stated next to each comparison.
  */
-import { readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadModel, readSafetensors, Tensor, writeSafetensors } from '../lib/index.js';
+import { readTokenFileHeader, readTokenRows } from '../lib/data/token-file.js';
+import { tokenizeToFile } from '../lib/data/tokenize.js';
+import { trainTranscoders, type TrainRunOptions } from '../lib/transcoders/training-run.js';
 import { crossLayerHooks, CrossLayerTranscoder, stackLayers, type CrossLayerConfig, type CrossLayerLossOptions } from '../lib/transcoders/cross-layer.js';
 import { CrossLayerTrainer } from '../lib/transcoders/cross-layer-trainer.js';
 import { evaluateCrossLayer } from '../lib/transcoders/evaluate-cross-layer.js';
@@ -280,5 +283,77 @@ describe('cross-layer transcoder files', () => {
     writeSafetensors(dec, { W_dec_1: randomTensor([F, 3, D], new Rng(1)) });
     await expect(loadCrossLayerTranscoder(dir)).rejects.toThrow(/W_dec_1\.safetensors: tensor 'W_dec_1' has shape \[24,3,10\], expected \[24,2,10\]/);
     await expect(loadCrossLayerTranscoder(tempDir())).rejects.toThrow(/not a cross-layer transcoder folder/);
+  });
+});
+
+describe('cross-layer training run (model-fed, the C++ loop)', () => {
+  async function setup() {
+    const modelDir = makeTempModel({ ...TINY_GPT2, nLayers: 3, nCtx: 64, std: 0.1 });
+    const model = await loadModel(modelDir, { device: DEVICE });
+    const dir = tempDir();
+    const text = Array.from({ length: 200 }, (_, i) => `The war lasted from the year 17${10 + (i % 80)} to the year 17${20 + ((i * 7) % 70)}. Mary gave John a drink.`);
+    writeFileSync(join(dir, 'data.txt'), text.join('\n\n'));
+    const tokenFile = join(dir, 'tokens.safetensors');
+    await tokenizeToFile([join(dir, 'data.txt')], model.tokenizer!, tokenFile, { contextSize: 32 });
+    const base = (out: string): TrainRunOptions => ({
+      data: { tokenFile, model }, layers: [0, 1, 2], arch: 'clt-relu', dSae: 64, batchSize: 64, steps: 20, out, lr: 3e-3, sparsityCoefficient: 1e-4, noShuffle: true, device: DEVICE,
+    });
+    return { model, tokenFile, base };
+  }
+
+  it('trains on the rows the model serves, step for step as the in-memory trainer; resumes exactly; logs every layer', async () => {
+    const { model, tokenFile, base } = await setup();
+    const out = tempDir();
+    const run = await trainTranscoders({ ...base(out), steps: 2, biasInit: 'zeros', seed: 3 });
+    expect(run.crossLayer).toBeDefined();
+    expect(run.transcoders).toHaveLength(0);
+    // The same two batches by hand: rows 0..63 and 64..127 of the token file (no shuffling), every layer's hooks.
+    const header = readTokenFileHeader(tokenFile);
+    const flat = await readTokenRows(header, 0, 4);
+    const seqs = Array.from({ length: 4 }, (_, i) => Array.from(flat.subarray(i * 32, (i + 1) * 32)));
+    const cfg = run.crossLayer!.config;
+    const cache = (await model.run(seqs, { cache: [...cfg.hookIn, ...cfg.hookOut] })).cache;
+    const xs = await stackLayers(cfg.hookIn.map((h) => cache[h]!));
+    const ys = await stackLayers(cfg.hookOut.map((h) => cache[h]!));
+    const fresh = await CrossLayerTranscoder.create({ ...cfg, training: undefined }, { seed: 3 });
+    const trainer = new CrossLayerTrainer(fresh, { lr: 3e-3, sparsityCoefficient: 1e-4 });
+    await trainer.run(Tensor.from(xs.toFloat32Array(), [2, 64, 3, cfg.dIn]), Tensor.from(ys.toFloat32Array(), [2, 64, 3, cfg.dOut]));
+    for (const [name, t] of Object.entries(fresh.parameters())) expectRelClose(run.crossLayer!.parameters()[name]!, t, 1e-5, `step-for-step ${name}`);
+
+    // Resume: 8 steps, then on to 20 = 20 uninterrupted (rows in order, so a resumed run replays them; checkpoints every 4 steps).
+    const whole = await trainTranscoders({ ...base(tempDir()), seed: 7 });
+    const part = tempDir();
+    await trainTranscoders({ ...base(part), seed: 7, steps: 8, checkpointEveryTokens: 4 * 64 });
+    expect(existsSync(join(part, 'checkpoints'))).toBe(true);
+    const resumed = await trainTranscoders({ ...base(part), seed: 7, resume: true });
+    expect(resumed.steps).toBe(20);
+    for (const [name, t] of Object.entries(whole.crossLayer!.parameters())) expectRelClose(resumed.crossLayer!.parameters()[name]!, t, 1e-5, `resumed ${name}`);
+    const log = readFileSync(join(part, 'train.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const last = log.filter((l) => l.step === 19);
+    expect(last.map((l) => l.layer)).toEqual([0, 1, 2]);
+    expect(new Set(last.map((l) => l.total)).size).toBe(1);
+    expect(new Set(last.map((l) => l.fvu)).size).toBe(3);
+    const saved = await loadCrossLayerTranscoder(join(part, 'clt'));
+    expect(saved.config.training).toMatchObject({ batchSize: 64, totalSteps: 20 });
+    expect(whole.crossLayer!.config.hookIn).toEqual(['blocks.0.ln2.hook_normalized', 'blocks.1.ln2.hook_normalized', 'blocks.2.ln2.hook_normalized']);
+    model.dispose();
+  });
+
+  it('learns (FVU falls), and is refused on a subset of layers, a cache, or with resampling', async () => {
+    const { model, base } = await setup();
+    const out = tempDir();
+    const run = await trainTranscoders({ ...base(out), arch: 'clt-topk', k: 8, steps: 60, noShuffle: false, logEvery: 5 });
+    const log = readFileSync(join(out, 'train.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { step: number; fvu: number; l0: number });
+    const first = log.filter((l) => l.step === 4);
+    const last = log.filter((l) => l.step === 59);
+    for (let l = 0; l < 3; l++) {
+      expect(last[l]!.fvu).toBeLessThan(first[l]!.fvu);
+      expect(last[l]!.l0).toBeLessThanOrEqual(8);
+    }
+    expect(run.crossLayer!.config).toMatchObject({ arch: 'topk', k: 8, nLayers: 3 });
+    await expect(trainTranscoders({ ...base(tempDir()), layers: [0, 1] })).rejects.toThrow(/spans every layer of the model: train layers 0,1,2/);
+    await expect(trainTranscoders({ ...base(tempDir()), data: { activations: tempDir() } })).rejects.toThrow(/not an activation cache/);
+    await expect(trainTranscoders({ ...base(tempDir()), resampleEvery: 10 })).rejects.toThrow(/resampling is for per-layer transcoders/);
+    model.dispose();
   });
 });

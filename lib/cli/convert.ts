@@ -10,6 +10,7 @@ import { isWrittenAsPath, resolveModelSource } from '../io/hf-cache.js';
 import { loadModel, type Model } from '../models/model.js';
 import { exportCircuitTracer, exportCircuitTracerSet, exportedModelName, loadTranscoder, sparsifyHookpoint } from '../transcoders/formats/index.js';
 import { saveTranscoder } from '../transcoders/formats/native.js';
+import { crossLayerFolder, exportCircuitTracerCrossLayer, loadCrossLayerTranscoder, saveCrossLayerTranscoder } from '../transcoders/formats/cross-layer.js';
 import { prepareOutputFolder, type PreparedExport } from '../transcoders/formats/common.js';
 import { prepareSaeLensExport } from '../transcoders/formats/saelens.js';
 import { prepareSparsifyExport } from '../transcoders/formats/sparsify.js';
@@ -53,7 +54,9 @@ export const convertCommand: Command = {
     '                    (one transcoder: <out-dir>/layer_L.safetensors)\n' +
     "An input pre-bias (the paper's b_dec) is folded into b_enc. circuit-tracer and sparsify run the model with raw weights:\n" +
     "transcoders trained on a TransformerLens-processed model get that model's LayerNorm (ln2) weight and bias folded into\n" +
-    "the encoder, read from --model DIR (default: the model folder the transcoder records, when it exists here).",
+    "the encoder, read from --model DIR (default: the model folder the transcoder records, when it exists here).\n" +
+    'A cross-layer transcoder (native or circuit-tracer folder, or a train output with clt/) converts --to native or\n' +
+    'circuit-tracer (<out-dir>/W_enc_L, W_dec_L .safetensors and config.yaml).',
   arguments: [{ name: 'in', required: true }, { name: 'out-dir', required: true }],
   options: {
     to: { type: 'string', value: 'FORMAT', description: TARGETS.join(', '), required: true },
@@ -70,6 +73,16 @@ export const convertCommand: Command = {
     // --model may be a folder or a Hugging Face repo id in the local hub cache.
     const modelOption = values.model === undefined || (isWrittenAsPath(values.model as string) && !isFolder(values.model as string)) ? (values.model as string | undefined) : resolveModelSource(values.model as string);
     const uriPrefix = values['uri-prefix'] as string | undefined;
+    const clt = crossLayerFolder(input);
+    if (clt) {
+      if (to !== 'native' && to !== 'circuit-tracer') throw new InvalidArgumentError(`${clt} is a cross-layer transcoder: convert it --to native or --to circuit-tracer (${to} has no cross-layer layout)`);
+      if (layer !== undefined || uriPrefix !== undefined || values.model !== undefined) throw new InvalidArgumentError('--layer, --model and --uri-prefix do not apply to a cross-layer transcoder');
+      const transcoder = await loadCrossLayerTranscoder(clt);
+      if (to === 'native') saveCrossLayerTranscoder(transcoder, out);
+      else exportCircuitTracerCrossLayer(transcoder, out);
+      console.log(`wrote ${to} cross-layer transcoder (${transcoder.config.arch}, ${transcoder.config.nLayers} layers x ${transcoder.config.dSae} features) to ${out}`);
+      return;
+    }
 
     // The transcoders: one, or every layer of a training output folder.
     const layerDirs = trainingLayerDirs(input);

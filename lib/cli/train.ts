@@ -8,7 +8,8 @@ import { findResumePoint } from '../transcoders/checkpoints.js';
 import { TRANSCODER_ARCHS, type TranscoderArch, type TranscoderConfig } from '../transcoders/config.js';
 import { loadTranscoder } from '../transcoders/formats/index.js';
 import { CONFIG_FILE } from '../transcoders/formats/native.js';
-import { trainTranscoders, type TrainRunOptions } from '../transcoders/training-run.js';
+import { CROSS_LAYER_FOLDER } from '../transcoders/checkpoints.js';
+import { CROSS_LAYER_RUN_ARCHS, isCrossLayerRunArch, trainTranscoders, type CrossLayerRunArch, type TrainRunOptions } from '../transcoders/training-run.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
 import {
   DEVICE_OPTION, applyThreads, THREADS_OPTION, checkInputPaths, checkModelArgument, checkOutputPaths, choiceOption, intOption, listOption,
@@ -22,27 +23,38 @@ const RECIPES = ['paper', 'standard'] as const;
 const BIAS_INITS = ['mean', 'geometric_median', 'zeros'] as const;
 const DEFAULT_BATCH_SIZE = 4096;
 const COMPUTE_DTYPES = ['float32', 'bfloat16'] as const;
+const CLT_SPARSITIES = ['none', 'l1', 'tanh', 'l0'] as const;
+const ARCHS = [...TRANSCODER_ARCHS, ...CROSS_LAYER_RUN_ARCHS] as const;
+type RunArch = TranscoderArch | CrossLayerRunArch;
 
 /**
  * Options that only mean something for some architectures (the rest apply to all three): given with
  * another architecture they would be silently ignored, so they are an error.
  */
-export const ARCH_SPECIFIC_OPTIONS: Readonly<Record<string, readonly TranscoderArch[]>> = {
-  k: ['topk'],
-  'auxk-alpha': ['topk'],
+export const ARCH_SPECIFIC_OPTIONS: Readonly<Record<string, readonly RunArch[]>> = {
+  k: ['topk', 'clt-topk'],
+  'auxk-alpha': ['topk', 'clt-topk'],
   l1: ['relu'],
   'ghost-grads': ['relu'],
-  // jumprelu trains through autograd in float32 (docs/transcoders.md, the fast step).
+  // jumprelu and cross-layer transcoders train through autograd in float32 (docs/transcoders.md, the fast step).
   'compute-dtype': ['relu', 'topk'],
   l0: ['jumprelu'],
-  bandwidth: ['jumprelu'],
-  // The sparsity coefficient it ramps is L1 (relu) or L0 (jumprelu); topk has none.
-  'l1-warmup-steps': ['relu', 'jumprelu'],
+  bandwidth: ['jumprelu', 'clt-jumprelu'],
+  // The sparsity coefficient it ramps is L1 (relu), L0 (jumprelu) or a CLT's penalty; topk has none.
+  'l1-warmup-steps': ['relu', 'jumprelu', 'clt-relu', 'clt-jumprelu'],
+  recipe: ['relu', 'topk', 'jumprelu'],
+  'resample-every': ['relu', 'topk', 'jumprelu'],
+  init: ['relu', 'topk', 'jumprelu'],
+  // Cross-layer transcoders' penalties (docs/cross-layer.md).
+  sparsity: ['clt-relu', 'clt-topk', 'clt-jumprelu'],
+  'sparsity-coefficient': ['clt-relu', 'clt-topk', 'clt-jumprelu'],
+  'tanh-scale': ['clt-relu', 'clt-topk', 'clt-jumprelu'],
+  preact: ['clt-relu', 'clt-topk', 'clt-jumprelu'],
 };
 
 /** What the train options resolve to before any work: every inconsistency is reported here. */
 export interface TrainPlan {
-  arch: TranscoderArch;
+  arch: RunArch;
   dSae: number;
   k?: number;
   batchSize: number;
@@ -56,7 +68,7 @@ export interface TrainPlan {
  * and --init / --resume / --bias-init together.
  */
 export function planTraining(values: OptionValues): TrainPlan {
-  const arch = choiceOption(values.arch, 'arch', TRANSCODER_ARCHS) ?? 'relu';
+  const arch = choiceOption(values.arch, 'arch', ARCHS) ?? 'relu';
   const archText = values.arch === undefined ? `${arch} (the default --arch)` : arch;
   const misplaced = Object.entries(ARCH_SPECIFIC_OPTIONS).filter(([flag, archs]) => values[flag] !== undefined && !archs.includes(arch));
   if (misplaced.length > 0) {
@@ -66,7 +78,10 @@ export function planTraining(values: OptionValues): TrainPlan {
   const dSae = intOption(values['d-sae'], 'd-sae', 1);
   if (dSae === undefined) throw new InvalidArgumentError('--d-sae N is required');
   const k = intOption(values.k, 'k', 1);
-  if (arch === 'topk' && k === undefined) throw new InvalidArgumentError('--arch topk needs --k K (active features per token)');
+  if ((arch === 'topk' || arch === 'clt-topk') && k === undefined) throw new InvalidArgumentError(`--arch ${arch} needs --k K (active features per token${arch === 'clt-topk' ? ' and layer' : ''})`);
+  const sparsity = choiceOption(values.sparsity, 'sparsity', CLT_SPARSITIES);
+  if (sparsity === 'l0' && arch !== 'clt-jumprelu') throw new InvalidArgumentError(`--sparsity l0 trains jumprelu thresholds: it needs --arch clt-jumprelu, not ${archText}`);
+  if (values['tanh-scale'] !== undefined && (sparsity ?? (arch === 'clt-jumprelu' ? 'tanh' : 'l1')) !== 'tanh') throw new InvalidArgumentError('--tanh-scale is for --sparsity tanh');
   if (k !== undefined && k > dSae) throw new InvalidArgumentError(`--k ${k} exceeds --d-sae ${dSae}`);
   if (values.bandwidth !== undefined && !(numberOption(values.bandwidth, 'bandwidth')! > 0)) throw new InvalidArgumentError(`--bandwidth must be positive, got '${values.bandwidth}'`);
   const ghost = values['ghost-grads'];
@@ -102,12 +117,13 @@ export function planTraining(values: OptionValues): TrainPlan {
 }
 
 /** Throws unless `config` (from `source`) is the transcoder the options describe. */
-function checkSameTranscoder(config: Pick<TranscoderConfig, 'arch' | 'dSae' | 'skip' | 'k'>, plan: TrainPlan, skip: boolean, source: string): void {
+function checkSameTranscoder(config: Pick<TranscoderConfig, 'arch' | 'dSae' | 'skip' | 'k'> & { kind?: string }, plan: TrainPlan, skip: boolean, source: string): void {
   const differences: string[] = [];
-  if (config.arch !== plan.arch) differences.push(`it is ${config.arch}, not --arch ${plan.arch}`);
+  const arch = config.kind === 'cross_layer_transcoder' ? `clt-${config.arch}` : config.arch;
+  if (arch !== plan.arch) differences.push(`it is ${arch}, not --arch ${plan.arch}`);
   if (config.dSae !== plan.dSae) differences.push(`it has ${config.dSae} features, not --d-sae ${plan.dSae}`);
   if (config.skip !== skip) differences.push(config.skip ? 'it has a skip connection (add --skip)' : 'it has no skip connection (drop --skip)');
-  if (plan.arch === 'topk' && config.arch === 'topk' && config.k !== plan.k) differences.push(`its k is ${config.k}, not --k ${plan.k}`);
+  if ((plan.arch === 'topk' || plan.arch === 'clt-topk') && config.arch === 'topk' && config.k !== plan.k) differences.push(`its k is ${config.k}, not --k ${plan.k}`);
   if (differences.length > 0) throw new InvalidArgumentError(`${source}: ${differences.join('; ')}`);
 }
 
@@ -133,8 +149,8 @@ function checkResumable(out: string, layers: number[], plan: TrainPlan, skip: bo
   if (latest.state.layers.join(',') !== layers.join(',')) {
     throw new InvalidArgumentError(`--resume: the checkpoint ${latest.dir} trains layers ${latest.state.layers.join(',')}, not --layers ${layers.join(',')}`);
   }
-  for (const layer of layers) {
-    const file = join(latest.dir, `layer_${layer}`, CONFIG_FILE);
+  for (const folder of isCrossLayerRunArch(plan.arch) ? [CROSS_LAYER_FOLDER] : layers.map((l) => `layer_${l}`)) {
+    const file = join(latest.dir, folder, CONFIG_FILE);
     let config: TranscoderConfig;
     try {
       config = JSON.parse(readFileSync(file, 'utf8')) as TranscoderConfig;
@@ -160,21 +176,28 @@ export const trainCommand: Command = {
     'The run writes OUT/layer_L (native format), OUT/train.jsonl (metrics) and OUT/checkpoints/ (resume with --resume).\n' +
     'relu defaults to the paper recipe (normalised MSE, L1, ghost grads, scheduler stepped before the optimizer); topk and\n' +
     'jumprelu to the standard recipe (FVU, AuxK / L0). Options marked "relu:", "topk:" or "jumprelu:" are an error with\n' +
-    'another --arch. See docs/transcoders.md.',
+    'another --arch. See docs/transcoders.md.\n' +
+    '--arch clt-relu|clt-topk|clt-jumprelu trains one cross-layer transcoder over every layer (--layers 0-<L-1>; --d-sae\n' +
+    'features per layer) into OUT/clt: FVU summed over layers, --sparsity l1 (relu default) or tanh (jumprelu default),\n' +
+    'weighted by each feature\'s decoder norm, AuxK for clt-topk. See docs/cross-layer.md.',
   arguments: [{ name: 'model-dir', required: { unless: 'activations' } }],
   oneOf: [['data', 'activations'], ['tokens', 'steps']],
   options: {
     data: { type: 'string', value: 'PATH', description: 'text (.txt/.jsonl, files or folders, comma-separated) or a token file', multiple: true },
     activations: { type: 'string', value: 'DIR', description: 'train from an activation cache folder instead of the model' },
     layers: { type: 'string', value: 'L,..', description: 'layers to train, e.g. 0,1,2 or 0-11; with --activations, the cache\'s layer', required: { unless: 'activations' } },
-    arch: { type: 'string', value: 'ARCH', description: 'relu (default), topk or jumprelu' },
+    arch: { type: 'string', value: 'ARCH', description: 'relu (default), topk, jumprelu; clt-relu, clt-topk, clt-jumprelu (a cross-layer transcoder)' },
     skip: { type: 'boolean', description: 'add a skip connection (skip transcoder)' },
     'd-sae': { type: 'string', value: 'N', description: 'number of features', required: true },
-    k: { type: 'string', value: 'K', description: 'topk: active features per token (required with --arch topk)' },
+    k: { type: 'string', value: 'K', description: 'topk, clt-topk: active features per token (and layer), required there' },
+    sparsity: { type: 'string', value: 'P', description: 'clt: penalty none, l1 (clt-relu default), tanh (clt-jumprelu default) or l0 (clt-jumprelu)' },
+    'sparsity-coefficient': { type: 'string', value: 'C', description: 'clt: the penalty\'s coefficient (default 1e-3 l1, 1e-2 tanh, 1e-3 l0)' },
+    'tanh-scale': { type: 'string', value: 'C', description: 'clt: c in tanh(c f ||W_dec||) (default 1)' },
+    preact: { type: 'string', value: 'C', description: 'clt: pre-activation loss coefficient (default 0)' },
     l1: { type: 'string', value: 'C', description: 'relu: L1 coefficient (default 1.4e-4)' },
     l0: { type: 'string', value: 'C', description: 'jumprelu: L0 coefficient (default 1e-3)' },
-    bandwidth: { type: 'string', value: 'B', description: 'jumprelu: width of the threshold\'s straight-through kernel (default 1e-3)' },
-    'auxk-alpha': { type: 'string', value: 'A', description: 'topk: AuxK weight (default 1/32)' },
+    bandwidth: { type: 'string', value: 'B', description: 'jumprelu, clt-jumprelu: width of the threshold\'s straight-through kernel (default 1e-3)' },
+    'auxk-alpha': { type: 'string', value: 'A', description: 'topk, clt-topk: AuxK weight (default 1/32)' },
     recipe: { type: 'string', value: 'paper|standard', description: 'training recipe (default: paper for relu, standard otherwise; paper is relu only)' },
     lr: { type: 'string', value: 'R', description: 'learning rate (default 4e-4)' },
     'lr-schedule': { type: 'string', value: 'NAME', description: `${SCHEDULES.join(', ')} (default constantwithwarmup for the paper recipe, else constant)` },
@@ -195,7 +218,7 @@ export const trainCommand: Command = {
     'bias-init': { type: 'string', value: 'METHOD', description: 'mean (default), geometric_median or zeros (not with --init or --resume)' },
     'checkpoint-every': { type: 'string', value: 'TOKENS', description: 'checkpoint interval in tokens (default: 10 per run)' },
     resume: { type: 'boolean', description: 'continue from the latest checkpoint in OUT' },
-    processing: { type: 'string', value: 'P', description: 'model weight processing (default transformerlens)' },
+    processing: { type: 'string', value: 'P', description: 'model weight processing (default transformerlens; none for clt-*)' },
     seed: { type: 'string', value: 'S', description: 'seed for initialisation and shuffling (default 0)' },
     out: { type: 'string', short: 'o', value: 'DIR', description: 'output folder', required: true },
     device: DEVICE_OPTION,
@@ -220,7 +243,9 @@ export const trainCommand: Command = {
     }
     let model: Model | null = null;
     if (!activations) {
-      model = await loadModel(modelDir!, { processing: choiceOption(values.processing, 'processing', PROCESSINGS) ?? 'transformerlens', device });
+      // Cross-layer transcoders default to the raw model: circuit-tracer, which serves them, runs it raw.
+      const processing = choiceOption(values.processing, 'processing', PROCESSINGS) ?? (isCrossLayerRunArch(plan.arch) ? 'none' : 'transformerlens');
+      model = await loadModel(modelDir!, { processing, device });
     }
     const layers = cacheLayer !== null ? [cacheLayer] : parseLayers(values.layers as string | undefined, model?.config.nLayers);
     if (values.resume === true) checkResumable(out, layers, plan, skip);
@@ -236,6 +261,10 @@ export const trainCommand: Command = {
       ...(values.l1 !== undefined && { l1Coefficient: numberOption(values.l1, 'l1')! }),
       ...(values.l0 !== undefined && { l0Coefficient: numberOption(values.l0, 'l0')! }),
       ...(values['auxk-alpha'] !== undefined && { auxkAlpha: numberOption(values['auxk-alpha'], 'auxk-alpha')! }),
+      ...(values.sparsity !== undefined && { sparsity: choiceOption(values.sparsity, 'sparsity', CLT_SPARSITIES)! }),
+      ...(values['sparsity-coefficient'] !== undefined && { sparsityCoefficient: numberOption(values['sparsity-coefficient'], 'sparsity-coefficient')! }),
+      ...(values['tanh-scale'] !== undefined && { tanhScale: numberOption(values['tanh-scale'], 'tanh-scale')! }),
+      ...(values.preact !== undefined && { preactCoefficient: numberOption(values.preact, 'preact')! }),
       recipe: plan.recipe,
       ...(values.lr !== undefined && { lr: numberOption(values.lr, 'lr')! }),
       ...(values['lr-schedule'] !== undefined && { schedule: choiceOption(values['lr-schedule'], 'lr-schedule', SCHEDULES)! }),
@@ -293,6 +322,7 @@ export const trainCommand: Command = {
     }
     const why = result.stopped ? ' (stopped; resume with --resume)' : result.exhausted ? ' (the data ran out)' : '';
     console.log(`trained ${result.steps} steps, ${result.tokens} tokens${why}`);
-    for (const l of layers) console.log(`  ${join(out, `layer_${l}`)}`);
+    if (result.crossLayer) console.log(`  ${join(out, CROSS_LAYER_FOLDER)}`);
+    for (const l of result.crossLayer ? [] : layers) console.log(`  ${join(out, `layer_${l}`)}`);
   },
 };

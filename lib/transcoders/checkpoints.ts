@@ -1,6 +1,7 @@
 /**
- * Training checkpoints: a folder `step_<N>` per checkpoint holding, per layer, the transcoder in the
- * native format plus `trainer.safetensors` (Adam moments, dead-feature counters), `state.json`
+ * Training checkpoints: a folder `step_<N>` per checkpoint holding, per layer (`layer_<L>/`, or `clt/`
+ * for a cross-layer transcoder), the transcoder in the native format plus `trainer.safetensors`
+ * (Adam moments, dead-feature counters), `state.json`
  * (step, data position, options) and `manifest.json` (every file with its size).
  *
  * No checkpoint is ever lost, whenever the process dies (SIGKILL, power, disk full):
@@ -25,8 +26,13 @@ import { checkJsonDepth } from '../io/json.js';
 import { loadSafetensorsTensors, readSafetensorsHeader, writeSafetensors } from '../io/safetensors.js';
 import { Tensor } from '../tensor.js';
 import type { TranscoderConfig } from './config.js';
+import { crossLayerParameterShapes, type CrossLayerConfig } from './cross-layer.js';
+import { CROSS_LAYER_VERSION, CROSS_LAYER_WEIGHTS_FILE } from './formats/cross-layer.js';
 import { CONFIG_FILE, NATIVE_FORMAT, NATIVE_VERSION, WEIGHTS_FILE } from './formats/native.js';
 import { parameterNames } from './transcoder.js';
+
+/** The folder of a cross-layer transcoder inside a checkpoint (per-layer transcoders: `layer_<L>`). */
+export const CROSS_LAYER_FOLDER = 'clt';
 
 export const TRAINER_STATE_FILE = 'trainer.safetensors';
 export const STATE_FILE = 'state.json';
@@ -73,8 +79,9 @@ export interface CheckpointState {
 }
 
 export interface CheckpointLayer {
+  /** The layer of a per-layer transcoder (ignored for a cross-layer one, stored under `clt/`). */
   layer: number;
-  config: TranscoderConfig;
+  config: TranscoderConfig | CrossLayerConfig;
   /** Parameters and trainer state, as the native run snapshots them. */
   tensors: Record<string, Tensor>;
 }
@@ -273,15 +280,18 @@ export function writeCheckpoint(root: string, state: CheckpointState, layers: Ch
   };
   try {
     for (const { layer, config, tensors } of layers) {
-      const dir = join(tmp, `layer_${layer}`);
+      const crossLayer = 'kind' in config && config.kind === 'cross_layer_transcoder';
+      const dir = join(tmp, crossLayer ? CROSS_LAYER_FOLDER : `layer_${layer}`);
       mkdirSync(dir, { recursive: true });
-      const params = new Set<string>(parameterNames(config));
+      const params = new Set<string>(crossLayer ? Object.keys(crossLayerParameterShapes(config as CrossLayerConfig)) : parameterNames(config as TranscoderConfig));
       const pick = (keep: (name: string) => boolean) => Object.fromEntries(Object.entries(tensors).filter(([k]) => keep(k)));
-      writeSafetensors(join(dir, WEIGHTS_FILE), pick((k) => params.has(k)), { format: NATIVE_FORMAT });
-      written(join(dir, WEIGHTS_FILE));
+      const weights = crossLayer ? CROSS_LAYER_WEIGHTS_FILE : WEIGHTS_FILE;
+      writeSafetensors(join(dir, weights), pick((k) => params.has(k)), { format: NATIVE_FORMAT });
+      written(join(dir, weights));
       writeSafetensors(join(dir, TRAINER_STATE_FILE), pick((k) => !params.has(k)));
       written(join(dir, TRAINER_STATE_FILE));
-      writeFileAtomic(join(dir, CONFIG_FILE), [JSON.stringify({ format: NATIVE_FORMAT, version: NATIVE_VERSION, ...config }, null, 2) + '\n']);
+      const version = crossLayer ? CROSS_LAYER_VERSION : NATIVE_VERSION;
+      writeFileAtomic(join(dir, CONFIG_FILE), [JSON.stringify({ format: NATIVE_FORMAT, version, ...config }, null, 2) + '\n']);
       written(join(dir, CONFIG_FILE));
     }
     writeFileAtomic(join(tmp, STATE_FILE), [JSON.stringify(state, null, 2) + '\n']);
@@ -325,8 +335,8 @@ export function readCheckpoint(dir: string): Checkpoint {
   return { dir, state: check.state };
 }
 
-/** The trainer state tensors of one layer of a checkpoint. */
-export async function readTrainerState(checkpointDir: string, layer: number): Promise<Record<string, Tensor>> {
-  const header = readSafetensorsHeader(join(checkpointDir, `layer_${layer}`, TRAINER_STATE_FILE));
+/** The trainer state tensors of one layer of a checkpoint (`'clt'`: of its cross-layer transcoder). */
+export async function readTrainerState(checkpointDir: string, layer: number | typeof CROSS_LAYER_FOLDER): Promise<Record<string, Tensor>> {
+  const header = readSafetensorsHeader(join(checkpointDir, layer === CROSS_LAYER_FOLDER ? CROSS_LAYER_FOLDER : `layer_${layer}`, TRAINER_STATE_FILE));
   return loadSafetensorsTensors(header);
 }

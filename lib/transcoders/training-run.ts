@@ -1,6 +1,7 @@
 /**
- * A whole training run: transcoders for several layers fed by one model forward per batch of token
- * rows (or by an activation cache), through per-layer shuffle buffers, with the loop in C++
+ * A whole training run: transcoders for several layers (or one cross-layer transcoder over all of
+ * them, `arch: 'clt-*'`) fed by one model forward per batch of token rows (or by an activation
+ * cache), through per-layer shuffle buffers, with the loop in C++
  * (native/train/run.cc). JS starts it, receives progress (callback, JSONL log), writes checkpoints
  * and can stop it. Resuming continues from the latest checkpoint: weights, Adam state, step and
  * data position (activations that were buffered but not yet trained on are not replayed).
@@ -14,12 +15,15 @@ import { appendFileChecked, toIoError } from '../io/atomic.js';
 import { lockFolder } from '../io/lock.js';
 import { checkMemory, type MemoryPart } from '../util/memory.js';
 import { loadSafetensorsTensors, readSafetensorsHeader } from '../io/safetensors.js';
-import { native, type NativeRunProgress, type NativeRunSnapshot } from '../native.js';
+import { native, type NativeCrossLayerTrainer, type NativeRunProgress, type NativeRunSnapshot, type NativeStepTrainer } from '../native.js';
 import type { Model } from '../models/model.js';
 import { Tensor } from '../tensor.js';
 import { readCacheMeta, readCacheShards } from './activation-cache.js';
-import { cleanCheckpoints, findResumePoint, listCheckpoints, readTrainerState, writeCheckpoint, type CheckpointState } from './checkpoints.js';
+import { cleanCheckpoints, CROSS_LAYER_FOLDER, findResumePoint, listCheckpoints, readTrainerState, writeCheckpoint, type CheckpointState } from './checkpoints.js';
 import { mlpHooks, validateTranscoderConfig, type TranscoderArch, type TranscoderConfig } from './config.js';
+import { CrossLayerTranscoder, validateCrossLayerConfig, type CrossLayerConfig } from './cross-layer.js';
+import { CrossLayerTrainer, type CrossLayerTrainOptions } from './cross-layer-trainer.js';
+import { loadCrossLayerTranscoder, saveCrossLayerTranscoder } from './formats/cross-layer.js';
 import { loadNativeTranscoder, saveTranscoder } from './formats/native.js';
 import { StepTrainer, type StepMetrics, type TrainOptions } from './step-trainer.js';
 import { Transcoder, type BiasInit, type PlacementOptions } from './transcoder.js';
@@ -35,10 +39,20 @@ export interface TrainDataCache {
   activations: string;
 }
 
-export interface TrainRunOptions extends TrainOptions, PlacementOptions {
+/** A cross-layer transcoder of every layer of the model, with that activation (docs/cross-layer.md). */
+export type CrossLayerRunArch = 'clt-relu' | 'clt-topk' | 'clt-jumprelu';
+export const CROSS_LAYER_RUN_ARCHS: readonly CrossLayerRunArch[] = ['clt-relu', 'clt-topk', 'clt-jumprelu'];
+
+export function isCrossLayerRunArch(arch: string): arch is CrossLayerRunArch {
+  return (CROSS_LAYER_RUN_ARCHS as readonly string[]).includes(arch);
+}
+
+export interface TrainRunOptions extends TrainOptions, Omit<CrossLayerTrainOptions, keyof TrainOptions>, PlacementOptions {
   data: TrainDataTokens | TrainDataCache;
+  /** The layers to train; a cross-layer transcoder spans every layer of the model (0..L-1). */
   layers: number[];
-  arch: TranscoderArch;
+  arch: TranscoderArch | CrossLayerRunArch;
+  /** Features per transcoder (a cross-layer transcoder: per source layer). */
   dSae: number;
   k?: number;
   skip?: boolean;
@@ -87,7 +101,10 @@ export interface TrainProgress {
 }
 
 export interface TrainResult {
+  /** The trained per-layer transcoders (empty for a cross-layer run). */
   transcoders: Transcoder[];
+  /** The trained cross-layer transcoder (`arch: 'clt-*'`). */
+  crossLayer?: CrossLayerTranscoder;
   steps: number;
   tokens: number;
   stopped: boolean;
@@ -148,7 +165,9 @@ async function sampleActivations(opts: TrainRunOptions, hooks: { input: string; 
  */
 function trainingMemory(opts: TrainRunOptions, dIn: number, dOut: number, batchSize: number): MemoryPart[] {
   const layers = opts.layers.length;
-  const parameters = opts.dSae * (dIn + dOut + 2) + dIn + dOut + (opts.skip ? dIn * dOut : 0);
+  // A CLT's decoders grow as L^2: layer s writes into L - s layers (L (L + 1) / 2 decoders in all).
+  const decoders = isCrossLayerRunArch(opts.arch) ? (layers + 1) / 2 : 1;
+  const parameters = opts.dSae * (dIn + decoders * dOut + 2) + dIn + dOut + (opts.skip ? dIn * dOut : 0);
   const bufferRows = opts.bufferRows ?? Math.min(262144, 64 * batchSize);
   return [
     { what: 'parameters, gradients and Adam state', bytes: layers * 4 * 4 * parameters },
@@ -169,8 +188,14 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   if (!Number.isInteger(totalSteps) || totalSteps < 1) throw new InvalidArgumentError(`the run length must be a positive whole number of steps, got ${totalSteps}`);
   if (opts.layers.length === 0) throw new InvalidArgumentError('train at least one layer');
   const fromCache = 'activations' in opts.data;
+  if (fromCache && isCrossLayerRunArch(opts.arch)) throw new InvalidArgumentError(`--arch ${opts.arch} trains on every layer's activations of the same tokens: it needs a model and token data, not an activation cache`);
   if (fromCache && opts.layers.length !== 1) throw new InvalidArgumentError('an activation cache holds one layer: train one layer per run from it');
   const model = fromCache ? null : (opts.data as TrainDataTokens).model;
+  if (model && isCrossLayerRunArch(opts.arch)) {
+    const all = Array.from({ length: model.config.nLayers }, (_, l) => l);
+    if (opts.layers.join(',') !== all.join(',')) throw new InvalidArgumentError(`a cross-layer transcoder spans every layer of the model: train layers ${all.join(',')}, not ${opts.layers.join(',')}`);
+    if (opts.resampleEvery) throw new InvalidArgumentError('dead-feature resampling is for per-layer transcoders; cross-layer transcoders use AuxK (clt-topk) or the pre-activation loss');
+  }
   const width = model?.config.dModel;
   for (const layer of opts.layers) {
     if (!Number.isInteger(layer) || layer < 0 || (model && layer >= model.config.nLayers)) throw new InvalidArgumentError(`layer ${layer} is not a layer of the model`);
@@ -220,12 +245,12 @@ interface RunContext {
 }
 
 /** Transcoder options a resumed run cannot change (the weights are the checkpoint's). */
-function checkResumeConflicts(config: TranscoderConfig, opts: TrainRunOptions, dir: string): void {
+function checkResumeConflicts(config: TranscoderConfig | CrossLayerConfig, opts: TrainRunOptions, dir: string): void {
   const conflicts: string[] = [];
   const differs = (option: string, flag: string, have: unknown, given: unknown) => {
     if (have !== given) conflicts.push(`${option} (${flag}) is ${JSON.stringify(have ?? null)} in the checkpoint, ${JSON.stringify(given ?? null)} was given`);
   };
-  differs('arch', '--arch', config.arch, opts.arch);
+  differs('arch', '--arch', 'kind' in config ? `clt-${config.arch}` : config.arch, opts.arch);
   differs('dSae', '--d-sae', config.dSae, opts.dSae);
   differs('skip', '--skip', config.skip, opts.skip ?? false);
   if (opts.k !== undefined || config.arch === 'topk') differs('k', '--k', config.k, opts.k);
@@ -234,7 +259,7 @@ function checkResumeConflicts(config: TranscoderConfig, opts: TrainRunOptions, d
 }
 
 async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<TrainResult> {
-  const { out, batchSize, totalSteps, fromCache, model, hooks, hooksOf, cacheMeta, dIn, dOut, warnings, warn } = ctx;
+  const { out, batchSize, totalSteps, fromCache, model, cacheMeta, warnings, warn } = ctx;
   const checkpointsDir = join(out, 'checkpoints');
   // The newest complete checkpoint, past broken ones; then leftovers of killed writes are cleaned
   // (which also moves a complete copy left under a temporary name back into place).
@@ -247,43 +272,13 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
     throw new InvalidArgumentError(`--resume: the checkpoint trains layers ${latest.state.layers}, not ${opts.layers}`);
   }
 
-  // Transcoders: from the checkpoint, from --init, or fresh.
-  const transcoders: Transcoder[] = [];
-  for (const [i, layer] of opts.layers.entries()) {
-    const config: Partial<TranscoderConfig> = {
-      arch: opts.arch, dIn, dOut, dSae: opts.dSae, skip: opts.skip ?? false, k: opts.k, bandwidth: opts.bandwidth, layer, ...hooksOf(layer),
-      modelName: model ? model.dir : null, processing: model ? model.processing : null,
-    };
-    validateTranscoderConfig(config, `layer ${layer}`);
-    let tc: Transcoder;
-    if (latest) {
-      tc = await loadNativeTranscoder(join(latest.dir, `layer_${layer}`), opts);
-      checkResumeConflicts(tc.config, opts, latest.dir);
-    }
-    else if (opts.init?.[layer]) tc = await Transcoder.fromParameters({ ...opts.init[layer]!.config, layer, ...hooksOf(layer) }, opts.init[layer]!.parameters(), opts);
-    else tc = await Transcoder.create(config, { ...opts, seed: (opts.seed ?? 0) + i });
-    transcoders.push(tc);
-  }
-  if (!latest && !opts.init && (opts.biasInit ?? 'mean') !== 'zeros') {
-    const samples = await sampleActivations(opts, hooks);
-    await Promise.all(transcoders.map((tc, i) => tc.initializeBiases(samples[i]!.x, samples[i]!.y, opts.biasInit ?? 'mean')));
-  }
-  const trainers = transcoders.map((tc) => new StepTrainer(tc, opts));
-  if (latest) {
-    for (const [i, layer] of opts.layers.entries()) {
-      trainers[i]!.setState({ step: latest.state.step, tensors: await readTrainerState(latest.dir, layer) });
-    }
-  }
-  const recordTraining = (tc: Transcoder, trainer: StepTrainer): TranscoderConfig => ({
-    ...tc.config,
-    training: { ...trainer.options, batchSize, totalSteps, seed: opts.seed ?? 0, shuffle: !opts.noShuffle, data: fromCache ? (opts.data as TrainDataCache).activations : (opts.data as TrainDataTokens).tokenFile },
-  });
+  const slots = isCrossLayerRunArch(opts.arch) ? [await crossLayerSlot(opts, ctx, latest)] : await perLayerSlots(opts, ctx, latest);
   // Training options changed on this resume (lr, seed, ...): allowed, recorded from this step on.
   const changes: NonNullable<CheckpointState['changes']> = [...(latest?.state.changes ?? [])];
   const newChanges: typeof changes = [];
   if (latest) {
-    const before = transcoders[0]!.config.training ?? {};
-    const now = recordTraining(transcoders[0]!, trainers[0]!).training!;
+    const before = slots[0]!.loadedTraining ?? {};
+    const now = slots[0]!.recorded().training!;
     for (const option of Object.keys(now)) {
       if (option === 'data' || JSON.stringify(before[option]) === JSON.stringify(now[option])) continue;
       newChanges.push({ step: latest.state.step, option, from: before[option] ?? null, to: now[option] });
@@ -308,7 +303,7 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
   const checkpointEverySteps = Math.max(1, Math.floor((opts.checkpointEveryTokens ?? Math.ceil((totalSteps * batchSize) / 10)) / batchSize));
   // Each slot's transcoder knows its placement: the model source reads the hooks it names.
   const run = new (native().TrainingRun)({
-    slots: trainers.map((t) => t.handle),
+    slots: slots.map((t) => t.handle),
     source,
     options: {
       batchSize,
@@ -344,16 +339,16 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
   });
   const onCheckpoint = guarded((s: NativeRunSnapshot) => {
     const state: CheckpointState = { step: s.step, position: s.position, tokens: s.step * batchSize, layers: opts.layers, ...(changes.length && { changes }) };
-    writeCheckpoint(checkpointsDir, state, s.slots.map((slot, i) => ({
-      layer: opts.layers[i]!,
-      config: recordTraining(transcoders[i]!, trainers[i]!),
-      tensors: Object.fromEntries(Object.entries(slot).map(([k, v]) => [k, new Tensor(v)])),
+    writeCheckpoint(checkpointsDir, state, s.slots.map((tensors, i) => ({
+      layer: slots[i]!.layer,
+      config: slots[i]!.recorded(),
+      tensors: Object.fromEntries(Object.entries(tensors).map(([k, v]) => [k, new Tensor(v)])),
     })));
   });
   let result;
   try {
     // The whole run is one job of the transcoders' device queue; its callbacks lend the turn.
-    result = await runOnDevice(transcoders[0]!.device, (job) => run.run(job.callback(onProgress), job.callback(onCheckpoint)), { callbacks: true });
+    result = await runOnDevice(slots[0]!.device, (job) => run.run(job.callback(onProgress), job.callback(onCheckpoint)), { callbacks: true });
   } catch (err) {
     throw callbackError ?? err;
   } finally {
@@ -361,21 +356,144 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
   }
   // The final state is a checkpoint too (so that a stopped run can be resumed) and the result.
   const finalState: CheckpointState = { step: result.steps, position: result.position, tokens: result.steps * batchSize, layers: opts.layers, ...(changes.length && { changes }) };
-  writeCheckpoint(checkpointsDir, finalState, trainers.map((t, i) => {
-    const s = t.state();
-    return { layer: opts.layers[i]!, config: recordTraining(transcoders[i]!, t), tensors: { ...transcoders[i]!.parameters(), ...s.tensors } };
-  }));
-  const finals = await Promise.all(transcoders.map(async (tc, i) => {
-    const final = await Transcoder.fromParameters(recordTraining(tc, trainers[i]!), tc.parameters(), opts);
-    const dir = join(out, `layer_${opts.layers[i]}`);
-    try {
-      saveTranscoder(final, dir);
-    } catch (err) {
-      throw toIoError(err, dir, 'cannot write the transcoder');
-    }
-    return final;
-  }));
+  writeCheckpoint(checkpointsDir, finalState, slots.map((slot) => ({ layer: slot.layer, config: slot.recorded(), tensors: slot.snapshot() })));
+  const finals = await Promise.all(slots.map((slot) => slot.saveFinal(out)));
   const resumed = latest ? { from: latest.dir, step: latest.state.step, skipped: point.skipped, changes: newChanges } : undefined;
-  return { transcoders: finals, steps: result.steps, tokens: result.steps * batchSize, stopped: result.stopped, exhausted: result.exhausted, out, ...(resumed && { resumed }), warnings };
+  const transcoders = finals.filter((t): t is Transcoder => t instanceof Transcoder);
+  const crossLayer = finals.find((t): t is CrossLayerTranscoder => t instanceof CrossLayerTranscoder);
+  return { transcoders, ...(crossLayer && { crossLayer }), steps: result.steps, tokens: result.steps * batchSize, stopped: result.stopped, exhausted: result.exhausted, out, ...(resumed && { resumed }), warnings };
+}
+
+/** One slot of the native run: a transcoder and its trainer, as the run, its checkpoints and its result see it. */
+interface TrainSlot {
+  /** The layer of a per-layer transcoder (-1 for a cross-layer one). */
+  layer: number;
+  handle: NativeStepTrainer | NativeCrossLayerTrainer;
+  device: string;
+  /** The training record of the checkpoint resumed from. */
+  loadedTraining?: Record<string, unknown>;
+  /** The configuration with this run's training record. */
+  recorded(): TranscoderConfig | CrossLayerConfig;
+  /** Parameters and trainer state now (the final checkpoint). */
+  snapshot(): Record<string, Tensor>;
+  /** Writes the trained transcoder into the output folder and returns it. */
+  saveFinal(out: string): Promise<Transcoder | CrossLayerTranscoder>;
+}
+
+/** What a run records about its training in each transcoder's config. */
+function trainingRecord(opts: TrainRunOptions, ctx: RunContext, options: Record<string, unknown>): Record<string, unknown> {
+  return {
+    ...options,
+    batchSize: ctx.batchSize,
+    totalSteps: ctx.totalSteps,
+    seed: opts.seed ?? 0,
+    shuffle: !opts.noShuffle,
+    data: ctx.fromCache ? (opts.data as TrainDataCache).activations : (opts.data as TrainDataTokens).tokenFile,
+  };
+}
+
+/** Per-layer transcoders: from the checkpoint, from `init`, or fresh (biases from the first activations). */
+async function perLayerSlots(opts: TrainRunOptions, ctx: RunContext, latest: { dir: string; state: CheckpointState } | undefined): Promise<TrainSlot[]> {
+  const { model, hooks, hooksOf, dIn, dOut } = ctx;
+  const transcoders: Transcoder[] = [];
+  for (const [i, layer] of opts.layers.entries()) {
+    const config: Partial<TranscoderConfig> = {
+      arch: opts.arch as TranscoderArch, dIn, dOut, dSae: opts.dSae, skip: opts.skip ?? false, k: opts.k, bandwidth: opts.bandwidth, layer, ...hooksOf(layer),
+      modelName: model ? model.dir : null, processing: model ? model.processing : null,
+    };
+    validateTranscoderConfig(config, `layer ${layer}`);
+    let tc: Transcoder;
+    if (latest) {
+      tc = await loadNativeTranscoder(join(latest.dir, `layer_${layer}`), opts);
+      checkResumeConflicts(tc.config, opts, latest.dir);
+    }
+    else if (opts.init?.[layer]) tc = await Transcoder.fromParameters({ ...opts.init[layer]!.config, layer, ...hooksOf(layer) }, opts.init[layer]!.parameters(), opts);
+    else tc = await Transcoder.create(config, { ...opts, seed: (opts.seed ?? 0) + i });
+    transcoders.push(tc);
+  }
+  if (!latest && !opts.init && (opts.biasInit ?? 'mean') !== 'zeros') {
+    const samples = await sampleActivations(opts, hooks);
+    await Promise.all(transcoders.map((tc, i) => tc.initializeBiases(samples[i]!.x, samples[i]!.y, opts.biasInit ?? 'mean')));
+  }
+  const slots: TrainSlot[] = [];
+  for (const [i, layer] of opts.layers.entries()) {
+    const tc = transcoders[i]!;
+    const trainer = new StepTrainer(tc, opts);
+    if (latest) trainer.setState({ step: latest.state.step, tensors: await readTrainerState(latest.dir, layer) });
+    const recorded = (): TranscoderConfig => ({ ...tc.config, training: trainingRecord(opts, ctx, trainer.options) });
+    slots.push({
+      layer,
+      handle: trainer.handle,
+      device: tc.device,
+      loadedTraining: tc.config.training,
+      recorded,
+      snapshot: () => ({ ...tc.parameters(), ...trainer.state().tensors }),
+      saveFinal: async (out) => {
+        const final = await Transcoder.fromParameters(recorded(), tc.parameters(), opts);
+        const dir = join(out, `layer_${layer}`);
+        try {
+          saveTranscoder(final, dir);
+        } catch (err) {
+          throw toIoError(err, dir, 'cannot write the transcoder');
+        }
+        return final;
+      },
+    });
+  }
+  return slots;
+}
+
+/**
+ * A cross-layer transcoder over every layer: from the checkpoint, from `init[0]` (a
+ * CrossLayerTranscoder given as `crossLayerInit`), or fresh with each layer's output bias at the
+ * mean of its first targets.
+ */
+async function crossLayerSlot(opts: TrainRunOptions, ctx: RunContext, latest: { dir: string; state: CheckpointState } | undefined): Promise<TrainSlot> {
+  const { model, hooks, hooksOf, dIn, dOut } = ctx;
+  const L = opts.layers.length;
+  const config = validateCrossLayerConfig({
+    arch: (opts.arch as CrossLayerRunArch).slice('clt-'.length) as TranscoderArch, nLayers: L, dIn, dOut, dSae: opts.dSae, skip: opts.skip ?? false, k: opts.k, bandwidth: opts.bandwidth,
+    hookIn: opts.layers.map((l) => hooksOf(l).hookIn), hookOut: opts.layers.map((l) => hooksOf(l).hookOut),
+    modelName: model ? model.dir : null, processing: model ? model.processing : null,
+  }, 'cross-layer transcoder');
+  let clt: CrossLayerTranscoder;
+  if (latest) {
+    clt = await loadCrossLayerTranscoder(join(latest.dir, CROSS_LAYER_FOLDER), opts);
+    checkResumeConflicts(clt.config, opts, latest.dir);
+  } else {
+    clt = await CrossLayerTranscoder.create(config, { ...opts, seed: opts.seed ?? 0 });
+    if ((opts.biasInit ?? 'mean') !== 'zeros') {
+      // b_dec[t] = the mean of layer t's targets (the encoders have no input bias to initialise).
+      const samples = await sampleActivations(opts, hooks);
+      const bDec = new Float32Array(L * dOut);
+      samples.forEach(({ y }, t) => {
+        const data = y.toFloat32Array();
+        const rows = data.length / dOut;
+        for (let r = 0; r < rows; r++) for (let i = 0; i < dOut; i++) bDec[t * dOut + i]! += data[r * dOut + i]! / rows;
+      });
+      clt = await CrossLayerTranscoder.fromParameters(config, { ...clt.parameters(), b_dec: Tensor.from(bDec, [L, dOut]) }, opts);
+    }
+  }
+  const trainer = new CrossLayerTrainer(clt, opts);
+  if (latest) trainer.setState({ step: latest.state.step, tensors: await readTrainerState(latest.dir, CROSS_LAYER_FOLDER) });
+  const recorded = (): CrossLayerConfig => ({ ...clt.config, training: trainingRecord(opts, ctx, trainer.options) });
+  return {
+    layer: -1,
+    handle: trainer.handle,
+    device: clt.device,
+    loadedTraining: clt.config.training,
+    recorded,
+    snapshot: () => ({ ...clt.parameters(), ...trainer.state().tensors }),
+    saveFinal: async (out) => {
+      const final = await CrossLayerTranscoder.fromParameters(recorded(), clt.parameters(), opts);
+      const dir = join(out, CROSS_LAYER_FOLDER);
+      try {
+        saveCrossLayerTranscoder(final, dir);
+      } catch (err) {
+        throw toIoError(err, dir, 'cannot write the cross-layer transcoder');
+      }
+      return final;
+    },
+  };
 }
 

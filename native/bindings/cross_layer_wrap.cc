@@ -316,12 +316,25 @@ Napi::Value stackLayersJs(const Napi::CallbackInfo& info) {
 // ---- NativeCrossLayerTrainer ----------------------------------------------------------------------
 
 Napi::Function JsCrossLayerTrainer::define(Napi::Env env) {
-  return DefineClass(env, "NativeCrossLayerTrainer",
-                     {
-                         InstanceMethod<&JsCrossLayerTrainer::run>("run"),
-                         InstanceMethod<&JsCrossLayerTrainer::state>("state"),
-                         InstanceMethod<&JsCrossLayerTrainer::setState>("setState"),
-                     });
+  Napi::Function cls = DefineClass(env, "NativeCrossLayerTrainer",
+                                   {
+                                       InstanceMethod<&JsCrossLayerTrainer::run>("run"),
+                                       InstanceMethod<&JsCrossLayerTrainer::state>("state"),
+                                       InstanceMethod<&JsCrossLayerTrainer::setState>("setState"),
+                                   });
+  AddonState::of(env).crossLayerTrainerClass = Napi::Persistent(cls);
+  return cls;
+}
+
+bool JsCrossLayerTrainer::isTrainer(const Napi::Value& value) {
+  return value.IsObject() && value.As<Napi::Object>().InstanceOf(AddonState::of(value.Env()).crossLayerTrainerClass.Value());
+}
+
+std::pair<std::shared_ptr<CrossLayerTrainer>, std::shared_ptr<CrossLayerTranscoder>> JsCrossLayerTrainer::trainerOf(const Napi::Value& value,
+                                                                                                                     const char* what) {
+  if (!isTrainer(value)) throw InvalidArgument(std::string(what) + " must be a CrossLayerTrainer");
+  JsCrossLayerTrainer* self = JsCrossLayerTrainer::Unwrap(value.As<Napi::Object>());
+  return {self->trainer_, self->clt_};
 }
 
 // new NativeCrossLayerTrainer(transcoder, options)

@@ -38,6 +38,9 @@ class JsCrossLayerTrainer : public Napi::ObjectWrap<JsCrossLayerTrainer> {
  public:
   static Napi::Function define(Napi::Env env);
   explicit JsCrossLayerTrainer(const Napi::CallbackInfo& info);
+  static bool isTrainer(const Napi::Value& value);
+  // The trainer behind a JS handle and its transcoder; throws InvalidArgument for anything else.
+  static std::pair<std::shared_ptr<CrossLayerTrainer>, std::shared_ptr<CrossLayerTranscoder>> trainerOf(const Napi::Value& value, const char* what);
 
  private:
   Napi::Value run(const Napi::CallbackInfo& info);

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include "bindings/cross_layer_wrap.h"
 #include "bindings/js_errors.h"
 #include "bindings/js_args.h"
 #include "bindings/js_call.h"
@@ -25,6 +26,10 @@ std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, const std::v
     std::shared_ptr<const Transformer> model = JsModel::modelOf(s.Get("model"), "the training model");
     std::vector<HookPair> hooks;
     for (const RunSlot& slot : slots) {
+      if (slot.crossLayer) {
+        for (const Placement& p : resolveCrossLayerPlacements(*model, slot.crossLayer->spec())) hooks.push_back({p.hookIn, p.hookOut});
+        continue;
+      }
       const Placement p = resolvePlacement(*model, slot.transcoder->spec());
       hooks.push_back({p.hookIn, p.hookOut});
     }
@@ -34,7 +39,7 @@ std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, const std::v
         intOr(s, "sequencesPerForward", 8), startRow);
   }
   if (kind == "cache") {
-    if (slots.size() != 1) throw InvalidArgument("an activation cache trains one transcoder (it holds one layer)");
+    if (slots.size() != 1 || slots.front().crossLayer) throw InvalidArgument("an activation cache trains one transcoder (it holds one layer)");
     std::vector<CacheShard> shards;
     auto list = s.Get("shards").As<Napi::Array>();
     for (uint32_t i = 0; i < list.Length(); ++i) {
@@ -61,8 +66,13 @@ JsTrainingRun::JsTrainingRun(const Napi::CallbackInfo& info) : Napi::ObjectWrap<
     if (!spec.Get("slots").IsArray()) throw InvalidArgument("a training run needs its slots (an array of step trainers)");
     auto list = spec.Get("slots").As<Napi::Array>();
     for (uint32_t i = 0; i < list.Length(); ++i) {
+      if (JsCrossLayerTrainer::isTrainer(list.Get(i))) {
+        auto [trainer, clt] = JsCrossLayerTrainer::trainerOf(list.Get(i), "a training slot");
+        slots.push_back({nullptr, nullptr, clt, trainer});
+        continue;
+      }
       auto [trainer, transcoder] = JsTrainer::trainerOf(list.Get(i), "a training slot");
-      slots.push_back({transcoder, trainer});
+      slots.push_back({transcoder, trainer, nullptr, nullptr});
     }
     Napi::Object o = objectOr(spec.Get("options"));
     RunOptions options;

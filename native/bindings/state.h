@@ -24,6 +24,7 @@ struct AddonState {
   Napi::FunctionReference transcoderClass;
   Napi::FunctionReference trainerClass;
   Napi::FunctionReference crossLayerClass;
+  Napi::FunctionReference crossLayerTrainerClass;
   Napi::FunctionReference replacementModelClass;
 
   static AddonState& of(Napi::Env env) { return *env.GetInstanceData<AddonState>(); }

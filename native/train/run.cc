@@ -19,12 +19,15 @@ TrainingRun::TrainingRun(std::vector<RunSlot> slots, std::unique_ptr<ActivationS
     throw InvalidArgument("the shuffle buffer (" + std::to_string(options_.bufferRows) +
                           " rows) must hold at least two batches (" + std::to_string(2 * options_.batchSize) + " rows)");
   for (size_t i = 0; i < slots_.size(); ++i) {
+    const RunSlot& slot = slots_[i];
+    if (!(slot.trainer && slot.transcoder) && !(slot.crossTrainer && slot.crossLayer))
+      throw InvalidArgument("training slot " + std::to_string(i) + " has neither a transcoder with its trainer nor a cross-layer one");
     buffers_.emplace_back(options_.bufferRows, options_.shuffle, options_.seed + 7919 * i);
-    if (slots_[i].trainer->options().resampleEvery > 0 && !source_->model())
+    if (slot.trainer && slot.trainer->options().resampleEvery > 0 && !source_->model())
       throw InvalidArgument("dead-feature resampling runs the model: it needs a model and token data, not an activation cache");
   }
   startPosition_ = source_->position();
-  startStep_ = slots_.front().trainer->steps();
+  startStep_ = slots_.front().steps();
 }
 
 int64_t TrainingRun::position(int64_t steps) const {
@@ -32,13 +35,13 @@ int64_t TrainingRun::position(int64_t steps) const {
 }
 
 std::vector<std::pair<std::string, at::Tensor>> TrainingRun::snapshotSlot(const RunSlot& slot) {
-  std::shared_lock lock(slot.transcoder->mutex());
+  std::shared_lock lock(slot.crossLayer ? slot.crossLayer->mutex() : slot.transcoder->mutex());
   at::NoGradGuard noGrad;
   std::vector<std::pair<std::string, at::Tensor>> out;
-  auto params = slot.transcoder->params().named();
+  auto params = slot.crossLayer ? slot.crossLayer->params().named() : slot.transcoder->params().named();
   for (const auto& [name, t] : params) out.emplace_back(name, t->detach().clone());
-  out.emplace_back("steps_since_fired", slot.trainer->stepsSinceFired().clone());
-  auto& adam = slot.trainer->optimizer().state();
+  out.emplace_back("steps_since_fired", (slot.crossTrainer ? slot.crossTrainer->stepsSinceFired() : slot.trainer->stepsSinceFired()).clone());
+  auto& adam = slot.crossTrainer ? slot.crossTrainer->optimizer().state() : slot.trainer->optimizer().state();
   for (size_t i = 0; i < params.size(); ++i) {
     out.emplace_back("adam." + params[i].first + ".exp_avg", adam[i].expAvg.clone());
     out.emplace_back("adam." + params[i].first + ".exp_avg_sq", adam[i].expAvgSq.clone());
@@ -47,6 +50,7 @@ std::vector<std::pair<std::string, at::Tensor>> TrainingRun::snapshotSlot(const 
 }
 
 int64_t TrainingRun::maybeResample(size_t slot) {
+  if (!slots_[slot].trainer) return 0;  // cross-layer transcoders are not resampled
   StepTrainer& trainer = *slots_[slot].trainer;
   const TrainOptions& o = trainer.options();
   if (o.resampleEvery <= 0 || trainer.steps() % o.resampleEvery != 0) return 0;
@@ -70,8 +74,25 @@ bool TrainingRun::fill(bool& exhausted) {
       exhausted = true;
       continue;
     }
-    if (batch.size() != buffers_.size()) throw InvalidArgument("the activation source serves a different number of layers than are trained");
-    for (size_t i = 0; i < batch.size(); ++i) buffers_[i].push(batch[i].first.detach(), batch[i].second.detach());
+    size_t pairs = 0;
+    for (const RunSlot& slot : slots_) pairs += static_cast<size_t>(slot.pairs());
+    if (batch.size() != pairs) throw InvalidArgument("the activation source serves a different number of layers than are trained");
+    size_t next = 0;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      const int64_t n = slots_[i].pairs();
+      if (n == 1) {
+        buffers_[i].push(batch[next].first.detach(), batch[next].second.detach());
+      } else {
+        // A CLT's rows hold every layer's pair side by side ([rows, L d]), so they shuffle together.
+        std::vector<at::Tensor> xs, ys;
+        for (int64_t l = 0; l < n; ++l) {
+          xs.push_back(batch[next + l].first.detach());
+          ys.push_back(batch[next + l].second.detach());
+        }
+        buffers_[i].push(at::cat(xs, 1), at::cat(ys, 1));
+      }
+      next += static_cast<size_t>(n);
+    }
   }
   return true;
 }
@@ -80,13 +101,29 @@ RunResult TrainingRun::run(const std::function<void(const RunProgress&)>& onProg
                            const std::function<void(const RunSnapshot&)>& onCheckpoint) {
   RunResult result;
   bool exhausted = false;
-  int64_t step = slots_.front().trainer->steps();
+  int64_t step = slots_.front().steps();
   RunProgress progress;
   while (step < options_.totalSteps && !stop_) {
     if (!fill(exhausted)) break;
     progress.metrics.clear();
     for (size_t i = 0; i < slots_.size(); ++i) {
       auto [x, y] = buffers_[i].take(options_.batchSize);
+      if (const RunSlot& slot = slots_[i]; slot.crossLayer) {
+        const CrossLayerSpec& spec = slot.crossLayer->spec();
+        CrossLayerStepMetrics m;
+        {
+          std::unique_lock lock(slot.crossLayer->mutex());
+          m = slot.crossTrainer->step(x.reshape({x.size(0), spec.nLayers, spec.dIn}), y.reshape({y.size(0), spec.nLayers, spec.dOut}));
+        }
+        // One entry per layer: the shared loss terms with that layer's FVU (target) and L0 (source).
+        for (int64_t l = 0; l < spec.nLayers; ++l) {
+          StepMetrics layer = m.summary;
+          layer.fvu = m.layerFvu[l];
+          layer.l0 = m.layerL0[l];
+          progress.metrics.push_back(layer);
+        }
+        continue;
+      }
       {
         std::unique_lock lock(slots_[i].transcoder->mutex());
         progress.metrics.push_back(slots_[i].trainer->step(x, y));

@@ -10,17 +10,26 @@
 #include <string>
 #include <vector>
 
+#include "train/cross_layer_trainer.h"
 #include "train/shuffle_buffer.h"
 #include "train/sources.h"
 #include "train/step_trainer.h"
 
 namespace tc {
 
-// One transcoder being trained. Its spec names its placement (layer, input and target hooks): the
-// model source reads those hooks, and dead-feature resampling splices the transcoder in there.
+// One transcoder being trained: a per-layer transcoder with its StepTrainer, or a cross-layer
+// transcoder with its CrossLayerTrainer (which takes every layer's pair of the same rows). Its spec
+// names its placement (layers, input and target hooks): the model source reads those hooks, and
+// dead-feature resampling splices a per-layer transcoder in there.
 struct RunSlot {
   std::shared_ptr<Transcoder> transcoder;
   std::shared_ptr<StepTrainer> trainer;
+  std::shared_ptr<CrossLayerTranscoder> crossLayer;
+  std::shared_ptr<CrossLayerTrainer> crossTrainer;
+
+  // The number of (input, target) pairs of the source it consumes: 1, or a CLT's layers.
+  int64_t pairs() const { return crossLayer ? crossLayer->spec().nLayers : 1; }
+  int64_t steps() const { return crossTrainer ? crossTrainer->steps() : trainer->steps(); }
 };
 
 struct RunOptions {
@@ -36,7 +45,7 @@ struct RunOptions {
 struct RunProgress {
   int64_t step = 0;
   int64_t position = 0;  // data position to resume from (see TrainingRun::position)
-  std::vector<StepMetrics> metrics;  // the latest step's metrics, one per slot
+  std::vector<StepMetrics> metrics;  // the latest step's metrics, one per layer (a CLT's: one per layer it spans)
 };
 
 // Copies of everything a checkpoint holds, taken between steps.

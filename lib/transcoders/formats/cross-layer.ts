@@ -163,6 +163,17 @@ async function loadCircuitTracerCrossLayer(dir: string, options: PlacementOption
   }
 }
 
+/**
+ * The cross-layer transcoder folder `path` names: itself (native or circuit-tracer layout), or the
+ * `clt/` of a `transcoders train --arch clt-*` output folder; null when it holds none.
+ */
+export function crossLayerFolder(path: string): string | null {
+  for (const dir of [path, join(path, 'clt')]) {
+    if (isNativeCrossLayer(dir) || isCircuitTracerCrossLayer(dir)) return dir;
+  }
+  return null;
+}
+
 /** Reads a cross-layer transcoder folder: the native format or circuit-tracer's layout. */
 export async function loadCrossLayerTranscoder(path: string, options: PlacementOptions = {}): Promise<CrossLayerTranscoder> {
   if (isNativeCrossLayer(path)) return loadNativeCrossLayer(path, options);
@@ -188,6 +199,7 @@ function relativeHooks(hooks: readonly string[], who: string): string {
 export function exportCircuitTracerCrossLayer(clt: CrossLayerTranscoder, dir: string, options: { modelName?: string } = {}): void {
   const who = 'exportCircuitTracerCrossLayer';
   const c = clt.config;
+  if (c.processing === 'transformerlens') throw new InvalidArgumentError(`${who}: this CLT was trained on a TransformerLens-processed model, and circuit-tracer runs the model with raw weights (its residual stream is not centred, its LayerNorm weights not folded); train it on the raw model (transcoders train --processing none)`);
   if (c.skip) throw new InvalidArgumentError(`${who}: circuit-tracer's CLT files carry no skip connection (its loader reads none); this CLT's W_skip would be lost. Save it natively (saveCrossLayerTranscoder)`);
   if (c.arch === 'topk') throw new InvalidArgumentError(`${who}: circuit-tracer's CLTs are relu or jump_relu; a TopK CLT would load there as relu, with every feature active. Save it natively (saveCrossLayerTranscoder)`);
   const hookIn = relativeHooks(c.hookIn, who);
