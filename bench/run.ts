@@ -9,7 +9,10 @@
  * by the concurrency benchmark; default 20), --llama-load false (skip the llama benchmark's load
  * measurement), --graph-part a|b (only one part of the attribution-graph benchmark).
  *
- * `--only llama` and `--only graph` are not part of a plain `npm run bench` (they need ~2.5 GB of disk
+ * Cross-layer training (--only train-clt, bench/train_clt.ts): a GPT-2-small-shaped 12-layer TopK CLT against
+ * the same algorithm in PyTorch; --train-d-sae (features per layer, default 3072), --train-batch (default 1024),
+ * --train-steps, --rounds.
+ * `--only llama`, `--only graph` and `--only train-clt` are not part of a plain `npm run bench` (they need ~2.5 GB of disk
  * and ~12 GB of memory, and several minutes each): name them.
  * Training benchmark (--only train, bench/train.ts): --train-archs relu,relu-trained,topk, --train-d-sae N (default
  * 24576), --train-batch N (default 4096), --train-steps N (timed steps per side and round; default 3;
@@ -27,6 +30,7 @@ import { benchGraph, printGraph } from './graph.js';
 import { benchLlama } from './llama.js';
 import { benchSearch } from './search.js';
 import { benchTrain, type TrainArch } from './train.js';
+import { benchTrainCrossLayer, printTrainCrossLayer } from './train_clt.js';
 
 const { values } = parseArgs({
   options: {
@@ -53,7 +57,7 @@ const { values } = parseArgs({
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search|train|llama|graph] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N] [--llama-load false] [--graph-part a|b] [--train-archs relu,relu-trained,topk] [--train-d-sae N] [--train-batch N] [--train-steps N] [--train-check-steps N] [--e2e-steps N] [--e2e-d-sae N] [--e2e-batch N]');
+  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search|train|llama|graph|train-clt] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N] [--llama-load false] [--graph-part a|b] [--train-archs relu,relu-trained,topk] [--train-d-sae N] [--train-batch N] [--train-steps N] [--train-check-steps N] [--e2e-steps N] [--e2e-d-sae N] [--e2e-batch N]');
   process.exit(0);
 }
 const root = new URL('..', import.meta.url).pathname;
@@ -62,7 +66,7 @@ mkdirSync(cacheDir, { recursive: true });
 
 const BENCHES = ['forward', 'concurrency', 'connections', 'search', 'train'];
 /** Run only when named with --only. */
-const HEAVY = ['llama', 'graph'];
+const HEAVY = ['llama', 'graph', 'train-clt'];
 if (values.only !== undefined && !BENCHES.includes(values.only) && !HEAVY.includes(values.only)) {
   console.error(`--only must be one of ${[...BENCHES, ...HEAVY].join(', ')}, got '${values.only}'`);
   process.exit(2);
@@ -196,6 +200,17 @@ const graph = wants('graph')
   : undefined;
 if (graph) printGraph(graph);
 
+const trainClt = wants('train-clt')
+  ? await benchTrainCrossLayer({
+      ...(values['train-d-sae'] ? { dSae: Number(values['train-d-sae']) } : {}),
+      ...(values['train-batch'] ? { batch: Number(values['train-batch']) } : {}),
+      ...(values['train-steps'] ? { steps: Number(values['train-steps']) } : {}),
+      ...(values.threads ? { threads: Number(values.threads) } : {}),
+      ...(values.rounds ? { rounds: Number(values.rounds) } : {}),
+    })
+  : undefined;
+if (trainClt) printTrainCrossLayer(trainClt);
+
 if (train) {
   const t = train;
   const pct = (x: number) => `${(100 * x).toFixed(0).padStart(3)}% of peak`;
@@ -226,4 +241,4 @@ mkdirSync(resultsDir, { recursive: true });
 // With --only, the other benchmark's last result is kept.
 const latest = join(resultsDir, 'latest.json');
 const previous = values.only !== undefined && existsSync(latest) ? (JSON.parse(readFileSync(latest, 'utf8')) as Record<string, unknown>) : {};
-writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}), ...(train ? { train } : {}), ...(llama ? { llama } : {}), ...(graph ? { graph: { ...previous.graph as object, ...graph } } : {}) }, null, 2));
+writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}), ...(train ? { train } : {}), ...(llama ? { llama } : {}), ...(graph ? { graph: { ...previous.graph as object, ...graph } } : {}), ...(trainClt ? { trainCrossLayer: trainClt } : {}) }, null, 2));

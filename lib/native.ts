@@ -225,6 +225,7 @@ export interface NativeReplacementModel {
 
 export interface NativeReplacementModelClass {
   create(model: NativeModel, transcoders: NativeTranscoder[]): NativeReplacementModel;
+  createCrossLayer(model: NativeModel, crossLayer: NativeCrossLayerTranscoder): NativeReplacementModel;
 }
 
 /** Where a direction is read on the residual stream of a layer. */

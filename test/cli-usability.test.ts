@@ -57,11 +57,15 @@ describe('train options that do not apply to the architecture', () => {
 
   it('every architecture-specific option is refused with the other architectures', () => {
     const values = { 'd-sae': '64', steps: '1', 'batch-size': '32' };
-    const sample: Record<string, string> = { k: '4', 'auxk-alpha': '0.1', l1: '1e-4', 'ghost-grads': 'on', 'compute-dtype': 'bfloat16', l0: '1e-3', bandwidth: '0.01', 'l1-warmup-steps': '10' };
+    const sample: Record<string, string> = {
+      k: '4', 'auxk-alpha': '0.1', l1: '1e-4', 'ghost-grads': 'on', 'compute-dtype': 'bfloat16', l0: '1e-3', bandwidth: '0.01', 'l1-warmup-steps': '10',
+      recipe: 'standard', 'resample-every': '10', init: 'w', sparsity: 'tanh', 'sparsity-coefficient': '1e-3', 'tanh-scale': '2', preact: '1e-3',
+    };
     expect(Object.keys(sample).sort()).toEqual(Object.keys(ARCH_SPECIFIC_OPTIONS).sort());
     for (const [flag, archs] of Object.entries(ARCH_SPECIFIC_OPTIONS)) {
-      for (const arch of ['relu', 'topk', 'jumprelu'] as const) {
-        const given = { ...values, arch, [flag]: sample[flag], ...(arch === 'topk' && flag !== 'k' ? { k: '4' } : {}) };
+      for (const arch of ['relu', 'topk', 'jumprelu', 'clt-relu', 'clt-topk', 'clt-jumprelu'] as const) {
+        const needsK = (arch === 'topk' || arch === 'clt-topk') && flag !== 'k';
+        const given = { ...values, arch, [flag]: sample[flag], ...(needsK ? { k: '4' } : {}), ...(flag === 'tanh-scale' && arch.startsWith('clt-') ? { sparsity: 'tanh' } : {}) };
         if (archs.includes(arch)) {
           expect(planTraining(given).arch, `${flag} with ${arch}`).toBe(arch);
         } else {
@@ -241,7 +245,7 @@ describe('typos and missing options', () => {
     expect(failsWithOneLine(['eval', modelDir, '--sequence', '8'], 2)).toBe("transcoders eval: unknown option --sequence (did you mean --sequences?); run 'transcoders eval --help' for the options");
     const line = failsWithOneLine(['train', modelDir, '--contxt-size', '32', '--layer', '0', '--zzzz'], 2);
     expect(line).toBe("transcoders train: unknown options --contxt-size (did you mean --context-size?), --layer (did you mean --layers?), --zzzz; run 'transcoders train --help' for the options");
-    expect(failsWithOneLine(['train', modelDir, '--data', text, '--layers', '0', '--d-sae', '8', '--steps', '1', '--out', join(work, 'typo'), '--arch', 'topc'], 2)).toContain("--arch must be one of relu, topk, jumprelu, got 'topc' (did you mean topk?)");
+    expect(failsWithOneLine(['train', modelDir, '--data', text, '--layers', '0', '--d-sae', '8', '--steps', '1', '--out', join(work, 'typo'), '--arch', 'topc'], 2)).toContain("--arch must be one of relu, topk, jumprelu, clt-relu, clt-topk, clt-jumprelu, got 'topc' (did you mean topk?)");
   });
 
   it('every missing required option is reported at once', () => {

@@ -8,12 +8,19 @@
  * or `blocks.L.mlp.hook_in`) or the residual stream before the MLP's LayerNorm (`blocks.L.hook_resid_mid`;
  * `hook_resid_pre` in parallel blocks) and writes what the MLP adds to the residual
  * (`blocks.L.hook_mlp_out` / `blocks.L.mlp.hook_out`). Any other pair is an error at construction.
+ *
+ * Or one cross-layer transcoder replaces every MLP ({@link ReplacementModel.createCrossLayer}): its
+ * placements are per layer as above, `transcoders` is empty and `crossLayer` holds it. Attribution
+ * graphs take either kind; the paper's attribution, connections and the greedy search take per-layer
+ * transcoders.
  */
 import { basename } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { native, type NativePlacement, type NativeReplacementModel } from '../native.js';
 import { loadModel, PROCESSINGS, type LoadModelOptions, type MlpReplacement, type Model, type Processing, type RunOptions, type RunOutput, type TokensInput } from '../models/model.js';
 import { Tensor } from '../tensor.js';
+import { CrossLayerTranscoder } from '../transcoders/cross-layer.js';
+import { crossLayerFolder, loadCrossLayerTranscoder } from '../transcoders/formats/cross-layer.js';
 import { loadTranscoderSet } from '../transcoders/transcoder-set.js';
 import { Transcoder } from '../transcoders/transcoder.js';
 
@@ -48,14 +55,29 @@ export class ReplacementModel {
   readonly transcoders: ReadonlyMap<number, Transcoder>;
   /** Placements by layer, ascending. */
   readonly placements: ReadonlyMap<number, Placement>;
+  /** The cross-layer transcoder replacing every MLP, when there is one (then `transcoders` is empty). */
+  readonly crossLayer: CrossLayerTranscoder | null;
   /** @internal */
   readonly handle: NativeReplacementModel;
 
-  private constructor(model: Model, transcoders: Map<number, Transcoder>, placements: Map<number, Placement>, handle: NativeReplacementModel) {
+  private constructor(model: Model, transcoders: Map<number, Transcoder>, placements: Map<number, Placement>, handle: NativeReplacementModel, crossLayer: CrossLayerTranscoder | null = null) {
     this.model = model;
     this.transcoders = transcoders;
     this.placements = placements;
     this.handle = handle;
+    this.crossLayer = crossLayer;
+  }
+
+  /**
+   * A cross-layer transcoder in place of every MLP of `model`: its depth, hooks, widths, device and
+   * processing checked against the model. Throws InvalidArgumentError naming what is wrong.
+   */
+  static createCrossLayer(model: Model, crossLayer: CrossLayerTranscoder): ReplacementModel {
+    if (!(crossLayer instanceof CrossLayerTranscoder)) throw new InvalidArgumentError('createCrossLayer takes a CrossLayerTranscoder');
+    const wanted = crossLayer.config.processing;
+    if (wanted && wanted !== model.processing) throw new InvalidArgumentError(`the cross-layer transcoder expects the model loaded with processing '${wanted}', not '${model.processing}'`);
+    const handle = native().ReplacementModel.createCrossLayer(model.handle, crossLayer.handle);
+    return new ReplacementModel(model, new Map(), new Map(handle.placements().map((p) => [p.layer, p])), handle, crossLayer);
   }
 
   /**
@@ -101,9 +123,21 @@ export class ReplacementModel {
       throw new InvalidArgumentError(`processing must be one of ${PROCESSINGS.join(', ')}, got '${String(options.processing)}'`);
     }
     const placement = { ...(options.device ? { device: options.device } : {}) };
+    const { fallbackProcessing: _fallback, ...modelOptions } = options;
+    const cltDir = transcoderPaths.map(crossLayerFolder).find((p) => p !== null);
+    if (cltDir) {
+      if (transcoderPaths.length > 1) throw new InvalidArgumentError(`${cltDir} is a cross-layer transcoder: it replaces every MLP, so give it alone`);
+      const clt = await loadCrossLayerTranscoder(cltDir, placement);
+      const model = await loadModel(modelDir, { ...modelOptions, processing: options.processing ?? clt.config.processing ?? options.fallbackProcessing ?? 'none' });
+      try {
+        return ReplacementModel.createCrossLayer(model, clt);
+      } catch (err) {
+        model.dispose();
+        throw err;
+      }
+    }
     const transcoders = (await Promise.all(transcoderPaths.map((p) => loadTranscoderSet(p, placement)))).flat();
     const processing = options.processing ?? transcoders.find((t) => t.config.processing)?.config.processing ?? options.fallbackProcessing ?? 'none';
-    const { fallbackProcessing: _fallback, ...modelOptions } = options;
     const model = await loadModel(modelDir, { ...modelOptions, processing });
     try {
       return ReplacementModel.create(model, transcoders);
@@ -113,22 +147,30 @@ export class ReplacementModel {
     }
   }
 
-  /** Layers with a transcoder, ascending. */
+  /** Layers with a transcoder (every layer, with a cross-layer transcoder), ascending. */
   get layers(): number[] {
-    return [...this.transcoders.keys()];
+    return [...this.placements.keys()];
   }
 
-  /** The layer's transcoder; throws naming the layer when it has none. */
+  /** The layer's transcoder; throws naming the layer when it has none (or only a share of a cross-layer one). */
   transcoder(layer: number): Transcoder {
+    if (this.crossLayer) throw new InvalidArgumentError(`layer ${layer}'s MLP is replaced by a cross-layer transcoder, not a transcoder of its own: this analysis takes per-layer transcoders`);
     const tc = this.transcoders.get(layer);
     if (!tc) throw new InvalidArgumentError(`no transcoder for layer ${layer} (the replacement model has layers ${this.layers.join(', ')})`);
     return tc;
   }
 
+  /** Features of the layer's transcoder (of the layer's source features, for a cross-layer transcoder); 0 when it has none. */
+  featureCount(layer: number): number {
+    if (this.crossLayer) return this.placements.has(layer) ? this.crossLayer.config.dSae : 0;
+    return this.transcoders.get(layer)?.config.dSae ?? 0;
+  }
+
   /** The layer's placement; throws naming the layer when it has no transcoder. */
   placement(layer: number): Placement {
-    this.transcoder(layer);
-    return this.placements.get(layer)!;
+    const p = this.placements.get(layer);
+    if (!p) throw new InvalidArgumentError(`no transcoder for layer ${layer} (the replacement model has layers ${this.layers.join(', ')})`);
+    return p;
   }
 
   /** The hooks each transcoder reads and writes: what evaluation and training capture. */
@@ -136,8 +178,9 @@ export class ReplacementModel {
     return [...this.placements.values()].flatMap((p) => [p.hookIn, p.hookOut]);
   }
 
-  /** The MLP replacements of a run with transcoders (for {@link Model.run}'s `replaceMlp`). */
+  /** The MLP replacements of a run with transcoders (for {@link Model.run}'s `replaceMlp`; per-layer transcoders only). */
   replacements(options: ReplaceOptions = {}): Record<number, MlpReplacement> {
+    if (this.crossLayer) throw new InvalidArgumentError("a cross-layer transcoder replaces every MLP at once: run with { crossLayer } (ReplacementModel.run does)");
     const layers = options.layers ?? this.layers;
     const out: Record<number, MlpReplacement> = {};
     for (const layer of layers) {
@@ -164,13 +207,20 @@ export class ReplacementModel {
   /** Runs the model with the transcoders in place of their MLPs (all, or `replace.layers`). */
   async run(tokens: TokensInput | string, options: Omit<RunOptions, 'replaceMlp'> & { replace?: ReplaceOptions } = {}): Promise<RunOutput> {
     const { replace, ...rest } = options;
-    return this.model.run(tokens, { ...rest, replaceMlp: this.replacements(replace) });
+    return this.model.run(tokens, { ...rest, ...this.replacementOptions(replace) });
   }
 
   /** Mean next-token cross-entropy with the transcoders in place of their MLPs. */
   async loss(tokens: TokensInput | string, options: Omit<RunOptions, 'replaceMlp' | 'logits'> & { replace?: ReplaceOptions } = {}): Promise<number> {
     const { replace, ...rest } = options;
-    return this.model.loss(tokens, { ...rest, replaceMlp: this.replacements(replace) });
+    return this.model.loss(tokens, { ...rest, ...this.replacementOptions(replace) });
+  }
+
+  /** The run options that put the transcoders in place: `replaceMlp`, or a cross-layer transcoder's `crossLayer`. */
+  private replacementOptions(replace: ReplaceOptions | undefined): Pick<RunOptions, 'replaceMlp' | 'crossLayer'> {
+    if (!this.crossLayer) return { replaceMlp: this.replacements(replace) };
+    if (replace?.layers || replace?.keep || replace?.remove) throw new InvalidArgumentError('a cross-layer transcoder replaces every MLP at once: layers, keep and remove do not apply');
+    return { crossLayer: this.crossLayer };
   }
 
   /** Token ids of `text` (the model's tokenizer and BOS convention). */

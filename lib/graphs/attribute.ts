@@ -248,7 +248,7 @@ async function assemble(replacement: ReplacementModel, handle: NativeAttribution
     }
   }
   const adjacency: SparseAdjacency = { form: 'sparse', n, rowStart, columns, values };
-  const dTranscoder = Array.from({ length: L }, (_, l) => replacement.transcoders.get(l)?.config.dSae ?? 0);
+  const dTranscoder = Array.from({ length: L }, (_, l) => replacement.featureCount(l));
   return {
     prompt: text ?? tokens.map(decode).join(''),
     tokens,
@@ -258,7 +258,7 @@ async function assemble(replacement: ReplacementModel, handle: NativeAttribution
     nodes,
     adjacency,
     scan: o.scan ?? model.dir.split('/').filter(Boolean).pop() ?? 'model',
-    transcoderList: o.transcoderList ?? Array.from({ length: L }, (_, l) => (replacement.transcoders.has(l) ? `layer_${l}` : '')).filter(Boolean),
+    transcoderList: o.transcoderList ?? Array.from({ length: L }, (_, l) => (replacement.featureCount(l) > 0 ? `layer_${l}` : '')).filter(Boolean),
     targetValues,
     droppedMass,
     activeFeatures: nf,

@@ -117,8 +117,7 @@ Napi::Value JsAttribution::create(const Napi::CallbackInfo& info) {
     return Task<Handle>::start(
         env, "transcoders:attribution",
         [rm, tokens]() -> Handle {
-          std::vector<std::shared_lock<std::shared_mutex>> locks;
-          for (int64_t l : rm->layers()) locks.emplace_back(rm->transcoder(l).mutex());
+          auto locks = rm->readLocks();
           return std::make_shared<const AttributionContext>(rm, rm->model().prepareTokens(tokens)[0]);
         },
         [ctor](Napi::Env env, Handle& ctx) -> Napi::Value {

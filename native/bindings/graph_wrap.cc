@@ -61,8 +61,7 @@ Napi::Value JsAttributionGraph::create(const Napi::CallbackInfo& info) {
     return Task<Handle>::start(
         env, "transcoders:attributionGraph",
         [rm, tokens, batchSize]() -> Handle {
-          std::vector<std::shared_lock<std::shared_mutex>> locks;
-          for (int64_t l : rm->layers()) locks.emplace_back(rm->transcoder(l).mutex());
+          auto locks = rm->readLocks();
           return std::make_shared<const AttributionGraph>(rm, tokens, batchSize);
         },
         [ctor](Napi::Env env, Handle& graph) -> Napi::Value {

@@ -1,5 +1,6 @@
 #include "bindings/replacement_model_wrap.h"
 
+#include "bindings/cross_layer_wrap.h"
 #include "bindings/js_args.h"
 #include "bindings/task.h"
 #include "bindings/tensor_wrap.h"
@@ -14,6 +15,7 @@ namespace tc {
 Napi::Function JsReplacementModel::define(Napi::Env env) {
   Napi::Function cls = DefineClass(env, "NativeReplacementModel",
                                    {StaticMethod<&JsReplacementModel::create>("create"),
+                                    StaticMethod<&JsReplacementModel::createCrossLayer>("createCrossLayer"),
                                     InstanceMethod<&JsReplacementModel::placements>("placements"),
                                     InstanceMethod<&JsReplacementModel::intervene>("intervene")});
   AddonState::of(env).replacementModelClass = Napi::Persistent(cls);
@@ -42,6 +44,19 @@ Napi::Value JsReplacementModel::create(const Napi::CallbackInfo& info) {
     for (uint32_t i = 0; i < list.Length(); ++i) transcoders.push_back(JsTranscoder::transcoderOf(list.Get(i), "transcoder"));
     using Handle = std::shared_ptr<const ReplacementModel>;
     auto external = Napi::External<Handle>::New(env, new Handle(std::make_shared<const ReplacementModel>(model, transcoders)),
+                                                [](Napi::Env, Handle* h) { delete h; });
+    return AddonState::of(env).replacementModelClass.New({external});
+  });
+}
+
+// createCrossLayer(model, crossLayerTranscoder): one cross-layer transcoder in place of every MLP.
+Napi::Value JsReplacementModel::createCrossLayer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    std::shared_ptr<const Transformer> model = JsModel::modelOf(info[0], "model");
+    std::shared_ptr<CrossLayerTranscoder> clt = JsCrossLayerTranscoder::transcoderOf(info[1], "the cross-layer transcoder");
+    using Handle = std::shared_ptr<const ReplacementModel>;
+    auto external = Napi::External<Handle>::New(env, new Handle(std::make_shared<const ReplacementModel>(model, clt)),
                                                 [](Napi::Env, Handle* h) { delete h; });
     return AddonState::of(env).replacementModelClass.New({external});
   });
@@ -96,8 +111,7 @@ Napi::Value JsReplacementModel::intervene(const Napi::CallbackInfo& info) {
     return Task<InterventionResult>::start(
         env, "transcoders:intervene",
         [rm, tokens, interventions, o]() {
-          std::vector<std::shared_lock<std::shared_mutex>> locks;
-          for (int64_t l : rm->layers()) locks.emplace_back(rm->transcoder(l).mutex());
+          auto locks = rm->readLocks();
           return tc::intervene(*rm, tokens, interventions, o);
         },
         [](Napi::Env env, InterventionResult& r) -> Napi::Value {

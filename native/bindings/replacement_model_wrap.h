@@ -18,6 +18,7 @@ class JsReplacementModel : public Napi::ObjectWrap<JsReplacementModel> {
  private:
   // create(model, transcoders[]) -> NativeReplacementModel (validates synchronously; throws InvalidArgumentError)
   static Napi::Value create(const Napi::CallbackInfo& info);
+  static Napi::Value createCrossLayer(const Napi::CallbackInfo& info);
   // placements() -> [{ layer, hookIn, hookOut, input: 'mlp' | 'residual' }], ascending layers
   Napi::Value placements(const Napi::CallbackInfo& info);
   // intervene(tokens, [{ layer, position, feature, value }], { freezeAttention, directEffects, constrainedLayers })

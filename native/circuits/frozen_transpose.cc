@@ -116,9 +116,8 @@ at::Tensor FrozenTranspose::backward(int64_t rows, int64_t prefix, const std::ve
     // (nothing above the highest injection reads it).
     at::Tensor gMlp = top > l ? g : at::Tensor();
     at::Tensor skipIn;  // what the transcoder's skip passes down from the MLP output to its input
-    if (gMlp.defined() && replacement_->has(l) && replacement_->transcoder(l).spec().skip) {
-      const Transcoder& tc = replacement_->transcoder(l);
-      skipIn = timesTransposed(gMlp, tc.params().W_skip);
+    if (at::Tensor W_skip = replacement_->skipWeight(l); gMlp.defined() && replacement_->has(l) && W_skip.defined()) {
+      skipIn = timesTransposed(gMlp, W_skip);
       if (replacement_->placement(l).input == MlpReplacement::Input::MlpIn)
         skipIn = normTranspose(skipIn, model.weights().layers[l].ln2W, ln2Scale_[l], /*gain=*/true);
     }

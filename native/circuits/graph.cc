@@ -64,23 +64,43 @@ AttributionGraph::AttributionGraph(std::shared_ptr<const ReplacementModel> repla
     std::vector<at::Tensor> layers, positions, indices, acts;
     int64_t start = 0;
     targetValue_.resize(L_);
+    const CrossLayerTranscoder* clt = replacement_->crossLayer();
+    std::vector<at::Tensor> written(L_);  // a cross-layer transcoder: what the layers so far wrote into each layer [T, d]
     for (int64_t l = 0; l < L_; ++l) {
       mlpOut[l] = get(block(l) + "hook_mlp_out");
       at::Tensor mlpConst = at::zeros({d}, mlpOut[l].options());
       layerFeatStart_.push_back(start);
       if (replacement_->has(l)) {
-        const Transcoder& tc = replacement_->transcoder(l);
-        const TranscoderParams& p = tc.params();
         at::Tensor x = get(replacement_->placement(l).hookIn);
         targetValue_[l] = x;
-        at::Tensor xt = x.to(p.W_enc.options());
-        at::Tensor a = tc.encode(xt);  // [T, m]
-        errors_.push_back(mlpOut[l] - tc.decode(a, xt).to(mlpOut[l].options()));
+        at::Tensor a, decoderRows, W_skip;  // activations [T, m]; what one unit of each feature writes [m, targets, d]
+        if (clt) {
+          const CrossLayerParams& p = clt->params();
+          at::Tensor xt = x.to(p.W_enc.options());
+          a = clt->activate(l, clt->preActivations(l, xt));
+          at::Tensor w = clt->decodeFrom(l, a);  // [T, L - l, d]
+          for (int64_t t = l; t < L_; ++t) written[t] = written[t].defined() ? written[t] + w.select(1, t - l) : w.select(1, t - l);
+          errors_.push_back(mlpOut[l] - clt->addBiasAndSkip(l, written[l], xt).to(mlpOut[l].options()));
+          written[l] = at::Tensor();
+          decoderRows = p.W_dec[l];
+          mlpConst = p.b_dec[l].to(mlpConst.options());
+          if (p.W_skip.defined()) W_skip = p.W_skip[l];
+        } else {
+          const Transcoder& tc = replacement_->transcoder(l);
+          const TranscoderParams& p = tc.params();
+          at::Tensor xt = x.to(p.W_enc.options());
+          a = tc.encode(xt);  // [T, m]
+          errors_.push_back(mlpOut[l] - tc.decode(a, xt).to(mlpOut[l].options()));
+          decoderRows = p.W_dec.unsqueeze(1);
+          mlpConst = p.b_dec_out.to(mlpConst.options());
+          W_skip = p.W_skip;
+        }
         at::Tensor nz = a.nonzero();  // [n, 2], sorted by (position, feature)
         at::Tensor pos = nz.select(1, 0), idx = nz.select(1, 1);
         at::Tensor val = a.index({pos, idx}).to(c10::kFloat);
         layerFeatPos_.push_back(pos);
-        layerSource_.push_back(p.W_dec.index_select(0, idx).to(c10::kFloat).mul_(val.to(p.W_dec.device()).unsqueeze(1)).to(mlpOut[l].device()));
+        layerSource_.push_back(
+            decoderRows.index_select(0, idx).to(c10::kFloat).mul_(val.to(decoderRows.device()).view({-1, 1, 1})).to(mlpOut[l].device()));
         at::Tensor counts = at::bincount(pos.to(at::kCPU), {}, T_).cumsum(0).to(c10::kLong).contiguous();
         std::vector<int64_t> posStart = {0};
         posStart.insert(posStart.end(), counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + T_);
@@ -90,17 +110,16 @@ AttributionGraph::AttributionGraph(std::shared_ptr<const ReplacementModel> repla
         indices.push_back(idx);
         acts.push_back(val);
         start += nz.size(0);
-        // What the reconstruction adds whatever the input: b_dec_out, and the skip path of the
+        // What the reconstruction adds whatever the input: the output bias, and the skip path of the
         // input's constant (a raw LayerNorm's bias, when the transcoder reads the MLP input).
-        mlpConst = p.b_dec_out.to(mlpConst.options());
         const at::Tensor& beta2 = w.layers[l].ln2B;
-        if (tc.spec().skip && beta2.defined() && replacement_->placement(l).input == MlpReplacement::Input::MlpIn)
-          mlpConst = mlpConst + at::matmul(beta2.to(p.W_skip.options()), p.W_skip).to(mlpConst.options());
+        if (W_skip.defined() && beta2.defined() && replacement_->placement(l).input == MlpReplacement::Input::MlpIn)
+          mlpConst = mlpConst + at::matmul(beta2.to(W_skip.options()), W_skip).to(mlpConst.options());
       } else {
         errors_.push_back(mlpOut[l]);  // no transcoder: the whole MLP output is an error node
         at::Tensor none = at::zeros({0}, at::TensorOptions().dtype(c10::kLong).device(mlpOut[l].device()));
         layerFeatPos_.push_back(none);
-        layerSource_.push_back(at::zeros({0, d}, mlpOut[l].options().dtype(c10::kFloat)));
+        layerSource_.push_back(at::zeros({0, 1, d}, mlpOut[l].options().dtype(c10::kFloat)));
         layerPosStart_.push_back(std::vector<int64_t>(T_ + 1, 0));
       }
       mlpConst_.push_back(mlpConst);
@@ -144,10 +163,10 @@ at::Tensor AttributionGraph::readingVector(const GraphTarget& t) const {
     case GraphTarget::Kind::Feature: {
       if (t.layer < 0 || t.layer >= L_ || !replacement_->has(t.layer))
         throw InvalidArgument("feature target: layer " + std::to_string(t.layer) + " has no transcoder");
-      const Transcoder& tc = replacement_->transcoder(t.layer);
-      if (t.index < 0 || t.index >= tc.spec().dSae)
-        throw InvalidArgument("feature target: feature " + std::to_string(t.index) + " is out of range [0, " + std::to_string(tc.spec().dSae) + ")");
-      return tc.params().W_enc.select(1, t.index).to(opts);
+      const int64_t m = replacement_->featureCount(t.layer);
+      if (t.index < 0 || t.index >= m)
+        throw InvalidArgument("feature target: feature " + std::to_string(t.index) + " is out of range [0, " + std::to_string(m) + ")");
+      return encoderColumn(t.layer, t.index).to(opts);
     }
     case GraphTarget::Kind::Logit: {
       if (t.index < 0 || t.index >= cfg.vocabSize)
@@ -167,9 +186,8 @@ at::Tensor AttributionGraph::readingVector(const GraphTarget& t) const {
 double AttributionGraph::ownConstant(const GraphTarget& t, const at::Tensor& u) const {
   const Weights& w = replacement_->model().weights();
   if (t.kind == GraphTarget::Kind::Feature) {
-    const TranscoderParams& p = replacement_->transcoder(t.layer).params();
-    at::Tensor column = p.W_enc.select(1, t.index).to(c10::kDouble);
-    double c = p.b_enc[t.index].item<double>() - at::dot(column, p.b_dec.to(c10::kDouble)).item<double>();
+    at::Tensor column = encoderColumn(t.layer, t.index).to(c10::kDouble);
+    double c = encoderConstant(t.layer, t.index);
     const at::Tensor& beta2 = w.layers[t.layer].ln2B;
     if (beta2.defined() && replacement_->placement(t.layer).input == MlpReplacement::Input::MlpIn)
       c += at::dot(column, beta2.to(c10::kDouble)).item<double>();
@@ -180,18 +198,30 @@ double AttributionGraph::ownConstant(const GraphTarget& t, const at::Tensor& u) 
   return c;
 }
 
-void AttributionGraph::contractFeatures(int64_t layer, const at::Tensor& gMlp, at::Tensor& R) const {
+at::Tensor AttributionGraph::encoderColumn(int64_t layer, int64_t feature) const {
+  if (const CrossLayerTranscoder* clt = replacement_->crossLayer()) return clt->params().W_enc[layer].select(1, feature);
+  return replacement_->transcoder(layer).params().W_enc.select(1, feature);
+}
+
+double AttributionGraph::encoderConstant(int64_t layer, int64_t feature) const {
+  // b_enc, and a per-layer transcoder's input pre-bias read through its encoder column.
+  if (const CrossLayerTranscoder* clt = replacement_->crossLayer()) return clt->params().b_enc[layer][feature].item<double>();
+  const TranscoderParams& p = replacement_->transcoder(layer).params();
+  return p.b_enc[feature].item<double>() - at::dot(p.W_enc.select(1, feature).to(c10::kDouble), p.b_dec.to(c10::kDouble)).item<double>();
+}
+
+void AttributionGraph::contractFeatures(int64_t source, int64_t target, const at::Tensor& gMlp, at::Tensor& R) const {
   const int64_t P = gMlp.size(1), m = gMlp.size(0), d = gMlp.size(2);
-  const std::vector<int64_t>& starts = layerPosStart_[layer];
+  const std::vector<int64_t>& starts = layerPosStart_[source];
   const int64_t n = starts[P];  // features at positions below P (sorted by position)
   if (n == 0) return;
-  const at::Tensor& V = layerSource_[layer];  // [n_l, d]: activation x decoder row
-  const int64_t first = layerFeatStart_[layer];
+  const at::Tensor V = layerSource_[source].select(1, target - source);  // [n_l, d]: activation x decoder row into `target`
+  const int64_t first = layerFeatStart_[source];
   if (n >= kPerPositionProducts * P) {
     // Many features per position: one small GEMM per position, gradient [m, d] x vectors^T.
     for (int64_t p = 0; p < P; ++p) {
       const int64_t a = starts[p], b = starts[p + 1];
-      if (b > a) R.narrow(1, first + a, b - a).copy_(at::mm(gMlp.select(1, p), V.narrow(0, a, b - a).t()));
+      if (b > a) R.narrow(1, first + a, b - a).add_(at::mm(gMlp.select(1, p), V.narrow(0, a, b - a).t()));
     }
     return;
   }
@@ -199,8 +229,8 @@ void AttributionGraph::contractFeatures(int64_t layer, const at::Tensor& gMlp, a
   const int64_t chunk = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, m * d));
   for (int64_t c0 = 0; c0 < n; c0 += chunk) {
     const int64_t nc = std::min(chunk, n - c0);
-    at::Tensor G = gMlp.index_select(1, layerFeatPos_[layer].narrow(0, c0, nc));  // [m, nc, d]
-    R.narrow(1, first + c0, nc).copy_((G * V.narrow(0, c0, nc).unsqueeze(0)).sum(-1));
+    at::Tensor G = gMlp.index_select(1, layerFeatPos_[source].narrow(0, c0, nc));  // [m, nc, d]
+    R.narrow(1, first + c0, nc).add_((G * V.narrow(0, c0, nc).unsqueeze(0)).sum(-1));
   }
 }
 
@@ -244,9 +274,8 @@ GraphRows AttributionGraph::rows(const std::vector<GraphTarget>& targets, double
       if (t.kind == GraphTarget::Kind::Feature) {
         // The feature's pre-activation: its encoder column only (the whole row would read all of
         // W_enc, 75 MB at GPT-2-small width, once per visited feature).
-        const TranscoderParams& p = replacement_->transcoder(t.layer).params();
-        at::Tensor xc = targetValue_[t.layer][pos].to(c10::kDouble) - p.b_dec.to(c10::kDouble);
-        targetValues[k] = at::dot(xc, p.W_enc.select(1, t.index).to(c10::kDouble)).item<double>() + p.b_enc[t.index].item<double>();
+        targetValues[k] = at::dot(targetValue_[t.layer][pos].to(c10::kDouble), encoderColumn(t.layer, t.index).to(c10::kDouble)).item<double>() +
+                          encoderConstant(t.layer, t.index);
       } else {
         // The demeaned logit (before any final soft-cap) or the direction's reading of the final norm's output.
         double value = at::dot(u.to(c10::kDouble), finalNormed_[pos].to(c10::kDouble)).item<double>();
@@ -267,7 +296,10 @@ GraphRows AttributionGraph::rows(const std::vector<GraphTarget>& targets, double
       if (gM.defined()) {
         bias = bias + (gM * mlpConst_[l].to(c10::kFloat)).sum(at::IntArrayRef{1, 2});
         R.narrow(1, errorOffset() + l * T_, P).copy_(contract(gM, errors_[l]));
-        contractFeatures(l, gM, R);
+        // Every layer whose features write into layer l's MLP output: l itself, and with a
+        // cross-layer transcoder each layer below it (one column per feature, summed over targets).
+        for (int64_t s = 0; s <= l; ++s)
+          if (layerSource_[s].size(1) > l - s) contractFeatures(s, l, gM, R);
       }
       R.select(1, biasOffset() + l).copy_(bias);
     });

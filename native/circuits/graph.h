@@ -78,16 +78,23 @@ class AttributionGraph {
  private:
   // The constant a target adds to its own quantity (encoder bias terms; b_U and the final norm's bias).
   double ownConstant(const GraphTarget& t, const at::Tensor& u) const;
+  // A feature's encoder column [d] and the constant of its pre-activation (b_enc, and a per-layer
+  // transcoder's input pre-bias through the column).
+  at::Tensor encoderColumn(int64_t layer, int64_t feature) const;
+  double encoderConstant(int64_t layer, int64_t feature) const;
   // The vector a target injects at its reading point ([d]).
   at::Tensor readingVector(const GraphTarget& t) const;
-  // R[:, feature columns of `layer`] = gradient at the MLP output [m, P, d] . each feature's vector.
-  void contractFeatures(int64_t layer, const at::Tensor& gMlp, at::Tensor& R) const;
+  // R[:, feature columns of `source`] += gradient at layer `target`'s MLP output [m, P, d] . what each
+  // feature of `source` writes there.
+  void contractFeatures(int64_t source, int64_t target, const at::Tensor& gMlp, at::Tensor& R) const;
 
   std::shared_ptr<const ReplacementModel> replacement_;
   int64_t T_ = 0, L_ = 0, B_ = 1;
   bool hasPositional_ = false;
   at::Tensor featLayer_, featPos_, featIdx_, featAct_;
-  std::vector<at::Tensor> layerFeatPos_, layerSource_;  // per layer: positions [n_l], activation x decoder row [n_l, d] (float32)
+  // Per source layer: positions [n_l], and activation x decoder rows [n_l, targets, d] (float32): one
+  // target (its own MLP) for a per-layer transcoder, L - l for a cross-layer one.
+  std::vector<at::Tensor> layerFeatPos_, layerSource_;
   std::vector<std::vector<int64_t>> layerPosStart_;     // per layer: first feature at each position [T + 1]
   std::vector<int64_t> layerFeatStart_;                 // per layer: first source index of its features
   std::vector<at::Tensor> errors_;                                  // per layer [T, d]

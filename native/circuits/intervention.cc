@@ -45,7 +45,7 @@ InterventionResult intervene(const ReplacementModel& rm, const at::Tensor& token
     FeatureIntervention v = interventions[i];
     const std::string where = "intervention " + std::to_string(i);
     if (!rm.has(v.layer)) throw InvalidArgument(where + ": layer " + std::to_string(v.layer) + " has no transcoder");
-    const int64_t m = rm.transcoder(v.layer).spec().dSae;
+    const int64_t m = rm.featureCount(v.layer);
     if (v.feature < 0 || v.feature >= m) throw InvalidArgument(where + ": feature " + std::to_string(v.feature) + " is out of range [0, " + std::to_string(m) + ")");
     if (v.position < 0) v.position += T;
     if (v.position < 0 || v.position >= T) throw InvalidArgument(where + ": position " + std::to_string(interventions[i].position) + " is outside the prompt of " + std::to_string(T) + " tokens");
@@ -74,6 +74,9 @@ InterventionResult intervene(const ReplacementModel& rm, const at::Tensor& token
   for (const auto& [name, t] : c.cache)
     if (name.size() > 12 && (name.rfind("hook_pattern") == name.size() - 12 || name.rfind("hook_scale") == name.size() - 10)) run.replay[name] = t;
   auto result = std::make_shared<InterventionResult>();
+  // A cross-layer transcoder: the change of layer l's features reaches every MLP output t >= l.
+  std::shared_ptr<CrossLayerTranscoder> clt = rm.crossLayerPtr();
+  auto pending = std::make_shared<std::vector<at::Tensor>>(cfg.nLayers);  // per layer: the change written into it so far
   for (int64_t l = 0; l < cfg.nLayers; ++l) {
     if (!rm.has(l) && !options.directEffects) continue;
     MlpReplacement r;
@@ -85,8 +88,36 @@ InterventionResult intervene(const ReplacementModel& rm, const at::Tensor& token
       run.mlpReplacements[l] = std::move(r);
       continue;
     }
-    std::shared_ptr<Transcoder> tc = rm.transcoderPtr(l);
     r.input = rm.placement(l).input;
+    if (clt) {
+      at::Tensor cleanIn = c.cache.at(rm.placement(l).hookIn);
+      const bool frozenActs = options.directEffects || constrained.count(l) > 0;
+      std::vector<FeatureIntervention> here = byLayer.count(l) ? byLayer[l] : std::vector<FeatureIntervention>();
+      r.module = [clt, cleanIn, cleanOut, frozenActs, here, result, pending, l, direct = options.directEffects](const at::Tensor& in, const at::Tensor& original) {
+        const CrossLayerParams& p = clt->params();
+        at::Tensor x = in.to(p.W_enc.options())[0];  // [T, d]
+        at::Tensor base = frozenActs ? cleanIn.to(p.W_enc.options())[0] : x;
+        at::Tensor pre = clt->preActivations(l, base);
+        at::Tensor acts = clt->activate(l, pre);
+        at::Tensor changed = acts.clone();
+        for (const auto& v : here) changed[v.position][v.feature] = v.value;
+        at::Tensor written = clt->decodeFrom(l, changed - acts);  // [T, L - l, d]
+        std::vector<at::Tensor>& into = *pending;
+        for (int64_t t = l; t < static_cast<int64_t>(into.size()); ++t)
+          into[t] = into[t].defined() ? into[t] + written.select(1, t - l) : written.select(1, t - l);
+        at::Tensor delta = into[l];
+        into[l] = at::Tensor();
+        at::Tensor out = (direct ? cleanOut[0] : original[0]).to(delta.options()) + delta;
+        // The skip path is linear: its change with the (perturbed) input is a direct effect too.
+        if (direct && p.W_skip.defined()) out = out + at::matmul(x - cleanIn.to(x.options())[0], p.W_skip[l]);
+        result->activations[l] = changed;
+        result->preActivations[l] = frozenActs ? clt->preActivations(l, x) : pre;
+        return out.to(in.options()).unsqueeze(0);
+      };
+      run.mlpReplacements[l] = std::move(r);
+      continue;
+    }
+    std::shared_ptr<Transcoder> tc = rm.transcoderPtr(l);
     at::Tensor cleanIn = c.cache.at(rm.placement(l).hookIn);
     const bool frozenActs = options.directEffects || constrained.count(l) > 0;
     std::vector<FeatureIntervention> here = byLayer.count(l) ? byLayer[l] : std::vector<FeatureIntervention>();

@@ -97,6 +97,33 @@ ReplacementModel::ReplacementModel(std::shared_ptr<const Transformer> model, con
   }
 }
 
+ReplacementModel::ReplacementModel(std::shared_ptr<const Transformer> model, std::shared_ptr<CrossLayerTranscoder> crossLayer)
+    : model_(std::move(model)), crossLayer_(std::move(crossLayer)) {
+  if (!crossLayer_) throw InvalidArgument("a replacement model needs a cross-layer transcoder");
+  if (crossLayer_->params().W_enc.device() != model_->device())
+    throw InvalidArgument("the cross-layer transcoder is on " + crossLayer_->params().W_enc.device().str() + ", the model on " +
+                          model_->device().str() + ": load both on one device");
+  for (Placement& p : resolveCrossLayerPlacements(*model_, crossLayer_->spec())) slots_.emplace(p.layer, Slot{nullptr, std::move(p)});
+}
+
+int64_t ReplacementModel::featureCount(int64_t layer) const {
+  if (crossLayer_) return crossLayer_->spec().dSae;
+  return transcoder(layer).spec().dSae;
+}
+
+at::Tensor ReplacementModel::skipWeight(int64_t layer) const {
+  if (crossLayer_) return crossLayer_->params().W_skip.defined() ? crossLayer_->params().W_skip[layer] : at::Tensor();
+  return has(layer) ? transcoder(layer).params().W_skip : at::Tensor();
+}
+
+std::vector<std::shared_lock<std::shared_mutex>> ReplacementModel::readLocks() const {
+  std::vector<std::shared_lock<std::shared_mutex>> locks;
+  if (crossLayer_) locks.emplace_back(crossLayer_->mutex());
+  for (const auto& [layer, slot] : slots_)
+    if (slot.transcoder) locks.emplace_back(slot.transcoder->mutex());
+  return locks;
+}
+
 std::vector<int64_t> ReplacementModel::layers() const {
   std::vector<int64_t> out;
   for (const auto& [layer, slot] : slots_) out.push_back(layer);
@@ -109,12 +136,19 @@ const ReplacementModel::Slot& ReplacementModel::slot(int64_t layer) const {
   return it->second;
 }
 
-const Transcoder& ReplacementModel::transcoder(int64_t layer) const { return *slot(layer).transcoder; }
-const std::shared_ptr<Transcoder>& ReplacementModel::transcoderPtr(int64_t layer) const { return slot(layer).transcoder; }
+const Transcoder& ReplacementModel::transcoder(int64_t layer) const { return *transcoderPtr(layer); }
+const std::shared_ptr<Transcoder>& ReplacementModel::transcoderPtr(int64_t layer) const {
+  const Slot& s = slot(layer);
+  if (!s.transcoder)
+    throw InvalidArgument("layer " + std::to_string(layer) + "'s MLP is replaced by a cross-layer transcoder, not a transcoder of its own; " +
+                          "this analysis takes per-layer transcoders");
+  return s.transcoder;
+}
 const Placement& ReplacementModel::placement(int64_t layer) const { return slot(layer).placement; }
 
 MlpReplacement ReplacementModel::replacement(int64_t layer, const at::Tensor& keep) const {
   const Slot& s = slot(layer);
+  transcoderPtr(layer);  // a cross-layer transcoder replaces every layer at once (crossLayerReplacements)
   return transcoderReplacement(s.transcoder, s.placement.input, keep);
 }
 

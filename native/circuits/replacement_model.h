@@ -7,6 +7,7 @@
 
 #include <map>
 #include <memory>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -38,13 +39,25 @@ class ReplacementModel {
  public:
   // Validates every transcoder against the model: layer range, hooks, widths, device, duplicates.
   ReplacementModel(std::shared_ptr<const Transformer> model, const std::vector<std::shared_ptr<Transcoder>>& transcoders);
+  // A cross-layer transcoder in place of every MLP: its hooks checked at every layer, its device.
+  ReplacementModel(std::shared_ptr<const Transformer> model, std::shared_ptr<CrossLayerTranscoder> crossLayer);
+
+  // The cross-layer transcoder, or null when the layers have transcoders of their own.
+  const CrossLayerTranscoder* crossLayer() const { return crossLayer_.get(); }
+  const std::shared_ptr<CrossLayerTranscoder>& crossLayerPtr() const { return crossLayer_; }
+  // Features of layer `layer`'s transcoder (of its source layer, for a cross-layer transcoder).
+  int64_t featureCount(int64_t layer) const;
+  // Layer `layer`'s skip weight [d_in, d_out] (undefined without a skip connection).
+  at::Tensor skipWeight(int64_t layer) const;
+  // Shared locks of every transcoder, for readers on a worker (graphs, interventions).
+  std::vector<std::shared_lock<std::shared_mutex>> readLocks() const;
 
   const Transformer& model() const { return *model_; }
   const std::shared_ptr<const Transformer>& modelPtr() const { return model_; }
   // Layers with a transcoder, ascending.
   std::vector<int64_t> layers() const;
   bool has(int64_t layer) const { return slots_.count(layer) > 0; }
-  // Throws InvalidArgument naming the layer when it has no transcoder.
+  // Throws InvalidArgument naming the layer when it has no transcoder (or only a cross-layer one).
   const Transcoder& transcoder(int64_t layer) const;
   const std::shared_ptr<Transcoder>& transcoderPtr(int64_t layer) const;
   const Placement& placement(int64_t layer) const;
@@ -61,7 +74,8 @@ class ReplacementModel {
   const Slot& slot(int64_t layer) const;
 
   std::shared_ptr<const Transformer> model_;
-  std::map<int64_t, Slot> slots_;
+  std::map<int64_t, Slot> slots_;  // a cross-layer transcoder's: placements only
+  std::shared_ptr<CrossLayerTranscoder> crossLayer_;
 };
 
 // A transcoder as an MLP replacement reading `input`, with an optional feature mask.

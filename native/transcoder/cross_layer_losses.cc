@@ -76,8 +76,27 @@ CrossLayerLossTerms crossLayerLoss(const CrossLayerTranscoder& clt, const at::Te
     throw InvalidArgument("the l0 sparsity penalty needs a jumprelu cross-layer transcoder (its threshold carries the gradient)");
   CrossLayerLossTerms t;
   t.pre = clt.preActivations(x);
-  t.f = clt.activate(t.pre);
-  t.yHat = clt.decode(t.f, x);
+  if (spec.arch == TranscoderArch::TopK) {
+    // Sparse decode: each row's k features per layer through embedding_bag, so the decoders'
+    // gradients (and the work) come from the active rows only, never an [N, F] x [F, (L - s) d] GEMM.
+    const int64_t L = spec.nLayers;
+    at::Tensor y = at::zeros({x.size(0), L, spec.dOut}, t.pre.options());
+    std::vector<at::Tensor> indices, values;
+    for (int64_t s = 0; s < L; ++s) {
+      at::Tensor pre = t.pre.select(1, s);
+      at::Tensor idx = topkIndices(pre.detach(), spec.k);
+      at::Tensor val = at::relu(pre.gather(1, idx));
+      y.narrow(1, s, L - s).add_(clt.decodeFromTopK(s, idx, val));
+      indices.push_back(idx);
+      values.push_back(val);
+    }
+    t.f = at::zeros_like(t.pre).scatter(-1, at::stack(indices, 1), at::stack(values, 1));
+    t.yHat = y + clt.params().b_dec;
+    if (clt.params().W_skip.defined()) t.yHat = t.yHat + at::bmm(x.transpose(0, 1), clt.params().W_skip).transpose(0, 1);
+  } else {
+    t.f = clt.activate(t.pre);
+    t.yHat = clt.decode(t.f, x);
+  }
   t.omega = clt.decoderNorms();
   at::Tensor fvu = layerFvu(t.yHat, y);
   t.layerFvu = fvu.detach();

@@ -4,7 +4,7 @@
  * tests. Also writes the transcoders in the flat safetensors layout test/reference/graph_oracle.py reads.
  */
 import { join } from 'node:path';
-import { loadModel, ReplacementModel, Tensor, Transcoder, type Model, type Processing } from '../../lib/index.js';
+import { CrossLayerTranscoder, loadModel, ReplacementModel, Tensor, Transcoder, type Model, type Processing } from '../../lib/index.js';
 import { writeSafetensors, type RawTensor } from '../../lib/io/safetensors.js';
 import { PRESETS, type RandomModelSpec } from '../../lib/models/random.js';
 import type { TranscoderArch } from '../../lib/transcoders/config.js';
@@ -92,4 +92,59 @@ export const GRAPH_SPECS: GraphFixtureSpec[] = [
   { name: 'qwen3 raw, mlp.hook_in, jumprelu+skip (q/k norms)', model: presetSpec('tiny-qwen3'), processing: 'none', input: 'mlp.hook_in', kinds: [{ arch: 'jumprelu', skip: true }] },
   { name: 'gemma2 raw, mlp.hook_in, jumprelu / relu+skip (sandwich norms, soft-caps)', model: presetSpec('tiny-gemma2'), processing: 'none', input: 'mlp.hook_in', kinds: [{ arch: 'jumprelu', skip: false }, RELU_SKIP] },
   { name: 'gemma3 raw, mlp.hook_in, relu+skip', model: presetSpec('tiny-gemma3'), processing: 'none', input: 'mlp.hook_in', kinds: [RELU_SKIP] },
+];
+
+export interface CrossLayerGraphFixtureSpec {
+  name: string;
+  model: RandomModelSpec;
+  input: GraphInput;
+  arch: TranscoderArch;
+  skip: boolean;
+}
+
+export interface CrossLayerGraphFixture {
+  model: Model;
+  dir: string;
+  replacement: ReplacementModel;
+  clt: CrossLayerTranscoder;
+  /** The CLT as one safetensors file for the Python oracle (`cross_layer` in its spec). */
+  oracleFile: string;
+}
+
+/** A random raw model with a random cross-layer transcoder over all its layers. */
+export async function crossLayerGraphFixture(spec: CrossLayerGraphFixtureSpec, seed = 6): Promise<CrossLayerGraphFixture> {
+  const dir = makeTempModel(spec.model);
+  const model = await loadModel(dir, { processing: 'none', device: DEVICE });
+  const rng = new Rng(seed);
+  const d = model.config.dModel;
+  const L = model.config.nLayers;
+  const F = GRAPH_DSAE;
+  const vec = (n: number, s: number, shift = 0) => Float32Array.from({ length: n }, () => shift + s * rng.normal());
+  const p: Record<string, { data: Float32Array; shape: number[] }> = {
+    W_enc: { data: vec(L * d * F, 0.3), shape: [L, d, F] },
+    b_enc: { data: vec(L * F, 0.2, spec.arch === 'jumprelu' ? 0.3 : 0), shape: [L, F] },
+    b_dec: { data: vec(L * d, 0.1), shape: [L, d] },
+  };
+  for (let s = 0; s < L; s++) p[`W_dec_${s}`] = { data: vec(F * (L - s) * d, 0.25), shape: [F, L - s, d] };
+  if (spec.skip) p.W_skip = { data: vec(L * d * d, 0.08), shape: [L, d, d] };
+  if (spec.arch === 'jumprelu') p.threshold = { data: Float32Array.from({ length: L * F }, () => 0.2 + 0.2 * rng.uniform()), shape: [L, F] };
+  const k = spec.arch === 'topk' ? 6 : undefined;
+  const hooks = Array.from({ length: L }, (_, l) => hooksFor(model, l, spec.input));
+  const clt = await CrossLayerTranscoder.fromParameters(
+    { arch: spec.arch, nLayers: L, dIn: d, dOut: d, dSae: F, skip: spec.skip, ...(k ? { k } : {}), hookIn: hooks.map((h) => h.hookIn), hookOut: hooks.map((h) => h.hookOut) },
+    Object.fromEntries(Object.entries(p).map(([name, t]) => [name, Tensor.from(t.data, t.shape)])),
+    { device: DEVICE },
+  );
+  const raw: Record<string, RawTensor> = Object.fromEntries(Object.entries(p).map(([name, t]) => [name, { dtype: 'F32', shape: t.shape, bytes: new Uint8Array(t.data.buffer) }]));
+  const oracleFile = join(tempDir('transcoders-graph-clt-'), 'clt.safetensors');
+  const template = (hook: string) => hook.replace(/^blocks\.0\./, 'blocks.{layer}.');
+  writeSafetensors(oracleFile, raw, { arch: spec.arch, ...(k ? { k: String(k) } : {}), hook_in: template(hooks[0]!.hookIn), hook_out: template(hooks[0]!.hookOut) });
+  return { model, dir, replacement: ReplacementModel.createCrossLayer(model, clt), clt, oracleFile };
+}
+
+/** Families x CLT kinds x input hooks for the cross-layer graph tests. */
+export const CROSS_LAYER_GRAPH_SPECS: CrossLayerGraphFixtureSpec[] = [
+  { name: 'gpt2 raw, ln2.hook_normalized, clt relu+skip', model: presetSpec('tiny-gpt2', { nLayers: 3 }), input: 'ln2', arch: 'relu', skip: true },
+  { name: 'llama raw, hook_resid_mid, clt topk', model: presetSpec('tiny-llama', { nLayers: 3 }), input: 'residual', arch: 'topk', skip: false },
+  { name: 'gemma2 raw, mlp.hook_in, clt jumprelu+skip', model: presetSpec('tiny-gemma2', { nLayers: 3 }), input: 'mlp.hook_in', arch: 'jumprelu', skip: true },
 ];
