@@ -6,7 +6,10 @@
  * evaluated on held-out sequences with every MLP replaced at once. TopK settings give both the same
  * L0 by construction; the relu settings report the L0 each reached.
  *
- *   node --import tsx scripts/compare-cross-layer.ts [--tokens N] [--out DIR]
+ *   node --import tsx scripts/compare-cross-layer.ts [--tokens N] [--out DIR] [--only topk|relu] [--clt-l1 C]
+ *
+ * --only runs one kind of setting; --clt-l1 sets the CLT's L1 coefficient of the relu setting (e.g. a
+ * little above the per-layer one, to bring its L0 down to theirs).
  *
  * Prints a Markdown table and writes it, with the raw numbers, to OUT/compare-cross-layer.json.
  */
@@ -22,7 +25,7 @@ import { evaluate } from '../lib/transcoders/evaluate.js';
 import { evaluateCrossLayer } from '../lib/transcoders/evaluate-cross-layer.js';
 import { trainTranscoders, type TrainRunOptions } from '../lib/transcoders/training-run.js';
 
-const { values } = parseArgs({ options: { tokens: { type: 'string' }, out: { type: 'string' } } });
+const { values } = parseArgs({ options: { tokens: { type: 'string' }, out: { type: 'string' }, only: { type: 'string' }, 'clt-l1': { type: 'string' } } });
 const tokens = Number(values.tokens ?? DEMO_TRANSCODERS.tokens);
 const out = values.out ?? '/tmp/compare-cross-layer';
 mkdirSync(out, { recursive: true });
@@ -45,11 +48,13 @@ const common: Omit<TrainRunOptions, 'arch' | 'out' | 'dSae'> = {
 
 interface Row { setting: string; kind: string; features: number; l0: number[]; fvu: number[]; ce: number; recovered: number; kl: number; clean: number; zero: number; seconds: number }
 const results: Row[] = [];
-const settings: { name: string; perLayer: Partial<TrainRunOptions>; crossLayer: Partial<TrainRunOptions> }[] = [
+const cltL1 = Number(values['clt-l1'] ?? 2e-3);
+const allSettings: { name: string; perLayer: Partial<TrainRunOptions>; crossLayer: Partial<TrainRunOptions> }[] = [
   { name: 'topk k=16, F=1024 per layer', perLayer: { arch: 'topk', k: 16, dSae: 1024 }, crossLayer: { arch: 'clt-topk', k: 16, dSae: 1024 } },
   { name: 'topk k=32, F=1024 per layer', perLayer: { arch: 'topk', k: 32, dSae: 1024 }, crossLayer: { arch: 'clt-topk', k: 32, dSae: 1024 } },
-  { name: 'relu, F=1024 per layer', perLayer: { arch: 'relu', dSae: 1024, recipe: 'standard', l1Coefficient: 2e-3, ghostGrads: false }, crossLayer: { arch: 'clt-relu', dSae: 1024, sparsity: 'l1', sparsityCoefficient: 2e-3 } },
+  { name: 'relu, F=1024 per layer', perLayer: { arch: 'relu', dSae: 1024, recipe: 'standard', l1Coefficient: 2e-3, ghostGrads: false }, crossLayer: { arch: 'clt-relu', dSae: 1024, sparsity: 'l1', sparsityCoefficient: cltL1 } },
 ];
+const settings = allSettings.filter((s) => !values.only || s.name.startsWith(values.only));
 for (const s of settings) {
   for (const kind of ['per-layer', 'cross-layer'] as const) {
     const started = Date.now();

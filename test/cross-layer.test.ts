@@ -357,3 +357,30 @@ describe('cross-layer training run (model-fed, the C++ loop)', () => {
     model.dispose();
   });
 });
+
+describe('Gemma Scope 2 cross-layer transcoders', () => {
+  it.each([false, true])('read as Google defines them, skip %s: forward equals the numpy reference from the raw arrays (1e-5)', async (skip) => {
+    const root = tempDir();
+    const dir = join(root, 'clt');
+    runPython('gemma_scope_reference.py', ['clt', dir, '5', '4', '12', '20', ...(skip ? ['--skip'] : [])]);
+    const clt = await loadCrossLayerTranscoder(dir);
+    expect(clt.config).toMatchObject({ arch: 'jumprelu', nLayers: 4, dIn: 12, dOut: 12, dSae: 20, skip, processing: 'none', modelName: 'google/gemma-3-270m' });
+    expect(clt.config.hookIn[2]).toBe('blocks.2.mlp.hook_in');
+    expect(clt.config.hookOut[3]).toBe('blocks.3.hook_mlp_out');
+    const ref = (await readSafetensors(join(root, 'reference-clt-5.safetensors'))).tensors;
+    expectRelClose(await clt.forward(ref.x!), ref.y!, 1e-5, 'y');
+    // It converts to the native and circuit-tracer layouts like any CLT (skip: native only).
+    const native = join(root, 'native');
+    saveCrossLayerTranscoder(clt, native);
+    expect(maxDiff(await (await loadCrossLayerTranscoder(native)).forward(ref.x!), await clt.forward(ref.x!)).diff).toBe(0);
+  });
+
+  it('names the missing layer folder', async () => {
+    const root = tempDir();
+    const dir = join(root, 'clt');
+    runPython('gemma_scope_reference.py', ['clt', dir, '6', '3', '8', '10']);
+    const { rmSync } = await import('node:fs');
+    rmSync(join(dir, 'layer_1_width_10_clt'), { recursive: true });
+    await expect(loadCrossLayerTranscoder(dir)).rejects.toThrow(/needs layer_0\.\.layer_2; layer_1 is missing/);
+  });
+});

@@ -19,7 +19,7 @@ import type { GraphNode, SparseAdjacency } from '../lib/graphs/graph.js';
 import { readSafetensors } from '../lib/io/safetensors.js';
 import { Rng } from '../lib/util/random.js';
 import { tempDir } from './helpers/fixtures.js';
-import { CROSS_LAYER_GRAPH_SPECS, crossLayerGraphFixture, type CrossLayerGraphFixture } from './helpers/graph-fixtures.js';
+import { CROSS_LAYER_GRAPH_SPECS, crossLayerGraphFixture, perturbationOf, type CrossLayerGraphFixture } from './helpers/graph-fixtures.js';
 import { runPython } from './helpers/reference.js';
 
 const TOL = 1e-4;
@@ -31,17 +31,6 @@ function rowOf(a: SparseAdjacency, i: number): { columns: Int32Array; values: Fl
 
 function expectRel(actual: number, expected: number, what: string, tol = TOL): void {
   expect(Math.abs(actual - expected), `${what}: ${actual} vs ${expected}`).toBeLessThanOrEqual(tol * Math.max(1, Math.abs(expected)));
-}
-
-function perturbationOf(n: GraphNode): Record<string, unknown> {
-  switch (n.kind) {
-    case 'feature': return { kind: 'feature', layer: n.layer, position: n.position, feature: n.index };
-    case 'error': return { kind: 'error', layer: n.layer, position: n.position };
-    case 'token': return { kind: 'token', position: n.position };
-    case 'positional': return { kind: 'positional', position: n.position };
-    case 'bias': return { kind: 'bias', layer: n.layer };
-    default: throw new Error(`no perturbation for ${n.kind}`);
-  }
 }
 
 describe.each(CROSS_LAYER_GRAPH_SPECS)('cross-layer attribution graph: $name', (spec) => {

@@ -17,21 +17,10 @@ import { loadModel, type Model } from '../lib/index.js';
 import { readSafetensors, writeSafetensors } from '../lib/io/safetensors.js';
 import { Rng } from '../lib/util/random.js';
 import { tempDir } from './helpers/fixtures.js';
-import { GRAPH_SPECS, graphFixture } from './helpers/graph-fixtures.js';
+import { GRAPH_SPECS, graphFixture, perturbationOf } from './helpers/graph-fixtures.js';
 import { maxDiff, runPython } from './helpers/reference.js';
 
 const PROMPT = [1, 17, 42, 250, 9, 33, 100, 7, 58, 12];
-
-function perturbationOf(n: GraphNode): Record<string, unknown> {
-  switch (n.kind) {
-    case 'feature': return { kind: 'feature', layer: n.layer, position: n.position, feature: n.index };
-    case 'error': return { kind: 'error', layer: n.layer, position: n.position };
-    case 'token': return { kind: 'token', position: n.position };
-    case 'positional': return { kind: 'positional', position: n.position };
-    case 'bias': return { kind: 'bias', layer: n.layer };
-    default: throw new Error(`no perturbation for ${n.kind}`);
-  }
-}
 
 /**
  * What the processed model's b_U adds to the demeaned logit of token v, b_U[v] - mean(b_U): the

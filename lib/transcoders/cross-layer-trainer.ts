@@ -12,7 +12,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { native, type NativeCrossLayerStepMetrics, type NativeCrossLayerTrainer } from '../native.js';
 import { Tensor } from '../tensor.js';
 import type { CrossLayerTranscoder } from './cross-layer.js';
-import type { ScheduleName } from './step-trainer.js';
+import { readTrainerHandleState, writeTrainerHandleState, type ScheduleName, type TrainerState } from './step-trainer.js';
 
 export interface CrossLayerTrainOptions {
   /** Base learning rate (default 2e-4). */
@@ -96,13 +96,12 @@ export class CrossLayerTrainer {
   }
 
   /** Optimizer and dead-feature state, for checkpoints: tensors by name plus the step count. */
-  state(): { step: number; tensors: Record<string, Tensor> } {
-    const { step, ...rest } = this.handle.state();
-    return { step, tensors: Object.fromEntries(Object.entries(rest).map(([k, v]) => [k, new Tensor(v as never)])) };
+  state(): TrainerState {
+    return readTrainerHandleState(this.handle);
   }
 
   /** Restores {@link state} (for resuming). */
-  setState(state: { step: number; tensors: Record<string, Tensor> }): void {
-    this.handle.setState({ step: state.step, ...Object.fromEntries(Object.entries(state.tensors).map(([k, v]) => [k, v.handle])) });
+  setState(state: TrainerState): void {
+    writeTrainerHandleState(this.handle, state);
   }
 }

@@ -8,23 +8,15 @@
 import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Model, MlpReplacement } from '../models/model.js';
+import type { LayerEvaluation } from './evaluate.js';
 import { native } from '../native.js';
 import { stackLayers, type CrossLayerTranscoder } from './cross-layer.js';
 
-export interface CrossLayerLayerEvaluation {
-  layer: number;
-  /** Mean number of active features of this source layer per token. */
-  l0: number;
-  /** Mean squared error per element of this layer's reconstructed MLP output. */
-  mse: number;
-  /** This layer's fraction of variance unexplained. */
-  fvu: number;
-  explainedVariance: number;
-  /** Fraction of this layer's features that never fired on the data. */
-  deadFraction: number;
-  /** Fraction active on more than 10% of tokens. */
-  denseFraction: number;
-}
+/**
+ * Per layer: the L0 of its features (source), and the MSE, FVU and explained variance of its MLP
+ * output (target); dead and dense fractions of its features. (A CLT has no "this layer alone" CE.)
+ */
+export type CrossLayerLayerEvaluation = Omit<LayerEvaluation, 'ceLoss' | 'ceLossZeroAblated' | 'ceLossRecovered'>;
 
 export interface CrossLayerEvaluation {
   sequences: number;

@@ -131,6 +131,23 @@ export function resolveTrainOptions(transcoder: Transcoder, options: TrainOption
   };
 }
 
+/** A trainer's optimizer and dead-feature state: tensors by name plus the step count (what checkpoints hold). */
+export interface TrainerState {
+  step: number;
+  tensors: Record<string, Tensor>;
+}
+
+/** The native trainer state behind `handle` as a {@link TrainerState} (copies). */
+export function readTrainerHandleState(handle: Pick<NativeStepTrainer, 'state'>): TrainerState {
+  const { step, ...rest } = handle.state();
+  return { step, tensors: Object.fromEntries(Object.entries(rest).map(([k, v]) => [k, new Tensor(v as never)])) };
+}
+
+/** Restores a {@link TrainerState} into the native trainer behind `handle`. */
+export function writeTrainerHandleState(handle: Pick<NativeStepTrainer, 'setState'>, state: TrainerState): void {
+  handle.setState({ step: state.step, ...Object.fromEntries(Object.entries(state.tensors).map(([k, v]) => [k, v.handle])) });
+}
+
 export class StepTrainer {
   readonly transcoder: Transcoder;
   readonly options: Record<string, unknown>;
@@ -149,13 +166,12 @@ export class StepTrainer {
   }
 
   /** Optimizer and dead-feature state, for checkpoints: tensors by name plus the step count. */
-  state(): { step: number; tensors: Record<string, Tensor> } {
-    const { step, ...rest } = this.handle.state();
-    return { step, tensors: Object.fromEntries(Object.entries(rest).map(([k, v]) => [k, new Tensor(v as never)])) };
+  state(): TrainerState {
+    return readTrainerHandleState(this.handle);
   }
 
   /** Restores {@link state} (for resuming a run). */
-  setState(state: { step: number; tensors: Record<string, Tensor> }): void {
-    this.handle.setState({ step: state.step, ...Object.fromEntries(Object.entries(state.tensors).map(([k, v]) => [k, v.handle])) });
+  setState(state: TrainerState): void {
+    writeTrainerHandleState(this.handle, state);
   }
 }

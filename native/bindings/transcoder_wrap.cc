@@ -11,6 +11,7 @@
 #include "bindings/js_args.h"
 #include "bindings/state.h"
 #include "bindings/task.h"
+#include "bindings/trainer_state.h"
 #include "tensor/dtype.h"
 #include "bindings/tensor_wrap.h"
 #include "eval/metrics.h"
@@ -55,15 +56,7 @@ LossOptions lossOptionsFrom(const Napi::Object& o) {
 
 TrainOptions trainOptionsFrom(const Napi::Object& o) {
   TrainOptions t;
-  t.lr = numberOr(o, "lr", t.lr);
-  t.adam.beta1 = numberOr(o, "beta1", t.adam.beta1);
-  t.adam.beta2 = numberOr(o, "beta2", t.adam.beta2);
-  t.adam.eps = numberOr(o, "eps", t.adam.eps);
-  Napi::Object sched = objectOr(o.Get("schedule"));
-  t.schedule.kind = scheduleFromName(stringOr(sched, "kind", "constant"));
-  t.schedule.warmupSteps = intOr(sched, "warmupSteps", 0);
-  t.schedule.totalSteps = intOr(sched, "totalSteps", 1);
-  t.schedule.endFactor = numberOr(sched, "endFactor", 0.1);
+  optimizerOptionsFrom(o, t.lr, t.adam, t.schedule);
   t.schedulerBeforeStep = boolOr(o, "schedulerBeforeStep", false);
   t.loss = lossOptionsFrom(objectOr(o.Get("loss")));
   t.sparsityWarmupSteps = intOr(o, "sparsityWarmupSteps", 0);
@@ -438,43 +431,23 @@ Napi::Value JsTrainer::run(const Napi::CallbackInfo& info) {
   });
 }
 
-// state() -> { step, stepsSinceFired, "adam.<param>.exp_avg", "adam.<param>.exp_avg_sq" } (copies)
+// state() -> { step, steps_since_fired, "adam.<param>.exp_avg", "adam.<param>.exp_avg_sq" } (copies)
 Napi::Value JsTrainer::state(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     std::shared_lock lock(tc_->mutex());
-    std::vector<std::pair<std::string, at::Tensor>> named = {{"steps_since_fired", trainer_->stepsSinceFired().clone()}};
-    auto params = tc_->params().named();
-    auto& adam = trainer_->optimizer().state();
-    for (size_t i = 0; i < params.size(); ++i) {
-      named.emplace_back("adam." + params[i].first + ".exp_avg", adam[i].expAvg.clone());
-      named.emplace_back("adam." + params[i].first + ".exp_avg_sq", adam[i].expAvgSq.clone());
-    }
-    Napi::Object out = tensorMap(info.Env(), named);
-    out.Set("step", static_cast<double>(trainer_->steps()));
-    return out;
+    std::vector<std::string> names;
+    for (const auto& [name, t] : tc_->params().named()) names.push_back(name);
+    return trainerStateToJs(info.Env(), trainer_->stepsSinceFired(), names, trainer_->optimizer());
   });
 }
 
 // setState(state) restores what state() returned (for resuming).
 Napi::Value JsTrainer::setState(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
-    Napi::Object s = objectOr(info[0]);
     std::unique_lock lock(tc_->mutex());
-    at::NoGradGuard noGrad;
-    auto restore = [&](at::Tensor& into, const std::string& name) {
-      at::Tensor t = JsTensor::tensorOf(s.Get(name), name.c_str());
-      if (t.sizes() != into.sizes())
-        throw InvalidArgument("trainer state '" + name + "' has shape " + c10::str(t.sizes()) + ", expected " + c10::str(into.sizes()));
-      into.copy_(t);
-    };
-    restore(trainer_->stepsSinceFired(), "steps_since_fired");
-    auto params = tc_->params().named();
-    auto& adam = trainer_->optimizer().state();
-    for (size_t i = 0; i < params.size(); ++i) {
-      restore(adam[i].expAvg, "adam." + params[i].first + ".exp_avg");
-      restore(adam[i].expAvgSq, "adam." + params[i].first + ".exp_avg_sq");
-    }
-    trainer_->optimizer().setSteps(intOr(s, "step", 0));
+    std::vector<std::string> names;
+    for (const auto& [name, t] : tc_->params().named()) names.push_back(name);
+    trainerStateFromJs(objectOr(info[0]), trainer_->stepsSinceFired(), names, trainer_->optimizer());
     return info.Env().Undefined();
   });
 }

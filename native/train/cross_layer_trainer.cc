@@ -27,19 +27,6 @@ std::string CrossLayerTrainer::where(int64_t step) {
   return "training stopped at step " + std::to_string(step) + " of the cross-layer transcoder: ";
 }
 
-std::string CrossLayerTrainer::firstNonFinite(bool gradients) {
-  // One read of each tensor in the common case: a sum is finite only if every element is.
-  auto named = clt_->params().named();
-  auto of = [&](at::Tensor* t) { return gradients ? t->grad() : *t; };
-  std::vector<at::Tensor> sums;
-  for (const auto& [name, t] : named)
-    if (of(t).defined()) sums.push_back(at::sum(of(t), c10::kFloat));
-  if (sums.empty() || at::stack(sums).isfinite().all().item<bool>()) return "";
-  for (const auto& [name, t] : named)
-    if (of(t).defined() && !of(t).isfinite().all().item<bool>()) return name;
-  return "";
-}
-
 CrossLayerStepMetrics CrossLayerTrainer::step(const at::Tensor& xIn, const at::Tensor& yIn) {
   auto options = clt_->params().W_enc.options();
   at::Tensor x = xIn.to(options), y = yIn.to(options);
@@ -84,7 +71,7 @@ CrossLayerStepMetrics CrossLayerTrainer::step(const at::Tensor& xIn, const at::T
     at::AutoGradMode grad(true);
     t.total.backward();
   }
-  if (std::string bad = firstNonFinite(true); !bad.empty())
+  if (std::string bad = firstNonFinite(clt_->params().named(), true); !bad.empty())
     throw NonFinite(where(step) + "the gradient of " + bad + " is not finite; the last checkpoint written before this step is intact");
   if (options_.maxGradNorm > 0) {
     at::Tensor sq = at::zeros({}, x.options().dtype(c10::kDouble));
@@ -96,7 +83,7 @@ CrossLayerStepMetrics CrossLayerTrainer::step(const at::Tensor& xIn, const at::T
         if (param->grad().defined()) param->mutable_grad().mul_(factor);
   }
   adam_.step(lr);
-  if (std::string bad = firstNonFinite(false); !bad.empty())
+  if (std::string bad = firstNonFinite(clt_->params().named(), false); !bad.empty())
     throw NonFinite(where(step) + "the update left " + bad + " not finite (the learning rate " + std::to_string(lr) +
                     " is too large?); the last checkpoint written before this step is intact");
   return m;

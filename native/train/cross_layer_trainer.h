@@ -49,7 +49,6 @@ class CrossLayerTrainer {
 
  private:
   std::vector<at::Tensor*> parameters();
-  std::string firstNonFinite(bool gradients);
   static std::string where(int64_t step);
 
   std::shared_ptr<CrossLayerTranscoder> clt_;

@@ -114,7 +114,7 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
   backward();
   at::NoGradGuard noGrad;
   // A non-finite gradient would poison every parameter through Adam: stop before the update.
-  if (std::string bad = firstNonFinite(true); !bad.empty()) throw NonFinite(where(step) + "the gradient of " + bad + " is not finite" + lastGood());
+  if (std::string bad = firstNonFinite(tc_->params().named(), true); !bad.empty()) throw NonFinite(where(step) + "the gradient of " + bad + " is not finite" + lastGood());
   if (options_.normalizeDecoder && p.W_dec.grad().defined()) removeParallelComponent(p.W_dec.mutable_grad(), p.W_dec);
   if (options_.maxGradNorm > 0) {
     at::Tensor sq = at::zeros({}, x.options().dtype(c10::kDouble));
@@ -127,16 +127,15 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
         if (param->grad().defined()) param->mutable_grad().mul_(factor);
   }
   adam_.step(lr);
-  if (std::string bad = firstNonFinite(false); !bad.empty())
+  if (std::string bad = firstNonFinite(tc_->params().named(), false); !bad.empty())
     throw NonFinite(where(step) + "the update left " + bad + " not finite (the learning rate " + std::to_string(lr) + " is too large?)" + lastGood());
   return m;
 }
 
-std::string StepTrainer::firstNonFinite(bool gradients) {
+std::string firstNonFinite(const std::vector<std::pair<std::string, at::Tensor*>>& named, bool gradients) {
   // One device synchronisation and one read of each tensor in the common case: a sum is finite
   // only if every element is (an infinity or a NaN anywhere makes it inf or nan). Only when a sum
   // is not finite (or overflows) are the tensors searched element by element.
-  auto named = tc_->params().named();
   auto of = [&](at::Tensor* t) { return gradients ? t->grad() : *t; };
   std::vector<at::Tensor> sums;
   for (const auto& [name, t] : named)

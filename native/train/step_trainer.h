@@ -45,6 +45,10 @@ struct StepMetrics {
   int64_t resampled = 0;  // features re-initialised after this step
 };
 
+// The name of the first of `named` (their gradients, with `gradients`) holding a NaN or an infinity;
+// "" when none does. One read of each tensor in the common case.
+std::string firstNonFinite(const std::vector<std::pair<std::string, at::Tensor*>>& named, bool gradients);
+
 class StepTrainer {
  public:
   StepTrainer(std::shared_ptr<Transcoder> transcoder, TrainOptions options);
@@ -68,8 +72,6 @@ class StepTrainer {
  private:
   StepMetrics trainStep(const at::Tensor& x, const at::Tensor& y);
   std::vector<at::Tensor*> parameters();
-  // The name of the first parameter (or gradient) holding a NaN or an infinity; "" when none does.
-  std::string firstNonFinite(bool gradients);
   // "training stopped at step N of the layer-L transcoder: " and the note on the last checkpoint.
   std::string where(int64_t step) const;
   static std::string lastGood();

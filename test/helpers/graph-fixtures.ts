@@ -8,6 +8,7 @@ import { CrossLayerTranscoder, loadModel, ReplacementModel, Tensor, Transcoder, 
 import { writeSafetensors, type RawTensor } from '../../lib/io/safetensors.js';
 import { PRESETS, type RandomModelSpec } from '../../lib/models/random.js';
 import type { TranscoderArch } from '../../lib/transcoders/config.js';
+import type { GraphNode } from '../../lib/graphs/graph.js';
 import { Rng } from '../../lib/util/random.js';
 import { DEVICE, makeTempModel, tempDir } from './fixtures.js';
 
@@ -148,3 +149,15 @@ export const CROSS_LAYER_GRAPH_SPECS: CrossLayerGraphFixtureSpec[] = [
   { name: 'llama raw, hook_resid_mid, clt topk', model: presetSpec('tiny-llama', { nLayers: 3 }), input: 'residual', arch: 'topk', skip: false },
   { name: 'gemma2 raw, mlp.hook_in, clt jumprelu+skip', model: presetSpec('tiny-gemma2', { nLayers: 3 }), input: 'mlp.hook_in', arch: 'jumprelu', skip: true },
 ];
+
+/** The oracle's perturbation (test/reference/graph_oracle.py) that removes the source node `n`. */
+export function perturbationOf(n: GraphNode): Record<string, unknown> {
+  switch (n.kind) {
+    case 'feature': return { kind: 'feature', layer: n.layer, position: n.position, feature: n.index };
+    case 'error': return { kind: 'error', layer: n.layer, position: n.position };
+    case 'token': return { kind: 'token', position: n.position };
+    case 'positional': return { kind: 'positional', position: n.position };
+    case 'bias': return { kind: 'bias', layer: n.layer };
+    default: throw new Error(`no perturbation for ${n.kind}`);
+  }
+}

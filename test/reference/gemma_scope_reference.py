@@ -15,6 +15,12 @@ Usage:
         with x [N, d], pre, f, y (float32; computed in float64).
     gemma_scope_reference.py corrupt OUT_DIR
         writes malformed and unusual params.npz variants into OUT_DIR/<name>/params.npz.
+    gemma_scope_reference.py clt OUT_DIR SEED L D F [--skip]
+        a Gemma Scope 2 cross-layer transcoder: OUT_DIR/layer_{l}_width_{F}_clt/params.safetensors for
+        l = 0..L-1 with w_enc [d, F], b_enc [F], b_dec [d], threshold [F], w_dec [F, L, d] (source layer
+        l's decoders into every layer; only t >= l are used), optional affine_skip_connection [d, d],
+        and a config.json each; OUT_DIR/../reference-clt-<SEED>.safetensors with x [N, L, d] and
+        y [N, L, d] = sum_{s <= t} f_s @ w_dec_s[:, t, :] + b_dec_t (+ x_t @ affine_t).
 """
 
 import io
@@ -96,6 +102,50 @@ def fixture(out_dir, kind, seed, d, F, skip, compressed, negative_threshold):
     save_file(out, os.path.join(os.path.dirname(os.path.abspath(out_dir)), f"reference-{seed}.safetensors"))
 
 
+def clt_fixture(out_dir, seed, L, d, F, skip):
+    rng = np.random.default_rng(seed)
+    layers = []
+    for l in range(L):
+        p = {
+            "w_enc": rng.normal(size=(d, F)) / np.sqrt(d),
+            "b_enc": rng.normal(size=F) * 0.2,
+            "b_dec": rng.normal(size=d) * 0.1,
+            "threshold": np.abs(rng.normal(size=F)) * 0.5 + 0.05,
+            "w_dec": rng.normal(size=(F, L, d)) * 0.3,
+        }
+        # The entries a source layer never uses (targets below it) are noise that must be ignored.
+        p["w_dec"][:, :l, :] = 1e3
+        if skip:
+            p["affine_skip_connection"] = rng.normal(size=(d, d)) * 0.1
+        layers.append({k: v.astype(np.float32) for k, v in p.items()})
+    x = rng.normal(size=(N, L, d)).astype(np.float32)
+    f64 = [{k: v.astype(np.float64) for k, v in p.items()} for p in layers]
+    xs = x.astype(np.float64)
+    y = np.zeros((N, L, d))
+    for s in range(L):
+        pre = xs[:, s] @ f64[s]["w_enc"] + f64[s]["b_enc"]
+        f = (pre > f64[s]["threshold"]) * np.maximum(pre, 0)
+        for t in range(s, L):
+            y[:, t] += f @ f64[s]["w_dec"][:, t, :]
+    for t in range(L):
+        y[:, t] += f64[t]["b_dec"]
+        if skip:
+            y[:, t] += xs[:, t] @ f64[t]["affine_skip_connection"]
+    for l, p in enumerate(layers):
+        folder = os.path.join(out_dir, f"layer_{l}_width_{F}_clt")
+        os.makedirs(folder, exist_ok=True)
+        save_file({k: torch.from_numpy(v) for k, v in p.items()}, os.path.join(folder, "params.safetensors"))
+        with open(os.path.join(folder, "config.json"), "w") as fh:
+            json.dump({
+                "hf_hook_point_in": f"model.layers.{l}.pre_feedforward_layernorm.output",
+                "hf_hook_point_out": f"model.layers.{l}.post_feedforward_layernorm.output",
+                "width": F, "model_name": "google/gemma-3-270m", "architecture": "jump_relu",
+                "affine_connection": bool(skip), "type": "clt",
+            }, fh)
+    save_file({"x": torch.from_numpy(x), "y": torch.from_numpy(y.astype(np.float32))},
+              os.path.join(os.path.dirname(os.path.abspath(out_dir)), f"reference-clt-{seed}.safetensors"))
+
+
 def npy_bytes(array, version=(1, 0)):
     buf = io.BytesIO()
     np.lib.format.write_array(buf, array, version=version, allow_pickle=False)
@@ -167,5 +217,8 @@ if __name__ == "__main__":
         fixture(out, kind, seed, d, F, "--skip" in flags, "--compressed" in flags, "--negative-threshold" in flags)
     elif sys.argv[1] == "corrupt":
         corrupt(sys.argv[2])
+    elif sys.argv[1] == "clt":
+        out, seed, L, d, F = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+        clt_fixture(out, seed, L, d, F, "--skip" in sys.argv[7:])
     else:
         raise SystemExit(f"unknown mode {sys.argv[1]}")

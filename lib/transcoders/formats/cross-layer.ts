@@ -11,10 +11,16 @@
  *   no input pre-bias and reads no skip connection: a skip or TopK CLT cannot be written there
  *   without changing its function, so those exports are refused.
  *
+ * - Gemma Scope 2 CLTs (in): per source layer l a folder `layer_{l}_...` with `params.safetensors`
+ *   (`w_enc` [d, F], `b_enc` [F], `b_dec` [d], `threshold` [F], `w_dec` [F, L, d] of which only the
+ *   targets t >= l are used, optional `affine_skip_connection` [d, d]) and a `config.json` naming the
+ *   hooks. JumpReLU as Google's reference computes it, (pre > θ) relu(pre): ours for θ >= 0, so
+ *   negative thresholds are raised to 0 (as for Gemma Scope's per-layer transcoders).
+ *
  * Every file is written atomically; config files last, so a folder with one is complete.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { FormatError, InvalidArgumentError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
 import { describe, readJsonObjectFile } from '../../io/json.js';
@@ -23,7 +29,8 @@ import { Tensor } from '../../tensor.js';
 import { crossLayerParameterShapes, CrossLayerTranscoder, validateCrossLayerConfig, type CrossLayerConfig } from '../cross-layer.js';
 import type { PlacementOptions } from '../transcoder.js';
 import { CIRCUIT_TRACER_CONFIG_FILE, readCircuitTracerConfig, stringifyYaml } from './circuit-tracer.js';
-import { exportedModelName, floatData, prepareOutputFolder, TensorFile, transposeData } from './common.js';
+import { exportedModelName, floatData, prepareOutputFolder, readJsonObject, TensorFile, transposeData } from './common.js';
+import { GEMMA_SCOPE_2_CONFIG_FILE, GEMMA_SCOPE_2_FILE, hookOfHfHookPoint, layerFromGemmaScopePath } from './gemma-scope.js';
 import { NATIVE_FORMAT } from './native.js';
 
 export const CROSS_LAYER_CONFIG_FILE = 'cfg.json';
@@ -163,22 +170,122 @@ async function loadCircuitTracerCrossLayer(dir: string, options: PlacementOption
   }
 }
 
+/** Layer -> params.safetensors of a Gemma Scope 2 CLT folder (`layer_{l}_.../params.safetensors` with a 3-d w_dec); empty when it is not one. */
+function gemmaScope2CrossLayerFiles(dir: string): Map<number, string> {
+  const out = new Map<number, string>();
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return out;
+  }
+  for (const name of names) {
+    const layer = layerFromGemmaScopePath(name);
+    const file = join(dir, name, GEMMA_SCOPE_2_FILE);
+    if (layer === undefined || !existsSync(file)) continue;
+    try {
+      if (new TensorFile(file).header.entries.get('w_dec')?.shape.length !== 3) continue;
+    } catch {
+      continue;
+    }
+    out.set(layer, file);
+  }
+  return out;
+}
+
+/** Whether `dir` holds a Gemma Scope 2 cross-layer transcoder. */
+export function isGemmaScope2CrossLayer(dir: string): boolean {
+  return gemmaScope2CrossLayerFiles(dir).size > 0;
+}
+
+async function loadGemmaScope2CrossLayer(dir: string, options: PlacementOptions): Promise<CrossLayerTranscoder> {
+  const files = gemmaScope2CrossLayerFiles(dir);
+  const first = new TensorFile(files.get(0) ?? [...files.values()][0]!);
+  const wDec0 = first.float('w_dec', 3);
+  const [F, L, d] = wDec0.shape as [number, number, number];
+  for (let l = 0; l < L; l++) {
+    if (!files.has(l)) throw new FormatError(`${dir}: a Gemma Scope 2 cross-layer transcoder of ${L} layers (w_dec [${wDec0.shape}]) needs layer_0..layer_${L - 1}; layer_${l} is missing`, dir);
+  }
+  if (files.size !== L) throw new FormatError(`${dir}: ${files.size} layer folders, but w_dec says ${L} layers`, dir);
+  const dIn = first.float('w_enc', 2).shape[0]!;
+  const skip = first.has('affine_skip_connection');
+  const wEnc = new Float32Array(L * dIn * F);
+  const bEnc = new Float32Array(L * F);
+  const bDec = new Float32Array(L * d);
+  const threshold = new Float32Array(L * F);
+  const wSkip = skip ? new Float32Array(L * dIn * d) : undefined;
+  const params: Record<string, Tensor> = {};
+  const hookIn: string[] = [];
+  const hookOut: string[] = [];
+  let modelName: string | null = null;
+  for (let l = 0; l < L; l++) {
+    const file = files.get(l)!;
+    const tf = new TensorFile(file);
+    tf.expect('w_enc', [dIn, F], "layer 0's w_enc");
+    tf.expect('b_enc', [F], 'F features');
+    tf.expect('b_dec', [d], 'd from w_dec');
+    tf.expect('threshold', [F], 'F features');
+    tf.expect('w_dec', [F, L, d], "layer 0's w_dec");
+    if (tf.has('affine_skip_connection') !== skip) tf.fail(`${skip ? 'has no' : 'has an'} 'affine_skip_connection', unlike layer 0`);
+    if (skip) tf.expect('affine_skip_connection', [dIn, d], 'd_in x d_out, applied as x · affine_skip_connection');
+    tf.rejectUnused();
+    const t = await tf.load(['w_enc', 'b_enc', 'b_dec', 'threshold', 'w_dec', ...(skip ? ['affine_skip_connection'] : [])]);
+    const finite = Object.entries(t).find(([, x]) => !floatData(x).every(Number.isFinite));
+    if (finite) tf.fail(`tensor '${finite[0]}' holds NaN or infinite values`);
+    wEnc.set(floatData(t.w_enc!), l * dIn * F);
+    bEnc.set(floatData(t.b_enc!), l * F);
+    bDec.set(floatData(t.b_dec!), l * d);
+    threshold.set(floatData(t.threshold!).map((v) => (v < 0 ? 0 : v)), l * F);
+    if (wSkip) wSkip.set(floatData(t.affine_skip_connection!), l * dIn * d);
+    // Source layer l writes into layers l..L-1: w_dec[:, l:, :].
+    const full = floatData(t.w_dec!);
+    const dec = new Float32Array(F * (L - l) * d);
+    for (let j = 0; j < F; j++) dec.set(full.subarray((j * L + l) * d, (j + 1) * L * d), j * (L - l) * d);
+    params[`W_dec_${l}`] = Tensor.from(dec, [F, L - l, d]);
+    Object.values(t).forEach((x) => x.dispose());
+    const cfgFile = join(dirname(file), GEMMA_SCOPE_2_CONFIG_FILE);
+    const cfg = existsSync(cfgFile) ? readJsonObject(cfgFile) : {};
+    const point = (key: string, fallback: string): string => {
+      const v = cfg[key];
+      if (v === undefined || v === null) return fallback;
+      const mapped = typeof v === 'string' ? hookOfHfHookPoint(v) : undefined;
+      if (!mapped || mapped.layer !== l) throw new FormatError(`${cfgFile}: '${key}' ${describe(v)} is not a module point of layer ${l} this library maps to a hook`, cfgFile);
+      return mapped.hook;
+    };
+    hookIn.push(point('hf_hook_point_in', `blocks.${l}.mlp.hook_in`));
+    hookOut.push(point('hf_hook_point_out', `blocks.${l}.hook_mlp_out`));
+    if (typeof cfg.model_name === 'string') modelName = cfg.model_name;
+  }
+  params.W_enc = Tensor.from(wEnc, [L, dIn, F]);
+  params.b_enc = Tensor.from(bEnc, [L, F]);
+  params.b_dec = Tensor.from(bDec, [L, d]);
+  params.threshold = Tensor.from(threshold, [L, F]);
+  if (wSkip) params.W_skip = Tensor.from(wSkip, [L, dIn, d]);
+  const config: Partial<CrossLayerConfig> = { arch: 'jumprelu', bandwidth: 0.001, nLayers: L, dIn, dOut: d, dSae: F, skip, hookIn, hookOut, modelName, processing: 'none' };
+  try {
+    return await CrossLayerTranscoder.fromParameters(config, params, options);
+  } finally {
+    Object.values(params).forEach((t) => t.dispose());
+  }
+}
+
 /**
  * The cross-layer transcoder folder `path` names: itself (native or circuit-tracer layout), or the
  * `clt/` of a `transcoders train --arch clt-*` output folder; null when it holds none.
  */
 export function crossLayerFolder(path: string): string | null {
   for (const dir of [path, join(path, 'clt')]) {
-    if (isNativeCrossLayer(dir) || isCircuitTracerCrossLayer(dir)) return dir;
+    if (isNativeCrossLayer(dir) || isCircuitTracerCrossLayer(dir) || isGemmaScope2CrossLayer(dir)) return dir;
   }
   return null;
 }
 
-/** Reads a cross-layer transcoder folder: the native format or circuit-tracer's layout. */
+/** Reads a cross-layer transcoder folder: the native format, circuit-tracer's layout or Gemma Scope 2's. */
 export async function loadCrossLayerTranscoder(path: string, options: PlacementOptions = {}): Promise<CrossLayerTranscoder> {
   if (isNativeCrossLayer(path)) return loadNativeCrossLayer(path, options);
   if (isCircuitTracerCrossLayer(path)) return loadCircuitTracerCrossLayer(path, options);
-  throw new FormatError(`${path}: not a cross-layer transcoder folder (expected ${CROSS_LAYER_CONFIG_FILE} with kind "${CIRCUIT_TRACER_CLT_KIND}", or circuit-tracer's W_enc_0.safetensors)`, path);
+  if (isGemmaScope2CrossLayer(path)) return loadGemmaScope2CrossLayer(path, options);
+  throw new FormatError(`${path}: not a cross-layer transcoder folder (expected ${CROSS_LAYER_CONFIG_FILE} with kind "${CIRCUIT_TRACER_CLT_KIND}", circuit-tracer's W_enc_0.safetensors, or Gemma Scope 2's layer_0_*/params.safetensors with a 3-d w_dec)`, path);
 }
 
 /** The hook of layer 0 relative to its block, checking that every layer uses the same one. */
