@@ -384,3 +384,26 @@ describe('Gemma Scope 2 cross-layer transcoders', () => {
     await expect(loadCrossLayerTranscoder(dir)).rejects.toThrow(/needs layer_0\.\.layer_2; layer_1 is missing/);
   });
 });
+
+describe('cross-layer optimizer state in bfloat16', () => {
+  it('halves the moments, trains within 1% of float32 moments over 6 steps, and keeps them bfloat16 in its state (what checkpoints hold)', async () => {
+    const rng = new Rng(8);
+    const xs = randomTensor([6, 64, L, D], rng);
+    const ys = randomTensor([6, 64, L, D], rng, 0.5);
+    const run = async (optimizerStateDtype: 'float32' | 'bfloat16') => {
+      const clt = await randomClt({ arch: 'relu' }, 21);
+      const trainer = new CrossLayerTrainer(clt, { lr: 1e-2, sparsityCoefficient: 1e-3, optimizerStateDtype });
+      return { metrics: await trainer.run(xs, ys), state: trainer.state(), clt };
+    };
+    const f32 = await run('float32');
+    const bf16 = await run('bfloat16');
+    expect(bf16.state.tensors['adam.W_dec_0.exp_avg']!.dtype).toBe('bfloat16');
+    expect(f32.state.tensors['adam.W_dec_0.exp_avg']!.dtype).toBe('float32');
+    expect(bf16.clt.parameters().W_enc!.dtype).toBe('float32');
+    f32.metrics.forEach((m, i) => expect(Math.abs(bf16.metrics[i]!.total - m.total) / m.total, `step ${i}`).toBeLessThan(1e-2));
+    expect(bf16.metrics[5]!.total).toBeLessThan(bf16.metrics[0]!.total);
+    // Not the same numbers: the bf16 moments did round.
+    expect(bf16.metrics[5]!.total).not.toBe(f32.metrics[5]!.total);
+    expect(() => new CrossLayerTrainer(bf16.clt, { optimizerStateDtype: 'float16' as never })).toThrow(/optimizerStateDtype must be 'float32' or 'bfloat16'/);
+  });
+});

@@ -23,6 +23,7 @@ const RECIPES = ['paper', 'standard'] as const;
 const BIAS_INITS = ['mean', 'geometric_median', 'zeros'] as const;
 const DEFAULT_BATCH_SIZE = 4096;
 const COMPUTE_DTYPES = ['float32', 'bfloat16'] as const;
+const STATE_DTYPES = ['float32', 'bfloat16'] as const;
 const CLT_SPARSITIES = ['none', 'l1', 'tanh', 'l0'] as const;
 const ARCHS = [...TRANSCODER_ARCHS, ...CROSS_LAYER_RUN_ARCHS] as const;
 type RunArch = TranscoderArch | CrossLayerRunArch;
@@ -90,6 +91,7 @@ export function planTraining(values: OptionValues): TrainPlan {
   const recipe = choiceOption(values.recipe, 'recipe', RECIPES) ?? (arch === 'relu' ? 'paper' : 'standard');
   if (recipe === 'paper' && arch !== 'relu') throw new InvalidArgumentError(`--recipe paper trains relu transcoders; use --recipe standard for ${arch}`);
   choiceOption(values['compute-dtype'], 'compute-dtype', COMPUTE_DTYPES);
+  choiceOption(values['optimizer-state-dtype'], 'optimizer-state-dtype', STATE_DTYPES);
   const schedule = choiceOption(values['lr-schedule'], 'lr-schedule', SCHEDULES) ?? (recipe === 'paper' ? 'constantwithwarmup' : 'constant');
   if (values['warmup-steps'] !== undefined && schedule === 'constant') {
     const why = values['lr-schedule'] === undefined ? ` (the default of the ${recipe} recipe)` : '';
@@ -207,6 +209,8 @@ export const trainCommand: Command = {
     'ghost-grads': { type: 'string', value: 'on|off', description: 'relu: ghost gradients (default on in the paper recipe)' },
     'compute-dtype': { type: 'string', value: 'float32|bfloat16', description: 'relu, topk: precision of the dense matrix products (default float32; weights and optimizer stay float32)' },
     'dead-feature-window': { type: 'string', value: 'N', description: 'steps without firing before a feature counts as dead' },
+    'optimizer-state-dtype': { type: 'string', value: 'float32|bfloat16', description: "dtype of Adam's moments (default float32; bfloat16 halves their memory, the update stays float32)" },
+    'optimizer-state-device': { type: 'string', value: 'D', description: "device of Adam's moments (default the transcoders'), e.g. cpu while training on cuda" },
     'resample-every': { type: 'string', value: 'N', description: 'resample dead features every N steps (default off; not with --activations)' },
     'batch-size': { type: 'string', value: 'N', description: `activation rows (tokens) per step (default ${DEFAULT_BATCH_SIZE})` },
     tokens: { type: 'string', value: 'N', description: 'tokens to train on (at least one batch)' },
@@ -274,6 +278,8 @@ export const trainCommand: Command = {
       ...(values['ghost-grads'] !== undefined && { ghostGrads: values['ghost-grads'] === 'on' }),
       ...(values['compute-dtype'] !== undefined && { computeDtype: choiceOption(values['compute-dtype'], 'compute-dtype', COMPUTE_DTYPES)! }),
       ...(values['dead-feature-window'] !== undefined && { deadFeatureWindow: intOption(values['dead-feature-window'], 'dead-feature-window', 1)! }),
+      ...(values['optimizer-state-dtype'] !== undefined && { optimizerStateDtype: choiceOption(values['optimizer-state-dtype'], 'optimizer-state-dtype', STATE_DTYPES)! }),
+      ...(values['optimizer-state-device'] !== undefined && { optimizerStateDevice: values['optimizer-state-device'] as string }),
       ...(values['resample-every'] !== undefined && { resampleEvery: intOption(values['resample-every'], 'resample-every', 1)! }),
       batchSize: plan.batchSize,
       ...(values.steps !== undefined && { steps: intOption(values.steps, 'steps', 1)! }),

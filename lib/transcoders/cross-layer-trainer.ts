@@ -12,9 +12,9 @@ import { InvalidArgumentError } from '../errors.js';
 import { native, type NativeCrossLayerStepMetrics, type NativeCrossLayerTrainer } from '../native.js';
 import { Tensor } from '../tensor.js';
 import type { CrossLayerTranscoder } from './cross-layer.js';
-import { readTrainerHandleState, writeTrainerHandleState, type ScheduleName, type TrainerState } from './step-trainer.js';
+import { optimizerStateOptions, readTrainerHandleState, writeTrainerHandleState, type ScheduleName, type TrainerState, type TrainOptions } from './step-trainer.js';
 
-export interface CrossLayerTrainOptions {
+export interface CrossLayerTrainOptions extends Pick<TrainOptions, 'optimizerStateDtype' | 'optimizerStateDevice'> {
   /** Base learning rate (default 2e-4). */
   lr?: number;
   schedule?: ScheduleName;
@@ -62,6 +62,7 @@ export function resolveCrossLayerTrainOptions(clt: CrossLayerTranscoder, options
     beta1: options.beta1 ?? 0.9,
     beta2: options.beta2 ?? 0.999,
     eps: options.eps ?? 1e-8,
+    ...optimizerStateOptions(options),
     schedule: { kind: options.schedule ?? 'constant', warmupSteps: options.warmupSteps ?? 0, totalSteps: options.totalSteps ?? 1, endFactor: options.lrEndFactor ?? 0.1 },
     loss: {
       reconstruction,

@@ -79,6 +79,21 @@ export interface TrainOptions {
   beta1?: number;
   beta2?: number;
   eps?: number;
+  /**
+   * Dtype of Adam's two moments (default `float32`). `bfloat16` halves their memory (16 -> 12 bytes a
+   * parameter in training); the update is still computed in float32.
+   */
+  optimizerStateDtype?: 'float32' | 'bfloat16';
+  /** Device of Adam's moments (default: the parameters'), e.g. `'cpu'` while training on a GPU. */
+  optimizerStateDevice?: string;
+}
+
+/** The optimizer-state options as the native trainers take them (checked). */
+export function optimizerStateOptions(options: Pick<TrainOptions, 'optimizerStateDtype' | 'optimizerStateDevice'>): Record<string, unknown> {
+  const dtype = options.optimizerStateDtype ?? 'float32';
+  if (dtype !== 'float32' && dtype !== 'bfloat16') throw new InvalidArgumentError(`optimizerStateDtype must be 'float32' or 'bfloat16', got '${String(dtype)}'`);
+  if (options.optimizerStateDevice !== undefined && typeof options.optimizerStateDevice !== 'string') throw new InvalidArgumentError('optimizerStateDevice must be a device name such as "cpu" or "cuda:1"');
+  return { optimizerStateDtype: dtype, ...(options.optimizerStateDevice !== undefined ? { optimizerStateDevice: options.optimizerStateDevice } : {}) };
 }
 
 export type StepMetrics = NativeStepMetrics;
@@ -101,6 +116,7 @@ export function resolveTrainOptions(transcoder: Transcoder, options: TrainOption
     beta1: options.beta1 ?? 0.9,
     beta2: options.beta2 ?? 0.999,
     eps: options.eps ?? 1e-8,
+    ...optimizerStateOptions(options),
     schedule: {
       kind: options.schedule ?? (paper ? 'constantwithwarmup' : 'constant'),
       warmupSteps: options.warmupSteps ?? 0,

@@ -170,7 +170,8 @@ function trainingMemory(opts: TrainRunOptions, dIn: number, dOut: number, batchS
   const parameters = opts.dSae * (dIn + decoders * dOut + 2) + dIn + dOut + (opts.skip ? dIn * dOut : 0);
   const bufferRows = opts.bufferRows ?? Math.min(262144, 64 * batchSize);
   return [
-    { what: 'parameters, gradients and Adam state', bytes: layers * 4 * 4 * parameters },
+    // float32 weights and gradients; Adam's two moments in float32 or bfloat16.
+    { what: 'parameters, gradients and Adam state', bytes: layers * (8 + (opts.optimizerStateDtype === 'bfloat16' ? 4 : 8)) * parameters },
     { what: 'shuffle buffers', bytes: layers * 4 * bufferRows * (dIn + dOut) },
     { what: 'batch activations', bytes: 4 * 4 * batchSize * opts.dSae },
   ];

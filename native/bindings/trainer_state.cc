@@ -6,6 +6,7 @@
 #include "bindings/js_args.h"
 #include "bindings/js_errors.h"
 #include "bindings/tensor_wrap.h"
+#include "tensor/dtype.h"
 
 namespace tc {
 
@@ -14,6 +15,11 @@ void optimizerOptionsFrom(const Napi::Object& o, double& lr, AdamOptions& adam, 
   adam.beta1 = numberOr(o, "beta1", adam.beta1);
   adam.beta2 = numberOr(o, "beta2", adam.beta2);
   adam.eps = numberOr(o, "eps", adam.eps);
+  const std::string stateDtype = stringOr(o, "optimizerStateDtype", "float32");
+  if (stateDtype != "float32" && stateDtype != "bfloat16")
+    throw InvalidArgument("optimizerStateDtype must be 'float32' or 'bfloat16', got '" + stateDtype + "'");
+  adam.stateDtype = stateDtype == "bfloat16" ? c10::kBFloat16 : c10::kFloat;
+  if (hasValue(o, "optimizerStateDevice")) adam.stateDevice = deviceFromName(stringOr(o, "optimizerStateDevice", "cpu"));
   Napi::Object sched = objectOr(o.Get("schedule"));
   schedule.kind = scheduleFromName(stringOr(sched, "kind", "constant"));
   schedule.warmupSteps = intOr(sched, "warmupSteps", 0);

@@ -42,7 +42,10 @@ bool fusable(const at::Tensor& p, const at::Tensor& g, const AdamState& s) {
 }  // namespace
 
 Adam::Adam(std::vector<at::Tensor*> params, AdamOptions options) : params_(std::move(params)), options_(options) {
-  for (at::Tensor* p : params_) state_.push_back({at::zeros_like(*p), at::zeros_like(*p)});
+  for (at::Tensor* p : params_) {
+    auto opts = p->options().dtype(options_.stateDtype).device(options_.stateDevice.value_or(p->device()));
+    state_.push_back({at::zeros(p->sizes(), opts), at::zeros(p->sizes(), opts)});
+  }
 }
 
 void Adam::step(double lr) {
@@ -57,6 +60,17 @@ void Adam::step(double lr) {
     AdamState& s = state_[i];
     if (fusable(p, g, s)) {
       fusedStep(p, g, s, options_, lr, bc1, bc2Sqrt);
+      continue;
+    }
+    if (s.expAvg.scalar_type() != p.scalar_type() || s.expAvg.device() != p.device()) {
+      // Moments stored elsewhere (bfloat16, another device): the update in float32 where they live.
+      at::Tensor g32 = g.to(s.expAvg.device(), c10::kFloat);
+      at::Tensor m = s.expAvg.to(c10::kFloat).mul_(options_.beta1).add_(g32, 1 - options_.beta1);
+      at::Tensor v = s.expAvgSq.to(c10::kFloat).mul_(options_.beta2).addcmul_(g32, g32, 1 - options_.beta2);
+      at::Tensor update = m / (v.sqrt() / bc2Sqrt).add_(options_.eps);
+      p.add_(update.to(p.device(), p.scalar_type()), -lr / bc1);
+      s.expAvg.copy_(m);
+      s.expAvgSq.copy_(v);
       continue;
     }
     s.expAvg.mul_(options_.beta1).add_(g, 1 - options_.beta1);

@@ -2,6 +2,9 @@
 // exposed so checkpoints can store and restore it.
 #pragma once
 #include <ATen/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/Optional.h>
 
 #include <vector>
 
@@ -9,6 +12,11 @@ namespace tc {
 
 struct AdamOptions {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  // Where the two moments live: their dtype (float32, or bfloat16 to halve their memory; the update is
+  // computed in float32 either way) and device (default: each parameter's own; e.g. the CPU while the
+  // parameters train on a GPU).
+  c10::ScalarType stateDtype = c10::kFloat;
+  c10::optional<c10::Device> stateDevice;
 };
 
 struct AdamState {

@@ -168,8 +168,8 @@ void StepTrainer::reinitializeFeatures(const at::Tensor& idx, const at::Tensor& 
     const std::string& name = named[k].first;
     int64_t dim = name == "W_enc" ? 1 : (name == "b_enc" || name == "W_dec" || name == "threshold") ? 0 : -1;
     if (dim < 0) continue;
-    state[k].expAvg.index_fill_(dim, i, 0);
-    state[k].expAvgSq.index_fill_(dim, i, 0);
+    state[k].expAvg.index_fill_(dim, i.to(state[k].expAvg.device()), 0);
+    state[k].expAvgSq.index_fill_(dim, i.to(state[k].expAvgSq.device()), 0);
   }
   sinceFired_.index_fill_(0, i.to(sinceFired_.device()), 0);
   lastResample_ = adam_.steps();
