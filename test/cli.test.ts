@@ -38,7 +38,7 @@ describe('transcoders CLI', () => {
     for (const cmd of COMMANDS) expect(r.stdout).toContain(`  ${cmd} `);
   });
 
-  it('cross-layer: train --arch clt-relu, eval it, convert to circuit-tracer and back without changing it', async () => {
+  it('cross-layer: train --arch clt-relu, eval it, graph and intervene on it, convert to circuit-tracer and back without changing it', async () => {
     const tokens = join(work, 'clt-tokens.safetensors');
     let r = runCli(['tokenize', modelDir, '--data', join(work, 'data.txt'), '--out', tokens, '--context-size', '32']);
     expect(r.status, r.stderr).toBe(0);
@@ -61,6 +61,14 @@ describe('transcoders CLI', () => {
     const a = await loadCrossLayerTranscoder(join(out, 'clt'));
     const b = await loadCrossLayerTranscoder(back);
     for (const [name, t] of Object.entries(a.parameters())) expect(maxDiff(b.parameters()[name]!, t).diff, name).toBe(0);
+    // The CLT's attribution graph and an intervention on one of its features, from the command line.
+    const graphDir = join(work, 'clt-graph');
+    r = runCli(['graph', modelDir, '--transcoders', out, '--prompt', 'The war lasted from the year 1732 to the year 17', '--out', graphDir, '--slug', 'clt']);
+    expect(r.status, r.stderr).toBe(0);
+    const graphJson = JSON.parse(readFileSync(join(graphDir, 'clt.json'), 'utf8')) as { nodes: { feature_type: string }[] };
+    expect(graphJson.nodes.some((n) => n.feature_type === 'cross layer transcoder')).toBe(true);
+    r = runCli(['intervene', modelDir, '--transcoders', out, '--prompt', 'The war lasted from the year 1732 to the year 17', '--set', `0:0@1=3`, '--json']);
+    expect(r.status, r.stderr).toBe(0);
     // Options of the other kind of transcoder are refused before any work.
     r = runCli(['train', modelDir, '--data', tokens, '--layers', '0-1', '--arch', 'clt-relu', '--d-sae', '64', '--steps', '2', '--recipe', 'paper', '--out', join(work, 'x')]);
     expect(r.status).toBe(2);

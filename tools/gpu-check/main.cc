@@ -43,7 +43,9 @@
 #include "model/config.h"
 #include "model/transformer.h"
 #include "model/weights.h"
+#include "train/cross_layer_trainer.h"
 #include "train/step_trainer.h"
+#include "transcoder/cross_layer_losses.h"
 #include "transcoder/losses.h"
 #include "transcoder/transcoder.h"
 
@@ -52,6 +54,14 @@ namespace {
 using tc::Transcoder;
 using tc::TranscoderArch;
 using tc::TranscoderSpec;
+using tc::CrossLayerLossOptions;
+using tc::CrossLayerLossTerms;
+using tc::CrossLayerParams;
+using tc::CrossLayerSparsity;
+using tc::CrossLayerSpec;
+using tc::CrossLayerTrainer;
+using tc::CrossLayerTrainOptions;
+using tc::CrossLayerTranscoder;
 
 // ---- command line -----------------------------------------------------------------------------
 
@@ -406,6 +416,89 @@ void checkModelForward() {
   expectClose("model gpt2 logits (left-padded batch)", dev->forward(tokens.to(gDevice), paddedDev).logits, pc.logits, kTolForward);
 }
 
+// A cross-layer transcoder (4 layers) on the CPU and on the device: its loss terms and every gradient,
+// then 4 CrossLayerTrainer steps (relu: decoder-norm L1 + pre-activation loss + skip; topk: AuxK).
+void checkCrossLayer(TranscoderArch arch) {
+  CrossLayerSpec spec;
+  spec.arch = arch;
+  spec.nLayers = 4;
+  spec.dIn = spec.dOut = 64;
+  spec.dSae = 256;
+  spec.k = arch == TranscoderArch::TopK ? 12 : 0;
+  spec.skip = arch == TranscoderArch::ReLU;
+  CrossLayerParams p = CrossLayerTranscoder::initialParams(spec, 71, f32(c10::kCPU));
+  {
+    at::NoGradGuard noGrad;
+    p.b_enc = randnCpu({spec.nLayers, spec.dSae}, 72, 0.05);
+    if (p.W_skip.defined()) p.W_skip = randnCpu({spec.nLayers, spec.dIn, spec.dOut}, 73, 0.02);
+  }
+  CrossLayerParams q = p;
+  for (auto& [name, t] : q.named()) *t = t->clone().to(gDevice);
+  for (auto& [name, t] : p.named()) *t = t->to(gRefDtype);
+  auto cpu = std::make_shared<CrossLayerTranscoder>(spec, std::move(p));
+  auto dev = std::make_shared<CrossLayerTranscoder>(spec, std::move(q));
+  at::Tensor x = randnCpu({384, spec.nLayers, spec.dIn}, 74), y = randnCpu({384, spec.nLayers, spec.dOut}, 75, 0.5);
+  CrossLayerLossOptions o;
+  if (arch == TranscoderArch::ReLU) {
+    o.sparsity = CrossLayerSparsity::L1;
+    o.sparsityCoefficient = 1e-3;
+    o.preactCoefficient = 1e-3;
+  } else {
+    o.auxkAlpha = 1.0 / 32;
+    o.kAux = 32;
+  }
+  at::Tensor dead = at::zeros({spec.nLayers, spec.dSae}, at::TensorOptions().dtype(c10::kBool));
+  dead.narrow(1, 0, spec.dSae / 4).fill_(true);
+  if (arch == TranscoderArch::TopK) {
+    // Rows whose selections are unambiguous at every layer (see unambiguousRows).
+    at::NoGradGuard noGrad;
+    at::Tensor pre = cpu->preActivations(x.to(gRefDtype));
+    at::Tensor keep = at::ones({x.size(0)}, at::TensorOptions().dtype(c10::kBool));
+    for (int64_t l = 0; l < spec.nLayers; ++l) {
+      at::Tensor rows = unambiguousRows(pre.select(1, l), spec.k, dead[l], o.kAux);
+      at::Tensor mask = at::zeros_like(keep);
+      mask.index_fill_(0, rows, true);
+      keep = keep.logical_and(mask);
+    }
+    at::Tensor rows = keep.nonzero().squeeze(1);
+    x = x.index_select(0, rows);
+    y = y.index_select(0, rows);
+  }
+  std::map<std::string, at::Tensor> grads[2];
+  at::Tensor totals[2];
+  for (int side = 0; side < 2; ++side) {
+    CrossLayerTranscoder& t = side == 0 ? *cpu : *dev;
+    c10::Device d = side == 0 ? c10::Device(c10::kCPU) : gDevice;
+    for (auto& [name, param] : t.params().named()) param->requires_grad_(true);
+    at::AutoGradMode grad(true);
+    CrossLayerLossOptions od = o;
+    od.dead = dead.to(d);
+    c10::ScalarType dt = side == 0 ? gRefDtype : c10::kFloat;
+    CrossLayerLossTerms terms = crossLayerLoss(t, x.to(d, dt), y.to(d, dt), od);
+    terms.total.backward();
+    totals[side] = terms.total.detach();
+    for (auto& [name, param] : t.params().named()) {
+      grads[side][name] = param->grad().detach().clone();
+      param->mutable_grad() = at::Tensor();
+      param->requires_grad_(false);
+    }
+  }
+  std::string n = std::string("cross-layer ") + archName(arch);
+  expectClose(n + " loss total", totals[1], totals[0], kTolForward);
+  for (auto& [name, g] : grads[0]) expectClose(n + " grad " + name, grads[1][name], g, kTolForward);
+  CrossLayerTrainOptions to;
+  to.lr = 1e-3;
+  to.loss = o;
+  CrossLayerTrainer tcpu(cpu, to), tdev(dev, to);
+  for (int step = 0; step < 4; ++step) {
+    tcpu.step(x.to(gRefDtype), y.to(gRefDtype));
+    tdev.step(x.to(gDevice), y.to(gDevice));
+  }
+  auto cpuParams = cpu->params().named(), devParams = dev->params().named();
+  for (size_t i = 0; i < cpuParams.size(); ++i)
+    expectClose(n + " after 4 steps " + cpuParams[i].first, *devParams[i].second, *cpuParams[i].second, kTolTrain);
+}
+
 int runChecks() {
   setTf32(false);  // full float32 on both sides
   std::printf("numeric checks: %s (float32) against cpu (%s)\n", gDevice.str().c_str(), c10::toString(gRefDtype));
@@ -422,6 +515,8 @@ int runChecks() {
     guarded(std::string("loss ") + archName(a), [&] { checkLossAndGradients(a); });
     guarded(std::string("trainer ") + archName(a), [&] { checkStepTrainer(a); });
   }
+  for (TranscoderArch a : {TranscoderArch::ReLU, TranscoderArch::TopK})
+    guarded(std::string("cross-layer ") + archName(a), [&] { checkCrossLayer(a); });
   guarded("model forward", checkModelForward);
   std::printf("info: %lld of the topk checks' %lld rows left out as near-ties (selection gap < %.0e of the scale)\n",
               (long long)gTieRows, (long long)gTopkRows, kTieGap);
