@@ -63,8 +63,8 @@ describe('train options that do not apply to the architecture', () => {
     };
     expect(Object.keys(sample).sort()).toEqual(Object.keys(ARCH_SPECIFIC_OPTIONS).sort());
     for (const [flag, archs] of Object.entries(ARCH_SPECIFIC_OPTIONS)) {
-      for (const arch of ['relu', 'topk', 'jumprelu', 'clt-relu', 'clt-topk', 'clt-jumprelu'] as const) {
-        const needsK = (arch === 'topk' || arch === 'clt-topk') && flag !== 'k';
+      for (const arch of ['relu', 'topk', 'jumprelu', 'clt-relu', 'clt-topk', 'clt-jumprelu', 'clt-batchtopk'] as const) {
+        const needsK = (arch === 'topk' || arch === 'clt-topk' || arch === 'clt-batchtopk') && flag !== 'k';
         const given = { ...values, arch, [flag]: sample[flag], ...(needsK ? { k: '4' } : {}), ...(flag === 'tanh-scale' && arch.startsWith('clt-') ? { sparsity: 'tanh' } : {}) };
         if (archs.includes(arch)) {
           expect(planTraining(given).arch, `${flag} with ${arch}`).toBe(arch);
@@ -245,7 +245,7 @@ describe('typos and missing options', () => {
     expect(failsWithOneLine(['eval', modelDir, '--sequence', '8'], 2)).toBe("transcoders eval: unknown option --sequence (did you mean --sequences?); run 'transcoders eval --help' for the options");
     const line = failsWithOneLine(['train', modelDir, '--contxt-size', '32', '--layer', '0', '--zzzz'], 2);
     expect(line).toBe("transcoders train: unknown options --contxt-size (did you mean --context-size?), --layer (did you mean --layers?), --zzzz; run 'transcoders train --help' for the options");
-    expect(failsWithOneLine(['train', modelDir, '--data', text, '--layers', '0', '--d-sae', '8', '--steps', '1', '--out', join(work, 'typo'), '--arch', 'topc'], 2)).toContain("--arch must be one of relu, topk, jumprelu, clt-relu, clt-topk, clt-jumprelu, got 'topc' (did you mean topk?)");
+    expect(failsWithOneLine(['train', modelDir, '--data', text, '--layers', '0', '--d-sae', '8', '--steps', '1', '--out', join(work, 'typo'), '--arch', 'topc'], 2)).toContain("--arch must be one of relu, topk, jumprelu, clt-relu, clt-topk, clt-jumprelu, clt-batchtopk, got 'topc' (did you mean topk?)");
   });
 
   it('every missing required option is reported at once', () => {

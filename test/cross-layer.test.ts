@@ -39,13 +39,16 @@ async function randomClt(config: Partial<CrossLayerConfig>, seed: number, nLayer
   params.b_dec = randomTensor([nLayers, D], rng, 0.1);
   if (cfg.skip) params.W_skip = randomTensor([nLayers, D, D], rng, 0.1);
   if (cfg.arch === 'jumprelu') params.threshold = Tensor.from(Float32Array.from({ length: nLayers * F }, () => 0.05 + 0.3 * rng.uniform()), [nLayers, F]);
+  if (cfg.arch === 'batchtopk') params.threshold = Tensor.from(new Float32Array(nLayers * F), [nLayers, F]);
   return CrossLayerTranscoder.fromParameters(cfg, params, { device: DEVICE });
 }
 
 /** Runs clt_reference.py on the CLT's parameters and (x, y, dead); returns its output tensors. */
 async function reference(clt: CrossLayerTranscoder, options: Record<string, unknown>, data: Record<string, Tensor>): Promise<Record<string, Tensor>> {
   const dir = tempDir('transcoders-cltref-');
-  writeSafetensors(join(dir, 'in.safetensors'), { ...clt.parameters(), ...data });
+  // BatchTopK's threshold is for use outside training: the training loss does not read it.
+  const params = Object.fromEntries(Object.entries(clt.parameters()).filter(([name]) => !(clt.config.arch === 'batchtopk' && name === 'threshold')));
+  writeSafetensors(join(dir, 'in.safetensors'), { ...params, ...data });
   writeFileSync(join(dir, 'options.json'), JSON.stringify(options));
   runPython('clt_reference.py', [join(dir, 'in.safetensors'), join(dir, 'options.json'), join(dir, 'out.safetensors')]);
   return (await readSafetensors(join(dir, 'out.safetensors'))).tensors;
@@ -71,6 +74,7 @@ const CASES: { name: string; clt: Partial<CrossLayerConfig>; loss: CrossLayerLos
   { name: 'jumprelu, FVU + L0 (straight-through), skip', clt: { arch: 'jumprelu', bandwidth: 0.2, skip: true }, loss: { sparsity: 'l0', sparsityCoefficient: 3e-2 } },
   { name: 'topk, FVU + AuxK over dead features', clt: { arch: 'topk', k: 5 }, loss: { auxkAlpha: 0.25, kAux: 6 }, dead: true },
   { name: 'topk, paper MSE, skip', clt: { arch: 'topk', k: 4, skip: true }, loss: { reconstruction: 'paper' } },
+  { name: 'batchtopk (training selection), FVU + AuxK, skip', clt: { arch: 'batchtopk', k: 5, skip: true }, loss: { auxkAlpha: 0.25, kAux: 6 }, dead: true },
 ];
 
 describe('cross-layer transcoder maths against the PyTorch reference', () => {
@@ -100,11 +104,12 @@ describe('cross-layer transcoder maths against the PyTorch reference', () => {
     if (loss.preactCoefficient) expect(ours.preact!.item()).toBeGreaterThan(0);
     if (dead) expect(ours.auxk!.item()).toBeGreaterThan(0);
     for (const name of Object.keys(clt.parameters())) {
+      if (cfg.arch === 'batchtopk' && name === 'threshold') continue;
       expect(ref[`grad.${name}`], `reference gradient of ${name}`).toBeDefined();
       expectRelClose(ours[`grad.${name}`]!, ref[`grad.${name}`]!, 1e-5, `grad.${name}`);
     }
-    // forward() (TopK's sparse decode) is the loss's dense decode.
-    expectRelClose(await clt.forward(x), ref.y_hat!, 1e-5, 'forward');
+    // forward() (TopK's sparse decode) is the loss's dense decode; BatchTopK's forward uses its threshold instead (below).
+    if (cfg.arch !== 'batchtopk') expectRelClose(await clt.forward(x), ref.y_hat!, 1e-5, 'forward');
   });
 });
 
@@ -351,6 +356,10 @@ describe('cross-layer training run (model-fed, the C++ loop)', () => {
       expect(last[l]!.l0).toBeLessThanOrEqual(8);
     }
     expect(run.crossLayer!.config).toMatchObject({ arch: 'topk', k: 8, nLayers: 3 });
+    // BatchTopK from the model: it learns too, and leaves a positive threshold for use outside training.
+    const batch = await trainTranscoders({ ...base(tempDir()), arch: 'clt-batchtopk', k: 8, steps: 30 });
+    expect(batch.crossLayer!.config.arch).toBe('batchtopk');
+    expect(Math.min(...batch.crossLayer!.parameters().threshold!.toFloat32Array())).toBeGreaterThan(0);
     await expect(trainTranscoders({ ...base(tempDir()), layers: [0, 1] })).rejects.toThrow(/spans every layer of the model: train layers 0,1,2/);
     await expect(trainTranscoders({ ...base(tempDir()), data: { activations: tempDir() } })).rejects.toThrow(/not an activation cache/);
     await expect(trainTranscoders({ ...base(tempDir()), resampleEvery: 10 })).rejects.toThrow(/resampling is for per-layer transcoders/);
@@ -405,5 +414,43 @@ describe('cross-layer optimizer state in bfloat16', () => {
     // Not the same numbers: the bf16 moments did round.
     expect(bf16.metrics[5]!.total).not.toBe(f32.metrics[5]!.total);
     expect(() => new CrossLayerTrainer(bf16.clt, { optimizerStateDtype: 'float16' as never })).toThrow(/optimizerStateDtype must be 'float32' or 'bfloat16'/);
+  });
+});
+
+describe('cross-layer BatchTopK outside training', () => {
+  it('estimates each layer\'s threshold from the smallest activation the batch kept, and gates by it afterwards', async () => {
+    const clt = await randomClt({ arch: 'batchtopk', k: 4 }, 13);
+    const rng = new Rng(14);
+    const x = randomTensor([N, L, D], rng);
+    const y = randomTensor([N, L, D], rng, 0.5);
+    // The first step's selection, from the initial parameters.
+    const f = (await clt.loss(x, y)).f!.toFloat32Array();
+    const minima = Array.from({ length: L }, (_, l) => {
+      let m = Infinity;
+      for (let n = 0; n < N; n++) for (let j = 0; j < F; j++) {
+        const v = f[(n * L + l) * F + j]!;
+        if (v > 0) m = Math.min(m, v);
+      }
+      return m;
+    });
+    // N k kept per layer over the batch (no ties in random data).
+    for (let l = 0; l < L; l++) {
+      let kept = 0;
+      for (let n = 0; n < N; n++) for (let j = 0; j < F; j++) kept += f[(n * L + l) * F + j]! > 0 ? 1 : 0;
+      expect(kept).toBeLessThanOrEqual(N * 4);
+    }
+    const trainer = new CrossLayerTrainer(clt, { lr: 0 });
+    await trainer.run(Tensor.from(x.toFloat32Array(), [1, N, L, D]), Tensor.from(y.toFloat32Array(), [1, N, L, D]));
+    const theta = clt.parameters().threshold!.toFloat32Array();
+    for (let l = 0; l < L; l++) for (let j = 0; j < F; j++) expect(theta[l * F + j]).toBeCloseTo(minima[l]!, 5);
+    // Outside training: relu(pre) where pre > θ, at every row independently of the batch.
+    const pre = (await clt.loss(x, y)).pre!.toFloat32Array();
+    const gated = (await clt.encode(x)).toFloat32Array();
+    for (let i = 0; i < pre.length; i++) {
+      const l = Math.floor(i / F) % L;
+      expect(gated[i]).toBeCloseTo(pre[i]! > minima[l]! ? pre[i]! : 0, 5);
+    }
+    const one = (await clt.encode(Tensor.from(x.toFloat32Array().subarray(0, L * D), [1, L, D]))).toFloat32Array();
+    expect(maxDiff(one, gated.subarray(0, L * F)).diff).toBeLessThan(1e-5);
   });
 });

@@ -33,8 +33,8 @@ type RunArch = TranscoderArch | CrossLayerRunArch;
  * another architecture they would be silently ignored, so they are an error.
  */
 export const ARCH_SPECIFIC_OPTIONS: Readonly<Record<string, readonly RunArch[]>> = {
-  k: ['topk', 'clt-topk'],
-  'auxk-alpha': ['topk', 'clt-topk'],
+  k: ['topk', 'clt-topk', 'clt-batchtopk'],
+  'auxk-alpha': ['topk', 'clt-topk', 'clt-batchtopk'],
   l1: ['relu'],
   'ghost-grads': ['relu'],
   // jumprelu and cross-layer transcoders train through autograd in float32 (docs/transcoders.md, the fast step).
@@ -47,10 +47,10 @@ export const ARCH_SPECIFIC_OPTIONS: Readonly<Record<string, readonly RunArch[]>>
   'resample-every': ['relu', 'topk', 'jumprelu'],
   init: ['relu', 'topk', 'jumprelu'],
   // Cross-layer transcoders' penalties (docs/cross-layer.md).
-  sparsity: ['clt-relu', 'clt-topk', 'clt-jumprelu'],
-  'sparsity-coefficient': ['clt-relu', 'clt-topk', 'clt-jumprelu'],
-  'tanh-scale': ['clt-relu', 'clt-topk', 'clt-jumprelu'],
-  preact: ['clt-relu', 'clt-topk', 'clt-jumprelu'],
+  sparsity: ['clt-relu', 'clt-topk', 'clt-jumprelu', 'clt-batchtopk'],
+  'sparsity-coefficient': ['clt-relu', 'clt-topk', 'clt-jumprelu', 'clt-batchtopk'],
+  'tanh-scale': ['clt-relu', 'clt-topk', 'clt-jumprelu', 'clt-batchtopk'],
+  preact: ['clt-relu', 'clt-topk', 'clt-jumprelu', 'clt-batchtopk'],
 };
 
 /** What the train options resolve to before any work: every inconsistency is reported here. */
@@ -79,7 +79,7 @@ export function planTraining(values: OptionValues): TrainPlan {
   const dSae = intOption(values['d-sae'], 'd-sae', 1);
   if (dSae === undefined) throw new InvalidArgumentError('--d-sae N is required');
   const k = intOption(values.k, 'k', 1);
-  if ((arch === 'topk' || arch === 'clt-topk') && k === undefined) throw new InvalidArgumentError(`--arch ${arch} needs --k K (active features per token${arch === 'clt-topk' ? ' and layer' : ''})`);
+  if ((arch === 'topk' || arch === 'clt-topk' || arch === 'clt-batchtopk') && k === undefined) throw new InvalidArgumentError(`--arch ${arch} needs --k K (active features per token${arch === 'topk' ? '' : ' and layer'})`);
   const sparsity = choiceOption(values.sparsity, 'sparsity', CLT_SPARSITIES);
   if (sparsity === 'l0' && arch !== 'clt-jumprelu') throw new InvalidArgumentError(`--sparsity l0 trains jumprelu thresholds: it needs --arch clt-jumprelu, not ${archText}`);
   if (values['tanh-scale'] !== undefined && (sparsity ?? (arch === 'clt-jumprelu' ? 'tanh' : 'l1')) !== 'tanh') throw new InvalidArgumentError('--tanh-scale is for --sparsity tanh');
@@ -125,7 +125,7 @@ function checkSameTranscoder(config: Pick<TranscoderConfig, 'arch' | 'dSae' | 's
   if (arch !== plan.arch) differences.push(`it is ${arch}, not --arch ${plan.arch}`);
   if (config.dSae !== plan.dSae) differences.push(`it has ${config.dSae} features, not --d-sae ${plan.dSae}`);
   if (config.skip !== skip) differences.push(config.skip ? 'it has a skip connection (add --skip)' : 'it has no skip connection (drop --skip)');
-  if ((plan.arch === 'topk' || plan.arch === 'clt-topk') && config.arch === 'topk' && config.k !== plan.k) differences.push(`its k is ${config.k}, not --k ${plan.k}`);
+  if ((plan.arch === 'topk' || plan.arch === 'clt-topk' || plan.arch === 'clt-batchtopk') && (config.arch === 'topk' || (config.arch as string) === 'batchtopk') && config.k !== plan.k) differences.push(`its k is ${config.k}, not --k ${plan.k}`);
   if (differences.length > 0) throw new InvalidArgumentError(`${source}: ${differences.join('; ')}`);
 }
 
@@ -179,19 +179,19 @@ export const trainCommand: Command = {
     'relu defaults to the paper recipe (normalised MSE, L1, ghost grads, scheduler stepped before the optimizer); topk and\n' +
     'jumprelu to the standard recipe (FVU, AuxK / L0). Options marked "relu:", "topk:" or "jumprelu:" are an error with\n' +
     'another --arch. See docs/transcoders.md.\n' +
-    '--arch clt-relu|clt-topk|clt-jumprelu trains one cross-layer transcoder over every layer (--layers 0-<L-1>; --d-sae\n' +
+    '--arch clt-relu|clt-topk|clt-jumprelu|clt-batchtopk trains one cross-layer transcoder over every layer (--layers 0-<L-1>; --d-sae\n' +
     'features per layer) into OUT/clt: FVU summed over layers, --sparsity l1 (relu default) or tanh (jumprelu default),\n' +
-    'weighted by each feature\'s decoder norm, AuxK for clt-topk. See docs/cross-layer.md.',
+    'weighted by each feature\'s decoder norm, AuxK for clt-topk and clt-batchtopk. See docs/cross-layer.md.',
   arguments: [{ name: 'model-dir', required: { unless: 'activations' } }],
   oneOf: [['data', 'activations'], ['tokens', 'steps']],
   options: {
     data: { type: 'string', value: 'PATH', description: 'text (.txt/.jsonl, files or folders, comma-separated) or a token file', multiple: true },
     activations: { type: 'string', value: 'DIR', description: 'train from an activation cache folder instead of the model' },
     layers: { type: 'string', value: 'L,..', description: 'layers to train, e.g. 0,1,2 or 0-11; with --activations, the cache\'s layer', required: { unless: 'activations' } },
-    arch: { type: 'string', value: 'ARCH', description: 'relu (default), topk, jumprelu; clt-relu, clt-topk, clt-jumprelu (a cross-layer transcoder)' },
+    arch: { type: 'string', value: 'ARCH', description: 'relu (default), topk, jumprelu; clt-relu, clt-topk, clt-jumprelu, clt-batchtopk (a cross-layer transcoder)' },
     skip: { type: 'boolean', description: 'add a skip connection (skip transcoder)' },
     'd-sae': { type: 'string', value: 'N', description: 'number of features', required: true },
-    k: { type: 'string', value: 'K', description: 'topk, clt-topk: active features per token (and layer), required there' },
+    k: { type: 'string', value: 'K', description: 'topk, clt-topk, clt-batchtopk: active features per token (and layer), required there' },
     sparsity: { type: 'string', value: 'P', description: 'clt: penalty none, l1 (clt-relu default), tanh (clt-jumprelu default) or l0 (clt-jumprelu)' },
     'sparsity-coefficient': { type: 'string', value: 'C', description: 'clt: the penalty\'s coefficient (default 1e-3 l1, 1e-2 tanh, 1e-3 l0)' },
     'tanh-scale': { type: 'string', value: 'C', description: 'clt: c in tanh(c f ||W_dec||) (default 1)' },
@@ -199,7 +199,7 @@ export const trainCommand: Command = {
     l1: { type: 'string', value: 'C', description: 'relu: L1 coefficient (default 1.4e-4)' },
     l0: { type: 'string', value: 'C', description: 'jumprelu: L0 coefficient (default 1e-3)' },
     bandwidth: { type: 'string', value: 'B', description: 'jumprelu, clt-jumprelu: width of the threshold\'s straight-through kernel (default 1e-3)' },
-    'auxk-alpha': { type: 'string', value: 'A', description: 'topk, clt-topk: AuxK weight (default 1/32)' },
+    'auxk-alpha': { type: 'string', value: 'A', description: 'topk, clt-topk, clt-batchtopk: AuxK weight (default 1/32)' },
     recipe: { type: 'string', value: 'paper|standard', description: 'training recipe (default: paper for relu, standard otherwise; paper is relu only)' },
     lr: { type: 'string', value: 'R', description: 'learning rate (default 4e-4)' },
     'lr-schedule': { type: 'string', value: 'NAME', description: `${SCHEDULES.join(', ')} (default constantwithwarmup for the paper recipe, else constant)` },

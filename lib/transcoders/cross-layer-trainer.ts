@@ -4,7 +4,8 @@
  * native/transcoder/cross_layer_losses.cc); JS hands over chunks of batches and receives metrics.
  *
  * Defaults by architecture: relu trains with the L1 penalty weighted by each feature's decoder norm,
- * jumprelu with the tanh penalty of Anthropic's CLTs, topk with AuxK; the reconstruction loss is the
+ * jumprelu with the tanh penalty of Anthropic's CLTs, topk and batchtopk with AuxK (batchtopk also
+ * estimates the threshold it uses outside training); the reconstruction loss is the
  * sum over layers of each layer's fraction of variance unexplained.
  */
 import { runOnDevice } from '../device-queue.js';
@@ -52,7 +53,7 @@ export function resolveCrossLayerTrainOptions(clt: CrossLayerTranscoder, options
   for (const [key, value] of Object.entries(options)) {
     if (typeof value === 'number' && !(Number.isFinite(value) && value >= 0)) throw new InvalidArgumentError(`train option '${key}' must be a non-negative number, got ${value}`);
   }
-  const sparsity = options.sparsity ?? (arch === 'relu' ? 'l1' : arch === 'jumprelu' ? 'tanh' : 'none');
+  const sparsity = options.sparsity ?? (arch === 'relu' ? 'l1' : arch === 'jumprelu' ? 'tanh' : 'none');  // topk, batchtopk: none
   if (!(sparsity in DEFAULT_COEFFICIENT)) throw new InvalidArgumentError(`sparsity must be none, l1, tanh or l0, got '${String(sparsity)}'`);
   if (sparsity === 'l0' && arch !== 'jumprelu') throw new InvalidArgumentError(`the l0 penalty trains jumprelu thresholds; a ${arch} cross-layer transcoder uses l1 or tanh`);
   const reconstruction = options.reconstruction ?? 'fvu';
@@ -70,7 +71,7 @@ export function resolveCrossLayerTrainOptions(clt: CrossLayerTranscoder, options
       sparsityCoefficient: options.sparsityCoefficient ?? DEFAULT_COEFFICIENT[sparsity],
       tanhScale: options.tanhScale ?? 1,
       preactCoefficient: options.preactCoefficient ?? 0,
-      auxkAlpha: arch === 'topk' ? (options.auxkAlpha ?? 1 / 32) : 0,
+      auxkAlpha: arch === 'topk' || arch === 'batchtopk' ? (options.auxkAlpha ?? 1 / 32) : 0,
       kAux: options.kAux ?? 0,
     },
     sparsityWarmupSteps: options.sparsityWarmupSteps ?? 0,

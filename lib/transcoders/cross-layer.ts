@@ -18,9 +18,15 @@ import { mlpHooks, type TranscoderArch } from './config.js';
 import type { PlacementOptions } from './transcoder.js';
 
 /** A CLT's architecture and sizes, and where it sits in a model. Stored as the native format's `cfg.json`. */
+/**
+ * A CLT's activation: the per-layer ones, or `batchtopk`: in training the N k largest activations of
+ * each layer over a batch of N rows; elsewhere relu(pre) gated by a threshold that training estimates.
+ */
+export type CrossLayerArch = TranscoderArch | 'batchtopk';
+
 export interface CrossLayerConfig {
   kind: 'cross_layer_transcoder';
-  arch: TranscoderArch;
+  arch: CrossLayerArch;
   nLayers: number;
   dIn: number;
   dOut: number;
@@ -28,7 +34,7 @@ export interface CrossLayerConfig {
   dSae: number;
   /** A dense skip path `x_t W_skip[t]` per layer. */
   skip: boolean;
-  /** TopK: active features per row and source layer. */
+  /** TopK: active features per row and source layer (BatchTopK: on average over the batch). */
   k?: number;
   /** JumpReLU: width of the straight-through kernel (training only). */
   bandwidth?: number;
@@ -59,7 +65,7 @@ export function validateCrossLayerConfig(cfg: Partial<CrossLayerConfig>, source:
     return v as number;
   };
   if (cfg.kind !== undefined && cfg.kind !== 'cross_layer_transcoder') fail(`'kind' must be "cross_layer_transcoder", got ${describe(cfg.kind)}`);
-  if (cfg.arch !== 'relu' && cfg.arch !== 'topk' && cfg.arch !== 'jumprelu') fail(`'arch' must be one of relu, topk, jumprelu, got ${describe(cfg.arch)}`);
+  if (cfg.arch !== 'relu' && cfg.arch !== 'topk' && cfg.arch !== 'jumprelu' && cfg.arch !== 'batchtopk') fail(`'arch' must be one of relu, topk, jumprelu, batchtopk, got ${describe(cfg.arch)}`);
   const nLayers = positive('nLayers');
   const defaults = crossLayerHooks(nLayers);
   const hooks = (key: 'hookIn' | 'hookOut'): string[] => {
@@ -69,7 +75,7 @@ export function validateCrossLayerConfig(cfg: Partial<CrossLayerConfig>, source:
   };
   const out: CrossLayerConfig = {
     kind: 'cross_layer_transcoder',
-    arch: cfg.arch as TranscoderArch,
+    arch: cfg.arch as CrossLayerArch,
     nLayers,
     dIn: positive('dIn'),
     dOut: positive('dOut'),
@@ -84,7 +90,7 @@ export function validateCrossLayerConfig(cfg: Partial<CrossLayerConfig>, source:
   if (typeof out.skip !== 'boolean') fail(`'skip' must be true or false, got ${describe(cfg.skip)}`);
   if (out.modelName !== null && typeof out.modelName !== 'string') fail(`'modelName' must be a string or null, got ${describe(cfg.modelName)}`);
   if (out.processing !== null && out.processing !== 'none' && out.processing !== 'transformerlens') fail(`'processing' must be "none", "transformerlens" or null, got ${describe(cfg.processing)}`);
-  if (out.arch === 'topk') {
+  if (out.arch === 'topk' || out.arch === 'batchtopk') {
     out.k = positive('k');
     if (out.k > out.dSae) fail(`'k' = ${out.k} exceeds dSae = ${out.dSae}`);
   }
@@ -96,14 +102,14 @@ export function validateCrossLayerConfig(cfg: Partial<CrossLayerConfig>, source:
   return out;
 }
 
-/** Parameter names and shapes: `W_enc` [L, dIn, F], `b_enc` [L, F], `W_dec_s` [F, L - s, dOut], `b_dec` [L, dOut], `W_skip` [L, dIn, dOut], `threshold` [L, F]. */
+/** Parameter names and shapes: `W_enc` [L, dIn, F], `b_enc` [L, F], `W_dec_s` [F, L - s, dOut], `b_dec` [L, dOut], `W_skip` [L, dIn, dOut], `threshold` [L, F] (jumprelu, batchtopk). */
 export function crossLayerParameterShapes(c: CrossLayerConfig): Record<string, number[]> {
   const L = c.nLayers;
   const out: Record<string, number[]> = { W_enc: [L, c.dIn, c.dSae], b_enc: [L, c.dSae] };
   for (let s = 0; s < L; s++) out[`W_dec_${s}`] = [c.dSae, L - s, c.dOut];
   out.b_dec = [L, c.dOut];
   if (c.skip) out.W_skip = [L, c.dIn, c.dOut];
-  if (c.arch === 'jumprelu') out.threshold = [L, c.dSae];
+  if (c.arch === 'jumprelu' || c.arch === 'batchtopk') out.threshold = [L, c.dSae];
   return out;
 }
 

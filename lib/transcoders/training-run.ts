@@ -21,7 +21,7 @@ import { Tensor } from '../tensor.js';
 import { readCacheMeta, readCacheShards } from './activation-cache.js';
 import { cleanCheckpoints, CROSS_LAYER_FOLDER, findResumePoint, listCheckpoints, readTrainerState, writeCheckpoint, type CheckpointState } from './checkpoints.js';
 import { mlpHooks, validateTranscoderConfig, type TranscoderArch, type TranscoderConfig } from './config.js';
-import { CrossLayerTranscoder, validateCrossLayerConfig, type CrossLayerConfig } from './cross-layer.js';
+import { CrossLayerTranscoder, validateCrossLayerConfig, type CrossLayerArch, type CrossLayerConfig } from './cross-layer.js';
 import { CrossLayerTrainer, type CrossLayerTrainOptions } from './cross-layer-trainer.js';
 import { loadCrossLayerTranscoder, saveCrossLayerTranscoder } from './formats/cross-layer.js';
 import { loadNativeTranscoder, saveTranscoder } from './formats/native.js';
@@ -40,8 +40,8 @@ export interface TrainDataCache {
 }
 
 /** A cross-layer transcoder of every layer of the model, with that activation (docs/cross-layer.md). */
-export type CrossLayerRunArch = 'clt-relu' | 'clt-topk' | 'clt-jumprelu';
-export const CROSS_LAYER_RUN_ARCHS: readonly CrossLayerRunArch[] = ['clt-relu', 'clt-topk', 'clt-jumprelu'];
+export type CrossLayerRunArch = 'clt-relu' | 'clt-topk' | 'clt-jumprelu' | 'clt-batchtopk';
+export const CROSS_LAYER_RUN_ARCHS: readonly CrossLayerRunArch[] = ['clt-relu', 'clt-topk', 'clt-jumprelu', 'clt-batchtopk'];
 
 export function isCrossLayerRunArch(arch: string): arch is CrossLayerRunArch {
   return (CROSS_LAYER_RUN_ARCHS as readonly string[]).includes(arch);
@@ -195,7 +195,7 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   if (model && isCrossLayerRunArch(opts.arch)) {
     const all = Array.from({ length: model.config.nLayers }, (_, l) => l);
     if (opts.layers.join(',') !== all.join(',')) throw new InvalidArgumentError(`a cross-layer transcoder spans every layer of the model: train layers ${all.join(',')}, not ${opts.layers.join(',')}`);
-    if (opts.resampleEvery) throw new InvalidArgumentError('dead-feature resampling is for per-layer transcoders; cross-layer transcoders use AuxK (clt-topk) or the pre-activation loss');
+    if (opts.resampleEvery) throw new InvalidArgumentError('dead-feature resampling is for per-layer transcoders; cross-layer transcoders use AuxK (clt-topk, clt-batchtopk) or the pre-activation loss');
   }
   const width = model?.config.dModel;
   for (const layer of opts.layers) {
@@ -453,7 +453,7 @@ async function crossLayerSlot(opts: TrainRunOptions, ctx: RunContext, latest: { 
   const { model, hooks, hooksOf, dIn, dOut } = ctx;
   const L = opts.layers.length;
   const config = validateCrossLayerConfig({
-    arch: (opts.arch as CrossLayerRunArch).slice('clt-'.length) as TranscoderArch, nLayers: L, dIn, dOut, dSae: opts.dSae, skip: opts.skip ?? false, k: opts.k, bandwidth: opts.bandwidth,
+    arch: (opts.arch as CrossLayerRunArch).slice('clt-'.length) as CrossLayerArch, nLayers: L, dIn, dOut, dSae: opts.dSae, skip: opts.skip ?? false, k: opts.k, bandwidth: opts.bandwidth,
     hookIn: opts.layers.map((l) => hooksOf(l).hookIn), hookOut: opts.layers.map((l) => hooksOf(l).hookOut),
     modelName: model ? model.dir : null, processing: model ? model.processing : null,
   }, 'cross-layer transcoder');

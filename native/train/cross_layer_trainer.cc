@@ -83,6 +83,13 @@ CrossLayerStepMetrics CrossLayerTrainer::step(const at::Tensor& xIn, const at::T
         if (param->grad().defined()) param->mutable_grad().mul_(factor);
   }
   adam_.step(lr);
+  if (t.batchMinimum.defined()) {
+    // BatchTopK's threshold for use outside training: the mean of each layer's smallest kept
+    // activation over the first 1000 steps, then a moving average with weight 1e-3.
+    const double weight = 1.0 / static_cast<double>(std::min<int64_t>(step + 1, 1000));
+    at::Tensor& theta = clt_->params().threshold;
+    theta.add_((t.batchMinimum.to(theta.options()).unsqueeze(1) - theta) * weight);
+  }
   if (std::string bad = firstNonFinite(clt_->params().named(), false); !bad.empty())
     throw NonFinite(where(step) + "the update left " + bad + " not finite (the learning rate " + std::to_string(lr) +
                     " is too large?); the last checkpoint written before this step is intact");

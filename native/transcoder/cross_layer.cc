@@ -40,8 +40,10 @@ void expectShape(const at::Tensor& t, const std::string& name, std::vector<int64
 CrossLayerTranscoder::CrossLayerTranscoder(CrossLayerSpec spec, CrossLayerParams params) : spec_(std::move(spec)), params_(std::move(params)) {
   const int64_t L = spec_.nLayers, F = spec_.dSae, dIn = spec_.dIn, dOut = spec_.dOut;
   if (L <= 0 || dIn <= 0 || dOut <= 0 || F <= 0) throw InvalidArgument("cross-layer transcoder sizes (nLayers, dIn, dOut, dSae) must be positive");
-  if (spec_.arch == TranscoderArch::TopK && (spec_.k <= 0 || spec_.k > F))
+  const bool topk = spec_.arch == TranscoderArch::TopK || spec_.arch == TranscoderArch::BatchTopK;
+  if (topk && (spec_.k <= 0 || spec_.k > F))
     throw InvalidArgument("topk cross-layer transcoder: k must be in [1, d_sae], got " + std::to_string(spec_.k));
+  const bool thresholds = spec_.arch == TranscoderArch::JumpReLU || spec_.arch == TranscoderArch::BatchTopK;
   if (spec_.arch == TranscoderArch::JumpReLU && !(spec_.bandwidth > 0))
     throw InvalidArgument("jumprelu cross-layer transcoder: bandwidth must be positive");
   for (auto* hooks : {&spec_.hookIn, &spec_.hookOut})
@@ -57,8 +59,8 @@ CrossLayerTranscoder::CrossLayerTranscoder(CrossLayerSpec spec, CrossLayerParams
   expectShape(params_.b_dec, "b_dec", {L, dOut});
   if (spec_.skip) expectShape(params_.W_skip, "W_skip", {L, dIn, dOut});
   else if (params_.W_skip.defined()) throw InvalidArgument("W_skip given but the cross-layer transcoder has no skip connection");
-  if (spec_.arch == TranscoderArch::JumpReLU) expectShape(params_.threshold, "threshold", {L, F});
-  else if (params_.threshold.defined()) throw InvalidArgument("threshold given but the cross-layer transcoder is not jumprelu");
+  if (thresholds) expectShape(params_.threshold, "threshold", {L, F});
+  else if (params_.threshold.defined()) throw InvalidArgument("threshold given but the cross-layer transcoder is neither jumprelu nor batchtopk");
   for (const auto& [name, t] : params_.named())
     if (t->device() != params_.W_enc.device() || t->scalar_type() != params_.W_enc.scalar_type())
       throw InvalidArgument("cross-layer transcoder parameter '" + name + "' is " + std::string(c10::toString(t->scalar_type())) + " on " +
@@ -82,6 +84,7 @@ CrossLayerParams CrossLayerTranscoder::initialParams(const CrossLayerSpec& spec,
   p.b_dec = at::zeros({L, spec.dOut}, f32);
   if (spec.skip) p.W_skip = at::zeros({L, spec.dIn, spec.dOut}, f32);
   if (spec.arch == TranscoderArch::JumpReLU) p.threshold = at::full({L, F}, initThreshold, f32);
+  if (spec.arch == TranscoderArch::BatchTopK) p.threshold = at::zeros({L, F}, f32);  // until training estimates it
   for (auto& [name, t] : p.named()) *t = t->to(options);
   return p;
 }
@@ -121,6 +124,9 @@ at::Tensor activation(const CrossLayerSpec& spec, const at::Tensor& pre, const a
       at::Tensor idx = topkIndices(pre.detach(), spec.k);  // the values by gather: differentiable
       return at::zeros_like(pre).scatter(-1, idx, at::relu(pre.gather(-1, idx)));
     }
+    case TranscoderArch::BatchTopK:
+      // Outside training: the threshold that training estimated in place of the batch's selection.
+      return at::relu(pre) * (pre > theta.detach()).to(pre.scalar_type());
     case TranscoderArch::JumpReLU: {
       // f = pre * H(pre - threshold); df/dthreshold = -(threshold / bandwidth) K((pre - threshold) / bandwidth)
       // with the rectangle kernel K, injected by a term whose value is zero and whose gradient is that.

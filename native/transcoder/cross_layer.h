@@ -3,6 +3,8 @@
 //
 //   pre_s = x_s W_enc[s] + b_enc[s]                                 [N, F]
 //   f_s   = relu(pre_s) | topk_k(relu(pre_s)) | pre_s * H(pre_s - threshold[s])
+//           | batchtopk: in training the N k largest relu(pre_s) of the batch (cross_layer_losses.h);
+//             otherwise relu(pre_s) * H(pre_s - threshold[s]), the threshold estimated in training
 //   y_t   = sum_{s <= t} f_s W_dec[s][:, t - s, :] + b_dec[t] (+ x_t W_skip[t])
 //
 // W_dec[s] has shape [F, L - s, d_out]: indexed by source layer, as circuit-tracer stores it. A
@@ -26,7 +28,7 @@ struct CrossLayerSpec {
   int64_t nLayers = 0, dIn = 0, dOut = 0;
   int64_t dSae = 0;         // features per source layer
   bool skip = false;        // W_skip[t]: a dense linear path per layer
-  int64_t k = 0;            // TopK: active features per row and source layer
+  int64_t k = 0;            // TopK: active features per row and source layer; BatchTopK: per row on average
   double bandwidth = 1e-3;  // JumpReLU: width of the straight-through kernel around the threshold
   // Where it sits in a model: per layer, the hooks it reads and writes (TransformerLens names; empty:
   // the placement's default). Resolved by circuits/replacement_model.h.
@@ -39,7 +41,7 @@ struct CrossLayerParams {
   std::vector<at::Tensor> W_dec;  // W_dec[s]: [F, L - s, d_out]
   at::Tensor b_dec;               // [L, d_out], the output bias of each target layer
   at::Tensor W_skip;              // [L, d_in, d_out], skip CLTs only
-  at::Tensor threshold;           // [L, F], JumpReLU only
+  at::Tensor threshold;           // [L, F], JumpReLU (trained) and BatchTopK (estimated in training, used otherwise)
 
   // The parameters that exist, in a fixed order (the optimizer's and the file's): W_enc, b_enc,
   // W_dec_0 .. W_dec_{L-1}, b_dec, W_skip, threshold.

@@ -93,6 +93,20 @@ CrossLayerLossTerms crossLayerLoss(const CrossLayerTranscoder& clt, const at::Te
     t.f = at::zeros_like(t.pre).scatter(-1, at::stack(indices, 1), at::stack(values, 1));
     t.yHat = y + clt.params().b_dec;
     if (clt.params().W_skip.defined()) t.yHat = t.yHat + at::bmm(x.transpose(0, 1), clt.params().W_skip).transpose(0, 1);
+  } else if (spec.arch == TranscoderArch::BatchTopK) {
+    const int64_t N = x.size(0), L = spec.nLayers;
+    std::vector<at::Tensor> layers, minimum;
+    for (int64_t s = 0; s < L; ++s) {
+      at::Tensor act = at::relu(t.pre.select(1, s));  // [N, F]
+      auto [top, idx] = at::topk(act.detach().reshape({-1}), std::min<int64_t>(N * spec.k, act.numel()));
+      at::Tensor keep = at::zeros({act.numel()}, act.options()).index_fill_(0, idx, 1).view_as(act);
+      layers.push_back(act * keep);
+      at::Tensor positive = top.masked_select(top > 0);
+      minimum.push_back(positive.numel() > 0 ? positive.min() : at::zeros({}, top.options()));
+    }
+    t.f = at::stack(layers, 1);
+    t.batchMinimum = at::stack(minimum).detach();
+    t.yHat = clt.decode(t.f, x);
   } else {
     t.f = clt.activate(t.pre);
     t.yHat = clt.decode(t.f, x);
@@ -115,7 +129,8 @@ CrossLayerLossTerms crossLayerLoss(const CrossLayerTranscoder& clt, const at::Te
   } else {
     t.preact = zero;
   }
-  const bool auxk = spec.arch == TranscoderArch::TopK && o.auxkAlpha > 0 && o.dead.defined() && o.dead.any().item<bool>();
+  const bool topk = spec.arch == TranscoderArch::TopK || spec.arch == TranscoderArch::BatchTopK;
+  const bool auxk = topk && o.auxkAlpha > 0 && o.dead.defined() && o.dead.any().item<bool>();
   t.auxk = auxk ? auxkTerm(clt, t, y, o) : zero;
   t.total = t.reconstruction + t.sparsity + t.preact + t.auxk;
   return t;

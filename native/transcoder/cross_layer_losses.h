@@ -29,10 +29,12 @@ struct CrossLayerLossTerms {
   at::Tensor pre, f, yHat;  // [N, L, F], [N, L, F], [N, L, d_out]
   at::Tensor omega;         // [L, F] decoder norms
   at::Tensor layerFvu;      // [L], detached: each target layer's fraction of variance unexplained
+  at::Tensor batchMinimum;  // BatchTopK: [L], detached: the smallest activation each layer's selection kept
   at::Tensor reconstruction, sparsity, preact, auxk, total;  // scalars
 };
 
-// x [N, L, d_in], y [N, L, d_out].
+// x [N, L, d_in], y [N, L, d_out]. A BatchTopK transcoder selects, per layer, the N k largest
+// relu(pre) of the batch (ties broken by index), decoded densely.
 CrossLayerLossTerms crossLayerLoss(const CrossLayerTranscoder& clt, const at::Tensor& x, const at::Tensor& y,
                                    const CrossLayerLossOptions& options);
 

@@ -92,6 +92,7 @@ LossTerms transcoderLoss(const Transcoder& tc, const at::Tensor& x, const at::Te
   switch (spec.arch) {
     case TranscoderArch::ReLU: t.sparsity = o.l1Coefficient * t.f.abs().sum(-1).mean(); break;
     case TranscoderArch::JumpReLU: t.sparsity = o.l0Coefficient * jumpL0(tc, t.pre); break;
+    case TranscoderArch::BatchTopK: break;  // refused by the Transcoder constructor
     case TranscoderArch::TopK:
       t.sparsity = o.auxkAlpha > 0 && anyDead ? auxkTerm(tc, t, y, o) : at::zeros({}, y.options());
       break;

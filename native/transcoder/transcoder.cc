@@ -17,7 +17,8 @@ TranscoderArch transcoderArchFromName(const std::string& name) {
   if (name == "relu") return TranscoderArch::ReLU;
   if (name == "topk") return TranscoderArch::TopK;
   if (name == "jumprelu") return TranscoderArch::JumpReLU;
-  throw InvalidArgument("unknown transcoder architecture '" + name + "' (expected relu, topk or jumprelu)");
+  if (name == "batchtopk") return TranscoderArch::BatchTopK;
+  throw InvalidArgument("unknown transcoder architecture '" + name + "' (expected relu, topk, jumprelu or batchtopk)");
 }
 
 std::vector<std::pair<std::string, at::Tensor*>> TranscoderParams::named() {
@@ -47,6 +48,8 @@ void expectShape(const at::Tensor& t, const char* name, std::vector<int64_t> sha
 
 Transcoder::Transcoder(TranscoderSpec spec, TranscoderParams params) : spec_(spec), params_(std::move(params)) {
   if (spec_.dIn <= 0 || spec_.dOut <= 0 || spec_.dSae <= 0) throw InvalidArgument("transcoder sizes must be positive");
+  if (spec_.arch == TranscoderArch::BatchTopK)
+    throw InvalidArgument("batchtopk is an activation of cross-layer transcoders; a per-layer transcoder is relu, topk or jumprelu");
   if (spec_.arch == TranscoderArch::TopK && (spec_.k <= 0 || spec_.k > spec_.dSae))
     throw InvalidArgument("topk transcoder: k must be in [1, d_sae], got " + std::to_string(spec_.k));
   if (spec_.arch == TranscoderArch::JumpReLU && !(spec_.bandwidth > 0))
@@ -102,6 +105,7 @@ at::Tensor Transcoder::activate(const at::Tensor& pre) const {
       at::Tensor idx = topkIndices(pre.detach(), spec_.k);  // the values by gather: differentiable
       return at::zeros_like(pre).scatter(-1, idx, at::relu(pre.gather(-1, idx)));
     }
+    case TranscoderArch::BatchTopK: break;  // refused by the constructor
     case TranscoderArch::JumpReLU: {
       // f = pre * H(pre - threshold). Straight-through gradients: df/dpre = H, and
       // df/dthreshold = -(threshold / bandwidth) K((pre - threshold) / bandwidth) with the rectangle

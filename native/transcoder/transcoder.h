@@ -17,7 +17,8 @@
 
 namespace tc {
 
-enum class TranscoderArch { ReLU, TopK, JumpReLU };
+// BatchTopK is a cross-layer transcoder's only (cross_layer.h): the top N k activations of a batch.
+enum class TranscoderArch { ReLU, TopK, JumpReLU, BatchTopK };
 
 struct TranscoderSpec {
   TranscoderArch arch = TranscoderArch::ReLU;

@@ -326,6 +326,7 @@ export function exportCircuitTracerCrossLayer(clt: CrossLayerTranscoder, dir: st
   const bEnc = floatData(p.b_enc!);
   const bDec = floatData(p.b_dec!);
   const threshold = p.threshold ? floatData(p.threshold) : undefined;
+  if (c.arch === 'batchtopk' && threshold!.some((v) => v < 0)) throw new InvalidArgumentError(`${who}: a batchtopk CLT goes to circuit-tracer as jump_relu, which equals it only for thresholds >= 0; this one has negative thresholds`);
   const asTensor = (data: Float32Array | Float64Array, shape: number[]) => Tensor.from(Float32Array.from(data), shape);
   for (let l = 0; l < L; l++) {
     const enc: Record<string, Tensor> = {
@@ -344,7 +345,8 @@ export function exportCircuitTracerCrossLayer(clt: CrossLayerTranscoder, dir: st
     ...(modelName ? { model_name: modelName } : {}),
     feature_input_hook: hookIn,
     feature_output_hook: hookOut,
-    activation: c.arch === 'jumprelu' ? 'jump_relu' : 'relu',
+    // BatchTopK outside training is relu(pre) gated by its threshold: JumpReLU's pre * (pre > θ) for θ >= 0.
+    activation: c.arch === 'jumprelu' || c.arch === 'batchtopk' ? 'jump_relu' : 'relu',
   };
   writeFileAtomic(join(resolve(dir), CIRCUIT_TRACER_CONFIG_FILE), [stringifyYaml(config, ' circuit-tracer cross-layer transcoder, written by the transcoders library')]);
 }
