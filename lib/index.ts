@@ -88,7 +88,7 @@ export { writeActivationCache, readCacheMeta, type CacheMeta, type CacheOptions 
 export { evaluate, type Evaluation, type LayerEvaluation, type EvaluateOptions } from './transcoders/evaluate.js';
 export { saveTranscoder, loadNativeTranscoder, isNativeTranscoder } from './transcoders/formats/native.js';
 export { loadTranscoderSet } from './transcoders/transcoder-set.js';
-export { lazyTranscoder, type LazyTranscoder, type LazyLayout } from './transcoders/lazy.js';
+export { lazyTranscoder, lazyCrossLayer, type LazyTranscoder, type LazyCrossLayerTranscoder, type LazyLayout } from './transcoders/lazy.js';
 export {
   CrossLayerTranscoder,
   crossLayerHooks,

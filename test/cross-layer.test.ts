@@ -17,6 +17,7 @@ import { CrossLayerTrainer } from '../lib/transcoders/cross-layer-trainer.js';
 import { evaluateCrossLayer } from '../lib/transcoders/evaluate-cross-layer.js';
 import { exportCircuitTracerCrossLayer, loadCrossLayerTranscoder, saveCrossLayerTranscoder } from '../lib/transcoders/formats/cross-layer.js';
 import { Rng } from '../lib/util/random.js';
+import { lazyCrossLayer } from '../lib/transcoders/lazy.js';
 import { DEVICE, makeTempModel, tempDir, TINY_GPT2 } from './helpers/fixtures.js';
 import { maxDiff, runPython } from './helpers/reference.js';
 
@@ -452,5 +453,32 @@ describe('cross-layer BatchTopK outside training', () => {
     }
     const one = (await clt.encode(Tensor.from(x.toFloat32Array().subarray(0, L * D), [1, L, D]))).toFloat32Array();
     expect(maxDiff(one, gated.subarray(0, L * F)).diff).toBeLessThan(1e-5);
+  });
+});
+
+describe('cross-layer transcoders read lazily', () => {
+  it("reads chosen features' encoder vectors, decoders, biases and thresholds from a circuit-tracer folder, exactly as a full load", async () => {
+    const clt = await randomClt({ arch: 'jumprelu', bandwidth: 0.1 }, 51);
+    const dir = join(tempDir(), 'ct');
+    exportCircuitTracerCrossLayer(clt, dir);
+    const lazy = lazyCrossLayer(dir);
+    expect([lazy.nLayers, lazy.dIn, lazy.dOut, lazy.dSae]).toEqual([L, D, D, F]);
+    const p = clt.parameters();
+    const wEnc = p.W_enc!.toFloat32Array();
+    const features = [7, 0, 23, 8, 9];
+    for (let l = 0; l < L; l++) {
+      const enc = lazy.encoderVectors(l, features);
+      const dec = lazy.decoderRows(l, features);
+      const dec3 = p[`W_dec_${l}`]!.toFloat32Array();
+      const width = (L - l) * D;
+      features.forEach((f, i) => {
+        for (let q = 0; q < D; q++) expect(enc[i * D + q]).toBe(wEnc[(l * D + q) * F + f]);
+        for (let q = 0; q < width; q++) expect(dec[i * width + q]).toBe(dec3[f * width + q]);
+      });
+      expect(Array.from(lazy.encoderBias(l, features))).toEqual(features.map((f) => p.b_enc!.toFloat32Array()[l * F + f]));
+      expect(Array.from(lazy.thresholds(l, features)!)).toEqual(features.map((f) => p.threshold!.toFloat32Array()[l * F + f]));
+    }
+    expect(() => lazy.decoderRows(L, [0])).toThrow(/layer 3 is out of range \[0, 3\)/);
+    expect(() => lazy.encoderVectors(0, [F])).toThrow(/feature 24 \(position 0\) is out of range/);
   });
 });

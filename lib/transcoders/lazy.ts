@@ -123,45 +123,8 @@ function decode(bytes: Buffer, dtype: string, count: number, out: Float32Array, 
 
 const ITEM = { F32: 4, F64: 8, F16: 2, BF16: 2 } as Record<string, number>;
 
-/**
- * Opens a transcoder weights file for reading feature vectors on demand: a safetensors file (native
- * `transcoder.safetensors`, SAELens `sae_weights.safetensors`, circuit-tracer `layer_L.safetensors`,
- * sparsify `sae.safetensors`, Gemma Scope 2 `params.safetensors`) or the folder holding one. Only the
- * header is read now.
- */
-export function lazyTranscoder(path: string, options: { layout?: LazyLayout } = {}): LazyTranscoder {
-  let file = path;
-  let named = options.layout;
-  if (isDir(path)) {
-    const hit = FOLDER_FILES.find(([f]) => statSafe(join(path, f)));
-    if (!hit) throw new FormatError(`${path}: no transcoder weights file (${FOLDER_FILES.map(([f]) => f).join(', ')}) in this folder`, path);
-    file = join(path, hit[0]);
-    named ??= hit[1];
-  }
-  const header = readSafetensorsHeader(file);
-  const layout = layoutOf(header, named);
-  const keys = LAYOUTS[layout];
-  const fail = (why: string): never => {
-    throw new FormatError(`${file}: ${why}`, file);
-  };
-  const entry = (key: string, rank: number): SafetensorsEntry => {
-    const e = header.entries.get(key);
-    if (!e) fail(`missing tensor '${key}' (${layout} layout)`);
-    if (!(e!.dtype in ITEM)) fail(`tensor '${key}' has dtype ${e!.dtype}, expected F32, F16, BF16 or F64`);
-    if (e!.shape.length !== rank) fail(`tensor '${key}' has shape [${e!.shape}], expected ${rank} dimension${rank > 1 ? 's' : ''}`);
-    return e!;
-  };
-  const enc = entry(keys.enc, 2);
-  const dec = entry(keys.dec, 2);
-  const bias = entry(keys.bias, 1);
-  const dSae = bias.shape[0]!;
-  const [dIn, encF] = keys.featureMajor ? [enc.shape[1]!, enc.shape[0]!] : [enc.shape[0]!, enc.shape[1]!];
-  if (encF !== dSae) fail(`tensor '${keys.enc}' has shape [${enc.shape}], which does not hold ${dSae} features (from '${keys.bias}')`);
-  if (dec.shape[0] !== dSae) fail(`tensor '${keys.dec}' has shape [${dec.shape}], expected [${dSae}, d_out]`);
-  const dOut = dec.shape[1]!;
-  const threshold = keys.threshold && header.entries.has(keys.threshold) ? entry(keys.threshold, 1) : null;
-  if (threshold && threshold.shape[0] !== dSae) fail(`tensor '${keys.threshold}' has shape [${threshold.shape}], expected [${dSae}]`);
-
+/** Positioned reads of features' rows, entries and columns from the tensors of one safetensors file with `dSae` features. */
+function featureReader(file: string, header: SafetensorsHeader, dSae: number, fail: (why: string) => never) {
   const check = (features: readonly number[]): void => {
     if (!Array.isArray(features)) throw new InvalidArgumentError('features must be an array of feature indices');
     features.forEach((f, i) => {
@@ -192,10 +155,10 @@ export function lazyTranscoder(path: string, options: { layout?: LazyLayout } = 
       closeSync(fd);
     }
   };
-  /** Rows of a [rows, cols] tensor, one read each. */
+  /** Rows of a [rows, ...] tensor (everything after the first dimension is one row), one read each. */
   const rows = (e: SafetensorsEntry, features: readonly number[]): Float32Array => {
     check(features);
-    const cols = e.shape[1]!;
+    const cols = e.shape.slice(1).reduce((a, b) => a * b, 1);
     const item = ITEM[e.dtype]!;
     const out = new Float32Array(features.length * cols);
     withFile((fd) => features.forEach((f, i) => decode(readAt(fd, e, f * cols * item, cols * item), e.dtype, cols, out, i * cols)));
@@ -237,6 +200,49 @@ export function lazyTranscoder(path: string, options: { layout?: LazyLayout } = 
     });
     return out;
   };
+  return { rows, entries1d, columns };
+}
+
+/**
+ * Opens a transcoder weights file for reading feature vectors on demand: a safetensors file (native
+ * `transcoder.safetensors`, SAELens `sae_weights.safetensors`, circuit-tracer `layer_L.safetensors`,
+ * sparsify `sae.safetensors`, Gemma Scope 2 `params.safetensors`) or the folder holding one. Only the
+ * header is read now.
+ */
+export function lazyTranscoder(path: string, options: { layout?: LazyLayout } = {}): LazyTranscoder {
+  let file = path;
+  let named = options.layout;
+  if (isDir(path)) {
+    const hit = FOLDER_FILES.find(([f]) => statSafe(join(path, f)));
+    if (!hit) throw new FormatError(`${path}: no transcoder weights file (${FOLDER_FILES.map(([f]) => f).join(', ')}) in this folder`, path);
+    file = join(path, hit[0]);
+    named ??= hit[1];
+  }
+  const header = readSafetensorsHeader(file);
+  const layout = layoutOf(header, named);
+  const keys = LAYOUTS[layout];
+  const fail = (why: string): never => {
+    throw new FormatError(`${file}: ${why}`, file);
+  };
+  const entry = (key: string, rank: number): SafetensorsEntry => {
+    const e = header.entries.get(key);
+    if (!e) fail(`missing tensor '${key}' (${layout} layout)`);
+    if (!(e!.dtype in ITEM)) fail(`tensor '${key}' has dtype ${e!.dtype}, expected F32, F16, BF16 or F64`);
+    if (e!.shape.length !== rank) fail(`tensor '${key}' has shape [${e!.shape}], expected ${rank} dimension${rank > 1 ? 's' : ''}`);
+    return e!;
+  };
+  const enc = entry(keys.enc, 2);
+  const dec = entry(keys.dec, 2);
+  const bias = entry(keys.bias, 1);
+  const dSae = bias.shape[0]!;
+  const [dIn, encF] = keys.featureMajor ? [enc.shape[1]!, enc.shape[0]!] : [enc.shape[0]!, enc.shape[1]!];
+  if (encF !== dSae) fail(`tensor '${keys.enc}' has shape [${enc.shape}], which does not hold ${dSae} features (from '${keys.bias}')`);
+  if (dec.shape[0] !== dSae) fail(`tensor '${keys.dec}' has shape [${dec.shape}], expected [${dSae}, d_out]`);
+  const dOut = dec.shape[1]!;
+  const threshold = keys.threshold && header.entries.has(keys.threshold) ? entry(keys.threshold, 1) : null;
+  if (threshold && threshold.shape[0] !== dSae) fail(`tensor '${keys.threshold}' has shape [${threshold.shape}], expected [${dSae}]`);
+
+  const { rows, entries1d, columns } = featureReader(file, header, dSae, fail);
   return {
     file,
     layout,
@@ -256,4 +262,81 @@ function statSafe(path: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * A cross-layer transcoder in circuit-tracer's layout (per layer `W_enc_{l}.safetensors`,
+ * `W_dec_{l}.safetensors`; docs/cross-layer.md) whose feature vectors are read on demand, for sets too
+ * large to load (circuit-tracer's Gemma-2-2B 2.5M CLT is 160 GiB). Only the headers are read when it opens.
+ */
+export interface LazyCrossLayerTranscoder {
+  readonly dir: string;
+  readonly nLayers: number;
+  readonly dIn: number;
+  readonly dOut: number;
+  readonly dSae: number;
+  /** W_enc[layer][:, f] of each feature, as rows of a [features.length, dIn] array. */
+  encoderVectors(layer: number, features: readonly number[]): Float32Array;
+  /** Each feature's decoders into layers layer..L-1, as rows of a [features.length, (L - layer) dOut] array. */
+  decoderRows(layer: number, features: readonly number[]): Float32Array;
+  encoderBias(layer: number, features: readonly number[]): Float32Array;
+  /** JumpReLU thresholds (null for a relu CLT). */
+  thresholds(layer: number, features: readonly number[]): Float32Array | null;
+}
+
+/** Opens a circuit-tracer cross-layer transcoder folder for reading feature vectors on demand. */
+export function lazyCrossLayer(dir: string): LazyCrossLayerTranscoder {
+  const nLayers = (() => {
+    let L = 0;
+    while (statSafe(join(dir, `W_enc_${L}.safetensors`))) L++;
+    return L;
+  })();
+  if (nLayers === 0) throw new FormatError(`${dir}: no W_enc_0.safetensors (a circuit-tracer cross-layer transcoder folder)`, dir);
+  const layers = Array.from({ length: nLayers }, (_, l) => {
+    const open = (name: string) => {
+      const file = join(dir, name);
+      if (!statSafe(file)) throw new FormatError(`${file}: missing (a ${nLayers}-layer cross-layer transcoder has W_enc_0..${nLayers - 1} and W_dec_0..${nLayers - 1})`, file);
+      const header = readSafetensorsHeader(file);
+      const fail = (why: string): never => {
+        throw new FormatError(`${file}: ${why}`, file);
+      };
+      const entry = (key: string, rank: number): SafetensorsEntry => {
+        const e = header.entries.get(key);
+        if (!e) fail(`missing tensor '${key}'`);
+        if (!(e!.dtype in ITEM)) fail(`tensor '${key}' has dtype ${e!.dtype}, expected F32, F16, BF16 or F64`);
+        if (e!.shape.length !== rank) fail(`tensor '${key}' has shape [${e!.shape}], expected ${rank} dimension${rank > 1 ? 's' : ''}`);
+        return e!;
+      };
+      return { file, header, fail, entry };
+    };
+    const enc = open(`W_enc_${l}.safetensors`);
+    const dec = open(`W_dec_${l}.safetensors`);
+    const wEnc = enc.entry(`W_enc_${l}`, 2);
+    const [F, d] = wEnc.shape as [number, number];
+    const bias = enc.entry(`b_enc_${l}`, 1);
+    if (bias.shape[0] !== F) enc.fail(`tensor 'b_enc_${l}' has shape [${bias.shape}], expected [${F}]`);
+    const threshold = enc.header.entries.has(`threshold_${l}`) ? enc.entry(`threshold_${l}`, 1) : null;
+    const wDec = dec.entry(`W_dec_${l}`, 3);
+    if (wDec.shape[0] !== F || wDec.shape[1] !== nLayers - l) dec.fail(`tensor 'W_dec_${l}' has shape [${wDec.shape}], expected [${F}, ${nLayers - l}, d_out]`);
+    return { F, d, dOut: wDec.shape[2]!, wEnc, bias, threshold, wDec, encReader: featureReader(enc.file, enc.header, F, enc.fail), decReader: featureReader(dec.file, dec.header, F, dec.fail) };
+  });
+  const first = layers[0]!;
+  layers.forEach((x, l) => {
+    if (x.F !== first.F || x.d !== first.d || x.dOut !== first.dOut) throw new FormatError(`${dir}: layer ${l} has ${x.F} features of width ${x.d} -> ${x.dOut}, layer 0 ${first.F} of ${first.d} -> ${first.dOut}`, dir);
+  });
+  const layer = (l: number) => {
+    if (!Number.isInteger(l) || l < 0 || l >= nLayers) throw new InvalidArgumentError(`layer ${String(l)} is out of range [0, ${nLayers}) of ${dir}`);
+    return layers[l]!;
+  };
+  return {
+    dir,
+    nLayers,
+    dIn: first.d,
+    dOut: first.dOut,
+    dSae: first.F,
+    encoderVectors: (l, features) => layer(l).encReader.rows(layer(l).wEnc, features),
+    decoderRows: (l, features) => layer(l).decReader.rows(layer(l).wDec, features),
+    encoderBias: (l, features) => layer(l).encReader.entries1d(layer(l).bias, features),
+    thresholds: (l, features) => (layer(l).threshold ? layer(l).encReader.entries1d(layer(l).threshold!, features) : null),
+  };
 }
