@@ -395,6 +395,63 @@ describe('Gemma Scope 2 cross-layer transcoders', () => {
   });
 });
 
+describe('target-indexed cross-layer transcoders (crosslayer-transcoder checkpoints)', () => {
+  /** Writes a checkpoint with test/reference/crosslayer_transcoder_reference.py; returns its folder and the reference's x and y. */
+  async function fixture(args: string[], seed = 3): Promise<{ dir: string; x: Tensor; y: Tensor }> {
+    const dir = join(tempDir(), 'ckpt');
+    runPython('crosslayer_transcoder_reference.py', [dir, String(seed), '4', '9', '16', '30', ...args]);
+    const ref = (await readSafetensors(`${dir}.reference.safetensors`)).tensors;
+    return { dir, x: ref.x!, y: ref.y! };
+  }
+  const VARIANTS: { name: string; args: string[]; arch: string; convertible: boolean }[] = [
+    { name: 'relu, no standardizers', args: ['--nonlinearity', 'relu'], arch: 'relu', convertible: true },
+    { name: 'jumprelu (negative thresholds), dimension-wise standardizers folded on load', args: ['--nonlinearity', 'jumprelu', '--standardizer', 'dimensionwise'], arch: 'jumprelu', convertible: true },
+    { name: 'per-layer topk, layer-wise standardizers, float16 weights', args: ['--nonlinearity', 'topk', '--k', '3', '--standardizer', 'layerwise', '--dtype', 'float16'], arch: 'topk', convertible: false },
+    { name: 'batchtopk, standardizers folded by the project', args: ['--nonlinearity', 'batchtopk', '--k', '3', '--standardizer', 'dimensionwise', '--folded'], arch: 'batchtopk', convertible: true },
+    { name: 'per-layer batchtopk (a threshold below 0), layer-wise folded', args: ['--nonlinearity', 'perlayerbatchtopk', '--k', '3', '--standardizer', 'layerwise', '--folded'], arch: 'batchtopk', convertible: true },
+    { name: 'per-layer Decoder (a jointly trained per-layer set), dimension-wise', args: ['--nonlinearity', 'relu', '--decoder', 'perlayer', '--standardizer', 'dimensionwise'], arch: 'relu', convertible: true },
+  ];
+  it.each(VARIANTS)('$name: outputs equal the reference from the raw checkpoint (1e-5); native and circuit-tracer conversions give identical outputs', async ({ args, arch, convertible }) => {
+    const { dir, x, y } = await fixture(args);
+    const clt = await loadCrossLayerTranscoder(dir);
+    expect(clt.config).toMatchObject({ arch, nLayers: 4, dIn: 9, dOut: 9, dSae: 16, skip: false, processing: 'none' });
+    expect(clt.config.hookIn[2]).toBe('blocks.2.hook_resid_mid');
+    expect(clt.config.hookOut[3]).toBe('blocks.3.hook_mlp_out');
+    const ours = await clt.forward(x);
+    expectRelClose(ours, y, 1e-5, 'y');
+    const native = join(tempDir(), 'native');
+    saveCrossLayerTranscoder(clt, native);
+    expect(maxDiff(await (await loadCrossLayerTranscoder(native)).forward(x), ours).diff).toBe(0);
+    if (convertible) {
+      const ct = join(tempDir(), 'ct');
+      exportCircuitTracerCrossLayer(clt, ct);
+      expect(maxDiff(await (await loadCrossLayerTranscoder(ct)).forward(x), ours).diff).toBe(0);
+    }
+  });
+
+  it('refuses what it cannot read faithfully, naming the file and the field', async () => {
+    const { dir } = await fixture(['--nonlinearity', 'relu', '--standardizer', 'dimensionwise']);
+    const config = join(dir, 'config.yaml');
+    const text = readFileSync(config, 'utf8');
+    writeFileSync(config, text.replace('DimensionwiseInputStandardizer', 'SamplewiseInputStandardizer'));
+    await expect(loadCrossLayerTranscoder(dir)).rejects.toThrow(/config\.yaml: the SamplewiseInputStandardizer normalises each row/);
+    writeFileSync(config, text.replace('jumprelu.ReLU', 'topk.MatryoshkaTopK'));
+    await expect(loadCrossLayerTranscoder(dir)).rejects.toThrow(/nonlinearity "MatryoshkaTopK" is not one this reader knows/);
+    writeFileSync(config, text.replace(/d_features: 16/g, 'd_features: 17'));
+    await expect(loadCrossLayerTranscoder(dir)).rejects.toThrow(/checkpoint\.safetensors: tensor 'encoder\.W' has shape \[4,9,16\], expected \[4,9,17\]/);
+    writeFileSync(config, text);
+    const ckpt = join(dir, 'checkpoint.safetensors');
+    const t = (await readSafetensors(ckpt)).tensors;
+    const w = t['decoder.W_2']!.toFloat32Array().slice();
+    w[5] = Number.NaN;
+    writeSafetensors(ckpt, { ...t, 'decoder.W_2': Tensor.from(w, [3, 16, 9]) });
+    await expect(loadCrossLayerTranscoder(dir)).rejects.toThrow(/checkpoint\.safetensors: tensor 'decoder\.W_2' holds NaN/);
+    const { 'decoder.W_2': _dropped, ...rest } = t;
+    writeSafetensors(ckpt, rest);
+    await expect(loadCrossLayerTranscoder(dir)).rejects.toThrow(/missing tensor 'decoder\.W_2'/);
+  });
+});
+
 describe('cross-layer optimizer state in bfloat16', () => {
   it('halves the moments, trains within 1% of float32 moments over 6 steps, and keeps them bfloat16 in its state (what checkpoints hold)', async () => {
     const rng = new Rng(8);

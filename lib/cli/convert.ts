@@ -55,8 +55,8 @@ export const convertCommand: Command = {
     "An input pre-bias (the paper's b_dec) is folded into b_enc. circuit-tracer and sparsify run the model with raw weights:\n" +
     "transcoders trained on a TransformerLens-processed model get that model's LayerNorm (ln2) weight and bias folded into\n" +
     "the encoder, read from --model DIR (default: the model folder the transcoder records, when it exists here).\n" +
-    'A cross-layer transcoder (native or circuit-tracer folder, or a train output with clt/) converts --to native or\n' +
-    'circuit-tracer (<out-dir>/W_enc_L, W_dec_L .safetensors and config.yaml).',
+    'A cross-layer transcoder (a native, circuit-tracer, Gemma Scope 2 or crosslayer-transcoder checkpoint folder, or a\n' +
+    'train output with clt/) converts --to native or circuit-tracer (<out-dir>/W_enc_L, W_dec_L .safetensors and config.yaml).',
   arguments: [{ name: 'in', required: true }, { name: 'out-dir', required: true }],
   options: {
     to: { type: 'string', value: 'FORMAT', description: TARGETS.join(', '), required: true },

@@ -16,6 +16,7 @@
  *   targets t >= l are used, optional `affine_skip_connection` [d, d]) and a `config.json` naming the
  *   hooks. JumpReLU as Google's reference computes it, (pre > θ) relu(pre): ours for θ >= 0, so
  *   negative thresholds are raised to 0 (as for Gemma Scope's per-layer transcoders).
+ * - target-indexed checkpoints of Goreg12345/crosslayer-transcoder (in): target-indexed.ts.
  *
  * Every file is written atomically; config files last, so a folder with one is complete.
  */
@@ -32,6 +33,7 @@ import { CIRCUIT_TRACER_CONFIG_FILE, readCircuitTracerConfig, stringifyYaml } fr
 import { exportedModelName, floatData, prepareOutputFolder, readJsonObject, TensorFile, transposeData } from './common.js';
 import { GEMMA_SCOPE_2_CONFIG_FILE, GEMMA_SCOPE_2_FILE, hookOfHfHookPoint, layerFromGemmaScopePath } from './gemma-scope.js';
 import { NATIVE_FORMAT } from './native.js';
+import { isTargetIndexedCrossLayer, loadTargetIndexedCrossLayer } from './target-indexed.js';
 
 export const CROSS_LAYER_CONFIG_FILE = 'cfg.json';
 export const CROSS_LAYER_WEIGHTS_FILE = 'cross_layer_transcoder.safetensors';
@@ -275,17 +277,18 @@ async function loadGemmaScope2CrossLayer(dir: string, options: PlacementOptions)
  */
 export function crossLayerFolder(path: string): string | null {
   for (const dir of [path, join(path, 'clt')]) {
-    if (isNativeCrossLayer(dir) || isCircuitTracerCrossLayer(dir) || isGemmaScope2CrossLayer(dir)) return dir;
+    if (isNativeCrossLayer(dir) || isCircuitTracerCrossLayer(dir) || isGemmaScope2CrossLayer(dir) || isTargetIndexedCrossLayer(dir)) return dir;
   }
   return null;
 }
 
-/** Reads a cross-layer transcoder folder: the native format, circuit-tracer's layout or Gemma Scope 2's. */
+/** Reads a cross-layer transcoder folder: the native format, circuit-tracer's layout, Gemma Scope 2's, or the target-indexed checkpoints of crosslayer-transcoder (target-indexed.ts). */
 export async function loadCrossLayerTranscoder(path: string, options: PlacementOptions = {}): Promise<CrossLayerTranscoder> {
   if (isNativeCrossLayer(path)) return loadNativeCrossLayer(path, options);
   if (isCircuitTracerCrossLayer(path)) return loadCircuitTracerCrossLayer(path, options);
   if (isGemmaScope2CrossLayer(path)) return loadGemmaScope2CrossLayer(path, options);
-  throw new FormatError(`${path}: not a cross-layer transcoder folder (expected ${CROSS_LAYER_CONFIG_FILE} with kind "${CIRCUIT_TRACER_CLT_KIND}", circuit-tracer's W_enc_0.safetensors, or Gemma Scope 2's layer_0_*/params.safetensors with a 3-d w_dec)`, path);
+  if (isTargetIndexedCrossLayer(path)) return loadTargetIndexedCrossLayer(path, options);
+  throw new FormatError(`${path}: not a cross-layer transcoder folder (expected ${CROSS_LAYER_CONFIG_FILE} with kind "${CIRCUIT_TRACER_CLT_KIND}", circuit-tracer's W_enc_0.safetensors, Gemma Scope 2's layer_0_*/params.safetensors with a 3-d w_dec, or a crosslayer-transcoder config.yaml + checkpoint.safetensors)`, path);
 }
 
 /** The hook of layer 0 relative to its block, checking that every layer uses the same one. */
