@@ -12,6 +12,7 @@ import { loadModel, readSafetensors, Tensor, writeSafetensors } from '../lib/ind
 import { readTokenFileHeader, readTokenRows } from '../lib/data/token-file.js';
 import { tokenizeToFile } from '../lib/data/tokenize.js';
 import { trainTranscoders, type TrainRunOptions } from '../lib/transcoders/training-run.js';
+import { writeActivationCache } from '../lib/transcoders/activation-cache.js';
 import { crossLayerHooks, CrossLayerTranscoder, stackLayers, type CrossLayerConfig, type CrossLayerLossOptions } from '../lib/transcoders/cross-layer.js';
 import { CrossLayerTrainer } from '../lib/transcoders/cross-layer-trainer.js';
 import { evaluateCrossLayer } from '../lib/transcoders/evaluate-cross-layer.js';
@@ -345,7 +346,35 @@ describe('cross-layer training run (model-fed, the C++ loop)', () => {
     model.dispose();
   });
 
-  it('learns (FVU falls), and is refused on a subset of layers, a cache, or with resampling', async () => {
+  it('trains from an activation cache of every layer exactly as from the model, and resumes there', async () => {
+    const { model, tokenFile, base } = await setup();
+    const viaModel = await trainTranscoders({ ...base(tempDir()), arch: 'clt-topk', k: 6, seed: 2 });
+    const cacheDir = tempDir();
+    // The whole token file: the bias initialisation reads the same first rows as from the model.
+    const metas = await writeActivationCache(model, tokenFile, [0, 1, 2], cacheDir, { shardRows: 500 });
+    expect(metas[0]!.shards.length).toBeGreaterThan(2);
+    const fromCache = (out: string, extra: Partial<TrainRunOptions> = {}) =>
+      trainTranscoders({ ...base(out), arch: 'clt-topk', k: 6, seed: 2, data: { activations: cacheDir }, ...extra });
+    const viaCache = await fromCache(tempDir());
+    expect(viaCache.crossLayer!.config.hookIn).toEqual(viaModel.crossLayer!.config.hookIn);
+    for (const [name, t] of Object.entries(viaModel.crossLayer!.parameters())) expectRelClose(viaCache.crossLayer!.parameters()[name]!, t, 1e-5, `cache vs model ${name}`);
+    // Resume mid-shard (8 steps of 64 rows = row 512 of 500-row shards), then on to 20.
+    const part = tempDir();
+    await fromCache(part, { steps: 8, checkpointEveryTokens: 4 * 64 });
+    const resumed = await fromCache(part, { resume: true });
+    expect(resumed.steps).toBe(20);
+    for (const [name, t] of Object.entries(viaModel.crossLayer!.parameters())) expectRelClose(resumed.crossLayer!.parameters()[name]!, t, 1e-5, `resumed from the cache ${name}`);
+    // Layers cached from different rows cannot be trained together.
+    const other = tempDir();
+    await writeActivationCache(model, tokenFile, [0, 1, 2], other, { shardRows: 500, maxSequences: 40 });
+    const { cpSync } = await import('node:fs');
+    cpSync(join(other, 'layer_2'), join(cacheDir, 'layer_2'), { recursive: true, force: true });
+    await expect(fromCache(tempDir())).rejects.toThrow(new RegExp(`layer_2/meta\\.json: count 1280 differs from layer 0's ${metas[0]!.count}`));
+    await expect(trainTranscoders({ ...base(tempDir()), layers: [0, 1, 2, 3], data: { activations: other } })).rejects.toThrow(/holds layers 0, 1, 2, not 3/);
+    model.dispose();
+  });
+
+  it('learns (FVU falls), and is refused on a subset of layers, a folder that is no cache, or with resampling', async () => {
     const { model, base } = await setup();
     const out = tempDir();
     const run = await trainTranscoders({ ...base(out), arch: 'clt-topk', k: 8, steps: 60, noShuffle: false, logEvery: 5 });

@@ -111,6 +111,15 @@ describe('training runs', () => {
     expectSameParameters(viaModel.transcoders[0]!.parameters(), viaCache.transcoders[0]!.parameters(), 1e-5);
   });
 
+  it('trains several layers from one cache folder, each on its own cached rows, as the model-fed run does', async () => {
+    const viaModel = await trainTranscoders({ ...base(tempDir()), layers: [0, 1], seed: 4 });
+    const cacheDir = tempDir();
+    await writeActivationCache(model, tokenFile, [0, 1], cacheDir, { shardRows: 500 });
+    const viaCache = await trainTranscoders({ ...base(tempDir()), layers: [0, 1], data: { activations: cacheDir }, seed: 4 });
+    expect(viaCache.transcoders.map((t) => t.config.layer)).toEqual([0, 1]);
+    for (const i of [0, 1]) expectSameParameters(viaModel.transcoders[i]!.parameters(), viaCache.transcoders[i]!.parameters(), 1e-5);
+  });
+
   it('resumes from a checkpoint exactly where the uninterrupted run would be', async () => {
     const whole = await trainTranscoders({ ...base(tempDir()), seed: 5 });
     const out = tempDir();

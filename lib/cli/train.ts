@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync } from 'nod
 import { join, resolve } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
 import { loadModel, PROCESSINGS, type Model } from '../models/model.js';
-import { readCacheMeta } from '../transcoders/activation-cache.js';
+import { readCacheLayers } from '../transcoders/activation-cache.js';
 import { findResumePoint } from '../transcoders/checkpoints.js';
 import { TRANSCODER_ARCHS, type TranscoderArch, type TranscoderConfig } from '../transcoders/config.js';
 import { loadTranscoder } from '../transcoders/formats/index.js';
@@ -174,7 +174,8 @@ export const trainCommand: Command = {
   usage: 'train (<model-dir> --data PATH | --activations DIR) --layers L,.. --d-sae N (--tokens N | --steps N) --out DIR [options]',
   details:
     '--data takes .txt / .jsonl files or folders (tokenised and packed like the paper, into OUT/tokens.safetensors) or a\n' +
-    'token file from `transcoders tokenize`. --activations takes one layer of a `transcoders cache` folder (DIR/layer_L).\n' +
+    'token file from `transcoders tokenize`. --activations takes a `transcoders cache` folder (its layers, or those of\n' +
+    '--layers, each trained on its own cached rows) or one of its DIR/layer_L folders.\n' +
     'The run writes OUT/layer_L (native format), OUT/train.jsonl (metrics) and OUT/checkpoints/ (resume with --resume).\n' +
     'relu defaults to the paper recipe (normalised MSE, L1, ghost grads, scheduler stepped before the optimizer); topk and\n' +
     'jumprelu to the standard recipe (FVU, AuxK / L0). Options marked "relu:", "topk:" or "jumprelu:" are an error with\n' +
@@ -187,7 +188,7 @@ export const trainCommand: Command = {
   options: {
     data: { type: 'string', value: 'PATH', description: 'text (.txt/.jsonl, files or folders, comma-separated) or a token file', multiple: true },
     activations: { type: 'string', value: 'DIR', description: 'train from an activation cache folder instead of the model' },
-    layers: { type: 'string', value: 'L,..', description: 'layers to train, e.g. 0,1,2 or 0-11; with --activations, the cache\'s layer', required: { unless: 'activations' } },
+    layers: { type: 'string', value: 'L,..', description: 'layers to train, e.g. 0,1,2 or 0-11; with --activations, default every cached layer', required: { unless: 'activations' } },
     arch: { type: 'string', value: 'ARCH', description: 'relu (default), topk, jumprelu; clt-relu, clt-topk, clt-jumprelu, clt-batchtopk (a cross-layer transcoder)' },
     skip: { type: 'boolean', description: 'add a skip connection (skip transcoder)' },
     'd-sae': { type: 'string', value: 'N', description: 'number of features', required: true },
@@ -241,17 +242,15 @@ export const trainCommand: Command = {
     const out = resolve(values.out as string);
     const skip = values.skip === true;
     const device = (values.device as string | undefined) ?? 'cpu';
-    const cacheLayer = activations ? readCacheMeta(activations).layer : null;
-    if (cacheLayer !== null && values.layers && parseLayers(values.layers as string).join() !== String(cacheLayer)) {
-      throw new InvalidArgumentError(`--layers ${values.layers} does not match the cache's layer ${cacheLayer}`);
-    }
+    // From a cache: the cached layers, or those of --layers (readCacheLayers names the missing ones).
+    const cacheLayers = activations ? readCacheLayers(activations, values.layers ? parseLayers(values.layers as string) : undefined).layers : null;
     let model: Model | null = null;
     if (!activations) {
       // Cross-layer transcoders default to the raw model: circuit-tracer, which serves them, runs it raw.
       const processing = choiceOption(values.processing, 'processing', PROCESSINGS) ?? (isCrossLayerRunArch(plan.arch) ? 'none' : 'transformerlens');
       model = await loadModel(modelDir!, { processing, device });
     }
-    const layers = cacheLayer !== null ? [cacheLayer] : parseLayers(values.layers as string | undefined, model?.config.nLayers);
+    const layers = cacheLayers ?? parseLayers(values.layers as string | undefined, model?.config.nLayers);
     if (values.resume === true) checkResumable(out, layers, plan, skip);
     const init = values.init ? await initialWeights(values.init as string, layers, plan, skip) : undefined;
 

@@ -210,3 +210,57 @@ export function readCacheShards(dir: string): CacheShard[] {
     return { path, dataStart: header.dataStart, rows, dIn: meta.dIn, dOut: meta.dOut, entries: [input, target] };
   });
 }
+
+/** Several layers of one cache, read in step: row i of every layer is the same token position. */
+export interface CacheLayers {
+  layers: number[];
+  metas: CacheMeta[];
+  /** Per layer, its shards in order; shard i holds the same rows in every layer. */
+  shards: CacheShard[][];
+}
+
+/**
+ * The cached layers under `dir`: `dir` itself when it is one layer's folder (it has a meta.json),
+ * else its `layer_L` folders (all of them, or those of `layers`). The layers must hold the same rows
+ * (one `writeActivationCache` call writes them so): the same token file, row count, context size and
+ * shard sizes; otherwise their rows could not be trained on together.
+ */
+export function readCacheLayers(dir: string, layers?: readonly number[]): CacheLayers {
+  let folders: { layer: number; dir: string }[];
+  if (existsSync(join(dir, META_FILE))) {
+    folders = [{ layer: readCacheMeta(dir).layer, dir }];
+  } else {
+    let names: string[] = [];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      throw new FormatError(`${dir}: no such activation cache folder`, dir);
+    }
+    folders = names
+      .map((n) => /^layer_(\d+)$/.exec(n))
+      .filter((m): m is RegExpExecArray => m !== null && existsSync(join(dir, m[0], META_FILE)))
+      .map((m) => ({ layer: Number(m[1]), dir: join(dir, m[0]) }))
+      .sort((a, b) => a.layer - b.layer);
+    if (folders.length === 0) throw new FormatError(`${dir}: not an activation cache (no ${META_FILE}, and no layer_L folders with one)`, dir);
+  }
+  const have = folders.map((f) => f.layer);
+  const wanted = layers ? [...layers] : have;
+  const missing = wanted.filter((l) => !have.includes(l));
+  if (missing.length > 0) throw new InvalidArgumentError(`${dir}: the cache holds layer${have.length > 1 ? 's' : ''} ${have.join(', ')}, not ${missing.join(', ')}`);
+  const chosen = wanted.map((l) => folders.find((f) => f.layer === l)!);
+  const metas = chosen.map((f) => readCacheMeta(f.dir));
+  const shards = chosen.map((f) => readCacheShards(f.dir));
+  const first = metas[0]!;
+  metas.forEach((m, i) => {
+    const where = join(chosen[i]!.dir, META_FILE);
+    const differs = (what: string, a: unknown, b: unknown) => {
+      throw new FormatError(`${where}: ${what} ${describe(a)} differs from layer ${first.layer}'s ${describe(b)}: the layers of one run must cache the same rows (write them with one \`transcoders cache\` call)`, where);
+    };
+    if (m.tokenFile !== first.tokenFile) differs('tokenFile', m.tokenFile, first.tokenFile);
+    if (m.count !== first.count) differs('count', m.count, first.count);
+    if (m.contextSize !== first.contextSize) differs('contextSize', m.contextSize, first.contextSize);
+    const sizes = shards[i]!.map((s) => s.rows).join(',');
+    if (sizes !== shards[0]!.map((s) => s.rows).join(',')) differs('the shard sizes', sizes, shards[0]!.map((s) => s.rows).join(','));
+  });
+  return { layers: wanted, metas, shards };
+}

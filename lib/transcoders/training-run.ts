@@ -18,7 +18,7 @@ import { loadSafetensorsTensors, readSafetensorsHeader } from '../io/safetensors
 import { native, type NativeCrossLayerTrainer, type NativeRunProgress, type NativeRunSnapshot, type NativeStepTrainer } from '../native.js';
 import type { Model } from '../models/model.js';
 import { Tensor } from '../tensor.js';
-import { readCacheMeta, readCacheShards } from './activation-cache.js';
+import { readCacheLayers, type CacheLayers } from './activation-cache.js';
 import { cleanCheckpoints, CROSS_LAYER_FOLDER, findResumePoint, listCheckpoints, readTrainerState, writeCheckpoint, type CheckpointState } from './checkpoints.js';
 import { mlpHooks, validateTranscoderConfig, type TranscoderArch, type TranscoderConfig } from './config.js';
 import { CrossLayerTranscoder, validateCrossLayerConfig, type CrossLayerArch, type CrossLayerConfig } from './cross-layer.js';
@@ -35,7 +35,10 @@ export interface TrainDataTokens {
 }
 
 export interface TrainDataCache {
-  /** An activation cache folder of one layer (see cache.ts). */
+  /**
+   * An activation cache (activation-cache.ts): one layer's folder, or the folder of several
+   * (`layer_L/` inside) whose layers hold the same rows; each trained layer reads its own.
+   */
   activations: string;
 }
 
@@ -119,37 +122,39 @@ export interface TrainResult {
 
 const BIAS_SAMPLE_ROWS = 8192;
 
+/** The first rows of one cached layer (as many as sampleActivations takes from the model). */
+async function sampleCachedActivations(meta: CacheLayers['metas'][number], shards: CacheLayers['shards'][number]): Promise<{ x: Tensor; y: Tensor }> {
+  const rows = Math.min(meta.count, Math.ceil(BIAS_SAMPLE_ROWS / meta.contextSize) * meta.contextSize);
+  const xs: Float32Array[] = [];
+  const ys: Float32Array[] = [];
+  let have = 0;
+  for (const shard of shards) {
+    if (have >= rows) break;
+    const t = await loadSafetensorsTensors(readSafetensorsHeader(shard.path), ['input', 'target']);
+    const take = Math.min(rows - have, shard.rows);
+    xs.push(t.input!.toFloat32Array().subarray(0, take * meta.dIn));
+    ys.push(t.target!.toFloat32Array().subarray(0, take * meta.dOut));
+    have += take;
+  }
+  const join2 = (parts: Float32Array[], d: number) => {
+    const out = new Float32Array(have * d);
+    let offset = 0;
+    for (const p of parts) {
+      out.set(p, offset);
+      offset += p.length;
+    }
+    return Tensor.from(out, [have, d]);
+  };
+  return { x: join2(xs, meta.dIn), y: join2(ys, meta.dOut) };
+}
+
 /**
  * The first activations of each layer, for the bias initialisation: the rows of the first
  * ceil(8192 / context) sequences, the same rows whether they come from the model or from a cache.
  */
-async function sampleActivations(opts: TrainRunOptions, hooks: { input: string; target: string }[]): Promise<{ x: Tensor; y: Tensor }[]> {
-  if ('activations' in opts.data) {
-    const meta = readCacheMeta(opts.data.activations);
-    const rows = Math.min(meta.count, Math.ceil(BIAS_SAMPLE_ROWS / meta.contextSize) * meta.contextSize);
-    const xs: Float32Array[] = [];
-    const ys: Float32Array[] = [];
-    let have = 0;
-    for (const shard of readCacheShards(opts.data.activations)) {
-      if (have >= rows) break;
-      const t = await loadSafetensorsTensors(readSafetensorsHeader(shard.path), ['input', 'target']);
-      const take = Math.min(rows - have, shard.rows);
-      xs.push(t.input!.toFloat32Array().subarray(0, take * meta.dIn));
-      ys.push(t.target!.toFloat32Array().subarray(0, take * meta.dOut));
-      have += take;
-    }
-    const join2 = (parts: Float32Array[], d: number) => {
-      const out = new Float32Array(have * d);
-      let offset = 0;
-      for (const p of parts) {
-        out.set(p, offset);
-        offset += p.length;
-      }
-      return Tensor.from(out, [have, d]);
-    };
-    return [{ x: join2(xs, meta.dIn), y: join2(ys, meta.dOut) }];
-  }
-  const { model, tokenFile } = opts.data;
+async function sampleActivations(opts: TrainRunOptions, hooks: { input: string; target: string }[], cached: CacheLayers | null): Promise<{ x: Tensor; y: Tensor }[]> {
+  if (cached) return Promise.all(cached.metas.map((meta, i) => sampleCachedActivations(meta, cached.shards[i]!)));
+  const { model, tokenFile } = opts.data as TrainDataTokens;
   const header = readTokenFileHeader(tokenFile);
   const sequences = Math.max(1, Math.min(header.rows, Math.ceil(BIAS_SAMPLE_ROWS / header.contextSize)));
   const flat = await readTokenRows(header, 0, sequences);
@@ -189,11 +194,13 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   if (!Number.isInteger(totalSteps) || totalSteps < 1) throw new InvalidArgumentError(`the run length must be a positive whole number of steps, got ${totalSteps}`);
   if (opts.layers.length === 0) throw new InvalidArgumentError('train at least one layer');
   const fromCache = 'activations' in opts.data;
-  if (fromCache && isCrossLayerRunArch(opts.arch)) throw new InvalidArgumentError(`--arch ${opts.arch} trains on every layer's activations of the same tokens: it needs a model and token data, not an activation cache`);
-  if (fromCache && opts.layers.length !== 1) throw new InvalidArgumentError('an activation cache holds one layer: train one layer per run from it');
   const model = fromCache ? null : (opts.data as TrainDataTokens).model;
-  if (model && isCrossLayerRunArch(opts.arch)) {
-    const all = Array.from({ length: model.config.nLayers }, (_, l) => l);
+  // Each trained layer reads its own cached layer; the layers of a cache hold the same rows.
+  const cache = fromCache ? readCacheLayers((opts.data as TrainDataCache).activations, opts.layers) : null;
+  if (isCrossLayerRunArch(opts.arch)) {
+    // From a cache the model's depth is the cached layers' (a CLT spliced into a deeper model is refused there).
+    const depth = model?.config.nLayers ?? opts.layers.length;
+    const all = Array.from({ length: depth }, (_, l) => l);
     if (opts.layers.join(',') !== all.join(',')) throw new InvalidArgumentError(`a cross-layer transcoder spans every layer of the model: train layers ${all.join(',')}, not ${opts.layers.join(',')}`);
     if (opts.resampleEvery) throw new InvalidArgumentError('dead-feature resampling is for per-layer transcoders; cross-layer transcoders use AuxK (clt-topk, clt-batchtopk) or the pre-activation loss');
   }
@@ -201,13 +208,16 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   for (const layer of opts.layers) {
     if (!Number.isInteger(layer) || layer < 0 || (model && layer >= model.config.nLayers)) throw new InvalidArgumentError(`layer ${layer} is not a layer of the model`);
   }
-  const cacheMeta = fromCache ? readCacheShards((opts.data as TrainDataCache).activations) : null;
-  // The family's transcoder hooks, or the ones the activation cache was made from.
-  const cacheHooks = fromCache ? readCacheMeta((opts.data as TrainDataCache).activations) : null;
-  const hooksOf = (l: number) => (cacheHooks ? { hookIn: cacheHooks.hookIn, hookOut: cacheHooks.hookOut } : mlpHooks(l, model!.config.arch));
+  // The family's transcoder hooks, or the ones each cached layer was made from.
+  const hooksOf = (l: number) => {
+    const meta = cache?.metas[cache.layers.indexOf(l)];
+    return meta ? { hookIn: meta.hookIn, hookOut: meta.hookOut } : mlpHooks(l, model!.config.arch);
+  };
   const hooks = opts.layers.map((l) => ({ input: hooksOf(l).hookIn, target: hooksOf(l).hookOut }));
-  const dIn = width ?? cacheMeta![0]!.dIn;
-  const dOut = width ?? cacheMeta![0]!.dOut;
+  const widths = new Set(cache?.metas.map((m) => `${m.dIn}x${m.dOut}`));
+  if (widths.size > 1) throw new InvalidArgumentError(`the cached layers have different widths (${[...widths].join(', ')}): train them in separate runs`);
+  const dIn = width ?? cache!.metas[0]!.dIn;
+  const dOut = width ?? cache!.metas[0]!.dOut;
   if ((opts.device ?? 'cpu').startsWith('cpu')) checkMemory(`training ${opts.layers.length} transcoder(s) of ${opts.dSae} features`, trainingMemory(opts, dIn, dOut, batchSize));
   try {
     mkdirSync(out, { recursive: true });
@@ -223,7 +233,7 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   };
   if (lock.tookOver) warn(`${lock.path}: took over the stale lock of process ${lock.tookOver.pid} (${lock.tookOver.what}; no longer running)`);
   try {
-    return await trainLocked(opts, { out, batchSize, totalSteps, fromCache, model, hooks, hooksOf, cacheMeta, dIn, dOut, warnings, warn });
+    return await trainLocked(opts, { out, batchSize, totalSteps, fromCache, model, hooks, hooksOf, cache, dIn, dOut, warnings, warn });
   } finally {
     lock.release();
   }
@@ -238,7 +248,8 @@ interface RunContext {
   hooks: { input: string; target: string }[];
   /** Each layer's transcoder hooks (the model family's, or the activation cache's). */
   hooksOf: (layer: number) => { hookIn: string; hookOut: string };
-  cacheMeta: ReturnType<typeof readCacheShards> | null;
+  /** The cached layers, in the order of opts.layers (null when the model runs). */
+  cache: CacheLayers | null;
   dIn: number;
   dOut: number;
   warnings: string[];
@@ -260,7 +271,7 @@ function checkResumeConflicts(config: TranscoderConfig | CrossLayerConfig, opts:
 }
 
 async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<TrainResult> {
-  const { out, batchSize, totalSteps, fromCache, model, cacheMeta, warnings, warn } = ctx;
+  const { out, batchSize, totalSteps, fromCache, model, cache, warnings, warn } = ctx;
   const checkpointsDir = join(out, 'checkpoints');
   // The newest complete checkpoint, past broken ones; then leftovers of killed writes are cleaned
   // (which also moves a complete copy left under a temporary name back into place).
@@ -290,7 +301,7 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
   // The activation source.
   let source: object;
   if (fromCache) {
-    source = { kind: 'cache', shards: cacheMeta, startRow: latest?.state.position ?? 0 };
+    source = { kind: 'cache', layers: cache!.shards, startRow: latest?.state.position ?? 0 };
   } else {
     const header = readTokenFileHeader((opts.data as TrainDataTokens).tokenFile);
     source = {
@@ -413,7 +424,7 @@ async function perLayerSlots(opts: TrainRunOptions, ctx: RunContext, latest: { d
     transcoders.push(tc);
   }
   if (!latest && !opts.init && (opts.biasInit ?? 'mean') !== 'zeros') {
-    const samples = await sampleActivations(opts, hooks);
+    const samples = await sampleActivations(opts, hooks, ctx.cache);
     await Promise.all(transcoders.map((tc, i) => tc.initializeBiases(samples[i]!.x, samples[i]!.y, opts.biasInit ?? 'mean')));
   }
   const slots: TrainSlot[] = [];
@@ -465,7 +476,7 @@ async function crossLayerSlot(opts: TrainRunOptions, ctx: RunContext, latest: { 
     clt = await CrossLayerTranscoder.create(config, { ...opts, seed: opts.seed ?? 0 });
     if ((opts.biasInit ?? 'mean') !== 'zeros') {
       // b_dec[t] = the mean of layer t's targets (the encoders have no input bias to initialise).
-      const samples = await sampleActivations(opts, hooks);
+      const samples = await sampleActivations(opts, hooks, ctx.cache);
       const bDec = new Float32Array(L * dOut);
       samples.forEach(({ y }, t) => {
         const data = y.toFloat32Array();

@@ -39,15 +39,27 @@ std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, const std::v
         intOr(s, "sequencesPerForward", 8), startRow);
   }
   if (kind == "cache") {
-    if (slots.size() != 1 || slots.front().crossLayer) throw InvalidArgument("an activation cache trains one transcoder (it holds one layer)");
-    std::vector<CacheShard> shards;
-    auto list = s.Get("shards").As<Napi::Array>();
-    for (uint32_t i = 0; i < list.Length(); ++i) {
-      Napi::Object sh = list.Get(i).As<Napi::Object>();
-      shards.push_back({stringOr(sh, "path", ""), static_cast<uint64_t>(intOr(sh, "dataStart", 0)),
-                        safetensorsEntriesFrom(sh.Get("entries").As<Napi::Array>()), intOr(sh, "rows", 0)});
+    // One list of shards per cached layer, in the order the slots consume them.
+    std::vector<std::vector<CacheShard>> layers;
+    if (!s.Get("layers").IsArray()) throw InvalidArgument("an activation cache source needs its layers (an array of shard lists)");
+    auto layerList = s.Get("layers").As<Napi::Array>();
+    for (uint32_t l = 0; l < layerList.Length(); ++l) {
+      if (!layerList.Get(l).IsArray()) throw InvalidArgument("an activation cache layer must be an array of shards");
+      auto list = layerList.Get(l).As<Napi::Array>();
+      std::vector<CacheShard> shards;
+      for (uint32_t i = 0; i < list.Length(); ++i) {
+        Napi::Object sh = objectOr(list.Get(i));
+        shards.push_back({stringOr(sh, "path", ""), static_cast<uint64_t>(intOr(sh, "dataStart", 0)),
+                          safetensorsEntriesFrom(sh.Get("entries").As<Napi::Array>()), intOr(sh, "rows", 0)});
+      }
+      layers.push_back(std::move(shards));
     }
-    return std::make_unique<CacheActivationSource>(std::move(shards), startRow);
+    size_t pairs = 0;
+    for (const RunSlot& slot : slots) pairs += static_cast<size_t>(slot.pairs());
+    if (pairs != layers.size()) {
+      throw InvalidArgument("the slots train " + std::to_string(pairs) + " layers but the activation cache source has " + std::to_string(layers.size()));
+    }
+    return std::make_unique<CacheActivationSource>(std::move(layers), startRow);
   }
   throw InvalidArgument("unknown activation source '" + kind + "' (expected model or cache)");
 }

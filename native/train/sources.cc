@@ -90,25 +90,36 @@ at::Tensor ModelActivationSource::resampleTokens(int64_t count) {
   return rows;
 }
 
-CacheActivationSource::CacheActivationSource(std::vector<CacheShard> shards, int64_t startRow)
-    : shards_(std::move(shards)), position_(startRow), skip_(startRow) {
+CacheActivationSource::CacheActivationSource(std::vector<std::vector<CacheShard>> layers, int64_t startRow)
+    : layers_(std::move(layers)), position_(startRow), skip_(startRow) {
+  if (layers_.empty()) throw InvalidArgument("an activation cache source needs at least one layer");
+  for (const auto& shards : layers_) {
+    if (shards.size() != layers_.front().size()) throw InvalidArgument("the cached layers have different numbers of shards");
+    for (size_t i = 0; i < shards.size(); ++i) {
+      if (shards[i].rows != layers_.front()[i].rows) throw InvalidArgument("the cached layers' shard " + std::to_string(i) + " hold different numbers of rows");
+    }
+  }
   // Skip whole shards before the start row.
-  while (shard_ < shards_.size() && skip_ >= shards_[shard_].rows) skip_ -= shards_[shard_++].rows;
+  const auto& first = layers_.front();
+  while (shard_ < first.size() && skip_ >= first[shard_].rows) skip_ -= first[shard_++].rows;
 }
 
 bool CacheActivationSource::next(ActivationBatch& out) {
-  if (shard_ >= shards_.size()) return false;
-  const CacheShard& s = shards_[shard_++];
-  auto tensors = loadSafetensors(s.path, s.dataStart, s.entries);
-  at::Tensor x = tensors.at("input").to(c10::kFloat), y = tensors.at("target").to(c10::kFloat);
-  if (skip_ > 0) {
-    x = x.narrow(0, skip_, x.size(0) - skip_);
-    y = y.narrow(0, skip_, y.size(0) - skip_);
-    skip_ = 0;
-  }
-  position_ += x.size(0);
+  if (shard_ >= layers_.front().size()) return false;
   out.clear();
-  out.emplace_back(x, y);
+  for (const auto& shards : layers_) {
+    const CacheShard& s = shards[shard_];
+    auto tensors = loadSafetensors(s.path, s.dataStart, s.entries);
+    at::Tensor x = tensors.at("input").to(c10::kFloat), y = tensors.at("target").to(c10::kFloat);
+    if (skip_ > 0) {
+      x = x.narrow(0, skip_, x.size(0) - skip_);
+      y = y.narrow(0, skip_, y.size(0) - skip_);
+    }
+    out.emplace_back(x, y);
+  }
+  ++shard_;
+  skip_ = 0;
+  position_ += out.front().first.size(0);
   return true;
 }
 

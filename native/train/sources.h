@@ -80,14 +80,16 @@ struct CacheShard {
   int64_t rows;
 };
 
+// One or more cached layers read in step (one pair per layer per shard): shard i of every layer holds
+// the same rows, as one cache writer made them (checked by the caller: same shard row counts).
 class CacheActivationSource : public ActivationSource {
  public:
-  CacheActivationSource(std::vector<CacheShard> shards, int64_t startRow);
+  CacheActivationSource(std::vector<std::vector<CacheShard>> layers, int64_t startRow);
   bool next(ActivationBatch& out) override;
   int64_t position() const override { return position_; }
 
  private:
-  std::vector<CacheShard> shards_;
+  std::vector<std::vector<CacheShard>> layers_;
   size_t shard_ = 0;
   int64_t position_;
   int64_t skip_;  // rows of the first shard read to skip when resuming
