@@ -19,6 +19,21 @@ layer left without a transcoder on the 3-layer models, and checks:
   * linearity: scale 2, -1, 0.5 give 2x, -1x, 0.5x effects;
   * topk keeps at most k features per position, jumprelu only pre > threshold;
   * the CLI end to end (SPEC.json with relative paths, output shapes and values) and error paths.
+Cross-layer transcoders (SPEC.json "cross_layer"; relu+skip, topk, jumprelu, batchtopk on GPT-2, NeoX
+parallel / sequential, Llama, Qwen2, Gemma-2, Gemma-3, reading every input hook) get all the checks above
+(effects vs autograd and vs explicit writes into every layer a feature decodes into, sum_check, linearity,
+causality, direct effects only, the CLI) and:
+  * activations and y_hat_t = sum_{s <= t} f_s W_dec_{s}[:, t - s] + b_dec[t] (+ x_t W_skip[t]) computed
+    straight from the file's tensors equal the oracle's (mlp_out - errors), feature targets equal
+    x_s W_enc[s][:, j] + b_enc[s][j] from the file, and the cross-layer decoders do change y_hat;
+  * the frozen forward (CLT writes + errors) reproduces the real logits;
+  * one source per feature: a feature's effect = the sum of the effects of its writes W_dec_{s}[j, t - s]
+    into each layer t >= s injected one at a time, and the writes into later layers reach the top
+    layer's feature targets;
+  * a CLT whose decoders write only into their own layer gives exactly (torch.equal) the outputs of the
+    equivalent per-layer transcoder set;
+  * bad files and specs (both keys, missing / misshapen / unknown W_dec_*, layer count, arch vs threshold,
+    topk without k, hook templates, feature index out of range) are refused; an inactive feature has no effect.
 
 Usage: /usr/bin/python3 test/reference/check_graph_oracle.py
 """
@@ -158,6 +173,44 @@ CASES = [
 ]
 
 
+def clt_file(path, gen, L, d, arch, skip, hook, F=32, k=6, cross=True):
+    """A random cross-layer transcoder file; cross=False zeroes W_dec_{s}[:, t - s] for t > s. Returns
+    its tensors (float32, as written)."""
+    r = lambda *s, sc=1.0, sh=0.0: torch.randn(*s, generator=gen) * sc + sh  # noqa: E731
+    p = {"W_enc": r(L, d, F, sc=0.3), "b_enc": r(L, F, sc=0.2, sh=0.3 if arch == "jumprelu" else -0.1),
+         "b_dec": r(L, d, sc=0.1)}
+    for src in range(L):
+        W = r(F, L - src, d, sc=0.25)
+        if not cross:
+            W[:, 1:] = 0
+        p[f"W_dec_{src}"] = W
+    if skip:
+        p["W_skip"] = r(L, d, d, sc=0.08)
+    if arch == "jumprelu":
+        p["threshold"] = 0.2 + 0.2 * torch.rand(L, F, generator=gen)
+    if arch == "batchtopk":  # some thresholds below 0, where relu(pre) * (pre > threshold) != jumprelu
+        p["threshold"] = -0.3 + 0.6 * torch.rand(L, F, generator=gen)
+    hin, hout = HOOKS[hook]
+    meta = {"arch": arch, "hook_in": "blocks.{layer}." + hin, "hook_out": "blocks.{layer}." + hout}
+    if arch == "topk":
+        meta["k"] = str(k)
+    save_file(p, path, metadata=meta)
+    return p
+
+
+# (name, builder, arch, skip, hook): every model has 3 layers (2 for llama), so features of layer 0 write
+# into layers 1 and 2 and the top layer's targets read them.
+CLT_CASES = [
+    ("clt-gpt2", lambda p, g: gpt2_checkpoint(p, g), "relu", True, "ln2"),
+    ("clt-neox-parallel", lambda p, g: neox_checkpoint(p, g, True, n_layer=3), "topk", True, "pre"),
+    ("clt-neox-seq", lambda p, g: neox_checkpoint(p, g, False, n_layer=3), "jumprelu", False, "mid"),
+    ("clt-llama", lambda p, g: modern_checkpoint(p, g, "llama"), "relu", True, "mlp_in"),
+    ("clt-qwen2", lambda p, g: modern_checkpoint(p, g, "qwen2"), "topk", False, "mid"),
+    ("clt-gemma2", lambda p, g: modern_checkpoint(p, g, "gemma2"), "jumprelu", True, "mlp_in"),
+    ("clt-gemma3", lambda p, g: modern_checkpoint(p, g, "gemma3_text"), "batchtopk", True, "ln2"),
+]
+
+
 # ---------------------------------------------------------------------------------------
 # Independent pieces.
 # ---------------------------------------------------------------------------------------
@@ -239,6 +292,12 @@ def explicit_effects(M, R, tcs, targets, sources, base):
             else:
                 a = R["layers"][l]["acts"][p, s["feature"]]
                 e[0, p] = -a * tcs[l]["W_dec"][s["feature"]]
+                for t, tct in tcs.items():  # a cross-layer feature also writes into later layers
+                    for src, W in tct.get("cross_in", ()):
+                        if src == l:
+                            et = z()
+                            et[0, p] = -a * W[s["feature"]]
+                            extra[("mlp", t)] = et
             extra[("mlp", l)] = e
         else:
             l = s["layer"]
@@ -322,7 +381,13 @@ def test_case(tmp, gen, name, build, plan):
         files[l] = path
     tcs = {l: go.load_transcoder(p, l, M["d"], M["parallel"], lambda x: x) for l, p in files.items()}
     tokens = torch.randint(VOCAB, (T,), generator=gen).tolist()
+    spec_tc = {"transcoders": {str(l): os.path.join(name, os.path.basename(p)) for l, p in files.items()}}
+    run_checks(tmp, gen, name, mdir, M, tcs, tokens, spec_tc)
+    return mdir, files, tokens
 
+
+def run_checks(tmp, gen, name, mdir, M, tcs, tokens, spec_tc):
+    """Every check of one model + transcoders (per-layer set or CLT); spec_tc: the SPEC.json key."""
     R0 = go.real_forward(M, tokens, tcs)
     targets = pick_targets(M, R0, tcs, gen)
     sources = go.all_sources(M, R0)
@@ -359,6 +424,10 @@ def test_case(tmp, gen, name, build, plan):
         if tc["arch"] == "jumprelu":
             on = rl["acts"] != 0
             check(bool((rl["pre"][on] > tc["threshold"].expand_as(rl["pre"])[on]).all()), f"{name}: jumprelu gate")
+        if tc["arch"] == "batchtopk":
+            thr = tc["threshold"].expand_as(rl["pre"])
+            check(torch.equal(rl["acts"], torch.where((rl["pre"] > thr) & (rl["pre"] > 0), rl["pre"], 0.0)),
+                  f"{name}: batchtopk gate relu(pre) * (pre > threshold)")
         check(rl["active"].shape[0] > 0, f"{name}: layer {l} has no active feature")
 
     # Complete decomposition.
@@ -424,8 +493,7 @@ def test_case(tmp, gen, name, build, plan):
 
     # CLI end to end, relative paths against the spec's directory.
     perts = sample[:25] + ([inactive] if inactive else []) + [dict(sample[0], scale=2.0)]
-    spec = {"model_dir": name, "tokens": tokens, "processing": "none",
-            "transcoders": {str(l): os.path.join(name, os.path.basename(p)) for l, p in files.items()},
+    spec = {"model_dir": name, "tokens": tokens, "processing": "none", **spec_tc,
             "perturbations": perts, "targets": targets}
     spec_path = os.path.join(tmp, f"{name}.json")
     json.dump(spec, open(spec_path, "w"))
@@ -448,7 +516,187 @@ def test_case(tmp, gen, name, build, plan):
     n_act = sum(R["layers"][l]["active"].shape[0] for l in tcs)
     print(f"{name:16s} sources {len(sources):4d} (features {n_act:3d})  targets {len(targets)}  "
           f"sum_check {sc:.1e}  compute {t_compute:.2f} s  CLI {t_cli:.2f} s")
-    return mdir, files, tokens
+    return out, targets, sources
+
+
+def clt_from_raw(raw, arch, k, x):
+    """The CLT written out from its file tensors (float64): acts [L, T, F], y_hat [L, T, d] for inputs x [L, T, d]."""
+    raw = {n: t.to(DT) for n, t in raw.items()}
+    L = raw["W_enc"].shape[0]
+    acts, y_hat = [], []
+    for src in range(L):
+        pre = x[src] @ raw["W_enc"][src] + raw["b_enc"][src]
+        if arch == "relu":
+            f = pre.clamp_min(0)
+        elif arch == "jumprelu":
+            f = torch.where(pre > raw["threshold"][src], pre, 0.0)
+        elif arch == "batchtopk":
+            f = torch.where((pre > raw["threshold"][src]) & (pre > 0), pre, 0.0)
+        else:
+            f = torch.zeros_like(pre)
+            for p in range(pre.shape[0]):
+                idx = torch.argsort(pre[p], descending=True)[:k]
+                f[p, idx] = pre[p, idx].clamp_min(0)
+        acts.append(f)
+    for t in range(L):
+        y = raw["b_dec"][t].expand(x.shape[1], -1).clone()
+        for src in range(t + 1):
+            y = y + acts[src] @ raw[f"W_dec_{src}"][:, t - src, :]
+        if "W_skip" in raw:
+            y = y + x[t] @ raw["W_skip"][t]
+        y_hat.append(y)
+    return torch.stack(acts), torch.stack(y_hat)
+
+
+def test_clt_case(tmp, gen, name, build, arch, skip, hook):
+    mdir = os.path.join(tmp, name)
+    build(mdir, gen)
+    M = go.load_model(mdir)
+    nL, d = len(M["layers"]), M["d"]
+    path = os.path.join(mdir, "clt.safetensors")
+    raw = clt_file(path, gen, nL, d, arch, skip, hook)
+    tcs = go.load_cross_layer(path, nL, d, M["parallel"], lambda x: x)
+    tokens = torch.randint(VOCAB, (T,), generator=gen).tolist()
+    out, targets, sources = run_checks(tmp, gen, name, mdir, M, tcs, tokens,
+                                       {"cross_layer": os.path.join(name, "clt.safetensors")})
+    R, base, eff = out["_record"], out["target_values"], out["_all_effects"]
+
+    # The CLT straight from its file tensors, on the hook inputs (checked against the references above):
+    # activations, y_hat_t = sum_{s <= t} f_s W_dec_{s}[:, t - s] + b_dec[t] (+ skip), errors = mlp_out - y_hat.
+    x = torch.stack([rl["x_in"] for rl in R["layers"]])
+    acts, y_hat = clt_from_raw(raw, arch, 6, x)
+    close(torch.stack([rl["acts"] for rl in R["layers"]]), acts, 1e-12, f"{name}: CLT activations from the file")
+    close(out["mlp_out"] - out["errors"], y_hat, 1e-12, f"{name}: y_hat from the file (mlp_out - errors)")
+    own = {n: (torch.cat([v[:, :1], torch.zeros_like(v[:, 1:])], 1) if n.startswith("W_dec_") else v) for n, v in raw.items()}
+    check(rel_err(clt_from_raw(own, arch, 6, x)[1], y_hat) > 1e-3, f"{name}: the cross-layer decoders do not change y_hat")
+    for i, t in enumerate(targets):
+        if t["kind"] == "feature":
+            s_, p, j = t["layer"], t["position"], t["feature"]
+            want = x[s_, p] @ raw["W_enc"][s_, :, j].to(DT) + raw["b_enc"][s_, j].to(DT)
+            check(abs(float(base[i] - want)) < 1e-12 * max(1.0, abs(float(want))),
+                  f"{name}: target {i} pre-activation {float(base[i])} vs the file's {float(want)}")
+    if arch == "batchtopk":
+        thr = raw["threshold"].to(DT)[:, None, :].expand_as(acts)
+        pre = torch.stack([rl["pre"] for rl in R["layers"]])
+        check(bool(((pre > thr) & (pre <= 0)).any()), f"{name}: batchtopk case never differs from jumprelu")
+
+    # Frozen model with the CLT-replaced MLP outputs + errors reproduces the real forward (all layers).
+    close(out["logits"], R["logits"], 1e-10, f"{name}: frozen CLT forward vs real logits")
+
+    # One source per feature: its effect is the sum of the effects of its writes W_dec_{s}[j, t - s] (from
+    # the file) into each layer t >= s, each injected alone; the writes into later layers reach the top
+    # layer's targets (direct cross-layer edges).
+    z = lambda: torch.zeros(1, T, d, dtype=DT)  # noqa: E731
+    via_later = 0.0
+    scale = float(base.abs().max()) + float(eff.abs().sum(0).max())
+    feats = [(i, s_) for i, s_ in enumerate(sources) if s_["kind"] == "feature" and s_["layer"] < nL - 1]
+    for i, s_ in feats[::max(1, len(feats) // 12)]:
+        src, p, j = s_["layer"], s_["position"], s_["feature"]
+        a = R["layers"][src]["acts"][p, j]
+        total = torch.zeros(len(targets), dtype=DT)
+        for t in range(src, nL):
+            e = z()
+            e[0, p] = -a * raw[f"W_dec_{src}"][j, t - src].to(DT)
+            with torch.no_grad():
+                vals, _ = go.run_frozen(M, R, tcs, targets, go.ones_coefficients(M, R, 1), {("mlp", t): e})
+            part = base - vals[0]
+            total = total + part
+            if t > src:
+                for jj, tg in enumerate(targets):
+                    if tg["kind"] == "feature" and tg["layer"] > t:
+                        via_later = max(via_later, abs(float(part[jj])))
+        close(eff[i], total, 1e-10, f"{name}: feature {s_} effect vs the sum of its per-layer writes")
+    if nL >= 3:  # (with 2 layers, a write into layer 1 reaches logits only)
+        check(via_later > 1e-6 * scale, f"{name}: no cross-layer write reaches a later feature target ({via_later:.3g})")
+
+    # A CLT whose decoders only write into their own layer == the same per-layer transcoders, exactly.
+    if arch != "batchtopk":
+        g2 = torch.Generator().manual_seed(7)
+        p0 = os.path.join(mdir, "clt_own.safetensors")
+        raw0 = clt_file(p0, g2, nL, d, arch, skip, hook, cross=False)
+        tcs0 = go.load_cross_layer(p0, nL, d, M["parallel"], lambda x: x)
+        files = {}
+        for l in range(nL):
+            pl = {"W_enc": raw0["W_enc"][l], "b_enc": raw0["b_enc"][l], "W_dec": raw0[f"W_dec_{l}"][:, 0].contiguous(),
+                  "b_dec_out": raw0["b_dec"][l]}
+            if skip:
+                pl["W_skip"] = raw0["W_skip"][l]
+            if "threshold" in raw0:
+                pl["threshold"] = raw0["threshold"][l]
+            hin, hout = HOOKS[hook]
+            meta = {"arch": arch, "hook_in": f"blocks.{l}.{hin}", "hook_out": f"blocks.{l}.{hout}"}
+            if arch == "topk":
+                meta["k"] = "6"
+            files[l] = os.path.join(mdir, f"own_{l}.safetensors")
+            save_file({n: v.contiguous() for n, v in pl.items()}, files[l], metadata=meta)
+        tcs1 = {l: go.load_transcoder(f, l, d, M["parallel"], lambda x: x) for l, f in files.items()}
+        R1 = go.real_forward(M, tokens, tcs1)
+        tg = pick_targets(M, R1, tcs1, g2)
+        src = go.all_sources(M, R1)
+        perts = src[::5] + [dict(src[0], scale=-1.5)]
+        o0 = go.compute(M, tcs0, tokens, perts, tg)
+        o1 = go.compute(M, tcs1, tokens, perts, tg)
+        for key in ("effects", "effects_direct", "target_values", "logits", "real_logits", "sum_check",
+                    "active_features", "activation_values", "errors", "mlp_out", "n_sources", "_all_effects"):
+            check(torch.equal(o0[key], o1[key]), f"{name}: own-layer CLT vs per-layer transcoders differ in {key} "
+                  f"(relative {rel_err(o0[key], o1[key]):.3g})")
+    return mdir, path, tokens
+
+
+def test_clt_errors(tmp, gen, mdir, path, tokens, tc_files):
+    """Bad cross-layer specs and files are refused with a message (on a 3-layer model)."""
+    raw = load_file(path)
+    meta = go.read_metadata(path)
+    nL, F = raw["W_enc"].shape[0], raw["W_enc"].shape[2]
+
+    def variant(tag, tensors, **m):
+        p = os.path.join(tmp, f"clt_bad_{tag}.safetensors")
+        save_file(tensors, p, metadata={**meta, **m})
+        return p
+
+    def run(spec):
+        p = os.path.join(tmp, "bad_clt.json")
+        json.dump(spec, open(p, "w"))
+        r = subprocess.run([sys.executable, os.path.join(HERE, "graph_oracle.py"), p, os.path.join(tmp, "bad.out")],
+                           capture_output=True, text=True)
+        return r.returncode, r.stderr
+
+    drop = lambda *names: {n: v for n, v in raw.items() if n not in names}  # noqa: E731
+    base = {"model_dir": mdir, "tokens": tokens, "processing": "none", "cross_layer": path,
+            "perturbations": [], "targets": []}
+    thr = 0.2 + torch.zeros(nL, F)
+    cases = [
+        (dict(base, transcoders={"0": tc_files[0]}), "not both"),
+        (dict(base, cross_layer=variant("nodec", drop("W_dec_1"))), "missing tensor W_dec_1"),
+        (dict(base, cross_layer=variant("shape", dict(raw, W_dec_1=raw["W_dec_1"][:, :1].contiguous()))),
+         "W_dec_1 has shape"),
+        (dict(base, cross_layer=variant("extra", dict(raw, **{f"W_dec_{nL}": raw["W_dec_0"][:, :1].contiguous()}))),
+         "unknown tensors"),
+        (dict(base, cross_layer=variant("L", {n: (v[:2] if n in ("W_enc", "b_enc", "b_dec") else v)
+                                               for n, v in drop(f"W_dec_{nL - 1}").items()})), "covers 2 layers"),
+        (dict(base, cross_layer=variant("jr", dict(raw), arch="jumprelu")), "needs a threshold"),
+        (dict(base, cross_layer=variant("btk", dict(raw), arch="batchtopk")), "needs a threshold"),
+        (dict(base, cross_layer=variant("thr", dict(raw, threshold=thr), arch="relu")), "threshold given"),
+        (dict(base, cross_layer=variant("k", dict(raw), arch="topk")), "topk needs k"),
+        (dict(base, cross_layer=variant("arch", dict(raw), arch="gated")), "unknown arch"),
+        (dict(base, cross_layer=variant("tmpl", dict(raw), hook_in="blocks.0.hook_resid_pre")), "{layer}"),
+        (dict(base, cross_layer=variant("hook", dict(raw), hook_out="blocks.{layer}.hook_attn_out")), "hook_out"),
+        (dict(base, perturbations=[{"kind": "feature", "layer": 2, "position": 0, "feature": F}]), f"feature = {F}"),
+        (dict(base, targets=[{"kind": "feature", "layer": nL, "position": 0, "feature": 0}]), "layer"),
+    ]
+    for spec, word in cases:
+        rc, err = run(spec)
+        check(rc != 0 and word in err, f"CLT error path {word!r}: rc {rc}, {err[-300:]}")
+    # An inactive feature is a source with no effect, as for per-layer transcoders.
+    M = go.load_model(mdir)
+    tcs = go.load_cross_layer(path, nL, M["d"], M["parallel"], lambda x: x)
+    R = go.real_forward(M, tokens, tcs)
+    p_, j = (R["layers"][0]["acts"] == 0).nonzero()[0].tolist()
+    o = go.compute(M, tcs, tokens, [{"kind": "feature", "layer": 0, "position": p_, "feature": j}],
+                   [{"kind": "logit", "position": T - 1, "token": 3}, {"kind": "feature", "layer": 2, "position": T - 1,
+                                                                       "feature": 0}], with_sum_check=False)
+    check(float(o["effects"].abs().max()) == 0.0 and float(o["effects_direct"].abs().max()) == 0.0,
+          "CLT: an inactive feature has an effect")
 
 
 def test_errors(tmp, gen, mdir, files, tokens):
@@ -483,6 +731,10 @@ def main():
         for name, build, plan in CASES:
             kept[name] = test_case(tmp, gen, name, build, plan)
         test_errors(tmp, gen, *kept["llama"])
+        clt = {}
+        for name, build, arch, skip, hook in CLT_CASES:
+            clt[name] = test_clt_case(tmp, gen, name, build, arch, skip, hook)
+        test_clt_errors(tmp, gen, *clt["clt-gpt2"], kept["gpt2"][1])
     print(f"{len(FAILURES)} failure(s) in {time.time() - start:.1f} s")
     sys.exit(1 if FAILURES else 0)
 

@@ -12,6 +12,8 @@ then upcast).
 SPEC.json:
     {"model_dir": DIR, "tokens": [ids...], "processing": "none",
      "transcoders": {"<layer>": PATH | {"path": PATH, "arch"?, "k"?, "hook_in"?, "hook_out"?}, ...},
+     or instead "cross_layer": PATH | {"path": PATH, "arch"?, "k"?, "hook_in"?, "hook_out"?}  (one
+                               cross-layer transcoder over every layer; giving both is an error),
      "perturbations": [{"kind": "feature", "layer", "position", "feature"} | {"kind": "error", "layer",
                         "position"} | {"kind": "token", "position"} | {"kind": "positional", "position"} |
                         {"kind": "bias", "layer"}   (layer 0..n_layers; n_layers = the unembedding side)
@@ -32,6 +34,24 @@ relu), k, hook_in, hook_out (defaults blocks.L.ln2.hook_normalized, blocks.L.hoo
     hook_out: blocks.L.hook_mlp_out or blocks.L.mlp.hook_out = what the MLP adds to the residual
              (Gemma: after the post-feedforward norm).
 
+Cross-layer transcoder file (CLT; L = the model's number of layers, F features per source layer):
+safetensors with W_enc [L, d, F], b_enc [L, F], b_dec [L, d] (output bias of each layer), W_dec_{s}
+[F, L - s, d] for s = 0..L-1 (W_dec_{s}[j, t - s] is what feature j of source layer s writes into layer
+t's MLP output, t >= s), optional W_skip [L, d, d], threshold [L, F], k (tensor); any other tensor is an
+error. String fields in __metadata__: arch (relu | topk | jumprelu | batchtopk; default inferred as for
+transcoder files; jumprelu and batchtopk need threshold, relu and topk refuse one), k, hook_in and
+hook_out as templates with {layer} (e.g. blocks.{layer}.hook_resid_mid, blocks.{layer}.mlp.hook_out;
+defaults blocks.{layer}.ln2.hook_normalized, blocks.{layer}.hook_mlp_out), each hook meaning as above.
+    x_s = the hook_in activation of layer s; pre[s] = x_s W_enc[s] + b_enc[s] (no input pre-bias);
+    f_s = relu(pre) | pre * (pre > threshold[s]) (jumprelu) | the k largest pre per position, relu'd
+          (topk) | relu(pre) * (pre > threshold[s]) (batchtopk outside training);
+    y_hat_t = sum_{s <= t} f_s W_dec_{s}[:, t - s] + b_dec[t] (+ x_t W_skip[t]); error_t = mlp_out_t - y_hat_t.
+In the frozen model a CLT feature (s, p, j) is ONE source: its coefficient multiplies all its writes
+a W_dec_{s}[j, t - s] into layers t >= s at position p; layer t's bias node carries b_dec[t] (and, as
+for a transcoder's b_dec_out and W_skip, the skip's constant part through the frozen norm's bias); a
+feature target is pre[s][p, j]. Everything else is as for per-layer transcoders, which are the special
+case of decoders into their own layer only.
+
 OUT.safetensors (float64 unless noted):
     effects [n_perturbations, n_targets]   target(unperturbed) - target(perturbed)
     effects_direct [n_perturbations, n_targets]  the same by linearity: the target with only the
@@ -42,7 +62,8 @@ OUT.safetensors (float64 unless noted):
     real_logits [T, V]                      the real forward
     sum_check [n_targets]                   target value - sum of the effects of every source
     active_features int64 [n, 3]            (layer, position, feature) sorted; activation_values [n]
-    errors [n_layers, T, d]                 error vectors (= the MLP output where a layer has no transcoder)
+    errors [n_layers, T, d]                 error vectors mlp_out - reconstruction (= the MLP output where a
+                                            layer has no transcoder; a CLT's reconstruction is y_hat_t)
     mlp_out [n_layers, T, d]                real MLP outputs
     n_sources int64 [1]                     sources summed in sum_check
 
@@ -315,6 +336,8 @@ def encode(tc, x):
         return pre, torch.relu(pre)
     if tc["arch"] == "jumprelu":
         return pre, pre * (pre > tc["threshold"]).to(DT)
+    if tc["arch"] == "batchtopk":  # outside training: a per-feature threshold gate on relu(pre)
+        return pre, torch.relu(pre) * (pre > tc["threshold"]).to(DT)
     r = torch.relu(pre)
     idx = r.topk(tc["k"], dim=-1).indices
     return pre, torch.zeros_like(r).scatter(-1, idx, r.gather(-1, idx))
@@ -325,6 +348,97 @@ def reconstruct(tc, f, x):
     if "W_skip" in tc:
         y = y + x @ tc["W_skip"]
     return y
+
+
+# Cross-layer transcoders: one file, every layer. Loaded as one per-layer transcoder dict per layer
+# (its own encoder, its decoder into its own layer as W_dec, the output bias b_dec[l] as b_dec_out,
+# W_skip[l], threshold[l]; no input pre-bias) plus "cross_in": [(s, W_dec_{s}[:, l - s, :]) for every
+# source layer s < l], the decoders of earlier layers' features into this layer's MLP output. A
+# per-layer transcoder is the special case without cross_in.
+
+
+def load_cross_layer(entry, n_layers, d, parallel, resolve):
+    over = dict(entry) if isinstance(entry, dict) else {"path": entry}
+    if "path" not in over:
+        raise ValueError("cross_layer: needs a 'path'")
+    path = resolve(over["path"])
+    meta = dict(read_metadata(path))
+    meta.update({k: str(v) for k, v in over.items() if k != "path"})
+    raw = load_file(path)
+    if "W_enc" not in raw:
+        raise ValueError(f"{path}: missing tensor W_enc")
+    W = raw["W_enc"]
+    if W.dim() != 3:
+        raise ValueError(f"{path}: W_enc has shape {list(W.shape)}, expected [n_layers, d_model, F]")
+    L, _, F = W.shape
+    if L != n_layers:
+        raise ValueError(f"{path}: W_enc covers {L} layers, the model has {n_layers} (a cross-layer "
+                         "transcoder covers every layer)")
+    dec_names = [f"W_dec_{s}" for s in range(L)]
+    allowed = {"W_enc", "b_enc", "b_dec", "W_skip", "threshold", "k", *dec_names}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ValueError(f"{path}: unknown tensors {unknown} (a cross-layer transcoder over {L} layers "
+                         f"has W_enc, b_enc, b_dec, W_dec_0..W_dec_{L - 1}, optional W_skip, threshold, k)")
+    for name in ("b_enc", "b_dec", *dec_names):
+        if name not in raw:
+            raise ValueError(f"{path}: missing tensor {name}")
+    for name, t in raw.items():
+        if name != "k" and not t.is_floating_point():
+            raise ValueError(f"{path}: {name} has dtype {t.dtype}, expected a floating dtype")
+    expect = {"W_enc": (L, d, F), "b_enc": (L, F), "b_dec": (L, d), "W_skip": (L, d, d), "threshold": (L, F)}
+    expect.update({f"W_dec_{s}": (F, L - s, d) for s in range(L)})
+    for name, t in raw.items():
+        if name != "k" and tuple(t.shape) != expect[name]:
+            raise ValueError(f"{path}: {name} has shape {list(t.shape)}, expected {list(expect[name])}")
+    if F < 1:
+        raise ValueError(f"{path}: W_enc has no features")
+    k = meta.get("k")
+    if k is None and "k" in raw:
+        k = raw["k"].reshape(-1)[0].item()
+    arch = meta.get("arch") or ("jumprelu" if "threshold" in raw else "topk" if k is not None else "relu")
+    if arch not in ("relu", "topk", "jumprelu", "batchtopk"):
+        raise ValueError(f"{path}: unknown arch {arch!r} (relu, topk, jumprelu or batchtopk)")
+    if arch in ("jumprelu", "batchtopk") and "threshold" not in raw:
+        raise ValueError(f"{path}: arch {arch} needs a threshold [L, F]")
+    if arch in ("relu", "topk") and "threshold" in raw:
+        raise ValueError(f"{path}: threshold given but arch {arch} uses none")
+    if arch == "topk":
+        if k is None:
+            raise ValueError(f"{path}: topk needs k")
+        k = int(float(k))
+        if not 1 <= k <= F:
+            raise ValueError(f"{path}: k = {k} outside [1, {F}]")
+    else:
+        k = None
+    t_in = meta.get("hook_in", "blocks.{layer}.ln2.hook_normalized")
+    t_out = meta.get("hook_out", "blocks.{layer}.hook_mlp_out")
+    for what, tmpl in (("hook_in", t_in), ("hook_out", t_out)):
+        if "{layer}" not in tmpl:
+            raise ValueError(f"{path}: {what} {tmpl!r} is not a template with {{layer}}")
+    tc_all = {n: t.to(DT) for n, t in raw.items() if n != "k"}
+    tcs = {}
+    for l in range(L):
+        hook_in, hook_out = t_in.replace("{layer}", str(l)), t_out.replace("{layer}", str(l))
+        mi, mo = HOOK_RE.match(hook_in), HOOK_RE.match(hook_out)
+        if not mi or int(mi.group(1)) != l or mi.group(2) not in IN_HOOKS:
+            raise ValueError(f"{path}: hook_in {hook_in!r} is not an input hook of layer {l}")
+        if not mo or int(mo.group(1)) != l or mo.group(2) not in OUT_HOOKS:
+            raise ValueError(f"{path}: hook_out {hook_out!r} is not an MLP output hook of layer {l}")
+        reads = IN_HOOKS[mi.group(2)]
+        if reads == "resid_mid" and parallel:
+            raise ValueError(f"{path}: parallel-residual blocks have no hook_resid_mid")
+        tc = {"W_enc": tc_all["W_enc"][l], "b_enc": tc_all["b_enc"][l], "b_dec": torch.zeros(d, dtype=DT),
+              "W_dec": tc_all[f"W_dec_{l}"][:, 0], "b_dec_out": tc_all["b_dec"][l],
+              "cross_in": [(s, tc_all[f"W_dec_{s}"][:, l - s]) for s in range(l)]}
+        if "W_skip" in tc_all:
+            tc["W_skip"] = tc_all["W_skip"][l]
+        if "threshold" in tc_all:
+            tc["threshold"] = tc_all["threshold"][l]
+        tc.update(arch=arch, k=k, reads=reads, hook_in=hook_in, hook_out=hook_out, m=F, path=path)
+        tc["enc_const"] = tc["b_enc"].clone()  # no input pre-bias; the norm bias is added through x_in
+        tcs[l] = tc
+    return tcs
 
 
 # ---------------------------------------------------------------------------------------
@@ -370,6 +484,8 @@ def real_forward(M, tokens, tcs):
             rl["x_in"] = rl[tc["reads"]]
             rl["pre"], rl["acts"] = encode(tc, rl["x_in"])
             rl["rec"] = reconstruct(tc, rl["acts"], rl["x_in"])
+            for s, W in tc.get("cross_in", ()):  # cross-layer transcoder: earlier layers' features
+                rl["rec"] = rl["rec"] + R["layers"][s]["acts"] @ W
             rl["err"] = out - rl["rec"]
             nz = rl["acts"].nonzero()
             rl["active"] = nz  # [n, 2] (position, feature), row-major order
@@ -403,6 +519,19 @@ def ones_coefficients(M, R, B):
         "bias": torch.ones(B, nL + 1, dtype=DT), "err": torch.ones(B, nL, T, dtype=DT),
         "feat": [torch.ones(B, rl["active"].shape[0], dtype=DT) for rl in R["layers"]],
     }
+
+
+def feature_writes(rl, W_dec, cf, B, T, d):
+    """[B, T, d]: the active features of record layer rl (frozen activations times their coefficients
+    cf [B, n_active]) decoded by W_dec [m, d], each at its position."""
+    pos, feat = rl["active"][:, 0], rl["active"][:, 1]
+    vecs = rl["active_vals"][:, None] * W_dec[feat]
+    dec = torch.zeros(B, T, d, dtype=DT)
+    for p in range(T):
+        sel = (pos == p).nonzero()[:, 0]
+        if sel.numel():
+            dec[:, p] = cf[:, sel] @ vecs[sel]
+    return dec
 
 
 def frozen_forward(M, R, tcs, c, extra=None):
@@ -442,15 +571,11 @@ def frozen_forward(M, R, tcs, c, extra=None):
             else:
                 x_in = x
             x_ins[l] = x_in
-            # Features: frozen activations times their coefficients, written at their positions.
-            pos, feat = rl["active"][:, 0], rl["active"][:, 1]
-            vecs = rl["active_vals"][:, None] * tc["W_dec"][feat]
-            cf = c["feat"][l]
-            dec = torch.zeros(B, T, M["d"], dtype=DT)
-            for p in range(T):
-                sel = (pos == p).nonzero()[:, 0]
-                if sel.numel():
-                    dec[:, p] = cf[:, sel] @ vecs[sel]
+            # Features: frozen activations times their coefficients, written at their positions;
+            # a cross-layer transcoder's features of earlier layers write here with the same coefficient.
+            dec = feature_writes(rl, tc["W_dec"], c["feat"][l], B, T, M["d"])
+            for s, W in tc.get("cross_in", ()):
+                dec = dec + feature_writes(R["layers"][s], W, c["feat"][s], B, T, M["d"])
             out = out + dec + cb[:, None, None] * tc["b_dec_out"]
             if "W_skip" in tc:
                 out = out + x_in @ tc["W_skip"]
@@ -662,6 +787,10 @@ def load_spec(spec_path):
     if max(tokens) >= M["W_E"].shape[0] or min(tokens) < 0:
         raise ValueError(f"token ids must lie in [0, {M['W_E'].shape[0]})")
     tcs = {}
+    if spec.get("cross_layer") is not None:
+        if spec.get("transcoders") is not None:
+            raise ValueError("give either 'transcoders' or 'cross_layer', not both")
+        tcs = load_cross_layer(spec["cross_layer"], len(M["layers"]), M["d"], M["parallel"], resolve)
     for key, entry in (spec.get("transcoders") or {}).items():
         l = int(key)
         if not 0 <= l < len(M["layers"]):
