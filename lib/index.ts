@@ -162,6 +162,7 @@ export {
 } from './graphs/graph-json.js';
 export { writeAdjacencyFile, ADJACENCY_FILE_FORMAT, ADJACENCY_FILE_VERSION, DEFAULT_MAX_DENSE_BYTES, type AdjacencyFileOptions } from './graphs/adjacency-file.js';
 export { attributionGraph, topLogitTargets, ATTRIBUTE_DEFAULTS, type AttributeOptions, type AttributedGraph, type GraphTargets } from './graphs/attribute.js';
+export { lazyCrossLayerGraph, compactCrossLayer, type CompactCrossLayer } from './graphs/lazy-cross-layer.js';
 export {
   intervene,
   steer,

@@ -67,6 +67,15 @@ describe('transcoders CLI', () => {
     expect(r.status, r.stderr).toBe(0);
     const graphJson = JSON.parse(readFileSync(join(graphDir, 'clt.json'), 'utf8')) as { nodes: { feature_type: string }[] };
     expect(graphJson.nodes.some((n) => n.feature_type === 'cross layer transcoder')).toBe(true);
+    // The same graph from the circuit-tracer folder read lazily (only the prompt's active features).
+    r = runCli(['graph', modelDir, '--transcoders', ct, '--lazy', '--prompt', 'The war lasted from the year 1732 to the year 17', '--out', graphDir, '--slug', 'clt-lazy']);
+    expect(r.status, r.stderr).toBe(0);
+    const lazyJson = JSON.parse(readFileSync(join(graphDir, 'clt-lazy.json'), 'utf8')) as { nodes: { node_id: string }[]; links: unknown[] };
+    expect(lazyJson.nodes.map((n) => n.node_id)).toEqual((graphJson as unknown as typeof lazyJson).nodes.map((n) => n.node_id));
+    expect(lazyJson.links.length).toBe((graphJson as unknown as typeof lazyJson).links.length);
+    r = runCli(['graph', modelDir, '--transcoders', out, '--lazy', '--prompt', 'x', '--out', graphDir]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/--lazy reads one circuit-tracer cross-layer transcoder folder/);
     r = runCli(['intervene', modelDir, '--transcoders', out, '--prompt', 'The war lasted from the year 1732 to the year 17', '--set', `0:0@1=3`, '--json']);
     expect(r.status, r.stderr).toBe(0);
     // Options of the other kind of transcoder are refused before any work.

@@ -19,8 +19,16 @@ import type { GraphNode, SparseAdjacency } from '../lib/graphs/graph.js';
 import { readSafetensors } from '../lib/io/safetensors.js';
 import { Rng } from '../lib/util/random.js';
 import { tempDir } from './helpers/fixtures.js';
-import { CROSS_LAYER_GRAPH_SPECS, crossLayerGraphFixture, perturbationOf, type CrossLayerGraphFixture } from './helpers/graph-fixtures.js';
+import { CROSS_LAYER_GRAPH_SPECS, crossLayerGraphFixture, perturbationOf, presetSpec, type CrossLayerGraphFixture } from './helpers/graph-fixtures.js';
 import { runPython } from './helpers/reference.js';
+import { compactCrossLayer, lazyCrossLayerGraph } from '../lib/graphs/lazy-cross-layer.js';
+import { ReplacementModel } from '../lib/circuits/replacement-model.js';
+import { CrossLayerTranscoder, crossLayerHooks } from '../lib/transcoders/cross-layer.js';
+import { exportCircuitTracerCrossLayer, loadCrossLayerTranscoder } from '../lib/transcoders/formats/cross-layer.js';
+import { lazyCrossLayer } from '../lib/transcoders/lazy.js';
+import { loadModel } from '../lib/models/model.js';
+import { Tensor } from '../lib/tensor.js';
+import { DEVICE, makeTempModel } from './helpers/fixtures.js';
 
 const TOL = 1e-4;
 const PROMPT = [1, 17, 42, 250, 9, 33, 100, 7, 58, 12];
@@ -159,5 +167,59 @@ describe.each(CROSS_LAYER_GRAPH_SPECS)('cross-layer attribution graph: $name', (
         expectRel(moved, -edge(ti, si), `logit ${tn.index} after zeroing ${n.layer}:${n.index}@${n.position}`);
       }
     }
+  });
+});
+
+describe('attribution graphs from a lazily read cross-layer transcoder', () => {
+  it.each(['relu', 'jumprelu'] as const)('%s: the compact CLT of the active features gives the full CLT\'s graph (same nodes and edges, 1e-5)', async (arch) => {
+    const dir = makeTempModel(presetSpec('tiny-gpt2', { nLayers: 3 }));
+    const model = await loadModel(dir, { processing: 'none', device: DEVICE });
+    const rng = new Rng(21);
+    const d = model.config.dModel;
+    const L = model.config.nLayers;
+    const F = 400; // most features never fire on the prompt: the compact CLT is much smaller
+    const vec = (n: number, s: number, shift = 0) => Tensor.from(Float32Array.from({ length: n }, () => shift + s * rng.normal()), [n]);
+    const params: Record<string, Tensor> = {
+      W_enc: Tensor.from(vec(L * d * F, 0.05).toFloat32Array(), [L, d, F]),
+      // Deeper residuals are larger: a more negative bias keeps each layer's active set a small part.
+      b_enc: Tensor.from(Float32Array.from({ length: L * F }, (_, i) => [-0.6, -2, -3][Math.floor(i / F)]! + 0.3 * rng.normal()), [L, F]),
+      b_dec: Tensor.from(vec(L * d, 0.1).toFloat32Array(), [L, d]),
+    };
+    for (let s = 0; s < L; s++) params[`W_dec_${s}`] = Tensor.from(vec(F * (L - s) * d, 0.25).toFloat32Array(), [F, L - s, d]);
+    if (arch === 'jumprelu') params.threshold = Tensor.from(Float32Array.from({ length: L * F }, () => 0.1 + 0.3 * rng.uniform()), [L, F]);
+    const hooks = crossLayerHooks(L, 'gpt2');
+    const clt = await CrossLayerTranscoder.fromParameters(
+      { arch, nLayers: L, dIn: d, dOut: d, dSae: F, skip: false, hookIn: hooks.hookIn.map((_, l) => `blocks.${l}.hook_resid_mid`), hookOut: hooks.hookOut, processing: 'none' },
+      params,
+      { device: DEVICE },
+    );
+    const folder = join(tempDir(), 'clt');
+    exportCircuitTracerCrossLayer(clt, folder);
+    const full = await attributionGraph(ReplacementModel.createCrossLayer(model, await loadCrossLayerTranscoder(folder, { device: DEVICE })), PROMPT, { batchSize: 16 });
+    const lazy = lazyCrossLayer(folder);
+    const { features } = await compactCrossLayer(model, lazy, PROMPT, { device: DEVICE });
+    const compactWidth = Math.max(...features.map((f) => f.length));
+    expect(compactWidth).toBeLessThan(F / 2);
+    for (const f of features) expect(f.length).toBeGreaterThan(3);
+    const graph = await lazyCrossLayerGraph(model, lazy, PROMPT, { batchSize: 16, device: DEVICE });
+    expect(graph.dTranscoder).toEqual([F, F, F]);
+    expect(graph.activeFeatures).toBe(full.activeFeatures);
+    const key = (n: GraphNode) => `${n.kind}/${n.layer}/${n.position}/${n.index}`;
+    expect(graph.nodes.map(key)).toEqual(full.nodes.map(key));
+    graph.nodes.forEach((n, i) => expectRel(n.activation, full.nodes[i]!.activation, `activation of ${key(n)}`, 1e-5));
+    const [a, b] = [graph.adjacency as SparseAdjacency, full.adjacency as SparseAdjacency];
+    let edges = 0;
+    for (let i = 0; i < graph.nodes.length; i++) {
+      const ours = new Map(Array.from(rowOf(a, i).columns, (c, k) => [c, rowOf(a, i).values[k]!]));
+      const theirs = rowOf(b, i);
+      const scale = Math.max(1, ...Array.from(theirs.values, Math.abs));
+      theirs.columns.forEach((c, k) => {
+        expect(Math.abs((ours.get(c) ?? 0) - theirs.values[k]!), `A[${i}, ${c}]`).toBeLessThanOrEqual(1e-5 * scale);
+        edges++;
+      });
+      for (const [c, v] of ours) if (!theirs.columns.includes(c)) expect(Math.abs(v), `A[${i}, ${c}] only in the lazy graph`).toBeLessThanOrEqual(1e-5 * scale);
+    }
+    expect(edges).toBeGreaterThan(100);
+    model.dispose();
   });
 });

@@ -5,13 +5,18 @@
  */
 import { basename } from 'node:path';
 import { InvalidArgumentError } from '../errors.js';
-import { attributionGraph, ATTRIBUTE_DEFAULTS, type GraphTargets } from '../graphs/attribute.js';
+import type { ReplacementModel } from '../circuits/replacement-model.js';
+import { attributionGraph, ATTRIBUTE_DEFAULTS, type AttributeOptions, type GraphTargets } from '../graphs/attribute.js';
+import { lazyCrossLayerGraph } from '../graphs/lazy-cross-layer.js';
+import { loadModel, PROCESSINGS, type Model } from '../models/model.js';
+import { isCircuitTracerCrossLayer } from '../transcoders/formats/cross-layer.js';
+import { lazyCrossLayer, type LazyCrossLayerTranscoder } from '../transcoders/lazy.js';
 import { writeAdjacencyFile } from '../graphs/adjacency-file.js';
 import { buildGraphJson, checkSlug, writeGraphFiles } from '../graphs/graph-json.js';
 import { graphScores, pruneGraph, PRUNE_DEFAULTS } from '../graphs/prune.js';
 import { resolveToken, slugOf } from './prompt-arguments.js';
 import {
-  applyThreads, checkInputArgument, checkInputPaths, checkOutputPath, choiceOption, DEVICE_OPTION, intOption, numberOption, THREADS_OPTION, type Command,
+  applyThreads, checkInputArgument, checkInputPaths, checkOutputPath, choiceOption, DEVICE_OPTION, intOption, listOption, numberOption, THREADS_OPTION, type Command,
 } from './command.js';
 import { ProgressBar } from './progress.js';
 import { loadModelWithTranscoders } from './transcoder-paths.js';
@@ -43,6 +48,7 @@ export const graphCommand: Command = {
     scan: { type: 'string', value: 'NAME', description: 'model/transcoder id for the viewers (default: the model folder name)' },
     dtype: { type: 'string', value: 'T', description: 'model compute dtype: float32 (default) or bfloat16' },
     processing: { type: 'string', value: 'P', description: 'override the model processing (none, transformerlens)' },
+    lazy: { type: 'boolean', description: 'a circuit-tracer cross-layer transcoder folder read lazily: only the prompt\'s active features (for sets too large to load)' },
     json: { type: 'boolean', description: 'print a JSON summary instead of text' },
     device: DEVICE_OPTION,
     threads: THREADS_OPTION,
@@ -72,7 +78,20 @@ export const graphCommand: Command = {
     const batchSize = intOption(values['batch-size'], 'batch-size', 1);
     const rowTopK = intOption(values['row-top-k'], 'row-top-k', 1);
 
-    const { replacement, model, paths } = await loadModelWithTranscoders({ ...values, dtype }, dir);
+    let model: Model;
+    let paths: string[];
+    let replacement: ReplacementModel | null = null;
+    let lazy: LazyCrossLayerTranscoder | null = null;
+    if (values.lazy === true) {
+      paths = listOption(values, 'transcoders');
+      if (paths.length !== 1 || !isCircuitTracerCrossLayer(paths[0]!)) throw new InvalidArgumentError(`--lazy reads one circuit-tracer cross-layer transcoder folder (W_enc_L / W_dec_L .safetensors), got --transcoders ${paths.join(' ')}`);
+      lazy = lazyCrossLayer(paths[0]!);
+      // circuit-tracer runs the model raw.
+      const processing = choiceOption(values.processing, 'processing', PROCESSINGS) ?? 'none';
+      model = await loadModel(dir, { processing, dtype, device: (values.device as string | undefined) ?? 'cpu' });
+    } else {
+      ({ replacement, model, paths } = await loadModelWithTranscoders({ ...values, dtype }, dir));
+    }
     const tokens = model.tokenize(prompt);
     if (tokens.length > model.config.nCtx) throw new InvalidArgumentError(`--prompt is ${tokens.length} tokens, longer than the model's context of ${model.config.nCtx}`);
     let targets: GraphTargets = { kind: 'logits' };
@@ -81,7 +100,7 @@ export const graphCommand: Command = {
     }
     const bar = values.json ? null : new ProgressBar('graph rows', 1, '');
     let barFor: ProgressBar | null = null;
-    const graph = await attributionGraph(replacement, tokens, {
+    const options: AttributeOptions = {
       targets,
       ...(maxFeatureNodes !== undefined && { maxFeatureNodes }),
       ...(maxLogits !== undefined && { maxLogits }),
@@ -95,7 +114,8 @@ export const graphCommand: Command = {
         barFor ??= new ProgressBar('graph rows', planned, ' rows');
         barFor.update(done);
       },
-    });
+    };
+    const graph = lazy ? await lazyCrossLayerGraph(model, lazy, tokens, { ...options, device: model.device }) : await attributionGraph(replacement!, tokens, options);
     const pruned = pruneGraph(graph, { nodeThreshold, edgeThreshold });
     const scores = graphScores(graph);
     const json = buildGraphJson(graph, pruned, { slug });

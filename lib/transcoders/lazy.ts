@@ -16,6 +16,8 @@ import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { FormatError, InvalidArgumentError } from '../errors.js';
 import { readSafetensorsHeader, type SafetensorsEntry, type SafetensorsHeader } from '../io/safetensors.js';
+import { CIRCUIT_TRACER_CONFIG_FILE, readCircuitTracerConfig } from './formats/circuit-tracer.js';
+import { layerHook } from './formats/cross-layer.js';
 
 /** Which layout a lazily read file has, and the keys of its encoder, decoder and encoder bias. */
 export type LazyLayout = 'native' | 'saelens' | 'circuit-tracer' | 'sparsify' | 'gemma-scope-2';
@@ -200,7 +202,14 @@ function featureReader(file: string, header: SafetensorsHeader, dSae: number, fa
     });
     return out;
   };
-  return { rows, entries1d, columns };
+  /** A whole (small) tensor, in one read. */
+  const whole = (e: SafetensorsEntry): Float32Array => {
+    const n = e.shape.reduce((a, b) => a * b, 1);
+    const out = new Float32Array(n);
+    withFile((fd) => decode(readAt(fd, e, 0, n * ITEM[e.dtype]!), e.dtype, n, out, 0));
+    return out;
+  };
+  return { rows, entries1d, columns, whole };
 }
 
 /**
@@ -275,6 +284,12 @@ export interface LazyCrossLayerTranscoder {
   readonly dIn: number;
   readonly dOut: number;
   readonly dSae: number;
+  /** relu, or jumprelu when the files hold thresholds (circuit-tracer's CLT activations). */
+  readonly arch: 'relu' | 'jumprelu';
+  /** Per layer, the hook its encoder reads and the one its decoders write (config.yaml's, default hook_resid_mid -> hook_mlp_out). */
+  readonly hookIn: readonly string[];
+  readonly hookOut: readonly string[];
+  readonly modelName: string | null;
   /** W_enc[layer][:, f] of each feature, as rows of a [features.length, dIn] array. */
   encoderVectors(layer: number, features: readonly number[]): Float32Array;
   /** Each feature's decoders into layers layer..L-1, as rows of a [features.length, (L - layer) dOut] array. */
@@ -282,6 +297,8 @@ export interface LazyCrossLayerTranscoder {
   encoderBias(layer: number, features: readonly number[]): Float32Array;
   /** JumpReLU thresholds (null for a relu CLT). */
   thresholds(layer: number, features: readonly number[]): Float32Array | null;
+  /** b_dec of the layer (length dOut): the output bias every source writes into it with. */
+  outputBias(layer: number): Float32Array;
 }
 
 /** Opens a circuit-tracer cross-layer transcoder folder for reading feature vectors on demand. */
@@ -316,27 +333,38 @@ export function lazyCrossLayer(dir: string): LazyCrossLayerTranscoder {
     const bias = enc.entry(`b_enc_${l}`, 1);
     if (bias.shape[0] !== F) enc.fail(`tensor 'b_enc_${l}' has shape [${bias.shape}], expected [${F}]`);
     const threshold = enc.header.entries.has(`threshold_${l}`) ? enc.entry(`threshold_${l}`, 1) : null;
+    const bDec = enc.entry(`b_dec_${l}`, 1);
     const wDec = dec.entry(`W_dec_${l}`, 3);
+    if (bDec.shape[0] !== wDec.shape[2]) enc.fail(`tensor 'b_dec_${l}' has shape [${bDec.shape}], expected [${wDec.shape[2]}] (d_out of W_dec_${l})`);
     if (wDec.shape[0] !== F || wDec.shape[1] !== nLayers - l) dec.fail(`tensor 'W_dec_${l}' has shape [${wDec.shape}], expected [${F}, ${nLayers - l}, d_out]`);
-    return { F, d, dOut: wDec.shape[2]!, wEnc, bias, threshold, wDec, encReader: featureReader(enc.file, enc.header, F, enc.fail), decReader: featureReader(dec.file, dec.header, F, dec.fail) };
+    return { F, d, dOut: wDec.shape[2]!, wEnc, bias, threshold, wDec, bDec, encReader: featureReader(enc.file, enc.header, F, enc.fail), decReader: featureReader(dec.file, dec.header, F, dec.fail) };
   });
   const first = layers[0]!;
   layers.forEach((x, l) => {
     if (x.F !== first.F || x.d !== first.d || x.dOut !== first.dOut) throw new FormatError(`${dir}: layer ${l} has ${x.F} features of width ${x.d} -> ${x.dOut}, layer 0 ${first.F} of ${first.d} -> ${first.dOut}`, dir);
   });
+  if (layers.some((x) => (x.threshold === null) !== (first.threshold === null))) throw new FormatError(`${dir}: some layers have thresholds (threshold_l) and some not`, dir);
   const layer = (l: number) => {
     if (!Number.isInteger(l) || l < 0 || l >= nLayers) throw new InvalidArgumentError(`layer ${String(l)} is out of range [0, ${nLayers}) of ${dir}`);
     return layers[l]!;
   };
+  const configFile = join(dir, CIRCUIT_TRACER_CONFIG_FILE);
+  const ct = statSafe(configFile) ? readCircuitTracerConfig(configFile) : undefined;
+  const hooks = (hook: string) => Array.from({ length: nLayers }, (_, l) => layerHook(hook, l));
   return {
     dir,
     nLayers,
     dIn: first.d,
     dOut: first.dOut,
     dSae: first.F,
+    arch: first.threshold ? 'jumprelu' : 'relu',
+    hookIn: hooks(ct?.featureInputHook ?? 'hook_resid_mid'),
+    hookOut: hooks(ct?.featureOutputHook ?? 'hook_mlp_out'),
+    modelName: ct?.modelName ?? null,
     encoderVectors: (l, features) => layer(l).encReader.rows(layer(l).wEnc, features),
     decoderRows: (l, features) => layer(l).decReader.rows(layer(l).wDec, features),
     encoderBias: (l, features) => layer(l).encReader.entries1d(layer(l).bias, features),
     thresholds: (l, features) => (layer(l).threshold ? layer(l).encReader.entries1d(layer(l).threshold!, features) : null),
+    outputBias: (l) => layer(l).encReader.whole(layer(l).bDec),
   };
 }

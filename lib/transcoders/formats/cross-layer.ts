@@ -93,7 +93,7 @@ async function loadNativeCrossLayer(dir: string, options: PlacementOptions): Pro
 }
 
 /** `blocks.L.<hook>` for a hook relative to the layer (absolute names are kept). */
-function layerHook(hook: string, layer: number): string {
+export function layerHook(hook: string, layer: number): string {
   return hook.startsWith('blocks.') ? hook.replace(/^blocks\.\d+\./, `blocks.${layer}.`) : `blocks.${layer}.${hook}`;
 }
 
