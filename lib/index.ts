@@ -164,6 +164,12 @@ export { writeAdjacencyFile, ADJACENCY_FILE_FORMAT, ADJACENCY_FILE_VERSION, DEFA
 export { attributionGraph, topLogitTargets, ATTRIBUTE_DEFAULTS, type AttributeOptions, type AttributedGraph, type GraphTargets } from './graphs/attribute.js';
 export { lazyCrossLayerGraph, compactCrossLayer, type CompactCrossLayer } from './graphs/lazy-cross-layer.js';
 export {
+  collectFeatureStats, writeFeatureCards, featureCard, layerLogitEffects, layerDeEmbeddings,
+  type FeaturePass, type FeaturePassOptions, type FeatureCardJson, type FeatureExample, type FeatureCardOptions, type LayerTokenEffects,
+} from './features/dashboards.js';
+export { FeatureFiles, FEATURE_INDEX_FILE, FEATURE_RUN_FILE, type FeatureIndexEntry } from './features/feature-files.js';
+export { FeatureStats, type FeatureStatsOptions, type FeatureStatsArrays } from './features/feature-stats.js';
+export {
   intervene,
   steer,
   stepInterventions,

@@ -339,6 +339,24 @@ export interface NativeTopK {
 }
 
 /** The input-invariant connections (see native/bindings/connections_wrap.h). */
+/** Options of the feature statistics (native/features/feature_stats.h). */
+export interface NativeFeatureStatsOptions {
+  features: number;
+  context: number;
+  examples: number;
+  samples: number;
+  bins: number;
+  seed: number;
+  layer: number;
+  device?: string;
+}
+
+export interface NativeFeatures {
+  featureStatsInit(options: NativeFeatureStatsOptions): Record<string, NativeTensor>;
+  /** Takes over `state` (some tensors are updated in place) and resolves to the new one. */
+  featureStatsUpdate(state: Record<string, NativeTensor>, acts: NativeTensor, rows: NativeTensor, options: NativeFeatureStatsOptions): Promise<Record<string, NativeTensor>>;
+}
+
 export interface NativeConnections {
   featureConnections(rm: NativeReplacementModel, layer: number, feature: number, options: { k: number; throughAttention: boolean }): Promise<{ upstream: NativeConnectionList[]; downstream: NativeConnectionList[] }>;
   deEmbedding(rm: NativeReplacementModel, layer: number, feature: number, options: { k: number; attnLayer: number; head: number }): Promise<{ top: NativeTopK; bottom: NativeTopK }>;
@@ -374,6 +392,7 @@ interface Addon {
   Attribution: NativeAttributionClass;
   AttributionGraph: NativeAttributionGraphClass;
   Connections: NativeConnections;
+  Features: NativeFeatures;
   setNumThreads(n: number): void;
   getNumThreads(): number;
   workerNumThreads(): Promise<number>;

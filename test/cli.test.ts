@@ -13,7 +13,7 @@ import { maxDiff } from './helpers/reference.js';
 import { Tensor } from '../lib/index.js';
 import { loadCrossLayerTranscoder } from '../lib/transcoders/formats/cross-layer.js';
 
-const COMMANDS = ['demo', 'run', 'train', 'eval', 'cache', 'tokenize', 'convert', 'info', 'make-model'];
+const COMMANDS = ['demo', 'run', 'train', 'eval', 'cache', 'tokenize', 'convert', 'info', 'make-model', 'features'];
 let work: string;
 let modelDir: string;
 
@@ -31,6 +31,28 @@ describe('transcoders CLI', () => {
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(new RegExp(`^Usage: transcoders ${cmd}`));
     expect(r.stdout).toContain('--help');
+  });
+
+  it('features: cards of the shipped model\'s transcoders in the compact layout; refuses a used folder, and --resume where no pass was stopped', async () => {
+    const shipped = new URL('../models/greater-than', import.meta.url).pathname;
+    const out = join(work, 'features');
+    let r = runCli(['features', shipped, '--transcoders', join(shipped, 'transcoders'), '--data', join(work, 'data.txt'), '--out', out, '--tokens', '1024', '--examples', '3', '--context-size', '16', '--quiet']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/wrote \d+ feature cards \(3 layers, 1024 tokens\)/);
+    const { FeatureFiles } = await import('../lib/features/feature-files.js');
+    const files = new FeatureFiles(out);
+    expect(files.layers).toEqual([0, 1, 2]);
+    const card = files.read(2, 5);
+    expect(card.examples_quantiles[0]!.quantile_name).toBe('Top activations');
+    expect(card.top_logits).toHaveLength(10);
+    expect(files.read(0, 1).de_embedding?.top).toHaveLength(10);
+    expect(existsSync(join(out, '.pass'))).toBe(false);
+    r = runCli(['features', shipped, '--transcoders', join(shipped, 'transcoders'), '--data', join(work, 'data.txt'), '--out', out, '--quiet']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/already holds feature cards/);
+    r = runCli(['features', shipped, '--transcoders', join(shipped, 'transcoders'), '--data', join(work, 'data.txt'), '--out', join(work, 'features-none'), '--resume', '--quiet']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/--resume: .* holds no stopped pass/);
   });
 
   it('lists every command', () => {

@@ -15,8 +15,9 @@ import { graphCommand } from './graph.js';
 import { interveneCommand, steerCommand } from './intervene.js';
 import { connectionsCommand } from './connections.js';
 import { demoCommand } from './demo.js';
+import { featuresCommand } from './features.js';
 
-const COMMANDS: Command[] = [demoCommand, runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, graphCommand, interveneCommand, steerCommand, connectionsCommand, infoCommand, makeModelCommand];
+const COMMANDS: Command[] = [demoCommand, runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, graphCommand, featuresCommand, interveneCommand, steerCommand, connectionsCommand, infoCommand, makeModelCommand];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
