@@ -12,7 +12,9 @@
  * Cross-layer training (--only train-clt, bench/train_clt.ts): a GPT-2-small-shaped 12-layer TopK CLT against
  * the same algorithm in PyTorch; --train-d-sae (features per layer, default 3072), --train-batch (default 1024),
  * --train-steps, --rounds.
- * `--only llama`, `--only graph` and `--only train-clt` are not part of a plain `npm run bench` (they need ~2.5 GB of disk
+ * Feature dashboards (--only features, bench/features.ts): the streaming pass over GPT-2-small with 12 x 24576 relu
+ * features against bench/features_baseline.py; --features-tokens (default 4096), --features-d-sae, --features-cards false.
+ * `--only llama`, `--only graph`, `--only train-clt` and `--only features` are not part of a plain `npm run bench` (they need ~2.5 GB of disk
  * and ~12 GB of memory, and several minutes each): name them.
  * Training benchmark (--only train, bench/train.ts): --train-archs relu,relu-trained,topk, --train-d-sae N (default
  * 24576), --train-batch N (default 4096), --train-steps N (timed steps per side and round; default 3;
@@ -31,6 +33,7 @@ import { benchLlama } from './llama.js';
 import { benchSearch } from './search.js';
 import { benchTrain, type TrainArch } from './train.js';
 import { benchTrainCrossLayer, printTrainCrossLayer } from './train_clt.js';
+import { benchFeatures, printFeatures } from './features.js';
 
 const { values } = parseArgs({
   options: {
@@ -53,11 +56,14 @@ const { values } = parseArgs({
     'e2e-steps': { type: 'string' },
     'e2e-d-sae': { type: 'string' },
     'e2e-batch': { type: 'string' },
+    'features-tokens': { type: 'string' },
+    'features-d-sae': { type: 'string' },
+    'features-cards': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search|train|llama|graph|train-clt] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N] [--llama-load false] [--graph-part a|b] [--train-archs relu,relu-trained,topk] [--train-d-sae N] [--train-batch N] [--train-steps N] [--train-check-steps N] [--e2e-steps N] [--e2e-d-sae N] [--e2e-batch N]');
+  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search|train|llama|graph|train-clt|features] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N] [--llama-load false] [--graph-part a|b] [--train-archs relu,relu-trained,topk] [--train-d-sae N] [--train-batch N] [--train-steps N] [--train-check-steps N] [--e2e-steps N] [--e2e-d-sae N] [--e2e-batch N] [--features-tokens N] [--features-d-sae N] [--features-cards false]');
   process.exit(0);
 }
 const root = new URL('..', import.meta.url).pathname;
@@ -66,7 +72,7 @@ mkdirSync(cacheDir, { recursive: true });
 
 const BENCHES = ['forward', 'concurrency', 'connections', 'search', 'train'];
 /** Run only when named with --only. */
-const HEAVY = ['llama', 'graph', 'train-clt'];
+const HEAVY = ['llama', 'graph', 'train-clt', 'features'];
 if (values.only !== undefined && !BENCHES.includes(values.only) && !HEAVY.includes(values.only)) {
   console.error(`--only must be one of ${[...BENCHES, ...HEAVY].join(', ')}, got '${values.only}'`);
   process.exit(2);
@@ -211,6 +217,17 @@ const trainClt = wants('train-clt')
   : undefined;
 if (trainClt) printTrainCrossLayer(trainClt);
 
+const features = wants('features')
+  ? await benchFeatures({
+      cacheDir,
+      ...(values['features-tokens'] ? { tokens: Number(values['features-tokens']) } : {}),
+      ...(values['features-d-sae'] ? { dSae: Number(values['features-d-sae']) } : {}),
+      ...(values['features-cards'] === 'false' ? { cards: false } : {}),
+      ...(values.threads ? { threads: Number(values.threads) } : {}),
+    })
+  : undefined;
+if (features) printFeatures(features);
+
 if (train) {
   const t = train;
   const pct = (x: number) => `${(100 * x).toFixed(0).padStart(3)}% of peak`;
@@ -241,4 +258,4 @@ mkdirSync(resultsDir, { recursive: true });
 // With --only, the other benchmark's last result is kept.
 const latest = join(resultsDir, 'latest.json');
 const previous = values.only !== undefined && existsSync(latest) ? (JSON.parse(readFileSync(latest, 'utf8')) as Record<string, unknown>) : {};
-writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}), ...(train ? { train } : {}), ...(llama ? { llama } : {}), ...(graph ? { graph: { ...previous.graph as object, ...graph } } : {}), ...(trainClt ? { trainCrossLayer: trainClt } : {}) }, null, 2));
+writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}), ...(train ? { train } : {}), ...(llama ? { llama } : {}), ...(graph ? { graph: { ...previous.graph as object, ...graph } } : {}), ...(trainClt ? { trainCrossLayer: trainClt } : {}), ...(features ? { features } : {}) }, null, 2));

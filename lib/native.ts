@@ -348,6 +348,7 @@ export interface NativeFeatureStatsOptions {
   bins: number;
   seed: number;
   layer: number;
+  portable?: boolean;
   device?: string;
 }
 

@@ -164,6 +164,9 @@ describe('feature statistics over a corpus (per-layer transcoders)', () => {
     const params = [0, 1].map((l) => replacement.transcoder(l).parameters());
     const ref = await reference(acts, { W_dec_0: params[0]!.W_dec!, W_dec_1: params[1]!.W_dec!, W_U: model.weight('unembed.W_U'), W_enc_0: params[0]!.W_enc!, W_E: model.weight('embed.W_E') }, [0]);
     await expectMatchesReference(pass, acts, ref);
+    // The device-agnostic ATen path (what CUDA runs) gives the same statistics as the fused CPU loops.
+    const portable = await collectFeatureStats(replacement, tokenFile, { examples: K, quantiles: Q, bins: BINS, batchRows: 5, portable: true });
+    await expectMatchesReference(portable, acts, ref);
     // Some features never fire, some fire on more rows than the top list holds.
     const s0 = await pass.stats.get(0)!.arrays();
     expect(Array.from(s0.count).some((c) => c === 0)).toBe(true);

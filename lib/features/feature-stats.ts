@@ -25,6 +25,8 @@ export interface FeatureStatsOptions {
   /** Mixed into the sample's random keys (layers sample independently). */
   layer?: number;
   device?: string;
+  /** On the CPU too, the ATen path other devices take instead of the fused loops (tests compare the two). */
+  portable?: boolean;
 }
 
 /** Names of the state's tensors, as the native side writes them (also the checkpoint's keys). */
@@ -66,7 +68,7 @@ export class FeatureStats {
   ) {}
 
   private static resolve(options: FeatureStatsOptions): Required<FeatureStatsOptions> {
-    const o = { examples: 10, samples: 80, bins: 64, seed: 0, layer: 0, device: 'cpu', ...options };
+    const o = { examples: 10, samples: 80, bins: 64, seed: 0, layer: 0, device: 'cpu', portable: false, ...options };
     for (const key of ['features', 'context', 'examples', 'samples', 'bins'] as const) positiveInt(o[key], key);
     if ((o.bins & (o.bins - 1)) !== 0) throw new InvalidArgumentError(`feature statistics: bins must be a power of two, got ${o.bins}`);
     if (!Number.isSafeInteger(o.seed) || o.seed < 0) throw new InvalidArgumentError(`feature statistics: seed must be a non-negative integer, got ${o.seed}`);
@@ -105,6 +107,11 @@ export class FeatureStats {
     }
   }
 
+  /** Frees the state's native memory now (it is unusable afterwards). */
+  dispose(): void {
+    for (const t of Object.values(this.state)) t.dispose();
+  }
+
   /** The state's tensors (for a checkpoint). */
   tensors(): Record<string, Tensor> {
     return Object.fromEntries(Object.entries(this.state).map(([k, v]) => [k, new Tensor(v)]));
@@ -120,13 +127,40 @@ export class FeatureStats {
     const f64 = (a: ArrayLike<number | bigint>) => Float64Array.from(a as ArrayLike<number>, (v) => Number(v));
     const f32 = async (name: string) => (await read(name)) as Float32Array;
     const o = this.options;
+    const top = sortSlots(o.features, o.examples, o.context, f64(await read('top_row')), await f32('top_acts'), await f32('top_score'), null);
+    const sample = sortSlots(o.features, o.samples, o.context, f64(await read('sample_row')), await f32('sample_acts'), await f32('sample_score'), (await read('sample_key')) as Float64Array);
     return {
       features: o.features, context: o.context, examples: o.examples, samples: o.samples, bins: o.bins,
       tokens: Number((await read('tokens'))[0]!),
       count: f64(await read('count')), actMax: await f32('act_max'), actMin: await f32('act_min'),
       hist: (await read('hist')) as Float64Array, histExp: f64(await read('hist_exp')),
-      topScore: await f32('top_score'), topRow: f64(await read('top_row')), topActs: await f32('top_acts'),
-      sampleScore: await f32('sample_score'), sampleRow: f64(await read('sample_row')), sampleActs: await f32('sample_acts'),
+      topScore: top.score, topRow: top.row, topActs: top.acts,
+      sampleScore: sample.score, sampleRow: sample.row, sampleActs: sample.acts,
     };
   }
+}
+
+/**
+ * The native slots are unordered; readers get each feature's filled slots first: the top ones by
+ * score descending (ties: lower row first), the sample by its random key ascending (a uniformly
+ * random order).
+ */
+function sortSlots(F: number, n: number, T: number, row: Float64Array, acts: Float32Array, score: Float32Array, key: Float64Array | null) {
+  const out = { row: new Float64Array(F * n), acts: new Float32Array(F * n * T), score: new Float32Array(F * n) };
+  const order = Array.from({ length: n }, (_, i) => i);
+  for (let f = 0; f < F; f++) {
+    const at = f * n;
+    order.sort((a, b) => {
+      const [ra, rb] = [row[at + a]!, row[at + b]!];
+      if ((ra < 0) !== (rb < 0)) return ra < 0 ? 1 : -1;
+      const byKey = key ? key[at + a]! - key[at + b]! : score[at + b]! - score[at + a]!;
+      return byKey !== 0 ? byKey : ra - rb;
+    });
+    order.forEach((from, to) => {
+      out.row[at + to] = row[at + from]!;
+      out.score[at + to] = score[at + from]!;
+      out.acts.set(acts.subarray((at + from) * T, (at + from + 1) * T), (at + to) * T);
+    });
+  }
+  return out;
 }

@@ -25,6 +25,7 @@ FeatureStatsOptions optionsFrom(const Napi::Object& o) {
   s.bins = intOr(o, "bins", s.bins);
   s.seed = static_cast<uint64_t>(intOr(o, "seed", 0));
   s.layer = intOr(o, "layer", 0);
+  s.portable = boolOr(o, "portable", false);
   return s;
 }
 

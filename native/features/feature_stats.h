@@ -24,6 +24,7 @@ struct FeatureStatsOptions {
   int64_t bins = 64;     // histogram bins (a power of two)
   uint64_t seed = 0;
   int64_t layer = 0;     // mixed into the sample keys, so that layers sample independently
+  bool portable = false; // on the CPU too, the ATen path other devices take (instead of the fused loops)
 };
 
 // The state. Histogram: over the activations > 0, bins of width 2^histExp / bins on [0, 2^histExp),
@@ -35,10 +36,11 @@ struct FeatureStats {
   at::Tensor actMin;       // float32 [F]: smallest activation > 0 (+inf while never active)
   at::Tensor hist;         // float64 [F, bins]
   at::Tensor histExp;      // int64 [F]
-  at::Tensor topScore;     // float32 [F, K] descending; -inf = empty slot
+  // Slots are unordered (readers sort them).
+  at::Tensor topScore;     // float32 [F, K]; -inf = empty slot
   at::Tensor topRow;       // int64 [F, K]; -1 = empty
   at::Tensor topActs;      // float32 [F, K, T]
-  at::Tensor sampleKey;    // float64 [F, R] ascending; +inf = empty (bottom-R keys: a uniform sample)
+  at::Tensor sampleKey;    // float64 [F, R]; +inf = empty (bottom-R keys: a uniform sample)
   at::Tensor sampleScore;  // float32 [F, R]
   at::Tensor sampleRow;    // int64 [F, R]
   at::Tensor sampleActs;   // float32 [F, R, T]

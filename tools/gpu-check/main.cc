@@ -39,6 +39,7 @@
 #define TORCH_VERSION "(unknown version)"
 #endif
 
+#include "features/feature_stats.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/transformer.h"
@@ -418,6 +419,8 @@ void checkModelForward() {
 
 // A cross-layer transcoder (4 layers) on the CPU and on the device: its loss terms and every gradient,
 // then 4 CrossLayerTrainer steps (relu: decoder-norm L1 + pre-activation loss + skip; topk: AuxK).
+void checkDashboardStats();  // below, with the feature-dashboard code
+
 void checkCrossLayer(TranscoderArch arch) {
   CrossLayerSpec spec;
   spec.arch = arch;
@@ -518,10 +521,39 @@ int runChecks() {
   for (TranscoderArch a : {TranscoderArch::ReLU, TranscoderArch::TopK})
     guarded(std::string("cross-layer ") + archName(a), [&] { checkCrossLayer(a); });
   guarded("model forward", checkModelForward);
+  guarded("feature stats", checkDashboardStats);
   std::printf("info: %lld of the topk checks' %lld rows left out as near-ties (selection gap < %.0e of the scale)\n",
               (long long)gTieRows, (long long)gTopkRows, kTieGap);
   std::printf("checks: %d passed, %d failed\n", gPasses, gFailures);
   return gFailures == 0 ? 0 : 1;
+}
+
+// Feature-dashboard statistics: six batches of sparse activations folded in on the device (the ATen
+// path) and on the CPU (the fused loops); every tensor of the two states must be equal.
+void checkDashboardStats() {
+  tc::FeatureStatsOptions o;
+  o.features = 300;
+  o.context = 16;
+  o.examples = 5;
+  o.samples = 20;
+  o.bins = 32;
+  o.seed = 3;
+  o.layer = 1;
+  tc::FeatureStatsOptions portable = o;
+  portable.portable = true;  // on a CPU-only run the device side is the CPU: compare the two paths there
+  tc::FeatureStats cpu = tc::initFeatureStats(o, c10::kCPU), dev = tc::initFeatureStats(portable, gDevice);
+  for (int64_t b = 0; b < 6; ++b) {
+    at::Tensor acts = at::relu(randnCpu({8, o.context, o.features}, 90 + b) - 1.5) * (1 + b);
+    at::Tensor rows = at::arange(b * 8, (b + 1) * 8, at::kLong);
+    tc::updateFeatureStats(cpu, acts, rows, o);
+    tc::updateFeatureStats(dev, acts.to(gDevice), rows.to(gDevice), portable);
+  }
+  auto a = cpu.named(), d = dev.named();
+  for (size_t i = 0; i < a.size(); ++i) {
+    const bool same = at::equal(*a[i].second, d[i].second->to(c10::kCPU));
+    std::printf("%s feature stats %-45s %s\n", same ? "PASS" : "FAIL", a[i].first.c_str(), same ? "equal" : "differ");
+    (same ? gPasses : gFailures)++;
+  }
 }
 
 // ---- benchmarks -------------------------------------------------------------------------------
