@@ -169,6 +169,7 @@ export {
 } from './features/dashboards.js';
 export { FeatureFiles, FEATURE_INDEX_FILE, FEATURE_RUN_FILE, type FeatureIndexEntry } from './features/feature-files.js';
 export { FeatureStats, type FeatureStatsOptions, type FeatureStatsArrays } from './features/feature-stats.js';
+export { createServer, listen, type ServerOptions } from './service/server.js';
 export {
   intervene,
   steer,

@@ -13,7 +13,7 @@ import { maxDiff } from './helpers/reference.js';
 import { Tensor } from '../lib/index.js';
 import { loadCrossLayerTranscoder } from '../lib/transcoders/formats/cross-layer.js';
 
-const COMMANDS = ['demo', 'run', 'train', 'eval', 'cache', 'tokenize', 'convert', 'info', 'make-model', 'features'];
+const COMMANDS = ['demo', 'run', 'train', 'eval', 'cache', 'tokenize', 'convert', 'info', 'make-model', 'features', 'serve'];
 let work: string;
 let modelDir: string;
 
@@ -53,6 +53,12 @@ describe('transcoders CLI', () => {
     r = runCli(['features', shipped, '--transcoders', join(shipped, 'transcoders'), '--data', join(work, 'data.txt'), '--out', join(work, 'features-none'), '--resume', '--quiet']);
     expect(r.status).toBe(2);
     expect(r.stderr).toMatch(/--resume: .* holds no stopped pass/);
+  });
+
+  it('serve: refuses a non-local host without a token before loading anything', () => {
+    const r = runCli(['serve', modelDir, '--transcoders', join(work, 'none'), '--host', '0.0.0.0']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/--host 0\.0\.0\.0 serves beyond this machine: give --token SECRET/);
   });
 
   it('lists every command', () => {

@@ -16,8 +16,9 @@ import { interveneCommand, steerCommand } from './intervene.js';
 import { connectionsCommand } from './connections.js';
 import { demoCommand } from './demo.js';
 import { featuresCommand } from './features.js';
+import { serveCommand } from './serve.js';
 
-const COMMANDS: Command[] = [demoCommand, runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, graphCommand, featuresCommand, interveneCommand, steerCommand, connectionsCommand, infoCommand, makeModelCommand];
+const COMMANDS: Command[] = [demoCommand, runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, graphCommand, featuresCommand, serveCommand, interveneCommand, steerCommand, connectionsCommand, infoCommand, makeModelCommand];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };

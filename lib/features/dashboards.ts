@@ -22,7 +22,9 @@ import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { Tensor } from '../tensor.js';
 import { stackLayers } from '../transcoders/cross-layer.js';
 import { cantorPairing } from '../graphs/graph-json.js';
-import { FEATURE_RUN_FILE, LayerBinWriter, writeFeatureIndex, writeFeatureJson, type FeatureIndexEntry } from './feature-files.js';
+import { FEATURE_RUN_FILE, LayerBinWriter, writeFeatureIndex, writeFeatureJson, type FeatureCardJson, type FeatureExample, type FeatureIndexEntry } from './feature-files.js';
+
+export type { FeatureCardJson, FeatureExample } from './feature-files.js';
 import { FeatureStats, type FeatureStatsArrays } from './feature-stats.js';
 
 export interface FeaturePassOptions {
@@ -164,36 +166,6 @@ export async function collectFeatureStats(replacement: ReplacementModel, tokenFi
   }
   save(maxRows);
   return { tokenFile: header.path, layers, rows: maxRows, context: T, stats, options: { examples, quantiles, bins, seed } };
-}
-
-/** One context of a feature card. */
-export interface FeatureExample {
-  tokens: string[];
-  tokens_acts_list: number[];
-  /** The token with the largest activation. */
-  train_token_ind: number;
-  is_repeated_datapoint: boolean;
-}
-
-/** A feature card in circuit-tracer's schema (plus `layer`, `feature` and, in layer 0, `de_embedding`). */
-export interface FeatureCardJson {
-  index: number;
-  transcoder_id: string;
-  layer: number;
-  feature: number;
-  examples_quantiles: { quantile_name: string; examples: FeatureExample[] }[];
-  top_logits: string[];
-  bottom_logits: string[];
-  top_logit_values: number[];
-  bottom_logit_values: number[];
-  act_min: number;
-  act_max: number;
-  quantile_values: number[];
-  histogram: number[];
-  /** [0, histogram_max): the histogram's range (a power of two covering act_max). */
-  histogram_max: number;
-  activation_frequency: number;
-  de_embedding?: { top: string[]; top_values: number[]; bottom: string[]; bottom_values: number[] };
 }
 
 /** Token effects of every feature of a layer: top and bottom k (indices and values, row-major [F, k]). */

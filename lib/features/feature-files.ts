@@ -1,10 +1,12 @@
 /**
- * Feature card files, in the compact layout circuit-tracer's viewer reads (peers.md 8, "Feature
- * files"): `index.json.gz`, a gzipped JSON array indexed by layer of `{filename, offsets}` (null for a
- * layer without features), and per layer a `.bin` file of records, each a 4-byte little-endian length
- * followed by that many bytes of zlib-deflated JSON; feature f's record spans bytes
- * `offsets[f] .. offsets[f + 1]`. The viewer fetches that range (HTTP Range) and inflates it. With
- * `json`, every card is also written as `json/layer_{l}/{f}.json`. `features.json` records the run.
+ * Feature cards: their JSON schema (circuit-tracer's, with a few fields of ours) and their files, in
+ * the compact layout circuit-tracer's viewer reads (peers.md 8, "Feature files"):
+ * - `index.json.gz`: a gzipped JSON array indexed by layer of `{filename, offsets}` (null for a layer
+ *   without features);
+ * - per layer a `.bin` file of records, each a 4-byte little-endian length followed by that many bytes
+ *   of zlib-deflated JSON; feature f's record spans bytes `offsets[f] .. offsets[f + 1]`. The viewer
+ *   fetches that range (HTTP Range) and inflates it.
+ * With `json`, every card is also written as `json/layer_{l}/{f}.json`; `features.json` records the run.
  *
  * Files are written under temporary names and renamed into place; the index last, so a folder
  * with an index holds complete layer files.
@@ -14,7 +16,36 @@ import { join } from 'node:path';
 import { deflateSync, gunzipSync, gzipSync, inflateSync } from 'node:zlib';
 import { FormatError, InvalidArgumentError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
-import type { FeatureCardJson } from './dashboards.js';
+
+/** One context of a feature card. */
+export interface FeatureExample {
+  tokens: string[];
+  tokens_acts_list: number[];
+  /** The token with the largest activation. */
+  train_token_ind: number;
+  is_repeated_datapoint: boolean;
+}
+
+/** A feature card in circuit-tracer's schema (plus `layer`, `feature` and, in layer 0, `de_embedding`). */
+export interface FeatureCardJson {
+  index: number;
+  transcoder_id: string;
+  layer: number;
+  feature: number;
+  examples_quantiles: { quantile_name: string; examples: FeatureExample[] }[];
+  top_logits: string[];
+  bottom_logits: string[];
+  top_logit_values: number[];
+  bottom_logit_values: number[];
+  act_min: number;
+  act_max: number;
+  quantile_values: number[];
+  histogram: number[];
+  /** [0, histogram_max): the histogram's range (a power of two covering act_max). */
+  histogram_max: number;
+  activation_frequency: number;
+  de_embedding?: { top: string[]; top_values: number[]; bottom: string[]; bottom_values: number[] };
+}
 
 export const FEATURE_INDEX_FILE = 'index.json.gz';
 export const FEATURE_RUN_FILE = 'features.json';
