@@ -58,7 +58,7 @@ describe('transcoders CLI', () => {
   it('serve: refuses a non-local host without a token before loading anything', () => {
     const r = runCli(['serve', modelDir, '--transcoders', join(work, 'none'), '--host', '0.0.0.0']);
     expect(r.status).toBe(2);
-    expect(r.stderr).toMatch(/--host 0\.0\.0\.0 serves beyond this machine: give --token SECRET/);
+    expect(r.stderr).toMatch(/refusing to serve on 0\.0\.0\.0 without a token/);
   });
 
   it('lists every command', () => {

@@ -8,8 +8,8 @@ import { InvalidArgumentError } from '../errors.js';
 import { DEVICE_OPTION, applyThreads, checkModelArgument, checkOutputPaths, checkTranscoderArguments, intOption, listOption, THREADS_OPTION, type Command } from './command.js';
 import { loadModelWithTranscoders } from './transcoder-paths.js';
 import { circuitToAttributionGraph } from '../graphs/from-circuit.js';
-import { buildGraphJson, checkSlug, writeGraphFiles } from '../graphs/graph-json.js';
-import { resolveToken, slugOf } from './prompt-arguments.js';
+import { buildGraphJson, checkSlug, writeGraphFiles, slugOf } from '../graphs/graph-json.js';
+import { resolveToken } from './prompt-arguments.js';
 
 /** Parses `L:F[@POS]` (POS may be negative: -1 is the last position). */
 export function parseFeature(text: string, length: number): { layer: number; feature: number; position: number } {

@@ -12,9 +12,9 @@ import { loadModel, PROCESSINGS, type Model } from '../models/model.js';
 import { isCircuitTracerCrossLayer } from '../transcoders/formats/cross-layer.js';
 import { lazyCrossLayer, type LazyCrossLayerTranscoder } from '../transcoders/lazy.js';
 import { writeAdjacencyFile } from '../graphs/adjacency-file.js';
-import { buildGraphJson, checkSlug, writeGraphFiles } from '../graphs/graph-json.js';
+import { buildGraphJson, checkSlug, writeGraphFiles, slugOf } from '../graphs/graph-json.js';
 import { graphScores, pruneGraph, PRUNE_DEFAULTS } from '../graphs/prune.js';
-import { resolveToken, slugOf } from './prompt-arguments.js';
+import { resolveToken } from './prompt-arguments.js';
 import {
   applyThreads, checkInputArgument, checkInputPaths, checkOutputPath, choiceOption, DEVICE_OPTION, intOption, listOption, numberOption, THREADS_OPTION, type Command,
 } from './command.js';

@@ -1,4 +1,4 @@
-/** What the prompt-based commands (`circuit`, `graph`) read from their arguments: tokens and slugs. */
+/** What the prompt-based commands (`circuit`, `graph`) read from their arguments: tokens. */
 import { InvalidArgumentError } from '../errors.js';
 import type { Model } from '../models/model.js';
 
@@ -8,10 +8,4 @@ export function resolveToken(model: Model, text: string, flag: string): number {
   const ids = model.tokenize(text, { prependBos: false });
   if (ids.length !== 1) throw new InvalidArgumentError(`${flag} '${text}' is ${ids.length} tokens (${ids.join(', ')}); give one token, or an id as #N`);
   return ids[0]!;
-}
-
-/** A slug from the prompt: its first words, lower case, safe characters only. */
-export function slugOf(prompt: string): string {
-  const slug = prompt.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 40).replace(/-+$/, '');
-  return slug || 'graph';
 }

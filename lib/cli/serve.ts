@@ -1,10 +1,8 @@
 /** `transcoders serve`: the HTTP service (lib/service/server.ts) over a model and its transcoders. */
 import { InvalidArgumentError } from '../errors.js';
-import { createServer, listen } from '../service/server.js';
+import { checkBindable, createServer, listen } from '../service/server.js';
 import { applyThreads, checkModelArgument, checkTranscoderArguments, DEVICE_OPTION, intOption, THREADS_OPTION, type Command } from './command.js';
 import { loadModelWithTranscoders } from './transcoder-paths.js';
-
-const LOOPBACK = ['127.0.0.1', 'localhost', '::1'];
 
 export const serveCommand: Command = {
   name: 'serve',
@@ -35,7 +33,7 @@ export const serveCommand: Command = {
     const host = (values.host as string | undefined) ?? '127.0.0.1';
     const token = values.token as string | undefined;
     // Checked before anything loads.
-    if (!LOOPBACK.includes(host) && token === undefined) throw new InvalidArgumentError(`--host ${host} serves beyond this machine: give --token SECRET (or bind to 127.0.0.1)`);
+    checkBindable(host, token);
     const port = intOption(values.port, 'port', 0) ?? 8041;
     if (port > 65535) throw new InvalidArgumentError(`--port must be at most 65535, got ${port}`);
     const maxPromptTokens = intOption(values['max-prompt-tokens'], 'max-prompt-tokens', 1);

@@ -43,8 +43,10 @@ export interface FeaturePassOptions {
   seed?: number;
   /** Where the pass saves its state; with `resume`, it continues from the state there. */
   checkpointDir?: string;
-  /** Rows between checkpoints (default: every 256 rows). */
+  /** Rows between checkpoints (default: by time, see checkpointEverySeconds). */
   checkpointEveryRows?: number;
+  /** Seconds between checkpoints when checkpointEveryRows is not given (default 600: the state is gigabytes at GPT-2 scale). */
+  checkpointEverySeconds?: number;
   resume?: boolean;
   onProgress?: (rowsDone: number, rowsTotal: number) => void;
   signal?: AbortSignal;
@@ -91,7 +93,8 @@ export async function collectFeatureStats(replacement: ReplacementModel, tokenFi
   // Enough uniform samples that each quantile bucket can show `examples` of them once the (at most
   // `examples`) top rows among them are left out.
   const samples = (quantiles + 1) * examples;
-  const every = positive(options.checkpointEveryRows, 256, 'checkpointEveryRows');
+  const everyRows = options.checkpointEveryRows === undefined ? Infinity : positive(options.checkpointEveryRows, 1, 'checkpointEveryRows');
+  const everyMs = 1000 * (options.checkpointEverySeconds ?? 600);
   const device = replacement.model.device;
   const statsOptions = (layer: number) => ({ features: replacement.featureCount(layer), context: T, examples, samples, bins, seed, layer, device, portable: options.portable ?? false });
   const recorded = { tokenFile: header.path, rows: maxRows, context: T, layers, examples, quantiles, bins, seed, batchRows };
@@ -122,6 +125,8 @@ export async function collectFeatureStats(replacement: ReplacementModel, tokenFi
   const cross = replacement.crossLayer;
   const hooks = cross ? [...new Set(cross.config.hookIn)] : [...new Set(layers.map((l) => replacement.placement(l).hookIn))];
   let sinceCheckpoint = 0;
+  let lastCheckpoint = performance.now();
+  const result = (rows: number): FeaturePass => ({ tokenFile: header.path, layers, rows, context: T, stats, options: { examples, quantiles, bins, seed } });
   options.onProgress?.(start, maxRows);
   for (let row = start; row < maxRows; row += batchRows) {
     if (options.signal?.aborted) break;
@@ -154,18 +159,19 @@ export async function collectFeatureStats(replacement: ReplacementModel, tokenFi
     Object.values(cache).forEach((t) => t.dispose());
     sinceCheckpoint += n;
     const done = row + n;
-    if (sinceCheckpoint >= every && done < maxRows) {
+    if ((sinceCheckpoint >= everyRows || performance.now() - lastCheckpoint >= everyMs) && done < maxRows) {
       save(done);
       sinceCheckpoint = 0;
+      lastCheckpoint = performance.now();
     }
     options.onProgress?.(done, maxRows);
     if (options.signal?.aborted && done < maxRows) {
       save(done);
-      return { tokenFile: header.path, layers, rows: done, context: T, stats, options: { examples, quantiles, bins, seed } };
+      return result(done);
     }
   }
   save(maxRows);
-  return { tokenFile: header.path, layers, rows: maxRows, context: T, stats, options: { examples, quantiles, bins, seed } };
+  return result(maxRows);
 }
 
 /** Token effects of every feature of a layer: top and bottom k (indices and values, row-major [F, k]). */
@@ -177,13 +183,14 @@ export interface LayerTokenEffects {
   bottomValue: Float32Array;
 }
 
-/** -t (a plain loop: Float32Array.from with a map function is ~100x slower on arrays this size). */
-function negated(t: Tensor): Tensor {
-  const data = t.toFloat32Array();
+/** -data (a plain loop: Float32Array.from with a map function is ~100x slower on arrays this size). */
+function negatedData(data: Float32Array): Float32Array {
   const out = new Float32Array(data.length);
   for (let i = 0; i < data.length; i++) out[i] = -data[i]!;
-  return Tensor.from(out, t.shape);
+  return out;
 }
+
+const negated = (t: Tensor): Tensor => Tensor.from(negatedData(t.toFloat32Array()), t.shape);
 
 async function topAndBottom(source: Tensor, target: Tensor, k: number, direction: 'downstream' | 'upstream'): Promise<LayerTokenEffects> {
   // The bottom k of s . t are the top k of s . (-t): negate the operand that is one per layer, not per token.
@@ -196,7 +203,7 @@ async function topAndBottom(source: Tensor, target: Tensor, k: number, direction
     topIndex: Float64Array.from(top.indices.toTypedArray() as BigInt64Array, Number),
     topValue: top.values.toFloat32Array(),
     bottomIndex: Float64Array.from(bottom.indices.toTypedArray() as BigInt64Array, Number),
-    bottomValue: negated(bottom.values).toFloat32Array(),
+    bottomValue: negatedData(bottom.values.toFloat32Array()),
   };
   for (const t of [top.indices, top.values, bottom.indices, bottom.values]) t.dispose();
   return out;

@@ -7,7 +7,7 @@
  */
 import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
-import { native, type NativeFeatureStatsOptions, type NativeTensor } from '../native.js';
+import { native, type NativeTensor } from '../native.js';
 import { Tensor } from '../tensor.js';
 
 export interface FeatureStatsOptions {
@@ -75,10 +75,6 @@ export class FeatureStats {
     return o;
   }
 
-  private get nativeOptions(): NativeFeatureStatsOptions {
-    return this.options;
-  }
-
   /** An empty state. */
   static create(options: FeatureStatsOptions): FeatureStats {
     const o = FeatureStats.resolve(options);
@@ -101,7 +97,7 @@ export class FeatureStats {
   async update(acts: Tensor, rows: readonly number[]): Promise<void> {
     const ids = Tensor.from(BigInt64Array.from(rows, (r) => BigInt(r)), [rows.length], { dtype: 'int64' });
     try {
-      this.state = await runOnDevice(this.options.device, () => native().Features.featureStatsUpdate(this.state, acts.handle, ids.handle, this.nativeOptions));
+      this.state = await runOnDevice(this.options.device, () => native().Features.featureStatsUpdate(this.state, acts.handle, ids.handle, this.options));
     } finally {
       ids.dispose();
     }

@@ -116,6 +116,12 @@ const SLUG_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 const MAX_SLUG_LENGTH = 200;
 
 /** Throws an InvalidArgumentError unless `slug` is a safe file name (no path separators, no leading dot). */
+/** A slug from a prompt: its first words, lower case, safe characters only (what checkSlug accepts). */
+export function slugOf(prompt: string): string {
+  const slug = prompt.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 40).replace(/-+$/, '');
+  return slug || 'graph';
+}
+
 export function checkSlug(slug: string): void {
   if (typeof slug !== 'string' || slug.length === 0 || slug.length > MAX_SLUG_LENGTH || !SLUG_PATTERN.test(slug)) {
     throw new InvalidArgumentError(

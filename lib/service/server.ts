@@ -18,7 +18,7 @@ import type { ReplacementModel } from '../circuits/replacement-model.js';
 import { InvalidArgumentError, TranscodersError } from '../errors.js';
 import { FeatureFiles } from '../features/feature-files.js';
 import { attributionGraph } from '../graphs/attribute.js';
-import { buildGraphJson, checkSlug, GRAPH_METADATA_FILE, writeGraphFiles } from '../graphs/graph-json.js';
+import { buildGraphJson, checkSlug, GRAPH_METADATA_FILE, slugOf, writeGraphFiles } from '../graphs/graph-json.js';
 import { pruneGraph, PRUNE_DEFAULTS } from '../graphs/prune.js';
 
 export interface ServerOptions {
@@ -64,12 +64,6 @@ interface GraphBody {
   maxLogits?: number;
   nodeThreshold?: number;
   edgeThreshold?: number;
-}
-
-/** A slug from a prompt: its words, lower-cased, in the safe alphabet. */
-function slugOf(prompt: string): string {
-  const words = prompt.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 60);
-  return words.length > 0 ? words : 'graph';
 }
 
 /** The service as a Fastify instance (not listening: call {@link listen}, or use `inject` in tests). */
@@ -220,11 +214,16 @@ function sendRange(req: FastifyRequest, reply: FastifyReply, file: string): Fast
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
 
+/** Throws unless `host` is the loopback interface or a token protects the service. */
+export function checkBindable(host: string, token: string | undefined): void {
+  if (!LOOPBACK.has(host) && token === undefined) {
+    throw new InvalidArgumentError(`refusing to serve on ${host} without a token: anyone who can reach it could run jobs on this machine (give --token SECRET, or bind to 127.0.0.1)`);
+  }
+}
+
 /** Starts listening; refuses a host beyond the loopback interface unless the server has a token. */
 export async function listen(app: FastifyInstance, options: { host?: string; port?: number; token?: string }): Promise<string> {
   const host = options.host ?? '127.0.0.1';
-  if (!LOOPBACK.has(host) && options.token === undefined) {
-    throw new InvalidArgumentError(`refusing to serve on ${host} without a token: anyone who can reach it could run jobs on this machine (give --token SECRET, or bind to 127.0.0.1)`);
-  }
+  checkBindable(host, options.token);
   return app.listen({ host, port: options.port ?? 8041 });
 }
