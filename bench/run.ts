@@ -12,6 +12,8 @@
  * Cross-layer training (--only train-clt, bench/train_clt.ts): a GPT-2-small-shaped 12-layer TopK CLT against
  * the same algorithm in PyTorch; --train-d-sae (features per layer, default 3072), --train-batch (default 1024),
  * --train-steps, --rounds.
+ * Service overhead (--only service, bench/service.ts): graphs and feature cards through the HTTP routes against the
+ * library calls, on the shipped model; --rounds.
  * Feature dashboards (--only features, bench/features.ts): the streaming pass over GPT-2-small with 12 x 24576 relu
  * features against bench/features_baseline.py; --features-tokens (default 4096), --features-d-sae, --features-cards false.
  * `--only llama`, `--only graph`, `--only train-clt` and `--only features` are not part of a plain `npm run bench` (they need ~2.5 GB of disk
@@ -34,6 +36,7 @@ import { benchSearch } from './search.js';
 import { benchTrain, type TrainArch } from './train.js';
 import { benchTrainCrossLayer, printTrainCrossLayer } from './train_clt.js';
 import { benchFeatures, printFeatures } from './features.js';
+import { benchService, printService } from './service.js';
 
 const { values } = parseArgs({
   options: {
@@ -63,14 +66,14 @@ const { values } = parseArgs({
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search|train|llama|graph|train-clt|features] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N] [--llama-load false] [--graph-part a|b] [--train-archs relu,relu-trained,topk] [--train-d-sae N] [--train-batch N] [--train-steps N] [--train-check-steps N] [--e2e-steps N] [--e2e-d-sae N] [--e2e-batch N] [--features-tokens N] [--features-d-sae N] [--features-cards false]');
+  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search|train|service|llama|graph|train-clt|features] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N] [--llama-load false] [--graph-part a|b] [--train-archs relu,relu-trained,topk] [--train-d-sae N] [--train-batch N] [--train-steps N] [--train-check-steps N] [--e2e-steps N] [--e2e-d-sae N] [--e2e-batch N] [--features-tokens N] [--features-d-sae N] [--features-cards false]');
   process.exit(0);
 }
 const root = new URL('..', import.meta.url).pathname;
 const cacheDir = values.cache ?? join(root, '.cache', 'bench');
 mkdirSync(cacheDir, { recursive: true });
 
-const BENCHES = ['forward', 'concurrency', 'connections', 'search', 'train'];
+const BENCHES = ['forward', 'concurrency', 'connections', 'search', 'train', 'service'];
 /** Run only when named with --only. */
 const HEAVY = ['llama', 'graph', 'train-clt', 'features'];
 if (values.only !== undefined && !BENCHES.includes(values.only) && !HEAVY.includes(values.only)) {
@@ -228,6 +231,9 @@ const features = wants('features')
   : undefined;
 if (features) printFeatures(features);
 
+const service = wants('service') ? await benchService({ ...(values.rounds ? { rounds: Number(values.rounds) } : {}) }) : undefined;
+if (service) printService(service);
+
 if (train) {
   const t = train;
   const pct = (x: number) => `${(100 * x).toFixed(0).padStart(3)}% of peak`;
@@ -258,4 +264,4 @@ mkdirSync(resultsDir, { recursive: true });
 // With --only, the other benchmark's last result is kept.
 const latest = join(resultsDir, 'latest.json');
 const previous = values.only !== undefined && existsSync(latest) ? (JSON.parse(readFileSync(latest, 'utf8')) as Record<string, unknown>) : {};
-writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}), ...(train ? { train } : {}), ...(llama ? { llama } : {}), ...(graph ? { graph: { ...previous.graph as object, ...graph } } : {}), ...(trainClt ? { trainCrossLayer: trainClt } : {}), ...(features ? { features } : {}) }, null, 2));
+writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}), ...(train ? { train } : {}), ...(llama ? { llama } : {}), ...(graph ? { graph: { ...previous.graph as object, ...graph } } : {}), ...(trainClt ? { trainCrossLayer: trainClt } : {}), ...(features ? { features } : {}), ...(service ? { service } : {}) }, null, 2));

@@ -29,6 +29,17 @@ export class FormatError extends TranscodersError {
  */
 export class NumericalError extends TranscodersError {}
 
+/** The work was stopped before it finished: its AbortSignal fired (a caller gave up, or a time limit ran out). */
+export class CancelledError extends TranscodersError {}
+
+/** Throws if `signal` fired: its reason when that is one of our errors, else a CancelledError. */
+export function throwIfCancelled(signal: AbortSignal | undefined): void {
+  if (!signal?.aborted) return;
+  const reason: unknown = signal.reason;
+  if (reason instanceof TranscodersError) throw reason;
+  throw new CancelledError(reason instanceof Error && reason.message ? `cancelled: ${reason.message}` : 'cancelled');
+}
+
 /** libtorch itself failed (out of memory, an unsupported operation on this device or dtype, ...). */
 export class TorchError extends TranscodersError {}
 

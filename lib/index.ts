@@ -3,7 +3,7 @@
  * Path through the library: prompt -> tokens (tokenizer/) -> forward (models/) -> transcoder ->
  * attribution -> graph -> export.
  */
-export { TranscodersError, InvalidArgumentError, FormatError, TorchError, NativeLoadError, IoError, NumericalError } from './errors.js';
+export { TranscodersError, InvalidArgumentError, FormatError, TorchError, NativeLoadError, IoError, NumericalError, CancelledError } from './errors.js';
 export { Tensor, DTYPES, type DType, type TensorData, type TensorSource, type FromOptions } from './tensor.js';
 export { setNumThreads, getNumThreads, workerNumThreads, torchInfo, type TorchInfo } from './runtime.js';
 export { deviceKey, deviceQueueEnabled, deviceQueueStats, resetDeviceQueueStats, type DeviceQueueStats } from './device-queue.js';
@@ -169,7 +169,8 @@ export {
 } from './features/dashboards.js';
 export { FeatureFiles, FEATURE_INDEX_FILE, FEATURE_RUN_FILE, type FeatureIndexEntry } from './features/feature-files.js';
 export { FeatureStats, type FeatureStatsOptions, type FeatureStatsArrays } from './features/feature-stats.js';
-export { createServer, listen, type ServerOptions } from './service/server.js';
+export { createServer, listen, checkBindable, type ServerOptions } from './service/server.js';
+export { writeViewerFolder, viewerAssetsDir, cardsOfGraphs, type ViewerFolderOptions } from './graphs/viewer-folder.js';
 export {
   intervene,
   steer,

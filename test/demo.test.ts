@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { validateGraphJson } from '../lib/graphs/graph-json.js';
 import {
   loadModel,
   loadTranscoder,
@@ -204,11 +205,19 @@ describe('transcoders demo', () => {
     const out = tempDir('demo');
     const stages = new Set<string>();
     const result = await runDemo({ out, transcoders: { tokens: 200_000 }, evalSequences: 64, onProgress: (p) => stages.add(p.stage) });
-    expect([...stages]).toEqual(['data', 'train', 'evaluate', 'circuit', 'experiment', 'features', 'report']);
+    expect([...stages]).toEqual(['data', 'train', 'evaluate', 'circuit', 'experiment', 'features', 'graph', 'report']);
     const html = readFileSync(result.report, 'utf8');
     for (const part of ['<svg', 'The greater-than experiment', 'Top paths', 'Top activating examples', 'De-embedding', 'Logit effects']) expect(html).toContain(part);
     expect(html).not.toMatch(/https?:\/\/(?!www\.w3\.org)/); // self-contained
     for (const file of ['graph.json', 'feature-graph.json', 'demo.json', 'transcoders/layer_0/cfg.json']) expect(existsSync(join(out, file)), file).toBe(true);
+    // The graphs are in our viewer (embedded in the report, and openable on their own), and saved for the service.
+    for (const g of result.viewer.graphs) {
+      expect(html).toContain(`<iframe class="viewer" src="viewer/index.html?slug=${g.slug}"`);
+      validateGraphJson(JSON.parse(readFileSync(join(out, 'graphs', `${g.slug}.json`), 'utf8')));
+      expect(g.nodes).toBeGreaterThan(3);
+    }
+    for (const file of ['index.html', 'viewer.js', 'viewer.css', 'data.js']) expect(existsSync(join(out, 'viewer', file)), file).toBe(true);
+    expect(result.viewer.cards).toBeGreaterThan(0);
     for (const layer of result.evaluation.layers) expect(layer.fvu, `layer ${layer.layer}`).toBeLessThan(0.35);
     expect(result.evaluation.ceLossRecovered).toBeGreaterThan(0.7);
     expect(result.tokens[result.startYearPosition]).toBe('32');

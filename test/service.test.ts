@@ -112,7 +112,7 @@ describe('the service', () => {
     expect(codes.every((c) => c === 200 || c === 429)).toBe(true);
     for (const r of rs.filter((x) => x.statusCode === 429)) expect(r.headers['retry-after']).toBe('5');
     const health = (await app.inject({ url: '/api/health' })).json();
-    expect(health).toMatchObject({ ok: true, layers: [0, 1, 2], jobs: { running: 0, waiting: 0 } });
+    expect(health).toMatchObject({ ok: true, layers: [0, 1, 2], jobs: { running: 0, waiting: 0, stopped: 0 } });
   });
 
   it('requires the token when it has one; refuses to bind beyond loopback without one', async () => {

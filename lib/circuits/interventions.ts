@@ -7,7 +7,7 @@
  * remain: what an attribution graph's edges measure).
  */
 import { runOnDevice } from '../device-queue.js';
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError, throwIfCancelled } from '../errors.js';
 import type { NativeTensor } from '../native.js';
 import { Tensor } from '../tensor.js';
 import { Rng } from '../util/random.js';
@@ -90,6 +90,8 @@ export interface SteerOptions extends InterventionOptions {
   seed?: number;
   /** Stop at this token (default: the model's end-of-sequence token). */
   stopToken?: number | null;
+  /** Stops the generation between tokens: a CancelledError. */
+  signal?: AbortSignal;
 }
 
 export interface SteerStep {
@@ -146,6 +148,7 @@ export async function steer(
   const steps: SteerStep[] = [];
   const V = model.config.vocabSize;
   for (let i = 0; i < maxNew; i++) {
+    throwIfCancelled(options.signal);
     const interventions = stepInterventions(steering, promptTokens.length, tokens.length);
     const r = await intervene(replacement, tokens, interventions, { freezeAttention: false, ...options });
     const logits = r.logits.toFloat32Array().slice((tokens.length - 1) * V, tokens.length * V);

@@ -11,6 +11,7 @@ const STAGE_LABELS: Record<DemoStage, string> = {
   circuit: 'circuit search    ',
   experiment: 'greater-than test ',
   features: 'feature cards     ',
+  graph: 'graph viewer      ',
   report: 'report            ',
 };
 

@@ -17,8 +17,9 @@ import { connectionsCommand } from './connections.js';
 import { demoCommand } from './demo.js';
 import { featuresCommand } from './features.js';
 import { serveCommand } from './serve.js';
+import { viewerCommand } from './viewer.js';
 
-const COMMANDS: Command[] = [demoCommand, runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, graphCommand, featuresCommand, serveCommand, interveneCommand, steerCommand, connectionsCommand, infoCommand, makeModelCommand];
+const COMMANDS: Command[] = [demoCommand, runCommand, trainCommand, evalCommand, cacheCommand, tokenizeCommand, convertCommand, circuitCommand, graphCommand, featuresCommand, serveCommand, viewerCommand, interveneCommand, steerCommand, connectionsCommand, infoCommand, makeModelCommand];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };

@@ -25,6 +25,7 @@ import { greaterThanRows, yearTokenIds } from './greater-than.js';
 import { featureCards, type FeatureRef } from './features.js';
 import { greaterThanPrompt, packedRows, twoDigits } from './tasks.js';
 import { renderReport } from './report.js';
+import { writeDemoViewer } from './viewer.js';
 import { DEMO_MODEL, validationRows } from './train-model.js';
 import type { CircuitResult, DemoResult, DemoStage } from './result.js';
 import { SHIPPED_MODEL_DIR } from '../models/shipped.js';
@@ -176,7 +177,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const { experimentLayer: chosen } = options;
   if (chosen !== undefined && !Number.isInteger(chosen)) throw new InvalidArgumentError(`experimentLayer must be a layer index, got ${chosen}`);
   mkdirSync(out, { recursive: true });
-  const seconds = Object.fromEntries((['data', 'train', 'evaluate', 'circuit', 'experiment', 'features', 'report'] as DemoStage[]).map((s) => [s, 0])) as Record<DemoStage, number>;
+  const seconds = Object.fromEntries((['data', 'train', 'evaluate', 'circuit', 'experiment', 'features', 'graph', 'report'] as DemoStage[]).map((s) => [s, 0])) as Record<DemoStage, number>;
   let clock = Date.now();
   let current: DemoStage = 'data';
   const report = (p: DemoProgress) => {
@@ -269,11 +270,17 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const features = await featureCards(replacement, refs, { corpus });
     report({ stage: 'features', done: 1, total: 1 });
 
+    report({ stage: 'graph', done: 0, total: 1 });
+    const viewer = await writeDemoViewer(replacement, {
+      out, tokens, valid: yearIds[valid]!, invalid: yearIds[invalid]!, logitCircuit: logitGraph, corpus, tokenizerFile: join(model.dir, 'tokenizer.json'),
+    });
+    report({ stage: 'graph', done: 1, total: 1 });
+
     report({ stage: 'report', done: 0, total: 1 });
     const result: DemoResult = {
       out, report: join(out, 'report.html'), model: modelDir, transcodersDir, pretrained: options.pretrained === true,
       prompt, startYear, tokens: tokens.map((id) => model.decode([id])), startYearPosition,
-      evaluation, training, logitCircuit, featureCircuit, experiment, features, seconds,
+      evaluation, training, logitCircuit, featureCircuit, experiment, features, viewer, seconds,
     };
     writeGraph(logitGraph, { json: join(out, 'graph.json') });
     writeGraph(featureGraph, { json: join(out, 'feature-graph.json') });

@@ -63,7 +63,21 @@ ${lineChart(x.original.startYears, series, { xLabel: 'start year YY', yLabel: 'p
 <table><tr><th>feature</th><th>mean activation</th><th>drop</th></tr>${importance.join('')}</table>`;
 }
 
-function circuitSection(title: string, r: DemoResult, c: CircuitResult, intro: string): string {
+/** A graph in our viewer (the offline folder beside the report), embedded, with a link to open it alone. */
+function viewerFrame(r: DemoResult, slug: string): string {
+  const g = r.viewer.graphs.find((x) => x.slug === slug)!;
+  const src = `${r.viewer.index}?slug=${encodeURIComponent(slug)}`;
+  return `<p class="why">${g.nodes} nodes, ${g.links} links. In the viewer below: rows are layers (embeddings at the bottom, logits at the top) and columns the prompt's tokens; error nodes are squares; links are blue when positive and red when negative. Click a node for its feature card; the sliders re-prune. <a href="${escapeHtml(src)}">Open it on its own page</a> (or serve it with <code>transcoders serve ${escapeHtml(r.model)} --transcoders … --graphs ${escapeHtml(r.out)}/graphs</code> to compute new graphs and interventions).</p>
+<iframe class="viewer" src="${escapeHtml(src)}" title="${escapeHtml(g.title)}"></iframe>`;
+}
+
+function attributionSection(r: DemoResult): string {
+  return `<h2>3. Attribution graph of the end-year preference</h2>
+<p>circuit-tracer's method on the same prompt and the same logit difference as the circuit below: every active feature's direct effect in the local replacement model (attention patterns and norm scales frozen), pruned to the nodes and edges that carry most of the influence on the target.</p>
+${viewerFrame(r, r.viewer.graphs[0]!.slug)}`;
+}
+
+function circuitSection(title: string, r: DemoResult, c: CircuitResult, intro: string, viewerSlug?: string): string {
   const highlight: Record<number, string> = { [r.startYearPosition]: 'start year', [r.tokens.length - 1]: 'prediction' };
   const paths = c.topPaths.slice(0, 10).map((p) => {
     const touches = p.positions.includes(r.startYearPosition);
@@ -73,8 +87,8 @@ function circuitSection(title: string, r: DemoResult, c: CircuitResult, intro: s
 <p>${intro}</p>
 <p class="tokens">${tokensLine(r.tokens, highlight)}</p>
 <p>Root: <b>${escapeHtml(c.rootLabel)}</b> · search iters ${c.graph.metadata.search.iters}, branches ${c.graph.metadata.search.branches} · ${c.graph.nodes.length} nodes, ${c.graph.edges.length} edges.</p>
-<div class="graph">${graphSvg(c.graph, { errors: false })}</div>
-<p class="why">Error nodes (what the transcoders and the pruned search leave unexplained) are left out of the drawing; they are in <code>graph.json</code>${c.graph.nodes.filter((n) => n.kind === 'error').length ? ` (${c.graph.nodes.filter((n) => n.kind === 'error').length} of them)` : ''}.</p>
+${viewerSlug ? viewerFrame(r, viewerSlug) : `<div class="graph">${graphSvg(c.graph)}</div>
+<p class="why">Error nodes (what the transcoders and the pruned search leave unexplained) are drawn too; red edges are negative. The viewers' format needs a logit target, so this feature-rooted circuit is drawn here, not in the viewer.</p>`}
 <h3>Top paths</h3>
 <table><tr><th>path (root ← … ← source)</th><th>attribution</th><th>reaches the start year (position ${r.startYearPosition})</th></tr>${paths.join('')}</table>
 <details><summary>All paths as text</summary><pre>${escapeHtml(c.pathsText)}</pre></details>`;
@@ -109,7 +123,7 @@ body{font-family:Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;co
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px;text-align:left}th{background:#f5f5f5}
 code{background:#f4f4f4;padding:1px 4px}.tok{display:inline-block;border:1px solid #ddd;margin:1px;padding:1px 3px;white-space:pre;font-family:monospace}
 .tok.hl{background:#fde9c8;border-color:#e67e22}sub{color:#999;font-size:9px}tr.yy td{background:#fdf3e3}
-.graph{overflow-x:auto;border:1px solid #eee}.card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;margin:12px 0}
+.graph{overflow-x:auto;border:1px solid #eee}iframe.viewer{width:100%;height:720px;border:1px solid #ddd;border-radius:6px}.card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;margin:12px 0}
 .row{display:flex;gap:24px;flex-wrap:wrap}.pill{display:inline-block;background:#eef3fb;border-radius:8px;padding:0 6px;margin:1px;font-family:monospace;font-size:12px;white-space:pre}
 .why{color:#666;font-size:13px}.act{color:#3b7dd8;font-size:12px}mark{background:#fde9c8}pre{font-size:11px;overflow-x:auto}
 </style></head><body>
@@ -118,9 +132,10 @@ code{background:#f4f4f4;padding:1px 4px}.tok{display:inline-block;border:1px sol
 <p><b>How to read it.</b> Transcoders replace each MLP with a wide, sparse layer of features. A circuit is a set of paths of attributions (activation × input-invariant weights) from a root — here how much the model prefers a valid end year to an invalid one — back to the tokens. A reader can check the claim “features read the start year and boost larger end years”: the graph's paths reach the start-year position, the feature cards show activations that change with the start year and direct effects that favour end years above it, and removing those features lowers the probability difference.</p>
 ${metricsSection(r)}
 ${experimentSection(r)}
-${circuitSection('3. Circuit of the end-year preference', r, r.logitCircuit, 'Greedy path search from the logit difference between the favourite valid end year and the favourite invalid one. Nodes: <code>mlpL[F]@P</code> a transcoder feature, <code>attnL.hH@P</code> attention head H of layer L reading from position P, <code>embed@P</code> the token + position embedding, <code>err.*</code> what the transcoders do not explain. Edge widths are attributions.')}
-${circuitSection('4. Circuit of the top feature at the last position', r, r.featureCircuit, 'The same search from the activation of the feature that contributes most to that logit difference.')}
-<h2>5. Features</h2>
+${attributionSection(r)}
+${circuitSection('4. Circuit of the end-year preference (the paper\'s method)', r, r.logitCircuit, 'Greedy path search from the logit difference between the favourite valid end year and the favourite invalid one. Nodes: <code>mlpL[F]@P</code> a transcoder feature, <code>attnL.hH@P</code> attention head H of layer L reading from position P, <code>embed@P</code> the token + position embedding, <code>err.*</code> what the transcoders do not explain. Edge widths are attributions; in the viewer, attention heads are folded into the edges they carry.', r.viewer.graphs[1]!.slug)}
+${circuitSection('5. Circuit of the top feature at the last position', r, r.featureCircuit, 'The same search from the activation of the feature that contributes most to that logit difference.')}
+<h2>6. Features</h2>
 ${r.features.map((c) => featureCard(c, r)).join('\n')}
 </body></html>
 `;

@@ -3,8 +3,9 @@ import type { CircuitGraph } from '../circuits/graph.js';
 import type { Evaluation } from '../transcoders/evaluate.js';
 import type { GreaterThanExperiment } from './ablation.js';
 import type { FeatureCard } from './features.js';
+import type { DemoViewer } from './viewer.js';
 
-export type DemoStage = 'data' | 'train' | 'evaluate' | 'circuit' | 'experiment' | 'features' | 'report';
+export type DemoStage = 'data' | 'train' | 'evaluate' | 'circuit' | 'experiment' | 'features' | 'graph' | 'report';
 
 export interface CircuitResult {
   /** What the search started from, e.g. `logit["59"] - logit["20"] @ 12`. */
@@ -34,5 +35,7 @@ export interface DemoResult {
   featureCircuit: CircuitResult;
   experiment: GreaterThanExperiment;
   features: FeatureCard[];
+  /** The graphs in our viewer (viewer/index.html). */
+  viewer: DemoViewer;
   seconds: Record<DemoStage, number>;
 }

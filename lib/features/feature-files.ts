@@ -144,6 +144,30 @@ export class FeatureFiles {
 
   /** The card of feature `feature` of `layer`. */
   read(layer: number, feature: number): FeatureCardJson {
+    const text = this.readJson(layer, feature);
+    try {
+      return JSON.parse(text) as FeatureCardJson;
+    } catch (err) {
+      throw new FormatError(`${join(this.dir, this.index[layer]!.filename)}: record ${feature} is not JSON (${(err as Error).message})`, join(this.dir, this.index[layer]!.filename));
+    }
+  }
+
+  /** The card's JSON text. */
+  readJson(layer: number, feature: number): string {
+    const file = join(this.dir, this.index[layer]?.filename ?? '');
+    try {
+      return inflateSync(this.readDeflated(layer, feature)).toString('utf8');
+    } catch (err) {
+      if (err instanceof FormatError || err instanceof InvalidArgumentError) throw err;
+      throw new FormatError(`${file}: record ${feature} does not inflate (${(err as Error).message})`, file);
+    }
+  }
+
+  /**
+   * The card's record as stored: zlib-deflated JSON, which is HTTP's `Content-Encoding: deflate`, so
+   * the service sends it as it is to clients that accept that.
+   */
+  readDeflated(layer: number, feature: number): Buffer {
     const e = Number.isInteger(layer) && layer >= 0 ? this.index[layer] : undefined;
     if (!e) throw new InvalidArgumentError(`no feature cards for layer ${String(layer)} in ${this.dir} (layers ${this.layers.join(', ')})`);
     if (!Number.isInteger(feature) || feature < 0 || feature >= e.offsets.length - 1) throw new InvalidArgumentError(`feature ${String(feature)} is out of range [0, ${e.offsets.length - 1}) of layer ${layer}`);
@@ -164,10 +188,6 @@ export class FeatureFiles {
     }
     const length = buf.readUInt32LE(0);
     if (length + 4 > buf.length) throw new FormatError(`${file}: record ${feature} claims ${length} bytes, its span holds ${buf.length - 4}`, file);
-    try {
-      return JSON.parse(inflateSync(buf.subarray(4, 4 + length)).toString('utf8')) as FeatureCardJson;
-    } catch (err) {
-      throw new FormatError(`${file}: record ${feature} does not inflate to JSON (${(err as Error).message})`, file);
-    }
+    return buf.subarray(4, 4 + length);
   }
 }

@@ -6,7 +6,7 @@
  * in the order of their influence on the targets under `maxFeatureNodes`, and assembles the node
  * table and adjacency in the order of lib/graphs/graph.ts.
  */
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError, throwIfCancelled } from '../errors.js';
 import { runOnDevice } from '../device-queue.js';
 import { native, type NativeAttributionGraph, type NativeAttributionGraphInfo, type NativeGraphRows, type NativeGraphTarget } from '../native.js';
 import { Tensor } from '../tensor.js';
@@ -42,6 +42,8 @@ export interface AttributeOptions {
   transcoderList?: string[];
   /** Called after each batch of rows: rows done, rows planned. */
   onProgress?: (done: number, planned: number) => void;
+  /** Stops the graph between batches of rows (the batch running finishes): a CancelledError. */
+  signal?: AbortSignal;
 }
 
 export const ATTRIBUTE_DEFAULTS: Readonly<{ maxLogits: number; logitProbability: number; batchSize: number; updateInterval: number; rowTopK: number; rowThreshold: number }> = Object.freeze({
@@ -150,6 +152,7 @@ async function assemble(replacement: ReplacementModel, handle: NativeAttribution
   const planned = logitTargets.length + budget;
   let done = 0;
   const runRows = async (targets: NativeGraphTarget[]): Promise<NativeGraphRows> => {
+    throwIfCancelled(o.signal);
     const rows = await runOnDevice(model.device, () => handle.rows(targets, { threshold: o.rowThreshold, topK: o.rowTopK }));
     done += targets.length;
     o.onProgress?.(done, planned);

@@ -75,7 +75,8 @@ export interface GraphJsonLink {
 
 export interface GraphJson {
   metadata: GraphJsonMetadata;
-  qParams: { pinnedIds: string[]; supernodes: string[][]; linkType: string; clickedId: string; sg_pos: string };
+  /** The viewers' saved state; `clerps` (ours) holds labels edited in our viewer, [node_id, label]. */
+  qParams: { pinnedIds: string[]; supernodes: string[][]; linkType: string; clickedId: string; sg_pos: string; clerps?: [string, string][] };
   nodes: GraphJsonNode[];
   links: GraphJsonLink[];
 }

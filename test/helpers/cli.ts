@@ -13,18 +13,21 @@ function mtimes(dir: string, ext: string): number[] {
     .map((f) => statSync(join(dir, f)).mtimeMs);
 }
 
-/** The CLI and child-process tests run the compiled library (dist/): rebuild it when a source is newer. */
+/** The CLI, child-process and browser tests run the compiled library and viewer (dist/): rebuild them when a source is newer. */
 export function ensureDist(): void {
   let stale = true;
   try {
     const outputs = mtimes(join(ROOT, 'dist'), '.js');
-    stale = outputs.length === 0 || Math.max(...mtimes(join(ROOT, 'lib'), '.ts')) > Math.min(...outputs);
+    const sources = [...mtimes(join(ROOT, 'lib'), '.ts'), ...mtimes(join(ROOT, 'lib/viewer'), '.html'), ...mtimes(join(ROOT, 'lib/viewer'), '.css')];
+    stale = outputs.length === 0 || Math.max(...sources) > Math.min(...outputs);
   } catch {
     // no dist/ yet
   }
   if (!stale) return;
   const tsc = spawnSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { cwd: ROOT, encoding: 'utf8' });
   if (tsc.status !== 0) throw new Error(`tsc -p tsconfig.build.json failed:\n${tsc.stdout}${tsc.stderr}`);
+  const viewer = spawnSync(process.execPath, [join(ROOT, 'scripts/build-viewer.mjs')], { cwd: ROOT, encoding: 'utf8' });
+  if (viewer.status !== 0) throw new Error(`scripts/build-viewer.mjs failed:\n${viewer.stdout}${viewer.stderr}`);
 }
 
 /** Runs `transcoders ...args` in `cwd`; returns the exit code and output. */
