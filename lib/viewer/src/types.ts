@@ -1,8 +1,9 @@
 /**
  * The data the viewer reads: graph JSON (circuit-tracer / Neuronpedia format, as lib/graphs/graph-json.ts
  * writes it), feature cards (lib/features/feature-files.ts) and the service's answers. They are
- * restated here rather than imported, because the viewer is compiled for the browser on its own
- * (lib/viewer/tsconfig.json) and the Node-side modules pull in Node's APIs.
+ * restated here rather than imported: the viewer is compiled for the browser on its own
+ * (lib/viewer/tsconfig.json) and the Node-side modules pull in Node's APIs; and the graph types are
+ * looser than the writer's (optional fields), since the viewer also opens files other tools wrote.
  */
 
 export interface GraphJsonMetadata {
