@@ -40,6 +40,12 @@ export function throwIfCancelled(signal: AbortSignal | undefined): void {
   throw new CancelledError(reason instanceof Error && reason.message ? `cancelled: ${reason.message}` : 'cancelled');
 }
 
+/**
+ * A process group failed: a rank did not join or died, a collective timed out (lib/distributed/).
+ * Every rank of a failed group gets one; the group cannot be used again.
+ */
+export class DistributedError extends TranscodersError {}
+
 /** libtorch itself failed (out of memory, an unsupported operation on this device or dtype, ...). */
 export class TorchError extends TranscodersError {}
 

@@ -3,7 +3,7 @@
  * Path through the library: prompt -> tokens (tokenizer/) -> forward (models/) -> transcoder ->
  * attribution -> graph -> export.
  */
-export { TranscodersError, InvalidArgumentError, FormatError, TorchError, NativeLoadError, IoError, NumericalError, CancelledError } from './errors.js';
+export { TranscodersError, InvalidArgumentError, FormatError, TorchError, NativeLoadError, IoError, NumericalError, CancelledError, DistributedError } from './errors.js';
 export { Tensor, DTYPES, type DType, type TensorData, type TensorSource, type FromOptions } from './tensor.js';
 export { setNumThreads, getNumThreads, workerNumThreads, torchInfo, type TorchInfo } from './runtime.js';
 export { deviceKey, deviceQueueEnabled, deviceQueueStats, resetDeviceQueueStats, type DeviceQueueStats } from './device-queue.js';
@@ -184,3 +184,4 @@ export {
   type SteerStep,
 } from './circuits/interventions.js';
 export { circuitToAttributionGraph, type CircuitAsGraph } from './graphs/from-circuit.js';
+export { ProcessGroup, joinOptionsFromEnv, type JoinOptions, type ReduceOp } from './distributed/process-group.js';

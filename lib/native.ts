@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { FormatError, InvalidArgumentError, NativeLoadError, NumericalError, TorchError } from './errors.js';
+import { DistributedError, FormatError, InvalidArgumentError, NativeLoadError, NumericalError, TorchError } from './errors.js';
 import type { ModelConfig } from './models/config.js';
 
 /** The native tensor handle (see native/tensor/tensor_wrap.h). */
@@ -379,6 +379,23 @@ export interface TorchInfo {
   parallelInfo: string;
 }
 
+/** A joined c10d process group (native/distributed/process_group.h). */
+export interface NativeProcessGroup {
+  handle: unknown;
+  rank: number;
+  worldSize: number;
+}
+
+export type ReduceOpName = 'sum' | 'max' | 'min' | 'product';
+
+export interface NativeDistributed {
+  join(options: { host: string; port: number; rank: number; worldSize: number; timeoutMs: number }): Promise<NativeProcessGroup>;
+  allReduce(handle: unknown, tensor: NativeTensor, op: ReduceOpName): Promise<NativeTensor>;
+  broadcast(handle: unknown, tensor: NativeTensor, root: number): Promise<NativeTensor>;
+  barrier(handle: unknown): Promise<void>;
+  leave(handle: unknown): void;
+}
+
 interface Addon {
   Tensor: NativeTensorClass;
   Model: NativeModelClass;
@@ -394,6 +411,7 @@ interface Addon {
   AttributionGraph: NativeAttributionGraphClass;
   Connections: NativeConnections;
   Features: NativeFeatures;
+  Distributed: NativeDistributed;
   setNumThreads(n: number): void;
   getNumThreads(): number;
   workerNumThreads(): Promise<number>;
@@ -428,7 +446,7 @@ function loadAddon(): Addon {
   }
   try {
     const addon = createRequire(import.meta.url)(path) as Addon;
-    addon.registerErrorClasses({ TorchError, InvalidArgumentError, FormatError, NumericalError });
+    addon.registerErrorClasses({ TorchError, InvalidArgumentError, FormatError, NumericalError, DistributedError });
     return addon;
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);

@@ -29,7 +29,7 @@ function isDebianLike() {
 }
 
 function installWithApt() {
-  console.log('transcoders: no libtorch found; installing Debian\'s libtorch-dev and libopenblas0 with apt-get');
+  console.log('transcoders: no libtorch found; installing Debian\'s libtorch-dev, libgloo-dev and libopenblas0 with apt-get');
   const r = spawnSync('bash', [join(root, 'scripts', 'install-libtorch-apt.sh')], { stdio: 'inherit' });
   if (r.status !== 0) fail('scripts/install-libtorch-apt.sh failed (see the apt output above).');
 }
@@ -61,7 +61,7 @@ function resolveLibtorch() {
     }
     if (!system) {
       fail('No libtorch was found. Do one of:\n' +
-        '  - on Debian/Ubuntu: sudo apt-get install libtorch-dev libopenblas0   (CPU build)\n' +
+        '  - on Debian/Ubuntu: sudo apt-get install libtorch-dev libgloo-dev libopenblas0   (CPU build)\n' +
         '  - download libtorch from pytorch.org, unzip it, and set LIBTORCH=/path/to/libtorch\n' +
         '  - point LIBTORCH at an installed PyTorch wheel: LIBTORCH=$(python3 -c "import torch,os;print(os.path.dirname(torch.__file__))")\n' +
         '  - or set Torch_DIR to the folder holding TorchConfig.cmake\n' +

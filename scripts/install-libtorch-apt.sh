@@ -8,4 +8,4 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends libtorch-dev libopenblas0 cmake g++ make
+apt-get install -y -qq --no-install-recommends libtorch-dev libgloo-dev libopenblas0 cmake g++ make

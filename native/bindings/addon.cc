@@ -14,6 +14,7 @@
 #include "core/threads.h"
 #include "bindings/safetensors_js.h"
 #include "bindings/cross_layer_wrap.h"
+#include "bindings/distributed_wrap.h"
 #include "bindings/features_wrap.h"
 #include "bindings/model_wrap.h"
 #include "bindings/tensor_wrap.h"
@@ -88,6 +89,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("AttributionGraph", JsAttributionGraph::define(env));
   exports.Set("Connections", connectionsExports(env));
   exports.Set("Features", featuresExports(env));
+  exports.Set("Distributed", distributedExports(env));
   exports.Set("shuffleBatches", Napi::Function::New(env, shuffleBatchesJs));
   exports.Set("geometricMedian", Napi::Function::New(env, geometricMedianJs));
   exports.Set("klDivergence", Napi::Function::New(env, klDivergenceJs));

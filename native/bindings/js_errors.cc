@@ -5,6 +5,7 @@
 #include <new>
 
 #include "bindings/state.h"
+#include "distributed/process_group.h"
 
 namespace tc {
 
@@ -15,6 +16,7 @@ void registerErrorClasses(const Napi::CallbackInfo& info) {
   state.invalidArgumentError = Napi::Persistent(classes.Get("InvalidArgumentError").As<Napi::Function>());
   state.formatError = Napi::Persistent(classes.Get("FormatError").As<Napi::Function>());
   state.numericalError = Napi::Persistent(classes.Get("NumericalError").As<Napi::Function>());
+  state.distributedError = Napi::Persistent(classes.Get("DistributedError").As<Napi::Function>());
 }
 
 namespace {
@@ -34,6 +36,8 @@ Napi::Error toJsError(Napi::Env env, std::exception_ptr error) {
     return e;
   } catch (const InvalidArgument& e) {
     return make(env, state.invalidArgumentError, e.what());
+  } catch (const DistributedFailure& e) {
+    return make(env, state.distributedError, e.what());
   } catch (const NonFinite& e) {
     return make(env, state.numericalError, e.what());
   } catch (const FormatError& e) {

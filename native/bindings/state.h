@@ -19,6 +19,7 @@ struct AddonState {
   Napi::FunctionReference invalidArgumentError;
   Napi::FunctionReference formatError;
   Napi::FunctionReference numericalError;
+  Napi::FunctionReference distributedError;
   Napi::FunctionReference tensorClass;
   Napi::FunctionReference modelClass;
   Napi::FunctionReference transcoderClass;

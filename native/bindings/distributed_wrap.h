@@ -1,0 +1,12 @@
+// The process group of native/distributed/process_group.h for JS (lib/distributed/process-group.ts):
+// join, collectives off the JS thread (Promises), and leave.
+#pragma once
+#include <napi.h>
+
+namespace tc {
+
+// { join(options) -> Promise<group>, allReduce(group, tensor, op) -> Promise<tensor>,
+//   broadcast(group, tensor, root) -> Promise<tensor>, barrier(group) -> Promise<void>, leave(group) }
+Napi::Object distributedExports(Napi::Env env);
+
+}  // namespace tc
