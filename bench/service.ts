@@ -11,7 +11,8 @@
  *   cards in a loop; look-ups per second. The service sends the stored deflated records as they are.
  * The goal (issue 14): overhead below 10%.
  */
-import { loadavg } from 'node:os';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { ReplacementModel } from '../lib/circuits/replacement-model.js';
@@ -23,8 +24,6 @@ import { attributionGraph } from '../lib/graphs/attribute.js';
 import { buildGraphJson } from '../lib/graphs/graph-json.js';
 import { pruneGraph } from '../lib/graphs/prune.js';
 import { createServer, listen } from '../lib/service/server.js';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 
 const SHIPPED = new URL('../models/greater-than', import.meta.url).pathname;
 const PROMPT = 'The war lasted from the year 1732 to the year 17';

@@ -45,8 +45,13 @@ export class JobQueue {
    * Runs `work` in its turn with a signal that fires at the time limit or when `options.signal` does;
    * throws QueueFullError at once when the queue is full, JobTimeoutError past the limit.
    */
-  async run<T>(work: (signal: AbortSignal) => Promise<T>, options: JobOptions = {}): Promise<T> {
+  /** Throws QueueFullError unless a job would be admitted now (for callers that must answer before running it). */
+  checkRoom(): void {
     if (this.running + this.waiting > this.maxWaiting) throw new QueueFullError(this.running + this.waiting, this.maxWaiting + 1);
+  }
+
+  async run<T>(work: (signal: AbortSignal) => Promise<T>, options: JobOptions = {}): Promise<T> {
+    this.checkRoom();
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(new JobTimeoutError(this.timeLimitMs / 1000)), this.timeLimitMs);
     const giveUp = () => controller.abort(new CancelledError('the client went away'));

@@ -173,8 +173,8 @@ export function createServer(replacement: ReplacementModel, options: ServerOptio
     const build = (signal: AbortSignal): Promise<GraphJson> => graphJob(tokens, body, slug, signal, (stage, done, total) => send('progress', { stage, done, total }));
     if (!stream) return jobs.run(build, { signal: gone });
     // Refusals (a full queue) are plain answers; once the job is admitted the answer is a stream.
+    jobs.checkRoom();
     const { running, waiting } = jobs.counts;
-    if (running + waiting > jobs.maxWaiting) throw new QueueFullError(running + waiting, jobs.maxWaiting + 1);
     reply.hijack();
     reply.raw.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
     send = (event, data) => {
@@ -215,20 +215,22 @@ export function createServer(replacement: ReplacementModel, options: ServerOptio
     const tokens = promptTokens(body.prompt);
     const T = tokens.length;
     const position = checkPosition('position', body.position ?? -1, T);
-    body.interventions.forEach((v, i) => {
+    const positions = body.interventions.map((v, i) => {
       checkFeature(`interventions[${i}]`, v.layer, v.feature);
-      checkPosition(`interventions[${i}].position`, v.position, T);
+      return checkPosition(`interventions[${i}].position`, v.position, T);
     });
     const k = body.topK ?? 10;
     const V = replacement.model.config.vocabSize;
     return jobs.run(async (signal) => {
       const clean = await intervene(replacement, tokens, []);
       throwIfCancelled(signal);
-      // A scale multiplies the feature's activation on the clean prompt.
-      const resolved: FeatureIntervention[] = body.interventions.map((v) => {
-        const p = v.position < 0 ? v.position + T : v.position;
+      // A scale multiplies the feature's activation on the clean prompt (each layer's read once).
+      const acts = new Map<number, Float32Array>();
+      const activation = (layer: number) => acts.get(layer) ?? acts.set(layer, clean.activations.get(layer)!.toFloat32Array()).get(layer)!;
+      const resolved: FeatureIntervention[] = body.interventions.map((v, i) => {
+        const p = positions[i]!;
         const m = replacement.featureCount(v.layer);
-        const value = v.value ?? v.scale! * clean.activations.get(v.layer)!.toFloat32Array()[p * m + v.feature]!;
+        const value = v.value ?? v.scale! * activation(v.layer)[p * m + v.feature]!;
         return { layer: v.layer, position: p, feature: v.feature, value };
       });
       const after = await intervene(replacement, tokens, resolved, { freezeAttention: body.freezeAttention ?? true });
