@@ -37,6 +37,10 @@ export interface FeaturesBenchOptions {
   threads?: number;
   /** Also time writing the cards (default true). */
   cards?: boolean;
+  /** Also run the PyTorch baseline on the same tokens (default true; false for the long 1 M-token run). */
+  baseline?: boolean;
+  /** Called with the pass's rows done (for a progress line on long runs). */
+  onProgress?: (rowsDone: number, rowsTotal: number) => void;
 }
 
 export interface FeaturesBenchResult {
@@ -48,10 +52,11 @@ export interface FeaturesBenchResult {
   gemmPeakGflops: number;
   flopsPerToken: number;
   ours: { seconds: number; tokensPerS: number; gflops: number; fractionOfPeak: number; millionTokensMinutes: number };
-  pytorch: { seconds: number; tokensPerS: number; gflops: number; fractionOfPeak: number; millionTokensMinutes: number };
-  ratio: number;
+  /** Absent when run without the baseline. */
+  pytorch?: { seconds: number; tokensPerS: number; gflops: number; fractionOfPeak: number; millionTokensMinutes: number };
+  ratio?: number;
   cards?: { seconds: number; features: number; bytes: number };
-  agreement: { countsEqual: number; topRowsEqual: number };
+  agreement?: { countsEqual: number; topRowsEqual: number };
 }
 
 export async function benchFeatures(options: FeaturesBenchOptions): Promise<FeaturesBenchResult> {
@@ -107,7 +112,7 @@ export async function benchFeatures(options: FeaturesBenchOptions): Promise<Feat
     const load = [loadavg()[0]!];
 
     const t0 = performance.now();
-    const pass = await collectFeatureStats(replacement, tokenFile, { examples, quantiles, batchRows });
+    const pass = await collectFeatureStats(replacement, tokenFile, { examples, quantiles, batchRows, ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
     const oursS = (performance.now() - t0) / 1000;
     load.push(loadavg()[0]!);
     let cards: FeaturesBenchResult['cards'];
@@ -126,6 +131,21 @@ export async function benchFeatures(options: FeaturesBenchOptions): Promise<Feat
     pass.stats.clear();
     transcoders.length = 0;
     zeros.dispose();
+    const side = (seconds: number) => {
+      const tps = (rows * context) / seconds;
+      const gflops = (tps * flopsPerToken) / 1e9;
+      return { seconds, tokensPerS: tps, gflops, fractionOfPeak: gflops / peak, millionTokensMinutes: 1e6 / tps / 60 };
+    };
+    const common = {
+      name: `feature pass, GPT-2-small-sized random model, ${L} x ${dSae} relu features, ${rows * context} tokens`,
+      shape: { layers: L, dModel: d, dSae, tokens: rows * context, context, batchRows, examples, quantiles },
+      threads,
+      gemmPeakGflops: peak,
+      flopsPerToken,
+      ours: side(oursS),
+      ...(cards ? { cards } : {}),
+    };
+    if (options.baseline === false) return { ...common, torch: { ours: torchInfo().version, python: 'not run' }, loadAverage: load };
 
     const outFile = join(work, 'baseline.safetensors');
     const r = spawnSync(PYTHON, [BASELINE, dir, weights, tokenFile, outFile, '--examples', String(examples), '--quantiles', String(quantiles), '--batch-rows', String(batchRows), '--threads', String(threads)], {
@@ -143,23 +163,12 @@ export async function benchFeatures(options: FeaturesBenchOptions): Promise<Feat
       for (let f = 0; f < dSae; f++) countsEqual += Number(c[f] === s.count[f]);
       for (let i = 0; i < dSae * examples; i++) topRowsEqual += Number(t[i] === s.topRow[i]);
     });
-    const side = (seconds: number) => {
-      const tps = (rows * context) / seconds;
-      const gflops = (tps * flopsPerToken) / 1e9;
-      return { seconds, tokensPerS: tps, gflops, fractionOfPeak: gflops / peak, millionTokensMinutes: 1e6 / tps / 60 };
-    };
     return {
-      name: `feature pass, GPT-2-small-sized random model, ${L} x ${dSae} relu features, ${rows * context} tokens`,
-      shape: { layers: L, dModel: d, dSae, tokens: rows * context, context, batchRows, examples, quantiles },
-      threads,
+      ...common,
       torch: { ours: torchInfo().version, python: baseline.torch },
       loadAverage: load,
-      gemmPeakGflops: peak,
-      flopsPerToken,
-      ours: side(oursS),
       pytorch: side(baseline.seconds),
       ratio: baseline.seconds / oursS,
-      ...(cards ? { cards } : {}),
       agreement: { countsEqual: countsEqual / (L * dSae), topRowsEqual: topRowsEqual / (L * dSae * examples) },
     };
   } finally {
@@ -171,9 +180,12 @@ export async function benchFeatures(options: FeaturesBenchOptions): Promise<Feat
 export function printFeatures(r: FeaturesBenchResult): void {
   console.log(`${r.name} (${r.threads} threads; libtorch ${r.torch.ours}, python torch ${r.torch.python}; load average ${r.loadAverage.map((x) => x.toFixed(1)).join(' -> ')})`);
   console.log(`  GEMM peak ${r.gemmPeakGflops.toFixed(0)} GFLOP/s; ${(r.flopsPerToken / 1e9).toFixed(2)} GFLOP per token`);
-  for (const [label, s] of [['ours', r.ours], ['PyTorch eager', r.pytorch]] as const) {
-    console.log(`  ${s.tokensPerS.toFixed(0).padStart(8)} tokens/s   ${s.seconds.toFixed(1).padStart(7)} s   ${s.gflops.toFixed(0).padStart(4)} GFLOP/s   ${(100 * s.fractionOfPeak).toFixed(0).padStart(3)}% of peak   1 M tokens: ${s.millionTokensMinutes.toFixed(0)} min (extrapolated)   ${label}`);
+  const sides = [['ours', r.ours] as const, ...(r.pytorch ? [['PyTorch eager', r.pytorch] as const] : [])];
+  for (const [label, s] of sides) {
+    const million = r.shape.tokens >= 1e6 ? 'measured' : 'extrapolated';
+    console.log(`  ${s.tokensPerS.toFixed(0).padStart(8)} tokens/s   ${s.seconds.toFixed(1).padStart(7)} s   ${s.gflops.toFixed(0).padStart(4)} GFLOP/s   ${(100 * s.fractionOfPeak).toFixed(0).padStart(3)}% of peak   1 M tokens: ${s.millionTokensMinutes.toFixed(0)} min (${million})   ${label}`);
   }
-  console.log(`  ratio    ${r.ratio.toFixed(2)}x (PyTorch time / ours); counts equal for ${(100 * r.agreement.countsEqual).toFixed(2)}% of features, top rows for ${(100 * r.agreement.topRowsEqual).toFixed(2)}% of slots`);
+  if (r.ratio !== undefined && r.agreement) console.log(`  ratio    ${r.ratio.toFixed(2)}x (PyTorch time / ours); counts equal for ${(100 * r.agreement.countsEqual).toFixed(2)}% of features, top rows for ${(100 * r.agreement.topRowsEqual).toFixed(2)}% of slots`);
+  else console.log('  (PyTorch baseline not run: --features-baseline false)');
   if (r.cards) console.log(`  cards    ${r.cards.seconds.toFixed(1)} s for ${r.cards.features} cards (${(r.cards.bytes / 1e6).toFixed(0)} MB)`);
 }
