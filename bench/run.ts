@@ -15,8 +15,11 @@
  * Service overhead (--only service, bench/service.ts): graphs and feature cards through the HTTP routes against the
  * library calls, on the shipped model; --rounds.
  * Feature dashboards (--only features, bench/features.ts): the streaming pass over GPT-2-small with 12 x 24576 relu
- * features against bench/features_baseline.py; --features-tokens (default 4096), --features-d-sae, --features-cards false.
- * `--only llama`, `--only graph`, `--only train-clt` and `--only features` are not part of a plain `npm run bench` (they need ~2.5 GB of disk
+ * features against bench/features_baseline.py; --features-tokens (default 4096), --features-d-sae, --features-cards false,
+ * --features-baseline false (ours only: the 1 M-token run, --features-tokens 1000000).
+ * Data-parallel training (--only train-distributed, bench/train_distributed.ts): the same run in 1 and 2 processes
+ * over gloo, the all-reduce time per step against torch.distributed's; --train-steps, --train-d-sae, --train-batch.
+ * `--only llama`, `--only graph`, `--only train-clt`, `--only features` and `--only train-distributed` are not part of a plain `npm run bench` (they need ~2.5 GB of disk
  * and ~12 GB of memory, and several minutes each): name them.
  * Training benchmark (--only train, bench/train.ts): --train-archs relu,relu-trained,topk, --train-d-sae N (default
  * 24576), --train-batch N (default 4096), --train-steps N (timed steps per side and round; default 3;
@@ -36,6 +39,7 @@ import { benchSearch } from './search.js';
 import { benchTrain, type TrainArch } from './train.js';
 import { benchTrainCrossLayer, printTrainCrossLayer } from './train_clt.js';
 import { benchFeatures, printFeatures } from './features.js';
+import { benchTrainDistributed, printTrainDistributed } from './train_distributed.js';
 import { benchService, printService } from './service.js';
 
 const { values } = parseArgs({
@@ -62,11 +66,12 @@ const { values } = parseArgs({
     'features-tokens': { type: 'string' },
     'features-d-sae': { type: 'string' },
     'features-cards': { type: 'string' },
+    'features-baseline': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
 if (values.help) {
-  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search|train|service|llama|graph|train-clt|features] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N] [--llama-load false] [--graph-part a|b] [--train-archs relu,relu-trained,topk] [--train-d-sae N] [--train-batch N] [--train-steps N] [--train-check-steps N] [--e2e-steps N] [--e2e-d-sae N] [--e2e-batch N] [--features-tokens N] [--features-d-sae N] [--features-cards false]');
+  console.log('Usage: npm run bench -- [--iters N] [--rounds N] [--threads N] [--cache DIR] [--only forward|concurrency|connections|search|train|service|llama|graph|train-clt|features|train-distributed] [--connections-rows N] [--connections-iters N] [--search-repeats N] [--concurrency-calls N] [--llama-load false] [--graph-part a|b] [--train-archs relu,relu-trained,topk] [--train-d-sae N] [--train-batch N] [--train-steps N] [--train-check-steps N] [--e2e-steps N] [--e2e-d-sae N] [--e2e-batch N] [--features-tokens N] [--features-d-sae N] [--features-cards false] [--features-baseline false]');
   process.exit(0);
 }
 const root = new URL('..', import.meta.url).pathname;
@@ -75,7 +80,7 @@ mkdirSync(cacheDir, { recursive: true });
 
 const BENCHES = ['forward', 'concurrency', 'connections', 'search', 'train', 'service'];
 /** Run only when named with --only. */
-const HEAVY = ['llama', 'graph', 'train-clt', 'features'];
+const HEAVY = ['llama', 'graph', 'train-clt', 'features', 'train-distributed'];
 if (values.only !== undefined && !BENCHES.includes(values.only) && !HEAVY.includes(values.only)) {
   console.error(`--only must be one of ${[...BENCHES, ...HEAVY].join(', ')}, got '${values.only}'`);
   process.exit(2);
@@ -226,10 +231,25 @@ const features = wants('features')
       ...(values['features-tokens'] ? { tokens: Number(values['features-tokens']) } : {}),
       ...(values['features-d-sae'] ? { dSae: Number(values['features-d-sae']) } : {}),
       ...(values['features-cards'] === 'false' ? { cards: false } : {}),
+      ...(values['features-baseline'] === 'false' ? { baseline: false } : {}),
+      // A line per ~2% of the pass, so a long run (--features-tokens 1000000) shows where it is.
+      onProgress: (() => {
+        const t0 = performance.now();
+        let next = 0;
+        return (done: number, total: number) => {
+          if (done < next && done < total) return;
+          next = done + Math.max(1, Math.floor(total / 50));
+          console.error(`features pass: ${done}/${total} rows, ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+        };
+      })(),
       ...(values.threads ? { threads: Number(values.threads) } : {}),
     })
   : undefined;
 if (features) printFeatures(features);
+const trainDistributed = wants('train-distributed')
+  ? await benchTrainDistributed({ cacheDir, ...(values['train-steps'] ? { steps: Number(values['train-steps']) } : {}), ...(values['train-d-sae'] ? { dSae: Number(values['train-d-sae']) } : {}), ...(values['train-batch'] ? { batch: Number(values['train-batch']) } : {}) })
+  : undefined;
+if (trainDistributed) printTrainDistributed(trainDistributed);
 
 const service = wants('service') ? await benchService({ ...(values.rounds ? { rounds: Number(values.rounds) } : {}) }) : undefined;
 if (service) printService(service);
@@ -264,4 +284,4 @@ mkdirSync(resultsDir, { recursive: true });
 // With --only, the other benchmark's last result is kept.
 const latest = join(resultsDir, 'latest.json');
 const previous = values.only !== undefined && existsSync(latest) ? (JSON.parse(readFileSync(latest, 'utf8')) as Record<string, unknown>) : {};
-writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}), ...(train ? { train } : {}), ...(llama ? { llama } : {}), ...(graph ? { graph: { ...previous.graph as object, ...graph } } : {}), ...(trainClt ? { trainCrossLayer: trainClt } : {}), ...(features ? { features } : {}), ...(service ? { service } : {}) }, null, 2));
+writeFileSync(latest, JSON.stringify({ ...previous, date: new Date().toISOString(), ...(forward ? { forward } : {}), ...(concurrency ? { concurrency } : {}), ...(connections ? { connections } : {}), ...(search ? { search } : {}), ...(train ? { train } : {}), ...(llama ? { llama } : {}), ...(graph ? { graph: { ...previous.graph as object, ...graph } } : {}), ...(trainClt ? { trainCrossLayer: trainClt } : {}), ...(features ? { features } : {}), ...(trainDistributed ? { trainDistributed } : {}), ...(service ? { service } : {}) }, null, 2));

@@ -180,6 +180,8 @@ export interface NativeRunProgress {
   step: number;
   position: number;
   metrics: NativeStepMetrics[];
+  /** Data-parallel: seconds in collectives since the previous report. */
+  collectiveSeconds: number;
 }
 
 export interface NativeRunSnapshot {
@@ -193,6 +195,7 @@ export interface NativeTrainingRunResult {
   position: number;
   exhausted: boolean;
   stopped: boolean;
+  collectiveSeconds: number;
 }
 
 export interface NativeTrainingRun {

@@ -1,7 +1,10 @@
 /** `transcoders train`: trains transcoders for one or more layers (see lib/transcoders/training-run.ts). */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { InvalidArgumentError } from '../errors.js';
+import { readTokenFileHeader } from '../data/token-file.js';
+import { joinOptionsFromEnv, ProcessGroup } from '../distributed/process-group.js';
+import { LAUNCHED_ENV, launchWorkers } from '../distributed/launch.js';
+import { DistributedError, InvalidArgumentError } from '../errors.js';
 import { loadModel, PROCESSINGS, type Model } from '../models/model.js';
 import { readCacheLayers } from '../transcoders/activation-cache.js';
 import { findResumePoint } from '../transcoders/checkpoints.js';
@@ -9,13 +12,13 @@ import { TRANSCODER_ARCHS, type TranscoderArch, type TranscoderConfig } from '..
 import { loadTranscoder } from '../transcoders/formats/index.js';
 import { CONFIG_FILE } from '../transcoders/formats/native.js';
 import { CROSS_LAYER_FOLDER } from '../transcoders/checkpoints.js';
-import { CROSS_LAYER_RUN_ARCHS, isCrossLayerRunArch, trainTranscoders, type CrossLayerRunArch, type TrainRunOptions } from '../transcoders/training-run.js';
+import { checkDataParallel, CROSS_LAYER_RUN_ARCHS, isCrossLayerRunArch, trainTranscoders, type CrossLayerRunArch, type TrainRunOptions } from '../transcoders/training-run.js';
 import type { Transcoder } from '../transcoders/transcoder.js';
 import {
   DEVICE_OPTION, applyThreads, THREADS_OPTION, checkInputPaths, checkModelArgument, checkOutputPaths, choiceOption, intOption, listOption,
   numberOption, rejectOptions, type Command, type OptionValues,
 } from './command.js';
-import { CONTEXT_SIZE_OPTION, parseLayers, withTokenFile } from './data.js';
+import { CONTEXT_SIZE_OPTION, isTokenFile, parseLayers, tokenFileFor, withTokenFile } from './data.js';
 import { ProgressBar } from './progress.js';
 
 const SCHEDULES = ['constant', 'constantwithwarmup', 'linearwarmupdecay', 'cosineannealingwarmup'] as const;
@@ -114,6 +117,19 @@ export function planTraining(values: OptionValues): TrainPlan {
     rejectOptions(values, ['resample-every'], 'to training from --activations: resampling runs the model (give <model-dir> --data)');
   }
   if (values.resume === true) rejectOptions(values, ['init', 'bias-init'], 'with --resume: the run continues from the weights of its checkpoint');
+  const nproc = intOption(values.nproc, 'nproc', 1) ?? 1;
+  const launched = Number(joinOptionsFromEnv().worldSize ?? 1);
+  const worldSize = nproc > 1 ? nproc : launched;
+  if (nproc > 1 && launched > 1) {
+    throw new InvalidArgumentError(`--nproc starts its own processes: it cannot run under a launcher that already set WORLD_SIZE=${process.env.WORLD_SIZE}`);
+  }
+  if (worldSize > 1) {
+    const how = nproc > 1 ? `--nproc ${nproc}` : `WORLD_SIZE=${worldSize}`;
+    if (isCrossLayerRunArch(arch)) throw new InvalidArgumentError(`${how}: data-parallel training covers per-layer transcoders; train --arch ${arch} in one process`);
+    rejectOptions(values, ['resample-every'], `with ${how}: each process would resample from its own rows`);
+    if (batchSize % worldSize !== 0) throw new InvalidArgumentError(`${how}: the batch of ${batchSize} rows${values['batch-size'] === undefined ? ' (the default --batch-size)' : ''} does not split over ${worldSize} processes`);
+  }
+  if (values['dist-timeout'] !== undefined && !(numberOption(values['dist-timeout'], 'dist-timeout')! > 0)) throw new InvalidArgumentError(`--dist-timeout must be a positive number of seconds, got '${values['dist-timeout']}'`);
   if (values.init !== undefined) rejectOptions(values, ['bias-init'], 'with --init: the biases come from the given weights');
   return { arch, dSae, ...(k !== undefined && { k }), batchSize, recipe };
 }
@@ -229,105 +245,181 @@ export const trainCommand: Command = {
     device: DEVICE_OPTION,
     threads: THREADS_OPTION,
     quiet: { type: 'boolean', short: 'q', description: 'no progress bar' },
+    'log-every': { type: 'string', value: 'N', description: 'steps between the metrics lines of OUT/train.jsonl (default 10)' },
+    nproc: { type: 'string', value: 'N', description: 'data-parallel: train in N local processes (gloo), the batch split among them' },
+    'dist-timeout': { type: 'string', value: 'S', description: 'data-parallel: seconds a process waits for the others (joining, each step) before failing (default 600)' },
   },
   async run(values, positionals) {
     applyThreads(values);
     const plan = planTraining(values);
-    const data = listOption(values, 'data');
-    const activations = values.activations as string | undefined;
-    if (activations && positionals[0] !== undefined) throw new InvalidArgumentError(`unexpected argument '${positionals[0]}': training from --activations needs no model folder`);
-    const modelDir = checkModelArgument(positionals[0], 'model-dir');
-    checkInputPaths(values, ['data', 'activations', 'init']);
-    checkOutputPaths(values, { out: 'folder' });
-    const out = resolve(values.out as string);
-    const skip = values.skip === true;
-    const device = (values.device as string | undefined) ?? 'cpu';
-    // From a cache: the cached layers, or those of --layers (readCacheLayers names the missing ones).
-    const cacheLayers = activations ? readCacheLayers(activations, values.layers ? parseLayers(values.layers as string) : undefined).layers : null;
-    let model: Model | null = null;
-    if (!activations) {
-      // Cross-layer transcoders default to the raw model: circuit-tracer, which serves them, runs it raw.
-      const processing = choiceOption(values.processing, 'processing', PROCESSINGS) ?? (isCrossLayerRunArch(plan.arch) ? 'none' : 'transformerlens');
-      model = await loadModel(modelDir!, { processing, device });
+    const nproc = intOption(values.nproc, 'nproc', 1) ?? 1;
+    if (nproc > 1) {
+      checkInputPaths(values, ['data', 'activations', 'init']);
+      checkOutputPaths(values, { out: 'folder' });
+      await trainInProcesses(nproc, values, plan);
+      return;
     }
-    const layers = cacheLayers ?? parseLayers(values.layers as string | undefined, model?.config.nLayers);
-    if (values.resume === true) checkResumable(out, layers, plan, skip);
-    const init = values.init ? await initialWeights(values.init as string, layers, plan, skip) : undefined;
-
-    const options: Omit<TrainRunOptions, 'data'> = {
-      layers,
-      arch: plan.arch,
-      dSae: plan.dSae,
-      skip,
-      ...(plan.k !== undefined && { k: plan.k }),
-      ...(values.bandwidth !== undefined && { bandwidth: numberOption(values.bandwidth, 'bandwidth')! }),
-      ...(values.l1 !== undefined && { l1Coefficient: numberOption(values.l1, 'l1')! }),
-      ...(values.l0 !== undefined && { l0Coefficient: numberOption(values.l0, 'l0')! }),
-      ...(values['auxk-alpha'] !== undefined && { auxkAlpha: numberOption(values['auxk-alpha'], 'auxk-alpha')! }),
-      ...(values.sparsity !== undefined && { sparsity: choiceOption(values.sparsity, 'sparsity', CLT_SPARSITIES)! }),
-      ...(values['sparsity-coefficient'] !== undefined && { sparsityCoefficient: numberOption(values['sparsity-coefficient'], 'sparsity-coefficient')! }),
-      ...(values['tanh-scale'] !== undefined && { tanhScale: numberOption(values['tanh-scale'], 'tanh-scale')! }),
-      ...(values.preact !== undefined && { preactCoefficient: numberOption(values.preact, 'preact')! }),
-      recipe: plan.recipe,
-      ...(values.lr !== undefined && { lr: numberOption(values.lr, 'lr')! }),
-      ...(values['lr-schedule'] !== undefined && { schedule: choiceOption(values['lr-schedule'], 'lr-schedule', SCHEDULES)! }),
-      ...(values['warmup-steps'] !== undefined && { warmupSteps: intOption(values['warmup-steps'], 'warmup-steps')! }),
-      ...(values['l1-warmup-steps'] !== undefined && { sparsityWarmupSteps: intOption(values['l1-warmup-steps'], 'l1-warmup-steps')! }),
-      ...(values['max-grad-norm'] !== undefined && { maxGradNorm: numberOption(values['max-grad-norm'], 'max-grad-norm')! }),
-      ...(values['ghost-grads'] !== undefined && { ghostGrads: values['ghost-grads'] === 'on' }),
-      ...(values['compute-dtype'] !== undefined && { computeDtype: choiceOption(values['compute-dtype'], 'compute-dtype', COMPUTE_DTYPES)! }),
-      ...(values['dead-feature-window'] !== undefined && { deadFeatureWindow: intOption(values['dead-feature-window'], 'dead-feature-window', 1)! }),
-      ...(values['optimizer-state-dtype'] !== undefined && { optimizerStateDtype: choiceOption(values['optimizer-state-dtype'], 'optimizer-state-dtype', STATE_DTYPES)! }),
-      ...(values['optimizer-state-device'] !== undefined && { optimizerStateDevice: values['optimizer-state-device'] as string }),
-      ...(values['resample-every'] !== undefined && { resampleEvery: intOption(values['resample-every'], 'resample-every', 1)! }),
-      batchSize: plan.batchSize,
-      ...(values.steps !== undefined && { steps: intOption(values.steps, 'steps', 1)! }),
-      ...(values.tokens !== undefined && { tokens: intOption(values.tokens, 'tokens', 1)! }),
-      ...(values['buffer-rows'] !== undefined && { bufferRows: intOption(values['buffer-rows'], 'buffer-rows', 2)! }),
-      noShuffle: values['no-shuffle'] === true,
-      ...(values['bias-init'] !== undefined && { biasInit: choiceOption(values['bias-init'], 'bias-init', BIAS_INITS)! }),
-      ...(values['checkpoint-every'] !== undefined && { checkpointEveryTokens: intOption(values['checkpoint-every'], 'checkpoint-every', 1)! }),
-      ...(init && { init }),
-      resume: values.resume === true,
-      seed: intOption(values.seed, 'seed') ?? 0,
-      device,
-      out,
-    };
-    const totalSteps = options.steps ?? Math.floor(options.tokens! / plan.batchSize);
-
-    const createdOut = !existsSync(out);
-    mkdirSync(out, { recursive: true });
-    const train = async (data: TrainRunOptions['data']) => {
-      const bar = values.quiet ? null : new ProgressBar('training', totalSteps, ' steps');
-      const controller = new AbortController();
-      const onSignal = () => {
-        bar?.close();
-        process.stderr.write('stopping after the current step (a checkpoint will be written)...\n');
-        controller.abort();
-      };
-      process.once('SIGINT', onSignal);
-      try {
-        return await trainTranscoders({
-          ...options, data, signal: controller.signal, onProgress: (p) => bar?.update(p.step, progressDetail(p.metrics)),
-          // Warnings come before the first progress report (lock, checkpoint selection).
-          onWarning: (message) => process.stderr.write(`transcoders train: warning: ${message}\n`),
-        });
-      } finally {
-        process.off('SIGINT', onSignal);
-        bar?.close();
-      }
-    };
-    let result;
+    // Started by a launcher (ours, torchrun, SLURM): one rank of a data-parallel run.
+    const group = await joinLaunchedGroup(values);
     try {
-      result = model ? await withTokenFile(model, data, values['context-size'], out, (tokenFile) => train({ tokenFile, model: model! })) : await train({ activations: activations! });
-    } catch (err) {
-      // A run that failed before writing anything leaves no empty output folder behind.
-      if (createdOut && readdirSync(out).length === 0) rmdirSync(out);
-      throw err;
+      await trainHere(values, positionals, plan, group);
+    } finally {
+      group?.leave();
     }
-    const why = result.stopped ? ' (stopped; resume with --resume)' : result.exhausted ? ' (the data ran out)' : '';
-    console.log(`trained ${result.steps} steps, ${result.tokens} tokens${why}`);
-    if (result.crossLayer) console.log(`  ${join(out, CROSS_LAYER_FOLDER)}`);
-    for (const l of result.crossLayer ? [] : layers) console.log(`  ${join(out, `layer_${l}`)}`);
   },
 };
+
+/**
+ * --nproc N: the same command in N processes (lib/distributed/launch.ts), each with its launcher
+ * variables and its share of the threads; throws when a rank fails, naming it.
+ */
+async function trainInProcesses(nproc: number, values: OptionValues, plan: TrainPlan): Promise<void> {
+  // The workers run this process's own command line (the CLI script, as bin/transcoders.js starts it).
+  const [script, ...rest] = process.argv.slice(1);
+  // This command line without --nproc and --threads (the launcher gives each worker its threads).
+  const args: string[] = [];
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i]!;
+    if (a === '--nproc' || a === '--threads') {
+      i++;
+      continue;
+    }
+    if (a.startsWith('--nproc=') || a.startsWith('--threads=')) continue;
+    args.push(a);
+  }
+  // What can be checked without the model, before starting anything.
+  const data = listOption(values, 'data');
+  const context = data.length === 1 && isTokenFile(data[0]!) ? readTokenFileHeader(data[0]!).contextSize : null;
+  if (context !== null || values.activations !== undefined) checkDataParallel({ arch: plan.arch }, plan.batchSize, nproc, context);
+  const threads = intOption(values.threads, 'threads', 1);
+  const result = await launchWorkers({ nproc, args: [...process.execArgv, script!, ...args], ...(threads && { threadsPerWorker: threads }) });
+  if (result.code === 0) return;
+  const message = `data-parallel training failed: ${result.failures.join('; ')}`;
+  // The ranks' own messages are above; a rank that refused its arguments makes this a usage error too.
+  throw result.code === 2 ? new InvalidArgumentError(message) : new DistributedError(message);
+}
+
+/** The process group of a launched rank (WORLD_SIZE > 1 in the environment), or null for a single process. */
+async function joinLaunchedGroup(values: OptionValues): Promise<ProcessGroup | null> {
+  const env = joinOptionsFromEnv();
+  if ((env.worldSize ?? 1) <= 1) return null;
+  const timeoutMs = Math.round(1000 * (numberOption(values['dist-timeout'], 'dist-timeout') ?? 600));
+  return ProcessGroup.join({ ...env, timeoutMs });
+}
+
+async function trainHere(values: OptionValues, positionals: string[], plan: TrainPlan, group: ProcessGroup | null): Promise<void> {
+  const data = listOption(values, 'data');
+  const activations = values.activations as string | undefined;
+  if (activations && positionals[0] !== undefined) throw new InvalidArgumentError(`unexpected argument '${positionals[0]}': training from --activations needs no model folder`);
+  const modelDir = checkModelArgument(positionals[0], 'model-dir');
+  checkInputPaths(values, ['data', 'activations', 'init']);
+  checkOutputPaths(values, { out: 'folder' });
+  const out = resolve(values.out as string);
+  const skip = values.skip === true;
+  const device = (values.device as string | undefined) ?? 'cpu';
+  // From a cache: the cached layers, or those of --layers (readCacheLayers names the missing ones).
+  const cacheLayers = activations ? readCacheLayers(activations, values.layers ? parseLayers(values.layers as string) : undefined).layers : null;
+  let model: Model | null = null;
+  if (!activations) {
+    // Cross-layer transcoders default to the raw model: circuit-tracer, which serves them, runs it raw.
+    const processing = choiceOption(values.processing, 'processing', PROCESSINGS) ?? (isCrossLayerRunArch(plan.arch) ? 'none' : 'transformerlens');
+    model = await loadModel(modelDir!, { processing, device });
+  }
+  const layers = cacheLayers ?? parseLayers(values.layers as string | undefined, model?.config.nLayers);
+  if (values.resume === true) checkResumable(out, layers, plan, skip);
+  const init = values.init ? await initialWeights(values.init as string, layers, plan, skip) : undefined;
+
+  const options: Omit<TrainRunOptions, 'data'> = {
+    layers,
+    arch: plan.arch,
+    dSae: plan.dSae,
+    skip,
+    ...(plan.k !== undefined && { k: plan.k }),
+    ...(values.bandwidth !== undefined && { bandwidth: numberOption(values.bandwidth, 'bandwidth')! }),
+    ...(values.l1 !== undefined && { l1Coefficient: numberOption(values.l1, 'l1')! }),
+    ...(values.l0 !== undefined && { l0Coefficient: numberOption(values.l0, 'l0')! }),
+    ...(values['auxk-alpha'] !== undefined && { auxkAlpha: numberOption(values['auxk-alpha'], 'auxk-alpha')! }),
+    ...(values.sparsity !== undefined && { sparsity: choiceOption(values.sparsity, 'sparsity', CLT_SPARSITIES)! }),
+    ...(values['sparsity-coefficient'] !== undefined && { sparsityCoefficient: numberOption(values['sparsity-coefficient'], 'sparsity-coefficient')! }),
+    ...(values['tanh-scale'] !== undefined && { tanhScale: numberOption(values['tanh-scale'], 'tanh-scale')! }),
+    ...(values.preact !== undefined && { preactCoefficient: numberOption(values.preact, 'preact')! }),
+    recipe: plan.recipe,
+    ...(values.lr !== undefined && { lr: numberOption(values.lr, 'lr')! }),
+    ...(values['lr-schedule'] !== undefined && { schedule: choiceOption(values['lr-schedule'], 'lr-schedule', SCHEDULES)! }),
+    ...(values['warmup-steps'] !== undefined && { warmupSteps: intOption(values['warmup-steps'], 'warmup-steps')! }),
+    ...(values['l1-warmup-steps'] !== undefined && { sparsityWarmupSteps: intOption(values['l1-warmup-steps'], 'l1-warmup-steps')! }),
+    ...(values['max-grad-norm'] !== undefined && { maxGradNorm: numberOption(values['max-grad-norm'], 'max-grad-norm')! }),
+    ...(values['ghost-grads'] !== undefined && { ghostGrads: values['ghost-grads'] === 'on' }),
+    ...(values['compute-dtype'] !== undefined && { computeDtype: choiceOption(values['compute-dtype'], 'compute-dtype', COMPUTE_DTYPES)! }),
+    ...(values['dead-feature-window'] !== undefined && { deadFeatureWindow: intOption(values['dead-feature-window'], 'dead-feature-window', 1)! }),
+    ...(values['optimizer-state-dtype'] !== undefined && { optimizerStateDtype: choiceOption(values['optimizer-state-dtype'], 'optimizer-state-dtype', STATE_DTYPES)! }),
+    ...(values['optimizer-state-device'] !== undefined && { optimizerStateDevice: values['optimizer-state-device'] as string }),
+    ...(values['resample-every'] !== undefined && { resampleEvery: intOption(values['resample-every'], 'resample-every', 1)! }),
+    batchSize: plan.batchSize,
+    ...(values.steps !== undefined && { steps: intOption(values.steps, 'steps', 1)! }),
+    ...(values.tokens !== undefined && { tokens: intOption(values.tokens, 'tokens', 1)! }),
+    ...(values['buffer-rows'] !== undefined && { bufferRows: intOption(values['buffer-rows'], 'buffer-rows', 2)! }),
+    noShuffle: values['no-shuffle'] === true,
+    ...(values['bias-init'] !== undefined && { biasInit: choiceOption(values['bias-init'], 'bias-init', BIAS_INITS)! }),
+    ...(values['checkpoint-every'] !== undefined && { checkpointEveryTokens: intOption(values['checkpoint-every'], 'checkpoint-every', 1)! }),
+    ...(values['log-every'] !== undefined && { logEvery: intOption(values['log-every'], 'log-every', 1)! }),
+    ...(init && { init }),
+    resume: values.resume === true,
+    seed: intOption(values.seed, 'seed') ?? 0,
+    device,
+    out,
+  };
+  const totalSteps = options.steps ?? Math.floor(options.tokens! / plan.batchSize);
+
+  const createdOut = !existsSync(out);
+  mkdirSync(out, { recursive: true });
+  // Data-parallel: rank 0 shows the progress, the warnings and the result.
+  const root = (group?.rank ?? 0) === 0;
+  const train = async (data: TrainRunOptions['data']) => {
+    const bar = values.quiet || !root ? null : new ProgressBar('training', totalSteps, ' steps');
+    const controller = new AbortController();
+    const onSignal = () => {
+      if (controller.signal.aborted) return;
+      bar?.close();
+      if (root) process.stderr.write('stopping after the current step (a checkpoint will be written)...\n');
+      controller.abort();
+    };
+    // A worker of --nproc gets a terminal's Ctrl-C twice (from the terminal and passed on by the
+    // launcher): only the first counts. A single process: a second Ctrl-C ends it at once.
+    if (process.env[LAUNCHED_ENV]) process.on('SIGINT', onSignal);
+    else process.once('SIGINT', onSignal);
+    try {
+      return await trainTranscoders({
+        ...options, data, signal: controller.signal, onProgress: (p) => bar?.update(p.step, progressDetail(p.metrics)),
+        ...(group && { processGroup: group }),
+        // Warnings come before the first progress report (lock, checkpoint selection).
+        onWarning: (message) => {
+          if (root) process.stderr.write(`transcoders train: warning: ${message}\n`);
+        },
+      });
+    } finally {
+      process.off('SIGINT', onSignal);
+      bar?.close();
+    }
+  };
+  let result;
+  try {
+    if (!model) result = await train({ activations: activations! });
+    else if (group && !(data.length === 1 && isTokenFile(data[0]!))) {
+      // Text is tokenised once, by rank 0, into OUT; the others read that file.
+      const tokenFile = root ? (await tokenFileFor(model, data, values['context-size'], out)).file : join(out, 'tokens.safetensors');
+      await group.barrier();
+      result = await train({ tokenFile, model });
+    } else result = await withTokenFile(model, data, values['context-size'], out, (tokenFile) => train({ tokenFile, model: model! }));
+  } catch (err) {
+    // A run that failed before writing anything leaves no empty output folder behind.
+    if (createdOut && readdirSync(out).length === 0) rmdirSync(out);
+    throw err;
+  }
+  if (!root) return;
+  const why = result.stopped ? ' (stopped; resume with --resume)' : result.exhausted ? ' (the data ran out)' : '';
+  const where = group ? ` in ${group.worldSize} processes (${result.collectiveSeconds.toFixed(2)} s in the gradient all-reduce on rank 0)` : '';
+  console.log(`trained ${result.steps} steps, ${result.tokens} tokens${where}${why}`);
+  if (result.crossLayer) console.log(`  ${join(out, CROSS_LAYER_FOLDER)}`);
+  for (const l of result.crossLayer ? [] : layers) console.log(`  ${join(out, `layer_${l}`)}`);
+}

@@ -74,7 +74,8 @@ export class ProcessGroup {
     return new ProcessGroup(group, group.rank, group.worldSize);
   }
 
-  private handle(): unknown {
+  /** The native group, for the training run (lib/transcoders/training-run.ts). @internal */
+  handle(): unknown {
     if (!this.group) throw new DistributedError('this process group was left');
     return this.group.handle;
   }

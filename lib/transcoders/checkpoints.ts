@@ -76,6 +76,8 @@ export interface CheckpointState {
    * applies, oldest first. Carried from checkpoint to checkpoint.
    */
   changes?: { step: number; option: string; from: unknown; to: unknown }[];
+  /** Processes of the data-parallel run that wrote it (absent: 1); a run resumes on any number. */
+  worldSize?: number;
 }
 
 export interface CheckpointLayer {

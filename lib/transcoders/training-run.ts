@@ -9,6 +9,7 @@
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { readTokenFileHeader, readTokenRows } from '../data/token-file.js';
+import type { ProcessGroup } from '../distributed/process-group.js';
 import { runOnDevice } from '../device-queue.js';
 import { InvalidArgumentError } from '../errors.js';
 import { appendFileChecked, toIoError } from '../io/atomic.js';
@@ -93,6 +94,18 @@ export interface TrainRunOptions extends TrainOptions, Omit<CrossLayerTrainOptio
   logEvery?: number;
   onProgress?: (progress: TrainProgress) => void;
   signal?: AbortSignal;
+  /**
+   * Data-parallel training (docs/distributed.md): this process is one rank of the group, and every
+   * rank calls trainTranscoders with the same options. `batchSize` stays the global batch: each rank
+   * trains on its batchSize / worldSize rows of every batch (read from its own slice of the data) and
+   * the gradients are summed over the ranks, so the weights are those one process would train on
+   * the same global batches. Rank 0 writes the log, the checkpoints and the final transcoders into
+   * `out` (with `resume`, every rank reads the checkpoint there: give a folder every rank sees).
+   * Per-layer transcoders only; no dead-feature resampling.
+   */
+  processGroup?: ProcessGroup;
+  /** Data-parallel: the size of the gradient all-reduce buckets, in bytes (default 32 MiB). */
+  bucketBytes?: number;
 }
 
 export interface TrainProgress {
@@ -101,6 +114,8 @@ export interface TrainProgress {
   tokens: number;
   /** One entry per layer, in `layers` order. */
   metrics: (StepMetrics & { layer: number })[];
+  /** Data-parallel: seconds spent in collectives (the gradient all-reduce) since the previous report. */
+  collectiveSeconds?: number;
 }
 
 export interface TrainResult {
@@ -118,6 +133,10 @@ export interface TrainResult {
   resumed?: { from: string; step: number; skipped: { dir: string; step: number; reason: string }[]; changes: NonNullable<CheckpointState['changes']> };
   /** Warnings of the run (also given to `onWarning`). */
   warnings: string[];
+  /** Processes that trained (1 without a process group). */
+  worldSize: number;
+  /** Data-parallel: seconds this rank spent in collectives over the run. */
+  collectiveSeconds: number;
 }
 
 const BIAS_SAMPLE_ROWS = 8192;
@@ -218,7 +237,18 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   if (widths.size > 1) throw new InvalidArgumentError(`the cached layers have different widths (${[...widths].join(', ')}): train them in separate runs`);
   const dIn = width ?? cache!.metas[0]!.dIn;
   const dOut = width ?? cache!.metas[0]!.dOut;
-  if ((opts.device ?? 'cpu').startsWith('cpu')) checkMemory(`training ${opts.layers.length} transcoder(s) of ${opts.dSae} features`, trainingMemory(opts, dIn, dOut, batchSize));
+  const group = opts.processGroup ?? null;
+  if (group) checkDataParallel(opts, batchSize, group.worldSize, fromCache ? null : readTokenFileHeader((opts.data as TrainDataTokens).tokenFile).contextSize);
+  const localBatch = batchSize / (group?.worldSize ?? 1);
+  if ((opts.device ?? 'cpu').startsWith('cpu')) checkMemory(`training ${opts.layers.length} transcoder(s) of ${opts.dSae} features`, trainingMemory(opts, dIn, dOut, localBatch));
+  const warnings: string[] = [];
+  const warn = (message: string) => {
+    warnings.push(message);
+    opts.onWarning?.(message);
+  };
+  const context: RunContext = { out, batchSize, totalSteps, fromCache, model, hooks, hooksOf, cache, dIn, dOut, warnings, warn, group, root: (group?.rank ?? 0) === 0 };
+  // Only rank 0 writes into the output folder.
+  if (!context.root) return trainLocked(opts, context);
   try {
     mkdirSync(out, { recursive: true });
   } catch (err) {
@@ -226,17 +256,27 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   }
   // One run per output folder: a second one would interleave its checkpoints with ours.
   const lock = lockFolder(out, 'transcoders train');
-  const warnings: string[] = [];
-  const warn = (message: string) => {
-    warnings.push(message);
-    opts.onWarning?.(message);
-  };
   if (lock.tookOver) warn(`${lock.path}: took over the stale lock of process ${lock.tookOver.pid} (${lock.tookOver.what}; no longer running)`);
   try {
-    return await trainLocked(opts, { out, batchSize, totalSteps, fromCache, model, hooks, hooksOf, cache, dIn, dOut, warnings, warn });
+    return await trainLocked(opts, context);
   } finally {
     lock.release();
   }
+}
+
+/**
+ * What data-parallel training needs of the options: a batch that splits into whole sequences (of
+ * `context` tokens, null for an activation cache) per process, per-layer transcoders, no resampling.
+ */
+export function checkDataParallel(opts: Pick<TrainRunOptions, 'arch' | 'resampleEvery' | 'bucketBytes'>, batchSize: number, worldSize: number, context: number | null): void {
+  const per = batchSize / worldSize;
+  if (!Number.isInteger(per)) throw new InvalidArgumentError(`the batch of ${batchSize} rows does not split evenly over ${worldSize} processes: give a batch size that is a multiple of ${worldSize}`);
+  if (context !== null && per % context !== 0) {
+    throw new InvalidArgumentError(`each of the ${worldSize} processes reads whole sequences of ${context} tokens, so the batch size must be a multiple of ${worldSize} x ${context} = ${worldSize * context} (got ${batchSize})`);
+  }
+  if (isCrossLayerRunArch(opts.arch)) throw new InvalidArgumentError(`data-parallel training covers per-layer transcoders; train --arch ${opts.arch} in one process`);
+  if (opts.resampleEvery) throw new InvalidArgumentError('dead-feature resampling is not available in data-parallel training (each process would resample from its own rows)');
+  if (opts.bucketBytes !== undefined && !(Number.isInteger(opts.bucketBytes) && opts.bucketBytes >= 1024)) throw new InvalidArgumentError(`bucketBytes must be an integer of at least 1024, got ${opts.bucketBytes}`);
 }
 
 interface RunContext {
@@ -254,6 +294,9 @@ interface RunContext {
   dOut: number;
   warnings: string[];
   warn: (message: string) => void;
+  /** Data-parallel: the group, and whether this process is rank 0 (the one that writes). */
+  group: ProcessGroup | null;
+  root: boolean;
 }
 
 /** Transcoder options a resumed run cannot change (the weights are the checkpoint's). */
@@ -271,13 +314,20 @@ function checkResumeConflicts(config: TranscoderConfig | CrossLayerConfig, opts:
 }
 
 async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<TrainResult> {
-  const { out, batchSize, totalSteps, fromCache, model, cache, warnings, warn } = ctx;
+  const { out, batchSize, totalSteps, fromCache, model, cache, warnings, warn, group, root } = ctx;
+  const world = group?.worldSize ?? 1;
   const checkpointsDir = join(out, 'checkpoints');
   // The newest complete checkpoint, past broken ones; then leftovers of killed writes are cleaned
-  // (which also moves a complete copy left under a temporary name back into place).
-  const point = opts.resume ? findResumePoint(checkpointsDir) : { skipped: [] };
-  for (const s of point.skipped) warn(`--resume: the checkpoint ${s.dir} is broken (${s.reason}); falling back to an older one`);
-  cleanCheckpoints(checkpointsDir);
+  // (which also moves a complete copy left under a temporary name back into place). Data-parallel:
+  // rank 0 chooses and cleans, the others read once it has.
+  let point: ReturnType<typeof findResumePoint> = { skipped: [] };
+  if (root) {
+    if (opts.resume) point = findResumePoint(checkpointsDir);
+    for (const s of point.skipped) warn(`--resume: the checkpoint ${s.dir} is broken (${s.reason}); falling back to an older one`);
+    cleanCheckpoints(checkpointsDir);
+  }
+  if (group) await group.barrier();
+  if (!root && opts.resume) point = findResumePoint(checkpointsDir);
   const latest = point.latest ? listCheckpoints(checkpointsDir).find((c) => c.state.step === point.latest!.state.step) : undefined;
   if (opts.resume && !latest) throw new InvalidArgumentError(`--resume: no complete checkpoint in ${checkpointsDir}${point.skipped.length ? ` (${point.skipped.length} broken)` : ''}`);
   if (latest && latest.state.layers.join(',') !== opts.layers.join(',')) {
@@ -314,23 +364,26 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
   }
   const checkpointEverySteps = Math.max(1, Math.floor((opts.checkpointEveryTokens ?? Math.ceil((totalSteps * batchSize) / 10)) / batchSize));
   // Each slot's transcoder knows its placement: the model source reads the hooks it names.
+  // Data-parallel: each rank's batch is its slice of the global one; only rank 0 takes snapshots.
+  const localBatch = batchSize / world;
   const run = new (native().TrainingRun)({
     slots: slots.map((t) => t.handle),
     source,
     options: {
-      batchSize,
+      batchSize: localBatch,
       totalSteps,
-      bufferRows: opts.bufferRows ?? Math.min(262144, 64 * batchSize),
+      bufferRows: opts.bufferRows ?? Math.min(262144, 64 * localBatch),
       shuffle: !opts.noShuffle,
       seed: (opts.seed ?? 0) + (latest?.state.step ?? 0),
       logEvery: opts.logEvery ?? 10,
-      checkpointEvery: checkpointEverySteps,
+      checkpointEvery: root ? checkpointEverySteps : 0,
+      ...(group && { processGroup: group.handle(), ...(opts.bucketBytes !== undefined && { bucketBytes: opts.bucketBytes }) }),
     },
   });
   const abort = () => run.stop();
   opts.signal?.addEventListener('abort', abort);
   const log = join(out, 'train.jsonl');
-  if (latest) {
+  if (latest && root) {
     appendFileChecked(log, JSON.stringify({ time: new Date().toISOString(), event: 'resume', step: latest.state.step, from: latest.dir, skipped: point.skipped.map((s) => s.dir), changes: newChanges }) + '\n');
   }
   // An error in a callback reaches the native loop as a plain exception: keep ours (an IoError
@@ -345,12 +398,19 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
     }
   };
   const onProgress = guarded((p: NativeRunProgress) => {
-    const progress: TrainProgress = { step: p.step, totalSteps, tokens: p.step * batchSize, metrics: p.metrics.map((m, i) => ({ ...m, layer: opts.layers[i]! })) };
-    appendFileChecked(log, progress.metrics.map((m) => JSON.stringify({ time: new Date().toISOString(), tokens: progress.tokens, ...m })).join('\n') + '\n');
+    const progress: TrainProgress = {
+      step: p.step, totalSteps, tokens: p.step * batchSize, metrics: p.metrics.map((m, i) => ({ ...m, layer: opts.layers[i]! })),
+      ...(group && { collectiveSeconds: p.collectiveSeconds }),
+    };
+    const extra = group ? { collectiveSeconds: p.collectiveSeconds } : {};
+    if (root) appendFileChecked(log, progress.metrics.map((m) => JSON.stringify({ time: new Date().toISOString(), tokens: progress.tokens, ...m, ...extra })).join('\n') + '\n');
     opts.onProgress?.(progress);
   });
+  const stateOf = (step: number, position: number): CheckpointState => ({
+    step, position, tokens: step * batchSize, layers: opts.layers, ...(changes.length && { changes }), ...(world > 1 && { worldSize: world }),
+  });
   const onCheckpoint = guarded((s: NativeRunSnapshot) => {
-    const state: CheckpointState = { step: s.step, position: s.position, tokens: s.step * batchSize, layers: opts.layers, ...(changes.length && { changes }) };
+    const state = stateOf(s.step, s.position);
     writeCheckpoint(checkpointsDir, state, s.slots.map((tensors, i) => ({
       layer: slots[i]!.layer,
       config: slots[i]!.recorded(),
@@ -367,13 +427,12 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
     opts.signal?.removeEventListener('abort', abort);
   }
   // The final state is a checkpoint too (so that a stopped run can be resumed) and the result.
-  const finalState: CheckpointState = { step: result.steps, position: result.position, tokens: result.steps * batchSize, layers: opts.layers, ...(changes.length && { changes }) };
-  writeCheckpoint(checkpointsDir, finalState, slots.map((slot) => ({ layer: slot.layer, config: slot.recorded(), tensors: slot.snapshot() })));
-  const finals = await Promise.all(slots.map((slot) => slot.saveFinal(out)));
+  if (root) writeCheckpoint(checkpointsDir, stateOf(result.steps, result.position), slots.map((slot) => ({ layer: slot.layer, config: slot.recorded(), tensors: slot.snapshot() })));
+  const finals = await Promise.all(slots.map((slot) => slot.final(root ? out : null)));
   const resumed = latest ? { from: latest.dir, step: latest.state.step, skipped: point.skipped, changes: newChanges } : undefined;
   const transcoders = finals.filter((t): t is Transcoder => t instanceof Transcoder);
   const crossLayer = finals.find((t): t is CrossLayerTranscoder => t instanceof CrossLayerTranscoder);
-  return { transcoders, ...(crossLayer && { crossLayer }), steps: result.steps, tokens: result.steps * batchSize, stopped: result.stopped, exhausted: result.exhausted, out, ...(resumed && { resumed }), warnings };
+  return { transcoders, ...(crossLayer && { crossLayer }), steps: result.steps, tokens: result.steps * batchSize, stopped: result.stopped, exhausted: result.exhausted, out, ...(resumed && { resumed }), warnings, worldSize: world, collectiveSeconds: result.collectiveSeconds };
 }
 
 /** One slot of the native run: a transcoder and its trainer, as the run, its checkpoints and its result see it. */
@@ -388,8 +447,8 @@ interface TrainSlot {
   recorded(): TranscoderConfig | CrossLayerConfig;
   /** Parameters and trainer state now (the final checkpoint). */
   snapshot(): Record<string, Tensor>;
-  /** Writes the trained transcoder into the output folder and returns it. */
-  saveFinal(out: string): Promise<Transcoder | CrossLayerTranscoder>;
+  /** The trained transcoder, also written into the output folder when one is given. */
+  final(out: string | null): Promise<Transcoder | CrossLayerTranscoder>;
 }
 
 /** What a run records about its training in each transcoder's config. */
@@ -440,8 +499,9 @@ async function perLayerSlots(opts: TrainRunOptions, ctx: RunContext, latest: { d
       loadedTraining: tc.config.training,
       recorded,
       snapshot: () => ({ ...tc.parameters(), ...trainer.state().tensors }),
-      saveFinal: async (out) => {
+      final: async (out) => {
         const final = await Transcoder.fromParameters(recorded(), tc.parameters(), opts);
+        if (out === null) return final;
         const dir = join(out, `layer_${layer}`);
         try {
           saveTranscoder(final, dir);
@@ -496,8 +556,9 @@ async function crossLayerSlot(opts: TrainRunOptions, ctx: RunContext, latest: { 
     loadedTraining: clt.config.training,
     recorded,
     snapshot: () => ({ ...clt.parameters(), ...trainer.state().tensors }),
-    saveFinal: async (out) => {
+    final: async (out) => {
       const final = await CrossLayerTranscoder.fromParameters(recorded(), clt.parameters(), opts);
+      if (out === null) return final;
       const dir = join(out, CROSS_LAYER_FOLDER);
       try {
         saveCrossLayerTranscoder(final, dir);

@@ -18,12 +18,6 @@ struct Holder {
   std::shared_ptr<ProcessGroup> group;
 };
 
-std::shared_ptr<ProcessGroup> groupOf(const Napi::Value& v) {
-  if (!v.IsExternal()) throw InvalidArgument("expected a process group");
-  auto* holder = v.As<Napi::External<Holder>>().Data();
-  if (!holder->group) throw InvalidArgument("the process group was left (leave() was called)");
-  return holder->group;
-}
 
 ReduceKind reduceKind(const std::string& op) {
   if (op == "sum") return ReduceKind::Sum;
@@ -60,7 +54,7 @@ Napi::Value join(const Napi::CallbackInfo& info) {
 Napi::Value allReduce(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    auto pg = groupOf(info[0]);
+    auto pg = processGroupOf(info[0]);
     at::Tensor t = JsTensor::tensorOf(info[1], "tensor");
     ReduceKind kind = reduceKind(info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "sum");
     return Task<at::Tensor>::start(
@@ -72,7 +66,7 @@ Napi::Value allReduce(const Napi::CallbackInfo& info) {
 Napi::Value broadcast(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    auto pg = groupOf(info[0]);
+    auto pg = processGroupOf(info[0]);
     at::Tensor t = JsTensor::tensorOf(info[1], "tensor");
     if (!info[2].IsNumber()) throw InvalidArgument("broadcast: root must be a rank");
     int root = info[2].As<Napi::Number>().Int32Value();
@@ -85,7 +79,7 @@ Napi::Value broadcast(const Napi::CallbackInfo& info) {
 Napi::Value barrier(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    auto pg = groupOf(info[0]);
+    auto pg = processGroupOf(info[0]);
     return Task<bool>::start(
         env, "transcoders:barrier", [pg]() { pg->barrier(); return true; },
         [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
@@ -102,6 +96,13 @@ Napi::Value leave(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+std::shared_ptr<ProcessGroup> processGroupOf(const Napi::Value& v) {
+  if (!v.IsExternal()) throw InvalidArgument("expected a process group");
+  auto* holder = v.As<Napi::External<Holder>>().Data();
+  if (!holder->group) throw InvalidArgument("the process group was left (leave() was called)");
+  return holder->group;
+}
 
 Napi::Object distributedExports(Napi::Env env) {
   Napi::Object out = Napi::Object::New(env);

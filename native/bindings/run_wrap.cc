@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "bindings/cross_layer_wrap.h"
+#include "bindings/distributed_wrap.h"
 #include "bindings/js_errors.h"
 #include "bindings/js_args.h"
 #include "bindings/js_call.h"
@@ -18,7 +19,7 @@ namespace tc {
 namespace {
 
 // The activation source; a model source reads, for each slot, the hooks its transcoder is placed at.
-std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, const std::vector<RunSlot>& slots) {
+std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, const std::vector<RunSlot>& slots, DataSlice slice) {
   std::string kind = stringOr(s, "kind", "");
   int64_t startRow = intOr(s, "startRow", 0);
   if (kind == "model") {
@@ -36,7 +37,7 @@ std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, const std::v
     return std::make_unique<ModelActivationSource>(
         model, stringOr(file, "path", ""),
         static_cast<uint64_t>(intOr(file, "dataOffset", 0)), intOr(file, "rows", 0), intOr(file, "context", 0), std::move(hooks),
-        intOr(s, "sequencesPerForward", 8), startRow);
+        intOr(s, "sequencesPerForward", 8), startRow, slice);
   }
   if (kind == "cache") {
     // One list of shards per cached layer, in the order the slots consume them.
@@ -59,7 +60,7 @@ std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, const std::v
     if (pairs != layers.size()) {
       throw InvalidArgument("the slots train " + std::to_string(pairs) + " layers but the activation cache source has " + std::to_string(layers.size()));
     }
-    return std::make_unique<CacheActivationSource>(std::move(layers), startRow);
+    return std::make_unique<CacheActivationSource>(std::move(layers), startRow, slice);
   }
   throw InvalidArgument("unknown activation source '" + kind + "' (expected model or cache)");
 }
@@ -95,7 +96,13 @@ JsTrainingRun::JsTrainingRun(const Napi::CallbackInfo& info) : Napi::ObjectWrap<
     options.seed = static_cast<uint64_t>(intOr(o, "seed", 0));
     options.logEvery = std::max<int64_t>(1, intOr(o, "logEvery", options.logEvery));
     options.checkpointEvery = intOr(o, "checkpointEvery", 0);
-    std::unique_ptr<ActivationSource> source = sourceFrom(objectOr(spec.Get("source")), slots);
+    // Data-parallel: batchSize is this rank's slice of each global batch, and the source reads that slice.
+    DataSlice slice;
+    if (Napi::Value group = o.Get("processGroup"); !group.IsUndefined() && !group.IsNull()) {
+      options.dataParallel = std::make_shared<DataParallel>(processGroupOf(group), intOr(o, "bucketBytes", 32 << 20));
+      slice = {options.dataParallel->rank(), options.dataParallel->size(), options.batchSize};
+    }
+    std::unique_ptr<ActivationSource> source = sourceFrom(objectOr(spec.Get("source")), slots, slice);
     run_ = std::make_shared<TrainingRun>(std::move(slots), std::move(source), options);
     return 0;
   });
@@ -131,6 +138,7 @@ Napi::Value JsTrainingRun::run(const Napi::CallbackInfo& info) {
                   o.Set("step", static_cast<double>(p.step));
                   o.Set("position", static_cast<double>(p.position));
                   o.Set("metrics", metrics);
+                  o.Set("collectiveSeconds", p.collectiveSeconds);
                   return fn.Call({o});
                 },
                 [](Napi::Value) {}, "the training progress callback");
@@ -160,6 +168,7 @@ Napi::Value JsTrainingRun::run(const Napi::CallbackInfo& info) {
           o.Set("position", static_cast<double>(r.position));
           o.Set("exhausted", r.exhausted);
           o.Set("stopped", r.stopped);
+          o.Set("collectiveSeconds", r.collectiveSeconds);
           return o;
         });
   });

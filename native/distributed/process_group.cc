@@ -33,15 +33,15 @@ constexpr const char* kBarrierKey = "store_based_barrier_key:1";
 
 // Runs a c10d call; its failures (c10::Error, gloo's and the store's exceptions) as DistributedFailure.
 template <class F>
-auto distributed(const std::string& what, F&& f) -> decltype(f()) {
+auto distributed(const std::string& what, F&& f, const char* hint = "") -> decltype(f()) {
   try {
     return f();
   } catch (const InvalidArgument&) {
     throw;
   } catch (const c10::Error& e) {
-    throw DistributedFailure(what + ": " + e.what_without_backtrace());
+    throw DistributedFailure(what + ": " + e.what_without_backtrace() + hint);
   } catch (const std::exception& e) {
-    throw DistributedFailure(what + ": " + e.what());
+    throw DistributedFailure(what + ": " + e.what() + hint);
   }
 }
 
@@ -53,6 +53,9 @@ c10d::ReduceOp reduceOp(ReduceKind kind) {
     case ReduceKind::Sum: default: return c10d::ReduceOp::SUM;
   }
 }
+
+// Why a collective usually fails: said once, after the engine's own message.
+constexpr const char* kPeerHint = " (another rank exited, was killed, or did not reach this collective within the timeout)";
 
 void waitFor(const c10::intrusive_ptr<c10d::Work>& work, std::chrono::milliseconds timeout) {
   if (!work->wait(timeout)) throw DistributedFailure("the collective did not complete");
@@ -104,7 +107,25 @@ at::Tensor ProcessGroup::allReduce(const at::Tensor& tensor, ReduceKind kind) {
     ao.timeout = options_.timeout;
     waitFor(state_->group->allreduce(buffers, ao), options_.timeout);
     return buffers[0];
-  });
+  }, kPeerHint);
+}
+
+void ProcessGroup::allReduceInPlace(std::vector<at::Tensor>& buffers, ReduceKind kind) {
+  for (const at::Tensor& b : buffers)
+    if (!b.device().is_cpu() || !b.is_contiguous()) throw InvalidArgument("allReduceInPlace takes contiguous CPU tensors");
+  distributed("allReduce on rank " + std::to_string(rank()), [&] {
+    c10d::AllreduceOptions ao;
+    ao.reduceOp = reduceOp(kind);
+    ao.timeout = options_.timeout;
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    std::vector<std::vector<at::Tensor>> lists;
+    lists.reserve(buffers.size());
+    for (at::Tensor& b : buffers) {
+      lists.push_back({b});
+      works.push_back(state_->group->allreduce(lists.back(), ao));
+    }
+    for (auto& w : works) waitFor(w, options_.timeout);
+  }, kPeerHint);
 }
 
 at::Tensor ProcessGroup::broadcast(const at::Tensor& tensor, int root) {
@@ -117,7 +138,7 @@ at::Tensor ProcessGroup::broadcast(const at::Tensor& tensor, int root) {
     bo.timeout = options_.timeout;
     waitFor(state_->group->broadcast(buffers, bo), options_.timeout);
     return buffers[0];
-  });
+  }, kPeerHint);
 }
 
 void ProcessGroup::barrier() {
@@ -125,7 +146,7 @@ void ProcessGroup::barrier() {
     c10d::BarrierOptions bo;
     bo.timeout = options_.timeout;
     waitFor(state_->group->barrier(bo), options_.timeout);
-  });
+  }, kPeerHint);
 }
 
 }  // namespace tc
@@ -146,6 +167,7 @@ namespace {
 
 std::shared_ptr<ProcessGroup> ProcessGroup::join(const GroupOptions&) { unavailable(); }
 at::Tensor ProcessGroup::allReduce(const at::Tensor&, ReduceKind) { unavailable(); }
+void ProcessGroup::allReduceInPlace(std::vector<at::Tensor>&, ReduceKind) { unavailable(); }
 at::Tensor ProcessGroup::broadcast(const at::Tensor&, int) { unavailable(); }
 void ProcessGroup::barrier() { unavailable(); }
 

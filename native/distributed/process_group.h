@@ -14,6 +14,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace tc {
 
@@ -44,6 +45,9 @@ class ProcessGroup {
 
   // The element-wise reduction of `tensor` over every rank (a new tensor; `tensor` is not changed).
   at::Tensor allReduce(const at::Tensor& tensor, ReduceKind kind);
+  // Sums each of `buffers` (contiguous CPU tensors) over every rank, in place: all are started at
+  // once (gloo works through them on its threads) and waited for together.
+  void allReduceInPlace(std::vector<at::Tensor>& buffers, ReduceKind kind = ReduceKind::Sum);
   // `tensor` of rank `root`, on every rank.
   at::Tensor broadcast(const at::Tensor& tensor, int root);
   void barrier();

@@ -43,16 +43,18 @@ at::Tensor& preActivationsInto(at::Tensor& out, const TranscoderParams& p, const
   return at::mm_out(out, in(xOnes, compute), in(wBias, compute));
 }
 
-// The reconstruction loss and its gradient with respect to y_hat.
-std::pair<at::Tensor, at::Tensor> reconstruction(const at::Tensor& yHat, const at::Tensor& y, Reconstruction kind) {
+// The reconstruction loss and its gradient with respect to y_hat (with a reduction: this slice's
+// share of the global batch's loss, see losses.h).
+std::pair<at::Tensor, at::Tensor> reconstruction(const at::Tensor& yHat, const at::Tensor& y, Reconstruction kind, const BatchReduction* r) {
   at::Tensor diff = yHat - y;
   if (kind == Reconstruction::Paper) {
     // mean over elements of diff^2 / ||y_n||
+    const double share = rowShare(y.size(0), r);
     at::Tensor rowNorm = y.norm(2, {-1}, /*keepdim=*/true);
-    at::Tensor loss = (diff.pow(2) / rowNorm).mean();
-    return {loss, diff.mul(2.0 / static_cast<double>(diff.numel())).div_(rowNorm)};
+    at::Tensor loss = (diff.pow(2) / rowNorm).mean() * share;
+    return {loss, diff.mul(2.0 * share / static_cast<double>(diff.numel())).div_(rowNorm)};
   }
-  at::Tensor variance = (y - y.mean(0, /*keepdim=*/true)).pow(2).sum();
+  at::Tensor variance = totalVariance(y, r);
   at::Tensor loss = diff.pow(2).sum() / variance;
   return {loss, diff.mul(2.0).div_(variance)};
 }
@@ -100,7 +102,10 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
   const c10::ScalarType master = p.W_enc.scalar_type();
   const c10::ScalarType compute = options.computeDtype == c10::kBFloat16 ? c10::kBFloat16 : master;
   const bool portable = options.portableProducts;
-  const auto count = [&](int64_t n) { return at::scalar_tensor(static_cast<double>(n) / static_cast<double>(N), x.options().dtype(c10::kDouble)); };
+  // Means over rows are over the global batch's rows when this batch is a slice of it.
+  const BatchReduction* red = o.reduction;
+  const double rows = red ? static_cast<double>(red->globalRows) : static_cast<double>(N);
+  const auto count = [&](int64_t n) { return at::scalar_tensor(static_cast<double>(n) / rows, x.options().dtype(c10::kDouble)); };
   FastStepResult r;
 
   at::Tensor xc = x - p.b_dec;
@@ -109,7 +114,7 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
 
   if (spec.arch == TranscoderArch::ReLU) {
     at::Tensor& f = pre.clamp_min_(0);  // pre is not needed again: f > 0 exactly where pre > 0
-    const double l1PerRow = o.l1Coefficient / static_cast<double>(N);
+    const double l1PerRow = o.l1Coefficient / rows;
     const int64_t active = at::count_nonzero(f).item<int64_t>();
     r.l0 = count(active);
     r.sparse = static_cast<double>(active) < options.sparseBelowDensity * static_cast<double>(N) * static_cast<double>(m);
@@ -117,7 +122,7 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
       SparseEntries F = positiveEntries(f, portable);
       F.values = F.values.to(master);
       r.yHat = decodeSparse(p, F, x, portable);
-      std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction);
+      std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction, red);
       r.sparsity = F.values.sum() * l1PerRow;
       // Every entry is active, so the ReLU passes its gradient; |f|' = 1 there.
       at::Tensor dPre = entryDots(F, dYHat, p.W_dec, portable).add_(l1PerRow);
@@ -130,7 +135,7 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
       r.yHat = at::mm(f, wDec).to(master);
       if (p.W_skip.defined()) r.yHat.addmm_(x, p.W_skip);
       r.yHat.add_(p.b_dec_out);
-      std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction);
+      std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction, red);
       r.sparsity = at::sum(f, master) * l1PerRow;
       at::Tensor dY = in(dYHat, compute);
       productInto(gradOf(p.W_dec), f.t(), dY, compute);
@@ -149,7 +154,7 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
     at::Tensor topValues = pre.gather(1, topIdx).to(master);
     SparseEntries F = fixedEntries(topIdx, at::relu(topValues));
     r.yHat = decodeSparse(p, F, x, portable);
-    std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction);
+    std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction, red);
     at::Tensor dPre = entryDots(F, dYHat, p.W_dec, portable);
     at::threshold_backward_out(dPre, dPre, F.values, 0);
     at::Tensor& gradDec = gradOf(p.W_dec).zero_();
@@ -177,7 +182,7 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
       at::Tensor e = y - r.yHat;
       at::Tensor eHat = sparseTimesDense(A, wDead, portable);
       const double weight = o.auxkAlpha * std::min(1.0, static_cast<double>(nDead) / static_cast<double>(kAux));
-      auto [auxLoss, dEHat] = reconstruction(eHat, e, Reconstruction::Fvu);
+      auto [auxLoss, dEHat] = reconstruction(eHat, e, Reconstruction::Fvu, red);
       r.sparsity = auxLoss * weight;
       dEHat.mul_(weight);
       at::Tensor dAux = entryDots(A, dEHat, wDead, portable);

@@ -22,16 +22,42 @@ TrainingRun::TrainingRun(std::vector<RunSlot> slots, std::unique_ptr<ActivationS
     const RunSlot& slot = slots_[i];
     if (!(slot.trainer && slot.transcoder) && !(slot.crossTrainer && slot.crossLayer))
       throw InvalidArgument("training slot " + std::to_string(i) + " has neither a transcoder with its trainer nor a cross-layer one");
-    buffers_.emplace_back(options_.bufferRows, options_.shuffle, options_.seed + 7919 * i);
+    // Each rank shuffles its own slice with its own stream.
+    const uint64_t rankSeed = options_.dataParallel ? 1000003ULL * static_cast<uint64_t>(options_.dataParallel->rank()) : 0;
+    buffers_.emplace_back(options_.bufferRows, options_.shuffle, options_.seed + 7919 * i + rankSeed);
     if (slot.trainer && slot.trainer->options().resampleEvery > 0 && !source_->model())
       throw InvalidArgument("dead-feature resampling runs the model: it needs a model and token data, not an activation cache");
+    if (options_.dataParallel) {
+      if (slot.crossLayer) throw InvalidArgument("data-parallel training covers per-layer transcoders; a cross-layer transcoder trains in one process");
+      if (slot.trainer->options().resampleEvery > 0) throw InvalidArgument("dead-feature resampling is not available in data-parallel training (each rank would resample from its own rows)");
+      slot.trainer->setDataParallel(options_.dataParallel);
+    }
   }
   startPosition_ = source_->position();
   startStep_ = slots_.front().steps();
 }
 
 int64_t TrainingRun::position(int64_t steps) const {
-  return options_.shuffle ? source_->position() : startPosition_ + (steps - startStep_) * options_.batchSize;
+  const int64_t ranks = options_.dataParallel ? options_.dataParallel->size() : 1;
+  return options_.shuffle ? source_->position() : startPosition_ + (steps - startStep_) * options_.batchSize * ranks;
+}
+
+void TrainingRun::synchronizeStart() {
+  DataParallel& dp = *options_.dataParallel;
+  const int64_t step = slots_.front().steps();
+  at::Tensor steps = dp.max(at::tensor({static_cast<double>(step), -static_cast<double>(step)}, at::TensorOptions().dtype(c10::kDouble)));
+  if (steps[0].item<double>() != -steps[1].item<double>())
+    throw InvalidArgument("the ranks start at different steps (" + std::to_string(static_cast<int64_t>(-steps[1].item<double>())) + " to " +
+                          std::to_string(static_cast<int64_t>(steps[0].item<double>())) + "): every rank must resume from the same checkpoint");
+  for (RunSlot& slot : slots_) {
+    std::unique_lock lock(slot.transcoder->mutex());
+    std::vector<at::Tensor*> state;
+    for (auto& [name, t] : slot.transcoder->params().named()) state.push_back(t);
+    for (AdamState& a : slot.trainer->optimizer().state()) state.insert(state.end(), {&a.expAvg, &a.expAvgSq});
+    state.push_back(&slot.trainer->stepsSinceFired());
+    at::NoGradGuard noGrad;
+    dp.broadcastFromRoot(state);
+  }
 }
 
 std::vector<std::pair<std::string, at::Tensor>> TrainingRun::snapshotSlot(const RunSlot& slot) {
@@ -103,8 +129,31 @@ RunResult TrainingRun::run(const std::function<void(const RunProgress&)>& onProg
   bool exhausted = false;
   int64_t step = slots_.front().steps();
   RunProgress progress;
-  while (step < options_.totalSteps && !stop_) {
-    if (!fill(exhausted)) break;
+  DataParallel* dp = options_.dataParallel.get();
+  if (dp) {
+    synchronizeStart();
+    dp->takeSeconds();  // the per-step figures count the steps' collectives only
+  }
+  bool stopped = false;
+  while (step < options_.totalSteps) {
+    if (!dp) {
+      if (stop_) break;
+      if (!fill(exhausted)) break;
+    } else {
+      // Every rank takes the step or none does: a stop request or an exhausted slice on any rank
+      // ends the run on all of them at this step.
+      const bool stopHere = stop_;
+      const bool ready = stopHere || fill(exhausted);
+      at::Tensor flags = dp->max(at::tensor({stopHere ? 1.0f : 0.0f, ready ? 0.0f : 1.0f}));
+      if (flags[0].item<float>() > 0) {
+        stopped = true;
+        break;
+      }
+      if (flags[1].item<float>() > 0) {
+        exhausted = true;
+        break;
+      }
+    }
     progress.metrics.clear();
     for (size_t i = 0; i < slots_.size(); ++i) {
       auto [x, y] = buffers_[i].take(options_.batchSize);
@@ -134,7 +183,15 @@ RunResult TrainingRun::run(const std::function<void(const RunProgress&)>& onProg
     progress.step = step;
     progress.position = position(step);
     bool last = step >= options_.totalSteps;
-    if (onProgress && (step % options_.logEvery == 0 || last)) onProgress(progress);
+    if (dp) {
+      const double seconds = dp->takeSeconds();
+      progress.collectiveSeconds += seconds;
+      result.collectiveSeconds += seconds;
+    }
+    if (onProgress && (step % options_.logEvery == 0 || last)) {
+      onProgress(progress);
+      progress.collectiveSeconds = 0;
+    }
     if (onCheckpoint && options_.checkpointEvery > 0 && step % options_.checkpointEvery == 0 && !last) {
       RunSnapshot snap;
       snap.step = step;
@@ -148,7 +205,7 @@ RunResult TrainingRun::run(const std::function<void(const RunProgress&)>& onProg
   result.steps = step;
   result.position = position(step);
   result.exhausted = exhausted && step < options_.totalSteps;
-  result.stopped = stop_;
+  result.stopped = dp ? stopped : stop_.load();
   return result;
 }
 

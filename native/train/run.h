@@ -40,12 +40,18 @@ struct RunOptions {
   uint64_t seed = 0;
   int64_t logEvery = 10;         // steps between progress reports
   int64_t checkpointEvery = 0;   // steps between checkpoint snapshots (0: none)
+  // Data-parallel training (distributed/data_parallel.h): this process is one rank; batchSize is its
+  // slice of each global batch (batchSize x ranks rows), the source reads its slice of the data.
+  // Every rank takes the same steps and stops at the same step (a stop request or the end of any
+  // rank's data ends the run on all of them).
+  std::shared_ptr<DataParallel> dataParallel;
 };
 
 struct RunProgress {
   int64_t step = 0;
   int64_t position = 0;  // data position to resume from (see TrainingRun::position)
   std::vector<StepMetrics> metrics;  // the latest step's metrics, one per layer (a CLT's: one per layer it spans)
+  double collectiveSeconds = 0;      // data-parallel: time in collectives since the previous report
 };
 
 // Copies of everything a checkpoint holds, taken between steps.
@@ -59,7 +65,8 @@ struct RunResult {
   int64_t steps = 0;
   int64_t position = 0;
   bool exhausted = false;  // the data ran out before the step budget
-  bool stopped = false;    // stop() was requested
+  bool stopped = false;    // stop() was requested (on any rank)
+  double collectiveSeconds = 0;  // data-parallel: time in collectives over the run
 };
 
 class TrainingRun {
@@ -79,6 +86,8 @@ class TrainingRun {
 
  private:
   bool fill(bool& exhausted);
+  // Data-parallel: every rank starts from rank 0's weights and trainer state, at the same step.
+  void synchronizeStart();
   // Resamples the slot's dead features when its step count is a multiple of resampleEvery.
   int64_t maybeResample(size_t slot);
 

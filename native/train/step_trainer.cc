@@ -71,6 +71,11 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
     loss.l1Coefficient *= ramp;
     loss.l0Coefficient *= ramp;
   }
+  BatchReduction reduction;
+  if (dp_) {
+    reduction = dp_->reduction(x.size(0));
+    loss.reduction = &reduction;
+  }
   loss.dead = sinceFired_ > options_.deadFeatureWindow;
   const bool anyDead = loss.dead.any().item<bool>();
 
@@ -89,13 +94,40 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
     at::NoGradGuard noGrad;
     total = t.total, reconstruction = t.reconstruction, sparsity = t.sparsity, ghost = t.ghost, yHat = t.yHat;
     fired = (t.f > 0).any(0);
-    l0 = (t.f > 0).sum(-1).to(c10::kDouble).mean();
+    l0 = (t.f > 0).sum(-1).to(c10::kDouble).mean() * rowShare(x.size(0), loss.reduction);
     backward = [total = t.total] { total.backward(); };
+  }
+  at::Tensor fvu;
+  if (dp_) {
+    // The slice's shares of the loss terms and its gradients, summed over the ranks in one bucketed
+    // all-reduce with the features that fired and the metrics: from here on everything is the
+    // global batch's and the same on every rank (so is an error below: every rank raises it).
+    backward();
+    backward = [] {};
+    at::NoGradGuard noGrad;
+    // In float64: the loss shares, and for the FVU metric of the paper recipe the squared error and
+    // the sums of y and ||y||^2 (the global variance without another collective).
+    const int64_t d = y.size(-1);
+    at::Tensor yd = y.detach().to(c10::kDouble);
+    auto scalar = [](const at::Tensor& t) { return t.detach().to(c10::kDouble).reshape({1}); };
+    at::Tensor stats = at::cat({scalar(total), scalar(reconstruction), scalar(sparsity), scalar(ghost), scalar(l0),
+                                scalar((yHat.detach() - y).pow(2).sum()), scalar(yd.pow(2).sum()), yd.sum(0)}).cpu();
+    at::Tensor firedCount = fired.to(c10::kFloat);
+    std::vector<at::Tensor*> reduced;
+    for (at::Tensor* param : parameters()) reduced.push_back(&param->mutable_grad());
+    reduced.push_back(&firedCount);
+    reduced.push_back(&stats);
+    dp_->sumInPlace(reduced);
+    fired = firedCount > 0;
+    total = stats[0], reconstruction = stats[1], sparsity = stats[2], ghost = stats[3], l0 = stats[4];
+    const double rows = static_cast<double>(reduction.globalRows);
+    at::Tensor variance = stats[6] - stats.narrow(0, 7, d).pow(2).sum() / rows;
+    fvu = loss.reconstruction == Reconstruction::Fvu ? reconstruction : stats[5] / variance;
   }
   StepMetrics m{};
   {
     at::NoGradGuard noGrad;
-    sinceFired_.add_(1).masked_fill_(fired, 0);
+    sinceFired_.add_(1).masked_fill_(fired.to(sinceFired_.device()), 0);
     m.step = step;
     m.lr = lr;
     m.total = total.item<double>();
@@ -103,7 +135,9 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
     m.sparsity = sparsity.item<double>();
     m.ghost = ghost.item<double>();
     // The standard recipe's reconstruction loss is the FVU itself.
-    m.fvu = loss.reconstruction == Reconstruction::Fvu ? m.reconstruction : fractionOfVarianceUnexplained(yHat.detach(), y).item<double>();
+    m.fvu = fvu.defined() ? fvu.item<double>()
+            : loss.reconstruction == Reconstruction::Fvu ? m.reconstruction
+                                                         : fractionOfVarianceUnexplained(yHat.detach(), y).item<double>();
     m.l0 = l0.item<double>();
     m.deadFraction = loss.dead.to(c10::kDouble).mean().item<double>();
   }

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "distributed/data_parallel.h"
 #include "train/adam.h"
 #include "train/fast_step.h"
 #include "train/schedule.h"
@@ -68,6 +69,11 @@ class StepTrainer {
   // moments and dead counters; starts the learning-rate ramp.
   void reinitializeFeatures(const at::Tensor& idx, const at::Tensor& encoder, const at::Tensor& decoder, double encoderNorm);
   const TrainOptions& options() const { return options_; }
+  // Data-parallel training: each batch is this rank's slice of a global batch; the losses, the
+  // gradients (summed over the ranks before the update), the dead-feature counts and the metrics are
+  // then the global batch's, the same on every rank.
+  void setDataParallel(std::shared_ptr<DataParallel> dp) { dp_ = std::move(dp); }
+  const std::shared_ptr<DataParallel>& dataParallel() const { return dp_; }
 
  private:
   StepMetrics trainStep(const at::Tensor& x, const at::Tensor& y);
@@ -82,6 +88,7 @@ class StepTrainer {
   at::Tensor sinceFired_;
   int64_t lastResample_ = -1;
   FastStepBuffers buffers_;
+  std::shared_ptr<DataParallel> dp_;
 };
 
 }  // namespace tc

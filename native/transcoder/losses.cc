@@ -10,8 +10,23 @@
 
 namespace tc {
 
-at::Tensor fractionOfVarianceUnexplained(const at::Tensor& yHat, const at::Tensor& y) {
-  return (yHat - y).pow(2).sum() / (y - y.mean(0, /*keepdim=*/true)).pow(2).sum();
+at::Tensor totalVariance(const at::Tensor& y, const BatchReduction* r) {
+  if (!r) return (y - y.mean(0, /*keepdim=*/true)).pow(2).sum();
+  // One all-reduce of the sums of y and of ||y||^2, in float64 (where sum ||y||^2 - ||sum y||^2 / N
+  // loses nothing that matters, unlike in float32).
+  const int64_t d = y.size(-1);
+  at::Tensor yd = y.detach().to(c10::kDouble);
+  at::Tensor sums = r->sum(at::cat({yd.sum(0), yd.pow(2).sum().reshape({1})}));
+  at::Tensor mean = sums.narrow(0, 0, d).div(static_cast<double>(r->globalRows));
+  return (sums[d] - mean.pow(2).sum() * static_cast<double>(r->globalRows)).to(y.scalar_type());
+}
+
+double rowShare(int64_t rows, const BatchReduction* r) {
+  return r ? static_cast<double>(rows) / static_cast<double>(r->globalRows) : 1.0;
+}
+
+at::Tensor fractionOfVarianceUnexplained(const at::Tensor& yHat, const at::Tensor& y, const BatchReduction* r) {
+  return (yHat - y).pow(2).sum() / totalVariance(y, r);
 }
 
 namespace {
@@ -36,7 +51,7 @@ at::Tensor ghostTerm(const Transcoder& tc, const LossTerms& t, const at::Tensor&
   at::Tensor ghostEl = (g - r).pow(2) / r.norm(2, {-1}, true);
   at::Tensor mseEl = paperSquaredError(t.yHat, y);
   ghostEl = (mseEl / (ghostEl + 1e-6)).detach() * ghostEl;
-  return ghostEl.mean();
+  return ghostEl.mean() * rowShare(x.size(0), o.reduction);
 }
 
 // AuxK (Gao et al.): the top-k_aux dead features reconstruct the detached residual.
@@ -51,7 +66,7 @@ at::Tensor auxkTerm(const Transcoder& tc, const LossTerms& t, const at::Tensor& 
   at::Tensor offsets = at::arange(0, idx.size(0) * ka, ka, idx.options());
   at::Tensor eHat = std::get<0>(at::embedding_bag(tc.params().W_dec, idx.reshape({-1}), offsets, false, 0, false, vals.reshape({-1})));
   double weight = o.auxkAlpha * std::min(1.0, static_cast<double>(nDead) / static_cast<double>(kAux));
-  return weight * fractionOfVarianceUnexplained(eHat, e);
+  return weight * fractionOfVarianceUnexplained(eHat, e, o.reduction);
 }
 
 // JumpReLU's L0: H(pre - threshold) counted per row, with d/dthreshold = -(1/eps) K((pre - threshold)/eps).
@@ -86,12 +101,13 @@ LossTerms transcoderLoss(const Transcoder& tc, const at::Tensor& x, const at::Te
     t.f = tc.activate(t.pre);
     t.yHat = tc.decode(t.f, x);
   }
-  t.reconstruction = o.reconstruction == Reconstruction::Paper ? paperSquaredError(t.yHat, y).mean()
-                                                               : fractionOfVarianceUnexplained(t.yHat, y);
+  const double share = rowShare(x.size(0), o.reduction);
+  t.reconstruction = o.reconstruction == Reconstruction::Paper ? paperSquaredError(t.yHat, y).mean() * share
+                                                               : fractionOfVarianceUnexplained(t.yHat, y, o.reduction);
   bool anyDead = o.dead.defined() && o.dead.any().item<bool>();
   switch (spec.arch) {
-    case TranscoderArch::ReLU: t.sparsity = o.l1Coefficient * t.f.abs().sum(-1).mean(); break;
-    case TranscoderArch::JumpReLU: t.sparsity = o.l0Coefficient * jumpL0(tc, t.pre); break;
+    case TranscoderArch::ReLU: t.sparsity = o.l1Coefficient * share * t.f.abs().sum(-1).mean(); break;
+    case TranscoderArch::JumpReLU: t.sparsity = o.l0Coefficient * share * jumpL0(tc, t.pre); break;
     case TranscoderArch::BatchTopK: break;  // refused by the Transcoder constructor
     case TranscoderArch::TopK:
       t.sparsity = o.auxkAlpha > 0 && anyDead ? auxkTerm(tc, t, y, o) : at::zeros({}, y.options());

@@ -4,6 +4,8 @@
 #pragma once
 #include <ATen/Tensor.h>
 
+#include <functional>
+
 #include "transcoder/transcoder.h"
 
 namespace tc {
@@ -12,6 +14,23 @@ enum class Reconstruction {
   Paper,  // mean over elements of (y_hat - y)^2 / ||y|| (row norm, not squared)
   Fvu,    // sum ||y - y_hat||^2 / sum ||y - mean(y)||^2
 };
+
+// Data-parallel training: this process's rows are a slice of a global batch spread over ranks. Each
+// rank's loss is then its share of the global batch's loss (means over rows taken over the global
+// rows, the FVU's variance over the whole batch), so that the gradients summed over ranks are the
+// gradients of the loss of the global batch, as one process would compute them.
+struct BatchReduction {
+  int64_t globalRows = 0;  // rows of the global batch (this slice's rows times the ranks)
+  // The element-wise sum of a tensor over every rank (the same tensor on every rank).
+  std::function<at::Tensor(const at::Tensor&)> sum;
+};
+
+// Sum over the (global) batch of ||y - mean(y)||^2, the FVU's denominator; the mean is the global
+// batch's (two all-reduces when `r` is given).
+at::Tensor totalVariance(const at::Tensor& y, const BatchReduction* r);
+
+// The fraction of the global batch's rows that `rows` local rows are (1 without a reduction).
+double rowShare(int64_t rows, const BatchReduction* r);
 
 struct LossOptions {
   Reconstruction reconstruction = Reconstruction::Paper;
@@ -22,6 +41,7 @@ struct LossOptions {
   bool ghostGrads = false;   // relu
   bool ghostResidualFromInput = true;  // the paper's ghost residual is x - y_hat (see docs/transcoders.md)
   at::Tensor dead;           // [m] bool: features counted dead (ghost grads, AuxK)
+  const BatchReduction* reduction = nullptr;  // data-parallel: this batch is a slice (see above)
 };
 
 struct LossTerms {
@@ -35,7 +55,8 @@ struct LossTerms {
 // x [N, d_in], y [N, d_out].
 LossTerms transcoderLoss(const Transcoder& tc, const at::Tensor& x, const at::Tensor& y, const LossOptions& options);
 
-// Fraction of variance unexplained: sum ||y - y_hat||^2 / sum ||y - mean(y)||^2.
-at::Tensor fractionOfVarianceUnexplained(const at::Tensor& yHat, const at::Tensor& y);
+// Fraction of variance unexplained: sum ||y - y_hat||^2 / sum ||y - mean(y)||^2; with a reduction,
+// this slice's share of the global batch's FVU (the shares sum to it).
+at::Tensor fractionOfVarianceUnexplained(const at::Tensor& yHat, const at::Tensor& y, const BatchReduction* r = nullptr);
 
 }  // namespace tc
