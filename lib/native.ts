@@ -200,6 +200,8 @@ export interface NativeTrainingRunResult {
 
 export interface NativeTrainingRun {
   run(onProgress: (p: NativeRunProgress) => void | Promise<void>, onCheckpoint: (s: NativeRunSnapshot) => void | Promise<void>): Promise<NativeTrainingRunResult>;
+  /** Every slot's state after the run (feature-sharded: gathered, a collective on every rank). */
+  snapshot(step: number): Promise<NativeRunSnapshot>;
   stop(): void;
 }
 

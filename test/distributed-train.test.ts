@@ -62,7 +62,7 @@ async function weightDifference(a: string, b: string, layers = [0, 1]): Promise<
 }
 
 /** The step metrics of a run's log (one line per layer and report). */
-function logLines(out: string): { step: number; layer: number; total: number; fvu: number; ghost: number; sparsity: number; deadFraction: number; collectiveSeconds?: number }[] {
+function logLines(out: string): { step: number; layer: number; total: number; fvu: number; l0: number; ghost: number; sparsity: number; deadFraction: number; collectiveSeconds?: number }[] {
   return readFileSync(join(out, 'train.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((l) => l.step !== undefined);
 }
 
@@ -156,6 +156,46 @@ describe('data-parallel training over gloo', () => {
     expect(again).toMatch(/trained \d+ steps/);
   }, 90_000);
 
+  it('feature-sharded over 2 processes: relu (dense and sparse steps) and topk (AuxK active) train the weights of unsharded training', async () => {
+    // relu-sparse: a strong L1 leaves ~1-3 of 64 features active, so the step takes the sparse products.
+    const runs = [
+      ['relu', ['--ghost-grads', 'off']], ['relu-sparse', ['--ghost-grads', 'off', '--l1', '1', '--lr', '0.03', '--lr-schedule', 'constant']], ['topk', ['--arch', 'topk', '--k', '4']],
+    ] as const;
+    for (const [name, arch] of runs) {
+      const one = join(work, `shard-${name}-1`);
+      const two = join(work, `shard-${name}-2`);
+      train([model, ...common(), ...arch, '--steps', '14', '--out', one, '--threads', '1']);
+      const said = train([model, ...common(), ...arch, '--steps', '14', '--out', two, '--nproc', '2', '--shard-features']);
+      expect(said).toMatch(/features sharded over 2 processes/);
+      expect(await weightDifference(one, two), name).toBeLessThan(1e-5);
+      const a = logLines(one);
+      const b = logLines(two);
+      // The metrics are the whole transcoder's (L1 and L0 summed over the shards).
+      b.forEach((l, i) => {
+        for (const key of ['total', 'sparsity', 'deadFraction'] as const) {
+          expect(Math.abs(l[key] - a[i]![key]), `${name} ${key} at step ${l.step}`).toBeLessThanOrEqual(1e-5 * Math.max(1, Math.abs(a[i]![key])));
+        }
+      });
+      if (name === 'topk') expect(a.filter((l) => l.sparsity > 0).length).toBeGreaterThan(1);  // AuxK ran, across the shards
+      if (name === 'relu-sparse') expect(Math.min(...a.map((l) => l.l0))).toBeLessThan(0.02 * 64);
+    }
+    // The saved transcoder is whole.
+    expect((await loadTranscoder(join(work, 'shard-topk-2', 'layer_0'))).config.dSae).toBe(64);
+  }, 90_000);
+
+  it('a feature-sharded run resumes unsharded, and an unsharded one resumes sharded, exactly', async () => {
+    const whole = join(work, 'shard-topk-1');
+    const args = [model, ...common(), '--arch', 'topk', '--k', '4'];
+    const shardedFirst = join(work, 'shard-resume-a');
+    train([...args, '--steps', '5', '--out', shardedFirst, '--nproc', '2', '--shard-features']);
+    train([...args, '--steps', '14', '--out', shardedFirst, '--resume', '--threads', '1']);
+    expect(await weightDifference(whole, shardedFirst)).toBeLessThan(1e-5);
+    const shardedSecond = join(work, 'shard-resume-b');
+    train([...args, '--steps', '5', '--out', shardedSecond, '--threads', '1']);
+    train([...args, '--steps', '14', '--out', shardedSecond, '--resume', '--nproc', '2', '--shard-features']);
+    expect(await weightDifference(whole, shardedSecond)).toBeLessThan(1e-5);
+  }, 90_000);
+
   it('refuses what it cannot split, naming the option', () => {
     const cases: [string[], RegExp][] = [
       [['--batch-size', '40', '--nproc', '2'], /multiple of 2 x 16 = 32/],
@@ -163,6 +203,10 @@ describe('data-parallel training over gloo', () => {
       [['--arch', 'clt-relu', '--layers', '0-1', '--nproc', '2'], /per-layer transcoders/],
       [['--resample-every', '5', '--nproc', '2'], /--resample-every/],
       [['--nproc', '0'], /--nproc/],
+      [['--shard-features'], /--shard-features splits the features over processes/],
+      [['--shard-features', '--nproc', '2'], /--ghost-grads off/],
+      [['--shard-features', '--nproc', '2', '--ghost-grads', 'off', '--d-sae', '33'], /--d-sae 33 does not split over 2/],
+      [['--shard-features', '--nproc', '2', '--arch', 'jumprelu'], /relu and topk/],
     ];
     for (const [extra, message] of cases) {
       const r = runCli(['train', model, '--data', tokens, '--layers', '0', '--d-sae', '32', '--steps', '2', '--out', join(work, 'refused'), '-q', '--batch-size', '64', ...extra]);

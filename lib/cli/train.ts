@@ -123,7 +123,14 @@ export function planTraining(values: OptionValues): TrainPlan {
   if (nproc > 1 && launched > 1) {
     throw new InvalidArgumentError(`--nproc starts its own processes: it cannot run under a launcher that already set WORLD_SIZE=${process.env.WORLD_SIZE}`);
   }
-  if (worldSize > 1) {
+  const sharded = values['shard-features'] === true;
+  if (sharded) {
+    if (worldSize < 2) throw new InvalidArgumentError('--shard-features splits the features over processes: give --nproc N (N >= 2) or run under a launcher with WORLD_SIZE >= 2');
+    if (arch !== 'relu' && arch !== 'topk') throw new InvalidArgumentError(`--shard-features trains relu and topk transcoders, not --arch ${arch}`);
+    if (arch === 'relu' && values['ghost-grads'] !== 'off') throw new InvalidArgumentError('--shard-features trains relu without ghost gradients: add --ghost-grads off');
+    if (dSae % worldSize !== 0) throw new InvalidArgumentError(`--shard-features: --d-sae ${dSae} does not split over ${worldSize} processes`);
+    rejectOptions(values, ['resample-every', 'max-grad-norm'], 'with --shard-features');
+  } else if (worldSize > 1) {
     const how = nproc > 1 ? `--nproc ${nproc}` : `WORLD_SIZE=${worldSize}`;
     if (isCrossLayerRunArch(arch)) throw new InvalidArgumentError(`${how}: data-parallel training covers per-layer transcoders; train --arch ${arch} in one process`);
     rejectOptions(values, ['resample-every'], `with ${how}: each process would resample from its own rows`);
@@ -247,6 +254,7 @@ export const trainCommand: Command = {
     quiet: { type: 'boolean', short: 'q', description: 'no progress bar' },
     'log-every': { type: 'string', value: 'N', description: 'steps between the metrics lines of OUT/train.jsonl (default 10)' },
     nproc: { type: 'string', value: 'N', description: 'data-parallel: train in N local processes (gloo), the batch split among them' },
+    'shard-features': { type: 'boolean', description: 'with --nproc (or a launcher): split each transcoder\'s features over the processes instead of the batch (relu, topk)' },
     'dist-timeout': { type: 'string', value: 'S', description: 'data-parallel: seconds a process waits for the others (joining, each step) before failing (default 600)' },
   },
   async run(values, positionals) {
@@ -290,7 +298,7 @@ async function trainInProcesses(nproc: number, values: OptionValues, plan: Train
   // What can be checked without the model, before starting anything.
   const data = listOption(values, 'data');
   const context = data.length === 1 && isTokenFile(data[0]!) ? readTokenFileHeader(data[0]!).contextSize : null;
-  if (context !== null || values.activations !== undefined) checkDataParallel({ arch: plan.arch }, plan.batchSize, nproc, context);
+  if (values['shard-features'] !== true && (context !== null || values.activations !== undefined)) checkDataParallel({ arch: plan.arch }, plan.batchSize, nproc, context);
   const threads = intOption(values.threads, 'threads', 1);
   const result = await launchWorkers({ nproc, args: [...process.execArgv, script!, ...args], ...(threads && { threadsPerWorker: threads }) });
   if (result.code === 0) return;
@@ -363,6 +371,7 @@ async function trainHere(values: OptionValues, positionals: string[], plan: Trai
     ...(values['bias-init'] !== undefined && { biasInit: choiceOption(values['bias-init'], 'bias-init', BIAS_INITS)! }),
     ...(values['checkpoint-every'] !== undefined && { checkpointEveryTokens: intOption(values['checkpoint-every'], 'checkpoint-every', 1)! }),
     ...(values['log-every'] !== undefined && { logEvery: intOption(values['log-every'], 'log-every', 1)! }),
+    ...(values['shard-features'] === true && { shardFeatures: true }),
     ...(init && { init }),
     resume: values.resume === true,
     seed: intOption(values.seed, 'seed') ?? 0,
@@ -418,7 +427,9 @@ async function trainHere(values: OptionValues, positionals: string[], plan: Trai
   }
   if (!root) return;
   const why = result.stopped ? ' (stopped; resume with --resume)' : result.exhausted ? ' (the data ran out)' : '';
-  const where = group ? ` in ${group.worldSize} processes (${result.collectiveSeconds.toFixed(2)} s in the gradient all-reduce on rank 0)` : '';
+  const where = !group ? ''
+    : values['shard-features'] === true ? ` with the features sharded over ${group.worldSize} processes (${result.collectiveSeconds.toFixed(2)} s in collectives on rank 0)`
+    : ` in ${group.worldSize} processes (${result.collectiveSeconds.toFixed(2)} s in the gradient all-reduce on rank 0)`;
   console.log(`trained ${result.steps} steps, ${result.tokens} tokens${where}${why}`);
   if (result.crossLayer) console.log(`  ${join(out, CROSS_LAYER_FOLDER)}`);
   for (const l of result.crossLayer ? [] : layers) console.log(`  ${join(out, `layer_${l}`)}`);

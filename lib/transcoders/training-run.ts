@@ -106,6 +106,14 @@ export interface TrainRunOptions extends TrainOptions, Omit<CrossLayerTrainOptio
   processGroup?: ProcessGroup;
   /** Data-parallel: the size of the gradient all-reduce buckets, in bytes (default 32 MiB). */
   bucketBytes?: number;
+  /**
+   * With `processGroup`: feature-sharded instead of data-parallel training (docs/distributed.md).
+   * Each rank holds dSae / worldSize of every transcoder's features (encoder columns, decoder rows and
+   * their Adam state) and trains on the whole batch; the partial reconstructions are summed over the
+   * ranks and TopK selects across them. relu (with ghostGrads false) and topk. Checkpoints and the
+   * final transcoders are whole (gathered from every rank).
+   */
+  shardFeatures?: boolean;
 }
 
 export interface TrainProgress {
@@ -135,7 +143,7 @@ export interface TrainResult {
   warnings: string[];
   /** Processes that trained (1 without a process group). */
   worldSize: number;
-  /** Data-parallel: seconds this rank spent in collectives over the run. */
+  /** Data-parallel or feature-sharded: seconds this rank spent in collectives over the run. */
   collectiveSeconds: number;
 }
 
@@ -238,15 +246,17 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   const dIn = width ?? cache!.metas[0]!.dIn;
   const dOut = width ?? cache!.metas[0]!.dOut;
   const group = opts.processGroup ?? null;
-  if (group) checkDataParallel(opts, batchSize, group.worldSize, fromCache ? null : readTokenFileHeader((opts.data as TrainDataTokens).tokenFile).contextSize);
-  const localBatch = batchSize / (group?.worldSize ?? 1);
+  if (opts.shardFeatures && !group) throw new InvalidArgumentError('shardFeatures needs a processGroup (the ranks that hold the shards)');
+  if (group && opts.shardFeatures) checkFeatureShards(opts, group.worldSize);
+  else if (group) checkDataParallel(opts, batchSize, group.worldSize, fromCache ? null : readTokenFileHeader((opts.data as TrainDataTokens).tokenFile).contextSize);
+  const localBatch = opts.shardFeatures ? batchSize : batchSize / (group?.worldSize ?? 1);
   if ((opts.device ?? 'cpu').startsWith('cpu')) checkMemory(`training ${opts.layers.length} transcoder(s) of ${opts.dSae} features`, trainingMemory(opts, dIn, dOut, localBatch));
   const warnings: string[] = [];
   const warn = (message: string) => {
     warnings.push(message);
     opts.onWarning?.(message);
   };
-  const context: RunContext = { out, batchSize, totalSteps, fromCache, model, hooks, hooksOf, cache, dIn, dOut, warnings, warn, group, root: (group?.rank ?? 0) === 0 };
+  const context: RunContext = { out, batchSize, totalSteps, fromCache, model, hooks, hooksOf, cache, dIn, dOut, warnings, warn, group, root: (group?.rank ?? 0) === 0, sharded: opts.shardFeatures === true };
   // Only rank 0 writes into the output folder.
   if (!context.root) return trainLocked(opts, context);
   try {
@@ -262,6 +272,41 @@ export async function trainTranscoders(opts: TrainRunOptions): Promise<TrainResu
   } finally {
     lock.release();
   }
+}
+
+/** What feature-sharded training needs: features that split evenly, relu or topk (with k per shard at most its features), no resampling. */
+function checkFeatureShards(opts: TrainRunOptions, worldSize: number): void {
+  if (opts.dSae % worldSize !== 0) throw new InvalidArgumentError(`the ${opts.dSae} features do not split evenly over ${worldSize} processes: give a dSae that is a multiple of ${worldSize}`);
+  if (opts.arch !== 'relu' && opts.arch !== 'topk') throw new InvalidArgumentError(`feature-sharded training runs relu and topk transcoders, not ${opts.arch}`);
+  if (opts.arch === 'topk' && opts.k !== undefined && opts.k > opts.dSae / worldSize) throw new InvalidArgumentError(`k ${opts.k} exceeds each process's ${opts.dSae / worldSize} features`);
+  if (opts.resampleEvery) throw new InvalidArgumentError('dead-feature resampling is not available in feature-sharded training');
+}
+
+/** Rank `rank`'s block of `t` along `dim` (`ranks` equal blocks). */
+function featureSlice(t: Tensor, dim: number, rank: number, ranks: number): Tensor {
+  const shape = t.shape;
+  const data = t.toTypedArray();
+  const outer = shape.slice(0, dim).reduce((a, b) => a * b, 1);
+  const inner = shape.slice(dim + 1).reduce((a, b) => a * b, 1);
+  const n = shape[dim]! / ranks;
+  const out = new (data.constructor as new (length: number) => typeof data)(outer * n * inner);
+  for (let o = 0; o < outer; o++) {
+    const from = (o * shape[dim]! + rank * n) * inner;
+    out.set(data.subarray(from, from + n * inner) as never, o * n * inner);
+  }
+  return Tensor.from(out, shape.map((s, i) => (i === dim ? n : s)), { dtype: t.dtype });
+}
+
+/** The dimension along which a transcoder tensor (or its trainer state) holds features; -1 when it has none. */
+function featureDim(name: string): number {
+  const base = name.startsWith('adam.') ? name.slice(5, name.lastIndexOf('.')) : name;
+  if (base === 'W_enc') return 1;
+  return ['b_enc', 'W_dec', 'threshold', 'steps_since_fired'].includes(base) ? 0 : -1;
+}
+
+/** This rank's share of every tensor that has features; the rest as they are. */
+function shardTensors(tensors: Record<string, Tensor>, rank: number, ranks: number): Record<string, Tensor> {
+  return Object.fromEntries(Object.entries(tensors).map(([name, t]) => [name, featureDim(name) < 0 ? t : featureSlice(t, featureDim(name), rank, ranks)]));
 }
 
 /**
@@ -297,6 +342,8 @@ interface RunContext {
   /** Data-parallel: the group, and whether this process is rank 0 (the one that writes). */
   group: ProcessGroup | null;
   root: boolean;
+  /** Feature-sharded (every rank holds a slice of the features) rather than data-parallel. */
+  sharded: boolean;
 }
 
 /** Transcoder options a resumed run cannot change (the weights are the checkpoint's). */
@@ -314,8 +361,9 @@ function checkResumeConflicts(config: TranscoderConfig | CrossLayerConfig, opts:
 }
 
 async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<TrainResult> {
-  const { out, batchSize, totalSteps, fromCache, model, cache, warnings, warn, group, root } = ctx;
-  const world = group?.worldSize ?? 1;
+  const { out, batchSize, totalSteps, fromCache, model, cache, warnings, warn, group, root, sharded } = ctx;
+  // Data-parallel ranks split each batch; feature-sharded ones all read it whole.
+  const world = sharded ? 1 : group?.worldSize ?? 1;
   const checkpointsDir = join(out, 'checkpoints');
   // The newest complete checkpoint, past broken ones; then leftovers of killed writes are cleaned
   // (which also moves a complete copy left under a temporary name back into place). Data-parallel:
@@ -365,6 +413,7 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
   const checkpointEverySteps = Math.max(1, Math.floor((opts.checkpointEveryTokens ?? Math.ceil((totalSteps * batchSize) / 10)) / batchSize));
   // Each slot's transcoder knows its placement: the model source reads the hooks it names.
   // Data-parallel: each rank's batch is its slice of the global one; only rank 0 takes snapshots.
+  // Feature-sharded: every rank takes them (they gather the features), rank 0 writes them.
   const localBatch = batchSize / world;
   const run = new (native().TrainingRun)({
     slots: slots.map((t) => t.handle),
@@ -376,8 +425,8 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
       shuffle: !opts.noShuffle,
       seed: (opts.seed ?? 0) + (latest?.state.step ?? 0),
       logEvery: opts.logEvery ?? 10,
-      checkpointEvery: root ? checkpointEverySteps : 0,
-      ...(group && { processGroup: group.handle(), ...(opts.bucketBytes !== undefined && { bucketBytes: opts.bucketBytes }) }),
+      checkpointEvery: root || sharded ? checkpointEverySteps : 0,
+      ...(group && { processGroup: group.handle(), featureShards: sharded, ...(opts.bucketBytes !== undefined && { bucketBytes: opts.bucketBytes }) }),
     },
   });
   const abort = () => run.stop();
@@ -407,9 +456,10 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
     opts.onProgress?.(progress);
   });
   const stateOf = (step: number, position: number): CheckpointState => ({
-    step, position, tokens: step * batchSize, layers: opts.layers, ...(changes.length && { changes }), ...(world > 1 && { worldSize: world }),
+    step, position, tokens: step * batchSize, layers: opts.layers, ...(changes.length && { changes }), ...((group?.worldSize ?? 1) > 1 && { worldSize: group!.worldSize }),
   });
   const onCheckpoint = guarded((s: NativeRunSnapshot) => {
+    if (!root) return;
     const state = stateOf(s.step, s.position);
     writeCheckpoint(checkpointsDir, state, s.slots.map((tensors, i) => ({
       layer: slots[i]!.layer,
@@ -427,12 +477,15 @@ async function trainLocked(opts: TrainRunOptions, ctx: RunContext): Promise<Trai
     opts.signal?.removeEventListener('abort', abort);
   }
   // The final state is a checkpoint too (so that a stopped run can be resumed) and the result.
-  if (root) writeCheckpoint(checkpointsDir, stateOf(result.steps, result.position), slots.map((slot) => ({ layer: slot.layer, config: slot.recorded(), tensors: slot.snapshot() })));
-  const finals = await Promise.all(slots.map((slot) => slot.final(root ? out : null)));
+  // Feature-sharded: every rank's features, gathered (every rank takes part).
+  const gathered = sharded ? (await run.snapshot(result.steps)).slots.map((t) => Object.fromEntries(Object.entries(t).map(([k, v]) => [k, new Tensor(v)]))) : null;
+  const finalTensors = slots.map((slot, i) => gathered?.[i] ?? slot.snapshot());
+  if (root) writeCheckpoint(checkpointsDir, stateOf(result.steps, result.position), slots.map((slot, i) => ({ layer: slot.layer, config: slot.recorded(), tensors: finalTensors[i]! })));
+  const finals = await Promise.all(slots.map((slot, i) => slot.final(root ? out : null, gathered ? finalTensors[i] : undefined)));
   const resumed = latest ? { from: latest.dir, step: latest.state.step, skipped: point.skipped, changes: newChanges } : undefined;
   const transcoders = finals.filter((t): t is Transcoder => t instanceof Transcoder);
   const crossLayer = finals.find((t): t is CrossLayerTranscoder => t instanceof CrossLayerTranscoder);
-  return { transcoders, ...(crossLayer && { crossLayer }), steps: result.steps, tokens: result.steps * batchSize, stopped: result.stopped, exhausted: result.exhausted, out, ...(resumed && { resumed }), warnings, worldSize: world, collectiveSeconds: result.collectiveSeconds };
+  return { transcoders, ...(crossLayer && { crossLayer }), steps: result.steps, tokens: result.steps * batchSize, stopped: result.stopped, exhausted: result.exhausted, out, ...(resumed && { resumed }), warnings, worldSize: group?.worldSize ?? 1, collectiveSeconds: result.collectiveSeconds };
 }
 
 /** One slot of the native run: a transcoder and its trainer, as the run, its checkpoints and its result see it. */
@@ -447,8 +500,11 @@ interface TrainSlot {
   recorded(): TranscoderConfig | CrossLayerConfig;
   /** Parameters and trainer state now (the final checkpoint). */
   snapshot(): Record<string, Tensor>;
-  /** The trained transcoder, also written into the output folder when one is given. */
-  final(out: string | null): Promise<Transcoder | CrossLayerTranscoder>;
+  /**
+   * The trained transcoder, also written into the output folder when one is given; from `tensors`
+   * when given (the gathered features of a sharded run), else from the slot's own parameters.
+   */
+  final(out: string | null, tensors?: Record<string, Tensor>): Promise<Transcoder | CrossLayerTranscoder>;
 }
 
 /** What a run records about its training in each transcoder's config. */
@@ -487,11 +543,20 @@ async function perLayerSlots(opts: TrainRunOptions, ctx: RunContext, latest: { d
     await Promise.all(transcoders.map((tc, i) => tc.initializeBiases(samples[i]!.x, samples[i]!.y, opts.biasInit ?? 'mean')));
   }
   const slots: TrainSlot[] = [];
+  const shard = ctx.sharded ? { rank: ctx.group!.rank, ranks: ctx.group!.worldSize } : null;
   for (const [i, layer] of opts.layers.entries()) {
-    const tc = transcoders[i]!;
+    const whole = transcoders[i]!;
+    // Feature-sharded: this rank trains its block of the features (initialised as the whole
+    // transcoder would be, so that the run is the unsharded one); the records stay the whole's.
+    const tc = shard
+      ? await Transcoder.fromParameters({ ...whole.config, dSae: whole.config.dSae / shard.ranks }, shardTensors(whole.parameters(), shard.rank, shard.ranks) as ReturnType<Transcoder['parameters']>, opts)
+      : whole;
     const trainer = new StepTrainer(tc, opts);
-    if (latest) trainer.setState({ step: latest.state.step, tensors: await readTrainerState(latest.dir, layer) });
-    const recorded = (): TranscoderConfig => ({ ...tc.config, training: trainingRecord(opts, ctx, trainer.options) });
+    if (latest) {
+      const state = await readTrainerState(latest.dir, layer);
+      trainer.setState({ step: latest.state.step, tensors: shard ? shardTensors(state, shard.rank, shard.ranks) : state });
+    }
+    const recorded = (): TranscoderConfig => ({ ...whole.config, training: trainingRecord(opts, ctx, trainer.options) });
     slots.push({
       layer,
       handle: trainer.handle,
@@ -499,8 +564,9 @@ async function perLayerSlots(opts: TrainRunOptions, ctx: RunContext, latest: { d
       loadedTraining: tc.config.training,
       recorded,
       snapshot: () => ({ ...tc.parameters(), ...trainer.state().tensors }),
-      final: async (out) => {
-        const final = await Transcoder.fromParameters(recorded(), tc.parameters(), opts);
+      final: async (out, tensors) => {
+        const params = tensors ? Object.fromEntries(Object.keys(tc.parameters()).map((k) => [k, tensors[k]!])) as ReturnType<Transcoder['parameters']> : tc.parameters();
+        const final = await Transcoder.fromParameters(recorded(), params, opts);
         if (out === null) return final;
         const dir = join(out, `layer_${layer}`);
         try {
@@ -556,7 +622,7 @@ async function crossLayerSlot(opts: TrainRunOptions, ctx: RunContext, latest: { 
     loadedTraining: clt.config.training,
     recorded,
     snapshot: () => ({ ...clt.parameters(), ...trainer.state().tensors }),
-    final: async (out) => {
+    final: async (out, _tensors) => {
       const final = await CrossLayerTranscoder.fromParameters(recorded(), clt.parameters(), opts);
       if (out === null) return final;
       const dir = join(out, CROSS_LAYER_FOLDER);

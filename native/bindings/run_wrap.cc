@@ -18,6 +18,20 @@ namespace tc {
 
 namespace {
 
+Napi::Object snapshotToJs(Napi::Env env, const RunSnapshot& s) {
+  Napi::Array slots = Napi::Array::New(env, s.tensors.size());
+  for (size_t i = 0; i < s.tensors.size(); ++i) {
+    Napi::Object named = Napi::Object::New(env);
+    for (const auto& [name, t] : s.tensors[i]) named.Set(name, JsTensor::wrap(env, t));
+    slots[i] = named;
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("step", static_cast<double>(s.step));
+  o.Set("position", static_cast<double>(s.position));
+  o.Set("slots", slots);
+  return o;
+}
+
 // The activation source; a model source reads, for each slot, the hooks its transcoder is placed at.
 std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, const std::vector<RunSlot>& slots, DataSlice slice) {
   std::string kind = stringOr(s, "kind", "");
@@ -69,7 +83,8 @@ std::unique_ptr<ActivationSource> sourceFrom(const Napi::Object& s, const std::v
 
 Napi::Function JsTrainingRun::define(Napi::Env env) {
   return DefineClass(env, "NativeTrainingRun",
-                     {InstanceMethod<&JsTrainingRun::run>("run"), InstanceMethod<&JsTrainingRun::stop>("stop")});
+                     {InstanceMethod<&JsTrainingRun::run>("run"), InstanceMethod<&JsTrainingRun::stop>("stop"),
+                      InstanceMethod<&JsTrainingRun::snapshot>("snapshot")});
 }
 
 JsTrainingRun::JsTrainingRun(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsTrainingRun>(info) {
@@ -99,8 +114,13 @@ JsTrainingRun::JsTrainingRun(const Napi::CallbackInfo& info) : Napi::ObjectWrap<
     // Data-parallel: batchSize is this rank's slice of each global batch, and the source reads that slice.
     DataSlice slice;
     if (Napi::Value group = o.Get("processGroup"); !group.IsUndefined() && !group.IsNull()) {
-      options.dataParallel = std::make_shared<DataParallel>(processGroupOf(group), intOr(o, "bucketBytes", 32 << 20));
-      slice = {options.dataParallel->rank(), options.dataParallel->size(), options.batchSize};
+      auto dp = std::make_shared<DataParallel>(processGroupOf(group), intOr(o, "bucketBytes", 32 << 20));
+      if (boolOr(o, "featureShards", false)) {
+        options.featureShards = dp;  // every rank reads the whole batch
+      } else {
+        options.dataParallel = dp;
+        slice = {dp->rank(), dp->size(), options.batchSize};
+      }
     }
     std::unique_ptr<ActivationSource> source = sourceFrom(objectOr(spec.Get("source")), slots, slice);
     run_ = std::make_shared<TrainingRun>(std::move(slots), std::move(source), options);
@@ -145,19 +165,7 @@ Napi::Value JsTrainingRun::run(const Napi::CallbackInfo& info) {
           };
           auto onCheckpoint = [&](const RunSnapshot& s) {
             checkpoint.call(
-                [&](Napi::Env env, Napi::Function fn) {
-                  Napi::Array slots = Napi::Array::New(env, s.tensors.size());
-                  for (size_t i = 0; i < s.tensors.size(); ++i) {
-                    Napi::Object named = Napi::Object::New(env);
-                    for (const auto& [name, t] : s.tensors[i]) named.Set(name, JsTensor::wrap(env, t));
-                    slots[i] = named;
-                  }
-                  Napi::Object o = Napi::Object::New(env);
-                  o.Set("step", static_cast<double>(s.step));
-                  o.Set("position", static_cast<double>(s.position));
-                  o.Set("slots", slots);
-                  return fn.Call({o});
-                },
+                [&](Napi::Env env, Napi::Function fn) { return fn.Call({snapshotToJs(env, s)}); },
                 [](Napi::Value) {}, "the checkpoint callback");
           };
           return run->run(onProgress, onCheckpoint);
@@ -213,6 +221,18 @@ Napi::Value shuffleBatchesJs(const Napi::CallbackInfo& info) {
           out.Set("ys", JsTensor::wrap(env, p.second));
           return out;
         });
+  });
+}
+
+// snapshot(step) -> Promise<snapshot>: every slot's state now (feature-sharded: gathered, on every rank together).
+Napi::Value JsTrainingRun::snapshot(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    const int64_t step = info[0].IsNumber() ? info[0].As<Napi::Number>().Int64Value() : 0;
+    std::shared_ptr<TrainingRun> run = run_;
+    return Task<RunSnapshot>::start(
+        env, "transcoders:trainingSnapshot", [run, step]() { return run->snapshot(step); },
+        [](Napi::Env env, RunSnapshot& s) -> Napi::Value { return snapshotToJs(env, s); });
   });
 }
 

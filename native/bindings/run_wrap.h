@@ -18,6 +18,8 @@ class JsTrainingRun : public Napi::ObjectWrap<JsTrainingRun> {
   // run(onProgress, onCheckpoint) -> Promise<{ steps, position, exhausted, stopped }>
   Napi::Value run(const Napi::CallbackInfo& info);
   Napi::Value stop(const Napi::CallbackInfo& info);
+  // snapshot(step) -> Promise<{ step, position, slots }>: the state after the run (sharded: gathered).
+  Napi::Value snapshot(const Napi::CallbackInfo& info);
 
   std::shared_ptr<TrainingRun> run_;
   bool started_ = false;

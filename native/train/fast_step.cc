@@ -4,6 +4,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "train/sparse_products.h"
 #include "transcoder/topk.h"
@@ -59,9 +60,11 @@ std::pair<at::Tensor, at::Tensor> reconstruction(const at::Tensor& yHat, const a
   return {loss, diff.mul(2.0).div_(variance)};
 }
 
-// Decoder output of the active features `F` plus the biases and the skip path.
-at::Tensor decodeSparse(const TranscoderParams& p, const SparseEntries& F, const at::Tensor& x, bool portable) {
+// Decoder output of the active features `F` (summed over the ranks' features when sharded) plus the
+// biases and the skip path.
+at::Tensor decodeSparse(const TranscoderParams& p, const SparseEntries& F, const at::Tensor& x, bool portable, const FeatureShards* shards) {
   at::Tensor y = sparseTimesDense(F, p.W_dec, portable);
+  if (shards) y = shards->sum(y);
   if (p.W_skip.defined()) y.addmm_(x, p.W_skip);
   return y.add_(p.b_dec_out);
 }
@@ -69,7 +72,7 @@ at::Tensor decodeSparse(const TranscoderParams& p, const SparseEntries& F, const
 // The gradients of W_enc, b_enc and b_dec from pre-activation gradients given on entries: each
 // (F, dPre) pair adds its F^T-shaped terms, accumulated as [m, d_in] and transposed once.
 void encoderGradients(TranscoderParams& p, const at::Tensor& xc, std::initializer_list<std::pair<const SparseEntries*, const at::Tensor*>> parts,
-                      bool portable, FastStepBuffers& buffers) {
+                      bool portable, FastStepBuffers& buffers, const FeatureShards* shards) {
   const int64_t m = p.W_enc.size(1), dIn = p.W_enc.size(0);
   at::Tensor& wEncT = reuse(buffers.wEncT, {m, dIn}, xc.options()).zero_();
   at::Tensor bEnc = at::zeros({m}, xc.options());
@@ -79,8 +82,10 @@ void encoderGradients(TranscoderParams& p, const at::Tensor& xc, std::initialize
   }
   gradOf(p.W_enc).copy_(wEncT.t());
   p.b_enc.mutable_grad() = bEnc;
-  // pre = (x - b_dec) W_enc + b_enc, so dL/db_dec = -W_enc (sum_n dL/dpre_n).
+  // pre = (x - b_dec) W_enc + b_enc, so dL/db_dec = -W_enc (sum_n dL/dpre_n): a sum over the
+  // features, so over the ranks' when sharded.
   p.b_dec.mutable_grad() = at::mv(p.W_enc, bEnc).neg_();
+  if (shards) p.b_dec.mutable_grad() = shards->sum(p.b_dec.grad());
 }
 
 }  // namespace
@@ -104,6 +109,7 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
   const bool portable = options.portableProducts;
   // Means over rows are over the global batch's rows when this batch is a slice of it.
   const BatchReduction* red = o.reduction;
+  const FeatureShards* shards = o.shards;
   const double rows = red ? static_cast<double>(red->globalRows) : static_cast<double>(N);
   const auto count = [&](int64_t n) { return at::scalar_tensor(static_cast<double>(n) / rows, x.options().dtype(c10::kDouble)); };
   FastStepResult r;
@@ -121,18 +127,19 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
     if (r.sparse) {
       SparseEntries F = positiveEntries(f, portable);
       F.values = F.values.to(master);
-      r.yHat = decodeSparse(p, F, x, portable);
+      r.yHat = decodeSparse(p, F, x, portable, shards);
       std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction, red);
       r.sparsity = F.values.sum() * l1PerRow;
       // Every entry is active, so the ReLU passes its gradient; |f|' = 1 there.
       at::Tensor dPre = entryDots(F, dYHat, p.W_dec, portable).add_(l1PerRow);
       addSparseTransposeTimesDense(gradOf(p.W_dec).zero_(), F, F.values, dYHat, portable);
-      encoderGradients(p, xc, {{&F, &dPre}}, portable, buffers);
+      encoderGradients(p, xc, {{&F, &dPre}}, portable, buffers, shards);
       r.fired = at::zeros({m}, x.options().dtype(c10::kBool)).index_fill_(0, F.cols, true);
     } else {
       // The five GEMMs; f and its gradient stay in the compute dtype, sums accumulate in float32.
       at::Tensor wDec = in(p.W_dec, compute);
       r.yHat = at::mm(f, wDec).to(master);
+      if (shards) r.yHat = shards->sum(r.yHat);
       if (p.W_skip.defined()) r.yHat.addmm_(x, p.W_skip);
       r.yHat.add_(p.b_dec_out);
       std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction, red);
@@ -148,12 +155,17 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
       at::Tensor bEnc = at::mm(at::ones({1, N}, dPre.options()), dPre).squeeze(0).to(master);
       p.b_enc.mutable_grad() = bEnc;
       p.b_dec.mutable_grad() = at::mv(p.W_enc, bEnc).neg_();
+      if (shards) p.b_dec.mutable_grad() = shards->sum(p.b_dec.grad());
     }
   } else {
     at::Tensor topIdx = topkIndices(pre, spec.k);
     at::Tensor topValues = pre.gather(1, topIdx).to(master);
-    SparseEntries F = fixedEntries(topIdx, at::relu(topValues));
-    r.yHat = decodeSparse(p, F, x, portable);
+    at::Tensor topActive = at::relu(topValues);
+    // Sharded: this rank's k best are candidates; those outside the row's k best over every rank's
+    // features stay in the entries with value 0 (no output, no gradient), as unselected features.
+    if (shards) topActive.masked_fill_(shards->selectAcross(topValues, spec.k).logical_not(), 0);
+    SparseEntries F = fixedEntries(topIdx, topActive);
+    r.yHat = decodeSparse(p, F, x, portable, shards);
     std::tie(r.reconstruction, dYHat) = reconstruction(r.yHat, y, o.reconstruction, red);
     at::Tensor dPre = entryDots(F, dYHat, p.W_dec, portable);
     at::threshold_backward_out(dPre, dPre, F.values, 0);
@@ -167,34 +179,48 @@ FastStepResult fastStep(Transcoder& tc, const at::Tensor& x, const at::Tensor& y
       // AuxK: the top k_aux dead features (by pre-activation) reconstruct the detached residual,
       // normalised by its variance and weighted by alpha min(1, dead / k_aux).
       at::Tensor deadIdx = o.dead.to(x.device()).nonzero().squeeze(1);
-      const int64_t nDead = deadIdx.size(0);
+      const int64_t localDead = deadIdx.size(0);
+      // Sharded: the dead features of every rank count, and the k_aux are chosen across them.
+      const int64_t nDead = shards ? static_cast<int64_t>(shards->sum(at::scalar_tensor(static_cast<double>(localDead), x.options().dtype(c10::kDouble))).item<double>()) : localDead;
       const int64_t kAux = o.kAux > 0 ? o.kAux : std::max<int64_t>(1, spec.dIn / 2);
       const int64_t ka = std::min(kAux, nDead);
+      const int64_t kaLocal = std::min(ka, localDead);
       // The dead columns, gathered into the (otherwise unused) gradient buffer.
-      at::Tensor deadPre = reuse(buffers.dPre, {N, m}, pre.options()).view({-1}).narrow(0, 0, N * nDead).view({N, nDead});
+      at::Tensor deadPre = reuse(buffers.dPre, {N, m}, pre.options()).view({-1}).narrow(0, 0, N * localDead).view({N, localDead});
       at::index_select_out(deadPre, pre, 1, deadIdx);
-      at::Tensor auxLocal = topkIndices(deadPre, ka);
+      at::Tensor auxLocal = kaLocal > 0 ? topkIndices(deadPre, kaLocal) : at::zeros({N, 0}, x.options().dtype(c10::kLong));
       at::Tensor auxValues = deadPre.gather(1, auxLocal).to(master);
+      at::Tensor auxActive = at::relu(auxValues);
+      if (shards) {
+        at::Tensor candidates = at::full({N, ka}, -std::numeric_limits<float>::infinity(), auxValues.options());
+        candidates.narrow(1, 0, kaLocal).copy_(auxValues);
+        auxActive.masked_fill_(shards->selectAcross(candidates, ka).narrow(1, 0, kaLocal).logical_not(), 0);
+      }
       // The dead features' decoder rows, gathered: the products below run over this compact copy
       // (19 MB for 6144 dead of 768 wide, cache-resident) instead of rows scattered over W_dec.
       at::Tensor wDead = p.W_dec.index_select(0, deadIdx);
-      SparseEntries A = fixedEntries(auxLocal, at::relu(auxValues));
+      SparseEntries A = kaLocal > 0 ? fixedEntries(auxLocal, auxActive) : SparseEntries{};
       at::Tensor e = y - r.yHat;
-      at::Tensor eHat = sparseTimesDense(A, wDead, portable);
+      at::Tensor eHat = kaLocal > 0 ? sparseTimesDense(A, wDead, portable) : at::zeros_like(e);
+      if (shards) eHat = shards->sum(eHat);
       const double weight = o.auxkAlpha * std::min(1.0, static_cast<double>(nDead) / static_cast<double>(kAux));
       auto [auxLoss, dEHat] = reconstruction(eHat, e, Reconstruction::Fvu, red);
       r.sparsity = auxLoss * weight;
       dEHat.mul_(weight);
-      at::Tensor dAux = entryDots(A, dEHat, wDead, portable);
-      at::threshold_backward_out(dAux, dAux, A.values, 0);
-      at::Tensor gradDead = at::zeros_like(wDead);
-      addSparseTransposeTimesDense(gradDead, A, A.values, dEHat, portable);
-      gradDec.index_add_(0, deadIdx, gradDead);
-      A.cols = deadIdx.index_select(0, A.cols);  // global feature ids for the encoder's gradients
-      encoderGradients(p, xc, {{&F, &dPre}, {&A, &dAux}}, portable, buffers);
+      if (kaLocal > 0) {
+        at::Tensor dAux = entryDots(A, dEHat, wDead, portable);
+        at::threshold_backward_out(dAux, dAux, A.values, 0);
+        at::Tensor gradDead = at::zeros_like(wDead);
+        addSparseTransposeTimesDense(gradDead, A, A.values, dEHat, portable);
+        gradDec.index_add_(0, deadIdx, gradDead);
+        A.cols = deadIdx.index_select(0, A.cols);  // global feature ids for the encoder's gradients
+        encoderGradients(p, xc, {{&F, &dPre}, {&A, &dAux}}, portable, buffers, shards);
+      } else {
+        encoderGradients(p, xc, {{&F, &dPre}}, portable, buffers, shards);
+      }
     } else {
       r.sparsity = at::zeros({}, y.options());
-      encoderGradients(p, xc, {{&F, &dPre}}, portable, buffers);
+      encoderGradients(p, xc, {{&F, &dPre}}, portable, buffers, shards);
     }
   }
   r.total = r.reconstruction + r.sparsity;

@@ -27,6 +27,11 @@ TrainingRun::TrainingRun(std::vector<RunSlot> slots, std::unique_ptr<ActivationS
     buffers_.emplace_back(options_.bufferRows, options_.shuffle, options_.seed + 7919 * i + rankSeed);
     if (slot.trainer && slot.trainer->options().resampleEvery > 0 && !source_->model())
       throw InvalidArgument("dead-feature resampling runs the model: it needs a model and token data, not an activation cache");
+    if (options_.featureShards) {
+      if (options_.dataParallel) throw InvalidArgument("a run is data-parallel or feature-sharded, not both");
+      if (slot.crossLayer) throw InvalidArgument("feature-sharded training covers per-layer transcoders; a cross-layer transcoder trains in one process");
+      slot.trainer->setFeatureShards(options_.featureShards);
+    }
     if (options_.dataParallel) {
       if (slot.crossLayer) throw InvalidArgument("data-parallel training covers per-layer transcoders; a cross-layer transcoder trains in one process");
       if (slot.trainer->options().resampleEvery > 0) throw InvalidArgument("dead-feature resampling is not available in data-parallel training (each rank would resample from its own rows)");
@@ -43,12 +48,13 @@ int64_t TrainingRun::position(int64_t steps) const {
 }
 
 void TrainingRun::synchronizeStart() {
-  DataParallel& dp = *options_.dataParallel;
+  DataParallel& dp = *group();
   const int64_t step = slots_.front().steps();
   at::Tensor steps = dp.max(at::tensor({static_cast<double>(step), -static_cast<double>(step)}, at::TensorOptions().dtype(c10::kDouble)));
   if (steps[0].item<double>() != -steps[1].item<double>())
     throw InvalidArgument("the ranks start at different steps (" + std::to_string(static_cast<int64_t>(-steps[1].item<double>())) + " to " +
                           std::to_string(static_cast<int64_t>(steps[0].item<double>())) + "): every rank must resume from the same checkpoint");
+  if (options_.featureShards) return;  // each rank holds its own features (b_dec and b_dec_out start equal)
   for (RunSlot& slot : slots_) {
     std::unique_lock lock(slot.transcoder->mutex());
     std::vector<at::Tensor*> state;
@@ -73,6 +79,39 @@ std::vector<std::pair<std::string, at::Tensor>> TrainingRun::snapshotSlot(const 
     out.emplace_back("adam." + params[i].first + ".exp_avg_sq", adam[i].expAvgSq.clone());
   }
   return out;
+}
+
+namespace {
+// The dimension along which a per-layer transcoder's tensor holds its features (-1: none, replicated).
+int64_t featureDim(const std::string& name) {
+  std::string base = name;
+  if (base.rfind("adam.", 0) == 0) base = base.substr(5, base.rfind('.') - 5);
+  if (base == "W_enc") return 1;
+  if (base == "b_enc" || base == "W_dec" || base == "threshold" || base == "steps_since_fired") return 0;
+  return -1;
+}
+}  // namespace
+
+RunSnapshot TrainingRun::snapshot(int64_t step) {
+  RunSnapshot snap;
+  snap.step = step;
+  snap.position = position(step);
+  for (const auto& slot : slots_) {
+    auto tensors = snapshotSlot(slot);
+    if (options_.featureShards) {
+      // Rank r's slice, broadcast by rank r in turn, side by side along the feature dimension.
+      ProcessGroup& g = options_.featureShards->group();
+      for (auto& [name, t] : tensors) {
+        const int64_t dim = featureDim(name);
+        if (dim < 0) continue;
+        std::vector<at::Tensor> parts;
+        for (int r = 0; r < g.size(); ++r) parts.push_back(g.broadcast(t.to(c10::kCPU), r));
+        t = at::cat(parts, dim).to(t.device());
+      }
+    }
+    snap.tensors.push_back(std::move(tensors));
+  }
+  return snap;
 }
 
 int64_t TrainingRun::maybeResample(size_t slot) {
@@ -129,7 +168,7 @@ RunResult TrainingRun::run(const std::function<void(const RunProgress&)>& onProg
   bool exhausted = false;
   int64_t step = slots_.front().steps();
   RunProgress progress;
-  DataParallel* dp = options_.dataParallel.get();
+  DataParallel* dp = group();
   if (dp) {
     synchronizeStart();
     dp->takeSeconds();  // the per-step figures count the steps' collectives only
@@ -192,13 +231,7 @@ RunResult TrainingRun::run(const std::function<void(const RunProgress&)>& onProg
       onProgress(progress);
       progress.collectiveSeconds = 0;
     }
-    if (onCheckpoint && options_.checkpointEvery > 0 && step % options_.checkpointEvery == 0 && !last) {
-      RunSnapshot snap;
-      snap.step = step;
-      snap.position = position(step);
-      for (const auto& slot : slots_) snap.tensors.push_back(snapshotSlot(slot));
-      onCheckpoint(snap);
-    }
+    if (onCheckpoint && options_.checkpointEvery > 0 && step % options_.checkpointEvery == 0 && !last) onCheckpoint(snapshot(step));
   }
   if (onProgress && !progress.metrics.empty() && progress.step % options_.logEvery != 0 && step < options_.totalSteps)
     onProgress(progress);  // the last step before an early end

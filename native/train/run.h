@@ -45,6 +45,10 @@ struct RunOptions {
   // Every rank takes the same steps and stops at the same step (a stop request or the end of any
   // rank's data ends the run on all of them).
   std::shared_ptr<DataParallel> dataParallel;
+  // Feature-sharded training (StepTrainer::setFeatureShards): every rank reads the whole batch and
+  // trains its slice of each transcoder's features; snapshots gather the slices (a collective: every
+  // rank takes them at the same steps, and gets the whole transcoder).
+  std::shared_ptr<DataParallel> featureShards;
 };
 
 struct RunProgress {
@@ -83,11 +87,15 @@ class TrainingRun {
 
   // Parameters and trainer state of a slot, copied (for checkpoints).
   static std::vector<std::pair<std::string, at::Tensor>> snapshotSlot(const RunSlot& slot);
+  // Every slot's snapshot, the features of every rank gathered when sharded (a collective then).
+  RunSnapshot snapshot(int64_t step);
 
  private:
   bool fill(bool& exhausted);
   // Data-parallel: every rank starts from rank 0's weights and trainer state, at the same step.
   void synchronizeStart();
+  // The group the ranks agree through (data-parallel or feature-sharded), or null.
+  DataParallel* group() const { return options_.dataParallel ? options_.dataParallel.get() : options_.featureShards.get(); }
   // Resamples the slot's dead features when its step count is a multiple of resampleEvery.
   int64_t maybeResample(size_t slot);
 

@@ -77,7 +77,14 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
     loss.reduction = &reduction;
   }
   loss.dead = sinceFired_ > options_.deadFeatureWindow;
-  const bool anyDead = loss.dead.any().item<bool>();
+  bool anyDead = loss.dead.any().item<bool>();
+  if (shards_) {
+    loss.shards = &shardOps_;
+    // Whether any rank has dead features decides the AuxK branch (a collective) on every rank.
+    anyDead = shards_->max(at::scalar_tensor(anyDead ? 1.0 : 0.0, at::TensorOptions().dtype(c10::kDouble))).item<double>() > 0;
+    if (!fastStepApplies(tc_->spec(), loss, anyDead))
+      throw InvalidArgument(where(step) + "feature-sharded training runs relu without ghost gradients (--ghost-grads off) and topk transcoders");
+  }
 
   // The step's loss terms and, once it has run, every parameter's gradient: written out by hand
   // where fast_step.h covers the architecture (no autograd graph), by autograd otherwise.
@@ -124,6 +131,22 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
     at::Tensor variance = stats[6] - stats.narrow(0, 7, d).pow(2).sum() / rows;
     fvu = loss.reconstruction == Reconstruction::Fvu ? reconstruction : stats[5] / variance;
   }
+  double deadCount = -1;
+  if (shards_) {
+    // The terms that are sums over features are this rank's part: relu's L1, L0 and the dead count
+    // (AuxK, the reconstruction and the FVU already are the whole transcoder's on every rank).
+    at::NoGradGuard noGrad;
+    const bool partialSparsity = tc_->spec().arch == TranscoderArch::ReLU;
+    at::Tensor parts = at::stack({partialSparsity ? sparsity.detach().to(c10::kDouble) : at::zeros({}, at::TensorOptions().dtype(c10::kDouble)),
+                                  l0.detach().to(c10::kDouble).cpu().reshape({}), loss.dead.sum().to(c10::kDouble).cpu().reshape({})}).cpu();
+    parts = shards_->sum(parts);
+    if (partialSparsity) {
+      sparsity = parts[0];
+      total = reconstruction.detach().to(c10::kDouble).cpu() + parts[0];
+    }
+    l0 = parts[1];
+    deadCount = parts[2].item<double>();
+  }
   StepMetrics m{};
   {
     at::NoGradGuard noGrad;
@@ -139,7 +162,8 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
             : loss.reconstruction == Reconstruction::Fvu ? m.reconstruction
                                                          : fractionOfVarianceUnexplained(yHat.detach(), y).item<double>();
     m.l0 = l0.item<double>();
-    m.deadFraction = loss.dead.to(c10::kDouble).mean().item<double>();
+    m.deadFraction = deadCount >= 0 ? deadCount / static_cast<double>(tc_->spec().dSae * shardOps_.ranks)
+                                     : loss.dead.to(c10::kDouble).mean().item<double>();
   }
 
   // Named, not printed: std::to_string writes "-nan" for a NaN with its sign bit set.
@@ -164,6 +188,22 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
   if (std::string bad = firstNonFinite(tc_->params().named(), false); !bad.empty())
     throw NonFinite(where(step) + "the update left " + bad + " not finite (the learning rate " + std::to_string(lr) + " is too large?)" + lastGood());
   return m;
+}
+
+void StepTrainer::setFeatureShards(std::shared_ptr<DataParallel> group) {
+  const TranscoderSpec& spec = tc_->spec();
+  if (spec.arch != TranscoderArch::ReLU && spec.arch != TranscoderArch::TopK)
+    throw InvalidArgument("feature-sharded training runs relu and topk transcoders, not this one");
+  if (spec.arch == TranscoderArch::ReLU && options_.loss.ghostGrads)
+    throw InvalidArgument("feature-sharded relu training runs without ghost gradients: give --ghost-grads off");
+  if (options_.maxGradNorm > 0) throw InvalidArgument("feature-sharded training does not clip gradients yet (the norm spans every rank's features)");
+  if (options_.resampleEvery > 0) throw InvalidArgument("feature-sharded training does not resample dead features");
+  shards_ = std::move(group);
+  shardOps_.rank = shards_->rank();
+  shardOps_.ranks = shards_->size();
+  DataParallel* g = shards_.get();
+  shardOps_.sum = [g](const at::Tensor& t) { return g->sum(t); };
+  shardOps_.max = [g](const at::Tensor& t) { return g->max(t); };
 }
 
 std::string firstNonFinite(const std::vector<std::pair<std::string, at::Tensor*>>& named, bool gradients) {

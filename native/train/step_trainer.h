@@ -74,6 +74,11 @@ class StepTrainer {
   // then the global batch's, the same on every rank.
   void setDataParallel(std::shared_ptr<DataParallel> dp) { dp_ = std::move(dp); }
   const std::shared_ptr<DataParallel>& dataParallel() const { return dp_; }
+  // Feature-sharded training: this transcoder holds this rank's slice of the features and every rank
+  // trains on the whole batch (losses.h, FeatureShards). Relu without ghost gradients and topk: the
+  // hand-written step (fast_step.h) is the one that knows the shards.
+  void setFeatureShards(std::shared_ptr<DataParallel> group);
+  bool sharded() const { return static_cast<bool>(shards_); }
 
  private:
   StepMetrics trainStep(const at::Tensor& x, const at::Tensor& y);
@@ -89,6 +94,8 @@ class StepTrainer {
   int64_t lastResample_ = -1;
   FastStepBuffers buffers_;
   std::shared_ptr<DataParallel> dp_;
+  std::shared_ptr<DataParallel> shards_;
+  FeatureShards shardOps_;
 };
 
 }  // namespace tc

@@ -21,6 +21,21 @@ at::Tensor totalVariance(const at::Tensor& y, const BatchReduction* r) {
   return (sums[d] - mean.pow(2).sum() * static_cast<double>(r->globalRows)).to(y.scalar_type());
 }
 
+at::Tensor FeatureShards::selectAcross(const at::Tensor& values, int64_t k) const {
+  const int64_t N = values.size(0), c = values.size(1);
+  // Every rank's candidates side by side (an all-gather as a max over -inf padding), then the k best.
+  at::Tensor all = at::full({ranks, N, c}, -std::numeric_limits<float>::infinity(), values.options().dtype(c10::kFloat));
+  all[rank].copy_(values);
+  all = max(all).permute({1, 0, 2}).reshape({N, ranks * c});
+  at::Tensor chosen = topkIndices(all, std::min(k, ranks * c));
+  at::Tensor local = chosen - rank * c;
+  at::Tensor mine = (local >= 0).logical_and_(local < c);
+  // Scatter into one spare column what is not this rank's.
+  at::Tensor keep = at::zeros({N, c + 1}, values.options().dtype(c10::kBool));
+  keep.scatter_(1, at::where(mine, local, at::full_like(local, c)), true);
+  return keep.narrow(1, 0, c).contiguous();
+}
+
 double rowShare(int64_t rows, const BatchReduction* r) {
   return r ? static_cast<double>(rows) / static_cast<double>(r->globalRows) : 1.0;
 }

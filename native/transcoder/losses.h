@@ -25,6 +25,17 @@ struct BatchReduction {
   std::function<at::Tensor(const at::Tensor&)> sum;
 };
 
+// Feature-sharded training: this transcoder is one rank's slice of the features (encoder columns,
+// decoder rows) and every rank sees the whole batch. The ranks' partial decoder outputs are summed
+// into the reconstruction, and TopK (and AuxK) select their k entries across every rank's features.
+struct FeatureShards {
+  int64_t rank = 0, ranks = 1;
+  std::function<at::Tensor(const at::Tensor&)> sum, max;  // element-wise over the ranks
+  // Which of each row's candidates `values` [N, c] (this rank's best c, padded with -inf) are among
+  // the row's `k` largest over every rank's candidates (all ranks pass the same c): bool [N, c].
+  at::Tensor selectAcross(const at::Tensor& values, int64_t k) const;
+};
+
 // Sum over the (global) batch of ||y - mean(y)||^2, the FVU's denominator; the mean is the global
 // batch's (two all-reduces when `r` is given).
 at::Tensor totalVariance(const at::Tensor& y, const BatchReduction* r);
@@ -42,6 +53,7 @@ struct LossOptions {
   bool ghostResidualFromInput = true;  // the paper's ghost residual is x - y_hat (see docs/transcoders.md)
   at::Tensor dead;           // [m] bool: features counted dead (ghost grads, AuxK)
   const BatchReduction* reduction = nullptr;  // data-parallel: this batch is a slice (see above)
+  const FeatureShards* shards = nullptr;       // feature-sharded: these features are a slice (see above)
 };
 
 struct LossTerms {
