@@ -324,7 +324,10 @@ async function trainHere(values: OptionValues, positionals: string[], plan: Trai
   checkOutputPaths(values, { out: 'folder' });
   const out = resolve(values.out as string);
   const skip = values.skip === true;
-  const device = (values.device as string | undefined) ?? 'cpu';
+  // One GPU per rank: a launched rank given `--device cuda` takes the GPU of its LOCAL_RANK.
+  const given = (values.device as string | undefined) ?? 'cpu';
+  const localRank = process.env.LOCAL_RANK;
+  const device = group && given === 'cuda' && localRank !== undefined && /^\d+$/.test(localRank) ? `cuda:${localRank}` : given;
   // From a cache: the cached layers, or those of --layers (readCacheLayers names the missing ones).
   const cacheLayers = activations ? readCacheLayers(activations, values.layers ? parseLayers(values.layers as string) : undefined).layers : null;
   let model: Model | null = null;

@@ -137,8 +137,8 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
     // (AuxK, the reconstruction and the FVU already are the whole transcoder's on every rank).
     at::NoGradGuard noGrad;
     const bool partialSparsity = tc_->spec().arch == TranscoderArch::ReLU;
-    at::Tensor parts = at::stack({partialSparsity ? sparsity.detach().to(c10::kDouble) : at::zeros({}, at::TensorOptions().dtype(c10::kDouble)),
-                                  l0.detach().to(c10::kDouble).cpu().reshape({}), loss.dead.sum().to(c10::kDouble).cpu().reshape({})}).cpu();
+    at::Tensor parts = at::stack({partialSparsity ? sparsity.detach().to(c10::kDouble).cpu().reshape({}) : at::zeros({}, at::TensorOptions().dtype(c10::kDouble)),
+                                  l0.detach().to(c10::kDouble).cpu().reshape({}), loss.dead.sum().to(c10::kDouble).cpu().reshape({})});
     parts = shards_->sum(parts);
     if (partialSparsity) {
       sparsity = parts[0];
