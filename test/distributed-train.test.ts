@@ -157,9 +157,10 @@ describe('data-parallel training over gloo', () => {
   }, 90_000);
 
   it('feature-sharded over 2 processes: relu (dense and sparse steps) and topk (AuxK active) train the weights of unsharded training', async () => {
-    // relu-sparse: a strong L1 leaves ~1-3 of 64 features active, so the step takes the sparse products.
+    // relu-sparse: a strong L1 leaves ~1-3 of 64 features active, so the step takes the sparse products;
+    // topk clips its gradient (the norm over both ranks' features).
     const runs = [
-      ['relu', ['--ghost-grads', 'off']], ['relu-sparse', ['--ghost-grads', 'off', '--l1', '1', '--lr', '0.03', '--lr-schedule', 'constant']], ['topk', ['--arch', 'topk', '--k', '4']],
+      ['relu', ['--ghost-grads', 'off']], ['relu-sparse', ['--ghost-grads', 'off', '--l1', '1', '--lr', '0.03', '--lr-schedule', 'constant']], ['topk', ['--arch', 'topk', '--k', '4', '--max-grad-norm', '0.05']],
     ] as const;
     for (const [name, arch] of runs) {
       const one = join(work, `shard-${name}-1`);
@@ -184,8 +185,8 @@ describe('data-parallel training over gloo', () => {
   }, 90_000);
 
   it('a feature-sharded run resumes unsharded, and an unsharded one resumes sharded, exactly', async () => {
-    const whole = join(work, 'shard-topk-1');
-    const args = [model, ...common(), '--arch', 'topk', '--k', '4'];
+    const whole = join(work, 'shard-topk-1');  // 14 steps unsharded (previous test)
+    const args = [model, ...common(), '--arch', 'topk', '--k', '4', '--max-grad-norm', '0.05'];
     const shardedFirst = join(work, 'shard-resume-a');
     train([...args, '--steps', '5', '--out', shardedFirst, '--nproc', '2', '--shard-features']);
     train([...args, '--steps', '14', '--out', shardedFirst, '--resume', '--threads', '1']);

@@ -129,7 +129,7 @@ export function planTraining(values: OptionValues): TrainPlan {
     if (arch !== 'relu' && arch !== 'topk') throw new InvalidArgumentError(`--shard-features trains relu and topk transcoders, not --arch ${arch}`);
     if (arch === 'relu' && values['ghost-grads'] !== 'off') throw new InvalidArgumentError('--shard-features trains relu without ghost gradients: add --ghost-grads off');
     if (dSae % worldSize !== 0) throw new InvalidArgumentError(`--shard-features: --d-sae ${dSae} does not split over ${worldSize} processes`);
-    rejectOptions(values, ['resample-every', 'max-grad-norm'], 'with --shard-features');
+    rejectOptions(values, ['resample-every'], 'with --shard-features');
   } else if (worldSize > 1) {
     const how = nproc > 1 ? `--nproc ${nproc}` : `WORLD_SIZE=${worldSize}`;
     if (isCrossLayerRunArch(arch)) throw new InvalidArgumentError(`${how}: data-parallel training covers per-layer transcoders; train --arch ${arch} in one process`);

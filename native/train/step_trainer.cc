@@ -176,8 +176,15 @@ StepMetrics StepTrainer::trainStep(const at::Tensor& x, const at::Tensor& y) {
   if (options_.normalizeDecoder && p.W_dec.grad().defined()) removeParallelComponent(p.W_dec.mutable_grad(), p.W_dec);
   if (options_.maxGradNorm > 0) {
     at::Tensor sq = at::zeros({}, x.options().dtype(c10::kDouble));
-    for (at::Tensor* param : parameters())
-      if (param->grad().defined()) sq += param->grad().to(c10::kDouble).pow(2).sum();
+    at::Tensor sqShard = at::zeros({}, x.options().dtype(c10::kDouble));
+    // Sharded: the feature-holding tensors' squares are summed over the ranks (the rest is replicated).
+    for (const auto& [name, param] : tc_->params().named()) {
+      if (!param->grad().defined()) continue;
+      const bool perFeature = name == "W_enc" || name == "b_enc" || name == "W_dec" || name == "threshold";
+      (shards_ && perFeature ? sqShard : sq) += param->grad().to(c10::kDouble).pow(2).sum();
+    }
+    if (shards_) sq = sq + shards_->sum(sqShard).to(sq.device());
+    else sq = sq + sqShard;
     double norm = std::sqrt(sq.item<double>());
     double factor = options_.maxGradNorm / (norm + 1e-6);
     if (factor < 1)
@@ -196,7 +203,6 @@ void StepTrainer::setFeatureShards(std::shared_ptr<DataParallel> group) {
     throw InvalidArgument("feature-sharded training runs relu and topk transcoders, not this one");
   if (spec.arch == TranscoderArch::ReLU && options_.loss.ghostGrads)
     throw InvalidArgument("feature-sharded relu training runs without ghost gradients: give --ghost-grads off");
-  if (options_.maxGradNorm > 0) throw InvalidArgument("feature-sharded training does not clip gradients yet (the norm spans every rank's features)");
   if (options_.resampleEvery > 0) throw InvalidArgument("feature-sharded training does not resample dead features");
   shards_ = std::move(group);
   shardOps_.rank = shards_->rank();
