@@ -118,6 +118,13 @@ describe('data-parallel training over gloo', () => {
     expect(logLines(two).filter((l) => l.sparsity > 0).length).toBeGreaterThan(4);  // AuxK was active
   }, 60_000);
 
+  it('jumprelu (the autograd step, L0 with straight-through threshold gradients): 2 processes train the weights of 1 process', async () => {
+    const args = [model, ...common(), '--arch', 'jumprelu', '--steps', '10'];
+    train([...args, '--out', join(work, 'jump-1'), '--threads', '1']);
+    train([...args, '--out', join(work, 'jump-2'), '--nproc', '2']);
+    expect(await weightDifference(join(work, 'jump-1'), join(work, 'jump-2'))).toBeLessThan(1e-5);
+  }, 60_000);
+
   it('a run stopped on 2 processes resumes on 1, and one stopped on 1 resumes on 2, exactly', async () => {
     const whole = join(work, 'topk-1');  // 12 steps in one process (previous test)
     const twoThenOne = join(work, 'resume-2-1');
